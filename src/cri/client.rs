@@ -1,0 +1,261 @@
+//! A typed CRI client: the calls nodeward makes, each with its context in the error.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    Container, ContainerStatus, ContainerStatusRequest, ExecSyncRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandbox, StopContainerRequest, VersionRequest,
+};
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use super::connect::{CRI_API_VERSION, describe_status};
+
+#[derive(Debug, thiserror::Error)]
+#[error("CRI {method}{}: {}", target_suffix(.target), describe_status(.status))]
+pub struct CriError {
+    pub method: &'static str,
+    pub target: String,
+    #[source]
+    pub status: tonic::Status,
+}
+
+fn target_suffix(target: &str) -> String {
+    if target.is_empty() {
+        String::new()
+    } else {
+        format!(" {target}")
+    }
+}
+
+impl CriError {
+    /// The runtime says the object does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        self.status.code() == tonic::Code::NotFound
+    }
+
+    /// The runtime is not answering at all (socket gone, restarting).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) && !self.status.message().contains("not found")
+    }
+}
+
+/// Fields of the verbose `ContainerStatus` info that nodeward uses. containerd and CRI-O both put a
+/// JSON document under the key `info` with the init `pid` and the OCI `runtimeSpec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerboseInfo {
+    pub pid: Option<u32>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct RawInfo {
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default, rename = "runtimeSpec")]
+    runtime_spec: Option<RawSpec>,
+}
+
+#[derive(Deserialize)]
+struct RawSpec {
+    #[serde(default)]
+    process: Option<RawProcess>,
+}
+
+#[derive(Deserialize)]
+struct RawProcess {
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+impl VerboseInfo {
+    /// Decode the verbose info map; unknown or malformed content yields an empty value.
+    pub fn parse(info: &HashMap<String, String>) -> Self {
+        let Some(raw) = info.get("info") else {
+            return Self::default();
+        };
+        let Ok(raw) = serde_json::from_str::<RawInfo>(raw) else {
+            return Self::default();
+        };
+        let env = raw
+            .runtime_spec
+            .and_then(|s| s.process)
+            .map(|p| {
+                p.env
+                    .into_iter()
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        None => (kv, String::new()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            pid: raw.pid.filter(|p| *p > 0),
+            env,
+        }
+    }
+}
+
+/// Cheap to clone: clones share one HTTP/2 connection.
+#[derive(Clone)]
+pub struct CriClient {
+    rt: RuntimeServiceClient<Channel>,
+}
+
+impl CriClient {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            rt: RuntimeServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+        }
+    }
+
+    fn err(
+        method: &'static str,
+        target: impl Into<String>,
+    ) -> impl FnOnce(tonic::Status) -> CriError {
+        let target = target.into();
+        move |status| CriError {
+            method,
+            target,
+            status,
+        }
+    }
+
+    pub async fn version(&self) -> Result<k8s_cri::v1::VersionResponse, CriError> {
+        let req = VersionRequest {
+            version: CRI_API_VERSION.into(),
+        };
+        Ok(self
+            .rt
+            .clone()
+            .version(req)
+            .await
+            .map_err(Self::err("Version", ""))?
+            .into_inner())
+    }
+
+    pub async fn list_sandboxes(&self) -> Result<Vec<PodSandbox>, CriError> {
+        Ok(self
+            .rt
+            .clone()
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .map_err(Self::err("ListPodSandbox", ""))?
+            .into_inner()
+            .items)
+    }
+
+    pub async fn list_containers(&self) -> Result<Vec<Container>, CriError> {
+        Ok(self
+            .rt
+            .clone()
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .map_err(Self::err("ListContainers", ""))?
+            .into_inner()
+            .containers)
+    }
+
+    pub async fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(ContainerStatus, VerboseInfo), CriError> {
+        let req = ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose,
+        };
+        let resp = self
+            .rt
+            .clone()
+            .container_status(req)
+            .await
+            .map_err(Self::err("ContainerStatus", id))?
+            .into_inner();
+        let status = resp.status.ok_or_else(|| CriError {
+            method: "ContainerStatus",
+            target: id.to_string(),
+            status: tonic::Status::internal("runtime returned no status"),
+        })?;
+        Ok((status, VerboseInfo::parse(&resp.info)))
+    }
+
+    /// Stop a container: the runtime sends the stop signal and SIGKILL after `grace`.
+    /// Stopping an already stopped container succeeds (CRI requires idempotency).
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), CriError> {
+        let req = StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: grace.as_secs() as i64,
+        };
+        self.rt
+            .clone()
+            .stop_container(req)
+            .await
+            .map_err(Self::err("StopContainer", id))?;
+        Ok(())
+    }
+
+    /// Run `cmd` in the container and wait at most `timeout`. Returns the command's exit code.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<k8s_cri::v1::ExecSyncResponse, CriError> {
+        let req = ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd,
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(timeout + Duration::from_secs(2));
+        Ok(self
+            .rt
+            .clone()
+            .exec_sync(request)
+            .await
+            .map_err(Self::err("ExecSync", id))?
+            .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_info_containerd_shape() {
+        let mut m = HashMap::new();
+        m.insert(
+            "info".to_string(),
+            r#"{"sandboxID":"x","pid":4242,"runtimeSpec":{"process":{"env":["PATH=/bin","A=b=c","NOVAL"]}}}"#
+                .to_string(),
+        );
+        let v = VerboseInfo::parse(&m);
+        assert_eq!(v.pid, Some(4242));
+        assert_eq!(
+            v.env,
+            vec![
+                ("PATH".into(), "/bin".into()),
+                ("A".into(), "b=c".into()),
+                ("NOVAL".into(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn verbose_info_garbage_is_empty() {
+        let mut m = HashMap::new();
+        m.insert("info".to_string(), "{not json".to_string());
+        assert_eq!(VerboseInfo::parse(&m), VerboseInfo::default());
+        m.insert("info".to_string(), r#"{"pid":0}"#.to_string());
+        assert_eq!(VerboseInfo::parse(&m).pid, None);
+        assert_eq!(VerboseInfo::parse(&HashMap::new()), VerboseInfo::default());
+    }
+}

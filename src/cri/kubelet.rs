@@ -1,0 +1,232 @@
+//! Decoding the labels and annotations the kubelet writes on CRI sandboxes and containers
+//! (`pkg/kubelet/kuberuntime/labels.go`) into plain data.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::well_known as wk;
+
+/// A pod's identity as the kubelet labels it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    /// From kubelet labels; `None` when the object was not created by a kubelet.
+    pub fn from_labels(labels: &HashMap<String, String>) -> Option<Self> {
+        Some(Self {
+            namespace: labels.get(wk::LABEL_POD_NAMESPACE)?.clone(),
+            name: labels.get(wk::LABEL_POD_NAME)?.clone(),
+            uid: labels.get(wk::LABEL_POD_UID)?.clone(),
+        })
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "Always" => Some(Self::Always),
+            "OnFailure" => Some(Self::OnFailure),
+            "Never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    /// Restart policy from the sandbox annotations (the pod's annotations).
+    pub fn from_annotations(annotations: &HashMap<String, String>) -> Option<Self> {
+        annotations
+            .get(wk::ANNOTATION_RESTART_POLICY)
+            .and_then(|v| Self::parse(v))
+    }
+}
+
+/// A preStop hook as the kubelet serialises it into the container annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreStop {
+    Exec(Vec<String>),
+    Sleep(Duration),
+    /// A handler nodeward cannot run from the node (e.g. httpGet without the pod IP); kept for the log.
+    Unsupported(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHandler {
+    exec: Option<RawExec>,
+    sleep: Option<RawSleep>,
+    http_get: Option<serde_json::Value>,
+    tcp_socket: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawExec {
+    #[serde(default)]
+    command: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawSleep {
+    seconds: i64,
+}
+
+impl PreStop {
+    pub fn from_annotations(annotations: &HashMap<String, String>) -> Option<Self> {
+        let raw = annotations.get(wk::ANNOTATION_PRESTOP_HANDLER)?;
+        Some(Self::parse(raw))
+    }
+
+    pub fn parse(raw: &str) -> Self {
+        match serde_json::from_str::<RawHandler>(raw) {
+            Ok(RawHandler {
+                exec: Some(exec), ..
+            }) if !exec.command.is_empty() => Self::Exec(exec.command),
+            Ok(RawHandler { sleep: Some(s), .. }) => {
+                Self::Sleep(Duration::from_secs(s.seconds.max(0) as u64))
+            }
+            Ok(RawHandler {
+                http_get: Some(_), ..
+            }) => Self::Unsupported("httpGet".into()),
+            Ok(RawHandler {
+                tcp_socket: Some(_),
+                ..
+            }) => Self::Unsupported("tcpSocket".into()),
+            Ok(_) => Self::Unsupported("empty handler".into()),
+            Err(e) => Self::Unsupported(format!("unreadable preStop annotation: {e}")),
+        }
+    }
+}
+
+/// The kubelet-written facts of one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerMeta {
+    pub name: String,
+    pub restart_count: u32,
+    pub grace: Duration,
+    pub pre_stop: Option<PreStop>,
+}
+
+impl ContainerMeta {
+    pub fn from_cri(
+        labels: &HashMap<String, String>,
+        annotations: &HashMap<String, String>,
+        fallback_name: &str,
+    ) -> Self {
+        let name = labels
+            .get(wk::LABEL_CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_else(|| fallback_name.to_string());
+        let restart_count = annotations
+            .get(wk::ANNOTATION_RESTART_COUNT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let grace_secs = annotations
+            .get(wk::ANNOTATION_TERMINATION_GRACE_PERIOD)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .unwrap_or(wk::DEFAULT_TERMINATION_GRACE_SECONDS);
+        Self {
+            name,
+            restart_count,
+            grace: Duration::from_secs(grace_secs as u64),
+            pre_stop: PreStop::from_annotations(annotations),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_ref_needs_all_three_labels() {
+        let l = map(&[
+            (wk::LABEL_POD_NAME, "p"),
+            (wk::LABEL_POD_NAMESPACE, "ns"),
+            (wk::LABEL_POD_UID, "u"),
+        ]);
+        let p = PodRef::from_labels(&l).unwrap();
+        assert_eq!(p.to_string(), "ns/p");
+        assert!(PodRef::from_labels(&map(&[(wk::LABEL_POD_NAME, "p")])).is_none());
+    }
+
+    #[test]
+    fn container_meta_defaults_and_values() {
+        let m = ContainerMeta::from_cri(&HashMap::new(), &HashMap::new(), "fallback");
+        assert_eq!(m.name, "fallback");
+        assert_eq!(m.restart_count, 0);
+        assert_eq!(m.grace, Duration::from_secs(30));
+        assert_eq!(m.pre_stop, None);
+
+        let m = ContainerMeta::from_cri(
+            &map(&[(wk::LABEL_CONTAINER_NAME, "side")]),
+            &map(&[
+                (wk::ANNOTATION_RESTART_COUNT, "3"),
+                (wk::ANNOTATION_TERMINATION_GRACE_PERIOD, "5"),
+                (
+                    wk::ANNOTATION_PRESTOP_HANDLER,
+                    r#"{"exec":{"command":["sh","-c","x"]}}"#,
+                ),
+            ]),
+            "fallback",
+        );
+        assert_eq!(m.name, "side");
+        assert_eq!(m.restart_count, 3);
+        assert_eq!(m.grace, Duration::from_secs(5));
+        assert_eq!(
+            m.pre_stop,
+            Some(PreStop::Exec(vec!["sh".into(), "-c".into(), "x".into()]))
+        );
+    }
+
+    #[test]
+    fn prestop_variants() {
+        assert_eq!(
+            PreStop::parse(r#"{"sleep":{"seconds":4}}"#),
+            PreStop::Sleep(Duration::from_secs(4))
+        );
+        assert_eq!(
+            PreStop::parse(r#"{"httpGet":{"path":"/q","port":80}}"#),
+            PreStop::Unsupported("httpGet".into())
+        );
+        assert!(matches!(PreStop::parse("garbage"), PreStop::Unsupported(_)));
+        assert!(matches!(
+            PreStop::parse(r#"{"exec":{"command":[]}}"#),
+            PreStop::Unsupported(_)
+        ));
+    }
+
+    #[test]
+    fn restart_policy_from_annotation() {
+        let a = map(&[(wk::ANNOTATION_RESTART_POLICY, "OnFailure")]);
+        assert_eq!(
+            RestartPolicy::from_annotations(&a),
+            Some(RestartPolicy::OnFailure)
+        );
+        let a = map(&[(wk::ANNOTATION_RESTART_POLICY, "bogus")]);
+        assert_eq!(RestartPolicy::from_annotations(&a), None);
+    }
+}

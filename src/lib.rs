@@ -1,0 +1,9 @@
+//! nodeward: a node agent (and, later, a slim controller) implementing OpenKruise's node-side
+//! features. The library holds every capability; `src/main.rs` is a thin CLI over it.
+
+pub mod agent;
+pub mod api;
+pub mod cri;
+pub mod node;
+pub mod sidecar;
+pub mod telemetry;
