@@ -1,1 +1,24 @@
-//! node
+//! The node model (pods and containers seen through CRI) and the kernel-side exit watchers that feed it.
+
+pub mod cgroup;
+pub mod model;
+pub mod pidfd;
+
+/// Where an exit was first noticed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitSource {
+    Pidfd,
+    Cgroup,
+    Relist,
+}
+
+impl ExitSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pidfd => "pidfd",
+            Self::Cgroup => "cgroup",
+            Self::Relist => "relist",
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! What the agent knows about the node's pods and containers, built from CRI lists and statuses
+//! and from exit events. Plain data and plain functions: no I/O here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::SystemTime;
+
+use k8s_cri::v1::{Container, ContainerStatus, PodSandbox};
+
+use super::ExitSource;
+use crate::api::well_known as wk;
+use crate::cri::client::VerboseInfo;
+use crate::cri::kubelet::{ContainerMeta, PodRef, RestartPolicy};
+
+/// A container's role for the Job sidecar terminator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Role {
+    Main,
+    Sidecar { ignore_exit_code: bool },
+}
+
+impl Role {
+    /// Classify from the container's env (OCI spec env, which includes the pod spec's env).
+    pub fn from_env<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let (mut sidecar, mut ignore) = (false, false);
+        for (k, v) in env {
+            if k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT && wk::env_true(v) {
+                sidecar = true;
+            } else if k == wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE && wk::env_true(v) {
+                ignore = true;
+            }
+        }
+        if sidecar {
+            Self::Sidecar {
+                ignore_exit_code: ignore,
+            }
+        } else {
+            Self::Main
+        }
+    }
+}
+
+/// A container's lifecycle state. `Exited { code: None }` means the kernel reported the exit and the
+/// runtime has not yet told the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    Exited { code: Option<i32> },
+    Unknown,
+}
+
+impl State {
+    pub fn from_cri(state: i32, exit_code: i32) -> Self {
+        use k8s_cri::v1::ContainerState as S;
+        match S::try_from(state) {
+            Ok(S::ContainerCreated) => Self::Created,
+            Ok(S::ContainerRunning) => Self::Running,
+            Ok(S::ContainerExited) => Self::Exited {
+                code: Some(exit_code),
+            },
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn is_exited(self) -> bool {
+        matches!(self, Self::Exited { .. })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Exited { .. } => "exited",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub pod_uid: String,
+    pub meta: ContainerMeta,
+    pub created_at: i64,
+    pub state: State,
+    /// Runtime-reported exit time (Unix nanos), when known.
+    pub finished_at: i64,
+    /// `None` until the verbose status (with env) has been read.
+    pub role: Option<Role>,
+    pub pid: Option<u32>,
+    /// When and how the agent first learned of the exit.
+    pub exit_observed: Option<(ExitSource, SystemTime)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PodRecord {
+    pub pod: PodRef,
+    pub sandbox_ids: BTreeSet<String>,
+    pub restart_policy: Option<RestartPolicy>,
+    latest_sandbox_created: i64,
+}
+
+/// Per-container input of the sidecar decision: the latest attempt of each container name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub id: String,
+    pub name: String,
+    pub role: Option<Role>,
+    pub state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFacts {
+    pub policy: Option<RestartPolicy>,
+    pub containers: Vec<ContainerFacts>,
+}
+
+/// What a status read is needed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// New container, or one that just started: need env and init pid.
+    Verbose,
+    /// Exit code and finish time.
+    Plain,
+}
+
+#[derive(Debug, Default)]
+pub struct SnapshotDiff {
+    pub fetch: Vec<(String, Fetch)>,
+    pub removed: Vec<String>,
+    /// Containers the list shows exited while the model had them running.
+    pub exited: Vec<String>,
+    pub changed_pods: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeModel {
+    pods: HashMap<String, PodRecord>,
+    containers: HashMap<String, ContainerRecord>,
+    sandbox_pod: HashMap<String, String>,
+}
+
+impl NodeModel {
+    pub fn pods(&self) -> impl Iterator<Item = &PodRecord> {
+        self.pods.values()
+    }
+
+    pub fn pod(&self, uid: &str) -> Option<&PodRecord> {
+        self.pods.get(uid)
+    }
+
+    pub fn containers(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.containers.values()
+    }
+
+    pub fn container(&self, id: &str) -> Option<&ContainerRecord> {
+        self.containers.get(id)
+    }
+
+    /// Reconcile the model with a full CRI list. Objects without kubelet labels are ignored.
+    pub fn apply_snapshot(
+        &mut self,
+        sandboxes: &[PodSandbox],
+        containers: &[Container],
+        now: SystemTime,
+    ) -> SnapshotDiff {
+        let mut diff = SnapshotDiff::default();
+        let mut pods: HashMap<String, PodRecord> = HashMap::new();
+        let mut sandbox_pod = HashMap::new();
+        for sb in sandboxes {
+            let Some(pod) = PodRef::from_labels(&sb.labels) else {
+                continue;
+            };
+            sandbox_pod.insert(sb.id.clone(), pod.uid.clone());
+            let rec = pods.entry(pod.uid.clone()).or_insert_with(|| PodRecord {
+                pod: pod.clone(),
+                sandbox_ids: BTreeSet::new(),
+                restart_policy: None,
+                latest_sandbox_created: i64::MIN,
+            });
+            rec.sandbox_ids.insert(sb.id.clone());
+            if sb.created_at >= rec.latest_sandbox_created {
+                rec.latest_sandbox_created = sb.created_at;
+                rec.restart_policy = RestartPolicy::from_annotations(&sb.annotations);
+            }
+        }
+        for (uid, rec) in &pods {
+            let old = self.pods.get(uid);
+            if old.is_none_or(|o| o.restart_policy != rec.restart_policy) {
+                diff.changed_pods.insert(uid.clone());
+            }
+        }
+        for uid in self.pods.keys() {
+            if !pods.contains_key(uid) {
+                diff.changed_pods.insert(uid.clone());
+            }
+        }
+        self.pods = pods;
+        self.sandbox_pod = sandbox_pod;
+
+        let mut seen = BTreeSet::new();
+        for c in containers {
+            let Some(uid) = self.sandbox_pod.get(&c.pod_sandbox_id).cloned() else {
+                continue;
+            };
+            seen.insert(c.id.clone());
+            let listed = State::from_cri(c.state, 0);
+            match self.containers.get_mut(&c.id) {
+                None => {
+                    let name = c.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+                    self.containers.insert(
+                        c.id.clone(),
+                        ContainerRecord {
+                            id: c.id.clone(),
+                            sandbox_id: c.pod_sandbox_id.clone(),
+                            pod_uid: uid.clone(),
+                            meta: ContainerMeta::from_cri(&c.labels, &c.annotations, name),
+                            created_at: c.created_at,
+                            state: match listed {
+                                // The list carries no exit code.
+                                State::Exited { .. } => State::Exited { code: None },
+                                s => s,
+                            },
+                            finished_at: 0,
+                            role: None,
+                            pid: None,
+                            exit_observed: None,
+                        },
+                    );
+                    diff.fetch.push((c.id.clone(), Fetch::Verbose));
+                    diff.changed_pods.insert(uid);
+                }
+                Some(rec) => {
+                    let fetch = match (rec.state, listed) {
+                        (State::Running, State::Exited { .. }) => {
+                            rec.state = State::Exited { code: None };
+                            rec.exit_observed.get_or_insert((ExitSource::Relist, now));
+                            diff.exited.push(c.id.clone());
+                            diff.changed_pods.insert(uid.clone());
+                            Some(Fetch::Plain)
+                        }
+                        (State::Exited { code: None }, State::Exited { .. }) => Some(Fetch::Plain),
+                        // The kernel already reported the exit; the runtime lags behind.
+                        (State::Exited { .. }, _) => None,
+                        (State::Created | State::Unknown, State::Running) => {
+                            rec.state = State::Running;
+                            diff.changed_pods.insert(uid.clone());
+                            Some(Fetch::Verbose)
+                        }
+                        (State::Created | State::Unknown, State::Exited { .. }) => {
+                            rec.state = State::Exited { code: None };
+                            diff.changed_pods.insert(uid.clone());
+                            Some(Fetch::Plain)
+                        }
+                        _ if rec.role.is_none() => Some(Fetch::Verbose),
+                        _ => None,
+                    };
+                    if let Some(f) = fetch {
+                        diff.fetch.push((c.id.clone(), f));
+                    }
+                }
+            }
+        }
+        let removed: Vec<String> = self
+            .containers
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in removed {
+            if let Some(rec) = self.containers.remove(&id) {
+                diff.changed_pods.insert(rec.pod_uid);
+            }
+            diff.removed.push(id);
+        }
+        diff
+    }
+
+    /// Apply a `ContainerStatus` answer. Returns the pod uid when something the decision reads changed.
+    pub fn apply_status(
+        &mut self,
+        st: &ContainerStatus,
+        info: Option<&VerboseInfo>,
+    ) -> Option<String> {
+        let rec = self.containers.get_mut(&st.id)?;
+        let before = (rec.state, rec.role);
+        let reported = State::from_cri(st.state, st.exit_code);
+        rec.state = match (rec.state, reported) {
+            // Never move back from exited to running because of a lagging runtime.
+            (State::Exited { code }, State::Running | State::Created | State::Unknown) => {
+                State::Exited { code }
+            }
+            (_, s) => s,
+        };
+        if st.finished_at > 0 {
+            rec.finished_at = st.finished_at;
+        }
+        if let Some(info) = info {
+            if rec.role.is_none() {
+                rec.role = Some(Role::from_env(
+                    info.env.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ));
+            }
+            if info.pid.is_some() {
+                rec.pid = info.pid;
+            }
+        }
+        (before != (rec.state, rec.role)).then(|| rec.pod_uid.clone())
+    }
+
+    /// The kernel reported that the container's processes are gone. Returns the pod uid if this is news.
+    pub fn mark_exited(&mut self, id: &str, source: ExitSource, at: SystemTime) -> Option<String> {
+        let rec = self.containers.get_mut(id)?;
+        if rec.state.is_exited() {
+            return None;
+        }
+        rec.state = State::Exited { code: None };
+        rec.exit_observed = Some((source, at));
+        Some(rec.pod_uid.clone())
+    }
+
+    /// The latest attempt of each container name of a pod, as input for a decision.
+    pub fn pod_facts(&self, uid: &str) -> Option<PodFacts> {
+        let pod = self.pods.get(uid)?;
+        let mut latest: HashMap<&str, &ContainerRecord> = HashMap::new();
+        for c in self.containers.values().filter(|c| c.pod_uid == uid) {
+            let e = latest.entry(c.meta.name.as_str()).or_insert(c);
+            if (c.meta.restart_count, c.created_at) > (e.meta.restart_count, e.created_at) {
+                *e = c;
+            }
+        }
+        let mut containers: Vec<ContainerFacts> = latest
+            .into_values()
+            .map(|c| ContainerFacts {
+                id: c.id.clone(),
+                name: c.meta.name.clone(),
+                role: c.role,
+                state: c.state,
+            })
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(PodFacts {
+            policy: pod.restart_policy,
+            containers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{ContainerMetadata, ContainerState};
+
+    fn labels(uid: &str, name: Option<&str>) -> HashMap<String, String> {
+        let mut l = HashMap::from([
+            (wk::LABEL_POD_NAME.to_string(), "job-1".to_string()),
+            (wk::LABEL_POD_NAMESPACE.to_string(), "default".to_string()),
+            (wk::LABEL_POD_UID.to_string(), uid.to_string()),
+        ]);
+        if let Some(n) = name {
+            l.insert(wk::LABEL_CONTAINER_NAME.to_string(), n.to_string());
+        }
+        l
+    }
+
+    fn sandbox(id: &str, uid: &str, policy: Option<&str>) -> PodSandbox {
+        let mut annotations = HashMap::new();
+        if let Some(p) = policy {
+            annotations.insert(wk::ANNOTATION_RESTART_POLICY.to_string(), p.to_string());
+        }
+        PodSandbox {
+            id: id.into(),
+            labels: labels(uid, None),
+            annotations,
+            created_at: 1,
+            ..Default::default()
+        }
+    }
+
+    fn container(
+        id: &str,
+        sb: &str,
+        uid: &str,
+        name: &str,
+        state: ContainerState,
+        attempt: u32,
+    ) -> Container {
+        let mut annotations = HashMap::new();
+        annotations.insert(
+            wk::ANNOTATION_RESTART_COUNT.to_string(),
+            attempt.to_string(),
+        );
+        Container {
+            id: id.into(),
+            pod_sandbox_id: sb.into(),
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt,
+            }),
+            state: state as i32,
+            created_at: attempt as i64 + 10,
+            labels: labels(uid, Some(name)),
+            annotations,
+            ..Default::default()
+        }
+    }
+
+    fn status(id: &str, state: ContainerState, code: i32) -> ContainerStatus {
+        ContainerStatus {
+            id: id.into(),
+            state: state as i32,
+            exit_code: code,
+            finished_at: if state == ContainerState::ContainerExited {
+                99
+            } else {
+                0
+            },
+            ..Default::default()
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)], pid: u32) -> VerboseInfo {
+        VerboseInfo {
+            pid: Some(pid),
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn role_from_env_is_case_insensitive() {
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "TRUE")]),
+            Role::Sidecar {
+                ignore_exit_code: false
+            }
+        );
+        assert_eq!(
+            Role::from_env([
+                (wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true"),
+                (wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "True"),
+            ]),
+            Role::Sidecar {
+                ignore_exit_code: true
+            }
+        );
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "yes")]),
+            Role::Main
+        );
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true")]),
+            Role::Main
+        );
+    }
+
+    #[test]
+    fn snapshot_then_status_then_exit() {
+        let mut m = NodeModel::default();
+        let sbs = [
+            sandbox("sb1", "u1", Some("Never")),
+            sandbox("foreign", "", None),
+        ];
+        let mut foreign = container("x", "nope", "u9", "x", ContainerState::ContainerRunning, 0);
+        foreign.labels.clear();
+        let cs = [
+            container(
+                "main",
+                "sb1",
+                "u1",
+                "main",
+                ContainerState::ContainerRunning,
+                0,
+            ),
+            container(
+                "side",
+                "sb1",
+                "u1",
+                "side",
+                ContainerState::ContainerRunning,
+                0,
+            ),
+            foreign,
+        ];
+        let d = m.apply_snapshot(&sbs, &cs, SystemTime::now());
+        assert_eq!(d.fetch.len(), 2);
+        assert!(d.fetch.iter().all(|(_, f)| *f == Fetch::Verbose));
+        assert_eq!(
+            m.pod("u1").unwrap().restart_policy,
+            Some(RestartPolicy::Never)
+        );
+
+        m.apply_status(
+            &status("main", ContainerState::ContainerRunning, 0),
+            Some(&env(&[], 10)),
+        );
+        m.apply_status(
+            &status("side", ContainerState::ContainerRunning, 0),
+            Some(&env(
+                &[(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "true")],
+                11,
+            )),
+        );
+        let f = m.pod_facts("u1").unwrap();
+        assert_eq!(f.containers[0].role, Some(Role::Main));
+        assert_eq!(
+            f.containers[1].role,
+            Some(Role::Sidecar {
+                ignore_exit_code: false
+            })
+        );
+        assert_eq!(m.container("main").unwrap().pid, Some(10));
+
+        assert_eq!(
+            m.mark_exited("main", ExitSource::Pidfd, SystemTime::now()),
+            Some("u1".into())
+        );
+        assert_eq!(
+            m.mark_exited("main", ExitSource::Cgroup, SystemTime::now()),
+            None
+        );
+        // A lagging runtime still says running: the model stays exited.
+        m.apply_status(&status("main", ContainerState::ContainerRunning, 0), None);
+        assert_eq!(
+            m.container("main").unwrap().state,
+            State::Exited { code: None }
+        );
+        m.apply_status(&status("main", ContainerState::ContainerExited, 3), None);
+        assert_eq!(
+            m.container("main").unwrap().state,
+            State::Exited { code: Some(3) }
+        );
+        assert_eq!(m.container("main").unwrap().finished_at, 99);
+
+        // Relist that no longer shows the pod removes its containers.
+        let d = m.apply_snapshot(&[], &[], SystemTime::now());
+        assert_eq!(d.removed.len(), 2);
+        assert!(m.pod_facts("u1").is_none());
+    }
+
+    #[test]
+    fn relist_catches_missed_exit_and_latest_attempt_wins() {
+        let mut m = NodeModel::default();
+        let sbs = [sandbox("sb1", "u1", None)];
+        let cs = [container(
+            "m0",
+            "sb1",
+            "u1",
+            "main",
+            ContainerState::ContainerRunning,
+            0,
+        )];
+        m.apply_snapshot(&sbs, &cs, SystemTime::now());
+        let cs = [
+            container(
+                "m0",
+                "sb1",
+                "u1",
+                "main",
+                ContainerState::ContainerExited,
+                0,
+            ),
+            container(
+                "m1",
+                "sb1",
+                "u1",
+                "main",
+                ContainerState::ContainerRunning,
+                1,
+            ),
+        ];
+        let d = m.apply_snapshot(&sbs, &cs, SystemTime::now());
+        assert_eq!(d.exited, vec!["m0".to_string()]);
+        assert!(d.fetch.contains(&("m0".into(), Fetch::Plain)));
+        assert!(d.fetch.contains(&("m1".into(), Fetch::Verbose)));
+        let f = m.pod_facts("u1").unwrap();
+        assert_eq!(f.containers.len(), 1);
+        assert_eq!(f.containers[0].id, "m1");
+        assert_eq!(
+            m.container("m0").unwrap().exit_observed.map(|(s, _)| s),
+            Some(ExitSource::Relist)
+        );
+    }
+}
