@@ -101,7 +101,6 @@ fn main() -> ExitCode {
             match rt.block_on(agent(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "agent failed");
                     eprintln!("nodeward: {e:#}");
                     ExitCode::FAILURE
                 }

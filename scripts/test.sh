@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, then fmt, clippy -D warnings, and every test,
+# including the integration tests against a real containerd started by the tests themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: the real-runtime tests start containerd and need root" >&2
+  exit 1
+fi
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+# Test beds tear themselves down from a guard process when a test binary exits; wait for them.
+for _ in $(seq 1 300); do
+  pgrep -f nodeward-testbed-guard >/dev/null || break
+  sleep 0.1
+done
+if grep -q nodeward-tb- /proc/self/mountinfo; then
+  echo "test.sh: mounts left behind:" >&2
+  grep nodeward-tb- /proc/self/mountinfo >&2
+  exit 1
+fi
+echo "test.sh: all checks passed"
