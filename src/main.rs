@@ -54,6 +54,10 @@ struct AgentArgs {
     /// Do not watch cgroup v2 cgroup.events files.
     #[arg(long)]
     no_cgroup_events: bool,
+    /// Cgroup trees (under the cgroup v2 mount) where the kubelet creates pod cgroups, watched for
+    /// new containers; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', default_value = "kubepods,kubepods.slice")]
+    pods_cgroup: Vec<String>,
     /// Where the host's /proc is visible.
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
@@ -124,6 +128,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         relist_interval: args.relist_interval,
         pidfd: !args.no_pidfd,
         cgroup_events: !args.no_cgroup_events,
+        pods_cgroups: args.pods_cgroup,
         proc_root: args.proc_root,
     };
     let res = nodeward::agent::run(cfg, shutdown).await;

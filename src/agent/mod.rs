@@ -30,6 +30,9 @@ pub struct Config {
     pub relist_interval: Duration,
     pub pidfd: bool,
     pub cgroup_events: bool,
+    /// Cgroup trees (relative to the cgroup v2 mount) where the kubelet puts pods; watched for new
+    /// containers so that even short-lived ones are seen at once.
+    pub pods_cgroups: Vec<String>,
     pub proc_root: PathBuf,
 }
 
@@ -41,6 +44,7 @@ impl Default for Config {
             relist_interval: Duration::from_secs(10),
             pidfd: true,
             cgroup_events: true,
+            pods_cgroups: vec!["kubepods".into(), "kubepods.slice".into()],
             proc_root: PathBuf::from("/proc"),
         }
     }
@@ -59,6 +63,10 @@ enum Event {
         at: SystemTime,
     },
     Stopped(Box<StopOutcome>),
+    /// A new container cgroup appeared.
+    Discovered(String),
+    /// Read a container's status again (it was still being started).
+    Refetch { id: String, attempt: u32 },
 }
 
 /// Connect to the runtime and run until `shutdown` resolves.
@@ -93,28 +101,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let cgroup_tx = match &cgroup {
         Ok(_) => {
             let (ctx, crx) = mpsc::unbounded_channel();
-            let (etx, mut erx) = mpsc::unbounded_channel::<String>();
+            let (etx, mut erx) = mpsc::unbounded_channel::<cgroup::Notice>();
             tokio::spawn(async move {
                 if let Err(e) = cgroup::run(crx, etx).await {
-                    warn!(error = %e, "cgroup.events watcher stopped");
+                    warn!(error = %e, "cgroup watcher stopped");
                 }
             });
             let fwd = tx.clone();
             tokio::spawn(async move {
-                while let Some(id) = erx.recv().await {
-                    let at = SystemTime::now();
-                    if fwd
-                        .send(Event::Exit {
+                while let Some(notice) = erx.recv().await {
+                    let ev = match notice {
+                        cgroup::Notice::Emptied(id) => Event::Exit {
                             id,
                             source: ExitSource::Cgroup,
-                            at,
-                        })
-                        .is_err()
-                    {
+                            at: SystemTime::now(),
+                        },
+                        cgroup::Notice::Created(id) => Event::Discovered(id),
+                    };
+                    if fwd.send(ev).is_err() {
                         break;
                     }
                 }
             });
+            if let Ok(cg) = &cgroup {
+                for name in &cfg.pods_cgroups {
+                    let root = cg.mount.join(name.trim_start_matches('/'));
+                    if root.is_dir() {
+                        info!(root = %root.display(), "watching pods cgroup tree for new containers");
+                        let _ = ctx.send(cgroup::Command::WatchTree { root });
+                    }
+                }
+            }
             Some(ctx)
         }
         Err(_) => None,
@@ -132,11 +149,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         model: NodeModel::default(),
         pidfd_watches: HashMap::new(),
         cgroup_watches: HashSet::new(),
+        cgroup_trees: HashSet::new(),
         pidfd_rejected: 0,
         fetching: HashSet::new(),
+        fetch_attempts: HashMap::new(),
         in_flight: HashSet::new(),
         holds: HashMap::new(),
         relisting: false,
+        relist_wanted: false,
+        next_relist: Instant::now(),
         runtime_up: true,
         relist_failures: 0,
         initial: Initial::Listing,
@@ -152,6 +173,9 @@ fn describe(r: &Result<String, &String>) -> String {
         Err(e) => format!("unavailable ({e})"),
     }
 }
+
+/// How often a container still being started is read again for its pid (10 ms doubling to 320 ms).
+const MAX_START_REFETCH: u32 = 12;
 
 #[derive(PartialEq, Eq)]
 enum Initial {
@@ -172,11 +196,16 @@ struct Agent {
     model: NodeModel,
     pidfd_watches: HashMap<String, AbortHandle>,
     cgroup_watches: HashSet<String>,
+    cgroup_trees: HashSet<PathBuf>,
     pidfd_rejected: usize,
     fetching: HashSet<String>,
+    fetch_attempts: HashMap<String, u32>,
     in_flight: HashSet<String>,
     holds: HashMap<String, Hold>,
     relisting: bool,
+    /// Relist as soon as the current one (if any) is done.
+    relist_wanted: bool,
+    next_relist: Instant,
     runtime_up: bool,
     relist_failures: u32,
     initial: Initial,
@@ -190,22 +219,23 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut next_relist = Instant::now();
         loop {
+            if self.relist_wanted && !self.relisting {
+                self.next_relist = Instant::now();
+            }
             tokio::select! {
                 _ = &mut shutdown => {
                     info!(in_flight = self.in_flight.len(), "shutting down");
                     return;
                 }
-                _ = tokio::time::sleep_until(next_relist), if !self.relisting => {
+                _ = tokio::time::sleep_until(self.next_relist), if !self.relisting => {
+                    self.relist_wanted = false;
                     self.start_relist();
-                    next_relist = Instant::now() + self.relist_interval;
+                    self.next_relist = Instant::now() + self.relist_interval;
                 }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
-                    if let Some(delay) = self.handle(ev) {
-                        next_relist = Instant::now() + delay;
-                    }
+                    self.handle(ev);
                 }
             }
         }
@@ -222,18 +252,33 @@ impl Agent {
         });
     }
 
-    /// Handle one event; returns a new delay until the next relist when it should change.
-    fn handle(&mut self, ev: Event) -> Option<Duration> {
+    fn handle(&mut self, ev: Event) {
         match ev {
             Event::Snapshot(res) => {
                 self.relisting = false;
-                return self.on_snapshot(res);
+                if let Some(delay) = self.on_snapshot(res) {
+                    self.next_relist = Instant::now() + delay;
+                }
             }
             Event::Status { id, fetch, result } => self.on_status(id, fetch, *result),
             Event::Exit { id, source, at } => self.on_exit(&id, source, at),
             Event::Stopped(outcome) => self.on_stopped(*outcome),
+            Event::Discovered(id) => {
+                if self.model.container(&id).is_none() {
+                    // A new container (or sandbox) is starting: list now rather than at the next tick.
+                    self.relist_wanted = true;
+                }
+            }
+            Event::Refetch { id, attempt } => {
+                if self
+                    .model
+                    .container(&id)
+                    .is_some_and(|c| c.state == State::Created)
+                {
+                    self.fetch_status_attempt(id, Fetch::Verbose, attempt);
+                }
+            }
         }
-        None
     }
 
     fn on_snapshot(
@@ -314,9 +359,14 @@ impl Agent {
     }
 
     fn fetch_status(&mut self, id: String, fetch: Fetch) {
+        self.fetch_status_attempt(id, fetch, 0);
+    }
+
+    fn fetch_status_attempt(&mut self, id: String, fetch: Fetch, attempt: u32) {
         if !self.fetching.insert(id.clone()) {
             return;
         }
+        self.fetch_attempts.insert(id.clone(), attempt);
         let cri = self.cri.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -336,11 +386,25 @@ impl Agent {
         result: Result<(ContainerStatus, VerboseInfo), CriError>,
     ) {
         self.fetching.remove(&id);
+        let attempt = self.fetch_attempts.remove(&id).unwrap_or(0);
         match result {
             Ok((st, info)) => {
                 let verbose = (fetch == Fetch::Verbose).then_some(&info);
                 let changed = self.model.apply_status(&st, verbose);
                 if let Some(rec) = self.model.container(&id) {
+                    if rec.state == State::Created && attempt < MAX_START_REFETCH {
+                        // Being started: read again shortly to get its pid.
+                        let tx = self.tx.clone();
+                        let delay = Duration::from_millis(10 << attempt.min(5));
+                        let id = id.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send(Event::Refetch {
+                                id,
+                                attempt: attempt + 1,
+                            });
+                        });
+                    }
                     if rec.state == State::Running {
                         if let Some(pid) = rec.pid {
                             self.watch(&id, pid);
@@ -396,13 +460,17 @@ impl Agent {
         }
         if let (Some(cg), Some(ctx)) = (&self.cgroup, &self.cgroup_tx)
             && !self.cgroup_watches.contains(id)
-            && let Some(events_file) = cg.events_file(pid, id)
+            && let Some((events_file, root)) = cg.container_cgroup(pid, id)
         {
             let _ = ctx.send(cgroup::Command::Watch {
                 id: id.to_string(),
                 events_file,
             });
             self.cgroup_watches.insert(id.to_string());
+            if self.cgroup_trees.insert(root.clone()) {
+                info!(root = %root.display(), "watching pods cgroup tree for new containers");
+                let _ = ctx.send(cgroup::Command::WatchTree { root });
+            }
         }
     }
 

@@ -63,9 +63,10 @@ impl CgroupV2 {
         })
     }
 
-    /// The `cgroup.events` file of the container whose init process is `pid`, if it has a v2
-    /// cgroup that belongs to that container and is currently populated.
-    pub fn events_file(&self, pid: u32, container_id: &str) -> Option<PathBuf> {
+    /// For the container whose init process is `pid`: its `cgroup.events` file, if it has a v2
+    /// cgroup that belongs to that container and is currently populated, and the root of the
+    /// cgroup tree it lives in (e.g. `<mount>/kubepods`).
+    pub fn container_cgroup(&self, pid: u32, container_id: &str) -> Option<(PathBuf, PathBuf)> {
         let doc =
             std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
         let rel = v2_path_of(&doc)?;
@@ -77,67 +78,236 @@ impl CgroupV2 {
             .join(rel.trim_start_matches('/'))
             .join("cgroup.events");
         let now = std::fs::read_to_string(&file).ok()?;
-        (populated(&now) == Some(true)).then_some(file)
+        let root = self.mount.join(top_component(rel)?);
+        (populated(&now) == Some(true)).then_some((file, root))
     }
 }
 
+/// A container id (64 lowercase hex digits) in a cgroup directory name, as runtimes name them:
+/// `<id>` (cgroupfs), `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope` (systemd).
+/// CRI-O's `crio-conmon-<id>.scope` holds the monitor, not the container, and is not matched.
+pub fn container_id_in(name: &str) -> Option<&str> {
+    if name.contains("conmon") {
+        return None;
+    }
+    let b = name.as_bytes();
+    let is_hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    let mut run = 0;
+    for (i, c) in b.iter().enumerate() {
+        run = if is_hex(c) { run + 1 } else { 0 };
+        if run == 64 && b.get(i + 1).is_none_or(|n| !is_hex(n)) {
+            return Some(&name[i + 1 - 64..=i]);
+        }
+    }
+    None
+}
+
+/// The first component of a cgroup path (`/kubepods/burstable/pod…/<id>` → `kubepods`).
+pub fn top_component(rel: &str) -> Option<&str> {
+    rel.trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|c| !c.is_empty())
+}
+
+/// Directories without a container id are watched at most this deep below a tree root
+/// (root → QoS class → pod → container).
+const MAX_TREE_DEPTH: usize = 3;
+
 pub enum Command {
+    /// Watch a pods cgroup tree (e.g. `kubepods`) for new container cgroups.
+    WatchTree { root: PathBuf },
+    /// Watch one container's `cgroup.events`, known to be populated.
     Watch { id: String, events_file: PathBuf },
     Unwatch { id: String },
 }
 
-/// Run the watcher: `commands` add and remove containers; the id of a container whose cgroup
-/// became empty is sent on `exits` (once).
+/// What the watcher reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A cgroup for this container (or sandbox) id appeared: the runtime is starting it.
+    Created(String),
+    /// The container's cgroup had processes and now has none: it exited.
+    Emptied(String),
+}
+
+enum Watched {
+    Dir {
+        path: PathBuf,
+        depth: usize,
+    },
+    Events {
+        id: String,
+        file: PathBuf,
+        seen_populated: bool,
+    },
+}
+
+struct Watcher {
+    watches: inotify::Watches,
+    by_wd: HashMap<WatchDescriptor, Watched>,
+    events_by_id: HashMap<String, WatchDescriptor>,
+    trees: HashMap<PathBuf, WatchDescriptor>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+impl Watcher {
+    fn watch_events(&mut self, id: &str, file: PathBuf, seen_populated: bool) {
+        if self.events_by_id.contains_key(id) {
+            return;
+        }
+        match self.watches.add(&file, WatchMask::MODIFY) {
+            Ok(wd) => {
+                self.events_by_id.insert(id.to_string(), wd.clone());
+                self.by_wd.insert(
+                    wd.clone(),
+                    Watched::Events {
+                        id: id.to_string(),
+                        file,
+                        seen_populated,
+                    },
+                );
+                // The state may have changed before the watch was armed.
+                self.check_events(&wd);
+            }
+            Err(e) => tracing::debug!(container = %id, error = %e, "cannot watch cgroup.events"),
+        }
+    }
+
+    fn unwatch_events(&mut self, id: &str) {
+        if let Some(wd) = self.events_by_id.remove(id) {
+            self.by_wd.remove(&wd);
+            let _ = self.watches.remove(wd);
+        }
+    }
+
+    /// Re-read a watched `cgroup.events`; report `Emptied` on a populated 1 → 0 transition.
+    fn check_events(&mut self, wd: &WatchDescriptor) {
+        let Some(Watched::Events {
+            id,
+            file,
+            seen_populated,
+        }) = self.by_wd.get_mut(wd)
+        else {
+            return;
+        };
+        let now = std::fs::read_to_string(&*file)
+            .ok()
+            .and_then(|d| populated(&d));
+        match now {
+            Some(true) => *seen_populated = true,
+            // Not yet populated: the runtime is still moving the first process in.
+            Some(false) if !*seen_populated => {}
+            // Emptied, or the cgroup was removed.
+            _ => {
+                let id = id.clone();
+                self.unwatch_events(&id);
+                let _ = self.notices.send(Notice::Emptied(id));
+            }
+        }
+    }
+
+    fn watch_dir(&mut self, path: &Path, depth: usize) {
+        let wd = match self
+            .watches
+            .add(path, WatchMask::CREATE | WatchMask::ONLYDIR)
+        {
+            Ok(wd) => wd,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot watch cgroup directory");
+                return;
+            }
+        };
+        if depth == 0 {
+            self.trees.insert(path.to_path_buf(), wd.clone());
+        }
+        self.by_wd.insert(
+            wd,
+            Watched::Dir {
+                path: path.to_path_buf(),
+                depth,
+            },
+        );
+        // Children created before the watch was armed.
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    self.on_new_dir(&e.path(), depth + 1);
+                }
+            }
+        }
+    }
+
+    fn on_new_dir(&mut self, path: &Path, depth: usize) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        if let Some(id) = container_id_in(name) {
+            let id = id.to_string();
+            let _ = self.notices.send(Notice::Created(id.clone()));
+            let events = path.join("cgroup.events");
+            if events.exists() {
+                self.watch_events(&id, events, false);
+            }
+        } else if depth <= MAX_TREE_DEPTH {
+            self.watch_dir(path, depth);
+        }
+    }
+
+    fn on_event(&mut self, ev: inotify::Event<std::ffi::OsString>) {
+        let removed = ev.mask.contains(inotify::EventMask::IGNORED);
+        match self.by_wd.get(&ev.wd) {
+            None => {}
+            Some(Watched::Events { .. }) => self.check_events(&ev.wd),
+            Some(Watched::Dir { path, depth }) => {
+                if removed {
+                    let path = path.clone();
+                    self.by_wd.remove(&ev.wd);
+                    self.trees.remove(&path);
+                } else if ev.mask.contains(inotify::EventMask::CREATE)
+                    && ev.mask.contains(inotify::EventMask::ISDIR)
+                    && let Some(name) = ev.name
+                {
+                    let child = path.join(name);
+                    let depth = depth + 1;
+                    self.on_new_dir(&child, depth);
+                }
+            }
+        }
+    }
+}
+
+/// Run the watcher until `commands` closes: trees report new container cgroups, watched
+/// `cgroup.events` files report exits.
 pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
-    exits: mpsc::UnboundedSender<String>,
+    notices: mpsc::UnboundedSender<Notice>,
 ) -> io::Result<()> {
     let inotify = Inotify::init()?;
-    let mut stream = inotify.into_event_stream([0u8; 4096])?;
-    let mut by_wd: HashMap<WatchDescriptor, (String, PathBuf)> = HashMap::new();
-    let mut by_id: HashMap<String, WatchDescriptor> = HashMap::new();
+    let mut stream = inotify.into_event_stream([0u8; 8192])?;
+    let mut w = Watcher {
+        watches: stream.watches(),
+        by_wd: HashMap::new(),
+        events_by_id: HashMap::new(),
+        trees: HashMap::new(),
+        notices,
+    };
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 None => return Ok(()),
-                Some(Command::Watch { id, events_file }) => {
-                    match stream.watches().add(&events_file, WatchMask::MODIFY) {
-                        Ok(wd) => {
-                            // The cgroup may have emptied before the watch was armed.
-                            let now = std::fs::read_to_string(&events_file).unwrap_or_default();
-                            if populated(&now) != Some(true) {
-                                let _ = stream.watches().remove(wd);
-                                let _ = exits.send(id);
-                            } else {
-                                by_id.insert(id.clone(), wd.clone());
-                                by_wd.insert(wd, (id, events_file));
-                            }
-                        }
-                        Err(e) => tracing::debug!(container = %id, error = %e, "cannot watch cgroup.events"),
+                Some(Command::WatchTree { root }) => {
+                    if !w.trees.contains_key(&root) {
+                        w.watch_dir(&root, 0);
                     }
                 }
-                Some(Command::Unwatch { id }) => {
-                    if let Some(wd) = by_id.remove(&id) {
-                        by_wd.remove(&wd);
-                        let _ = stream.watches().remove(wd);
-                    }
-                }
+                Some(Command::Watch { id, events_file }) => w.watch_events(&id, events_file, true),
+                Some(Command::Unwatch { id }) => w.unwatch_events(&id),
             },
-            ev = stream.next() => {
-                let Some(ev) = ev else { return Ok(()) };
-                let ev = ev?;
-                let Some((id, file)) = by_wd.get(&ev.wd).cloned() else { continue };
-                let gone = ev.mask.contains(inotify::EventMask::IGNORED);
-                let now = if gone { String::new() } else { std::fs::read_to_string(&file).unwrap_or_default() };
-                if populated(&now) != Some(true) {
-                    by_wd.remove(&ev.wd);
-                    by_id.remove(&id);
-                    if !gone {
-                        let _ = stream.watches().remove(ev.wd);
-                    }
-                    let _ = exits.send(id);
-                }
-            }
+            ev = stream.next() => match ev {
+                None => return Ok(()),
+                Some(ev) => w.on_event(ev?),
+            },
         }
     }
 }
@@ -159,6 +329,20 @@ mod tests {
             find_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn container_ids_in_cgroup_names() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(container_id_in(id), Some(id));
+        assert_eq!(container_id_in(&format!("cri-containerd-{id}.scope")), Some(id));
+        assert_eq!(container_id_in(&format!("crio-{id}.scope")), Some(id));
+        assert_eq!(container_id_in(&format!("crio-conmon-{id}.scope")), None);
+        assert_eq!(container_id_in(&format!("{id}0")), None);
+        assert_eq!(container_id_in("kubepods-burstable-pod1234.slice"), None);
+        assert_eq!(container_id_in("pod7f3c1a2e-0000-4000-8000-000000000000"), None);
+        assert_eq!(top_component("/kubepods/burstable/pod1/x"), Some("kubepods"));
+        assert_eq!(top_component("/"), None);
     }
 
     #[test]
