@@ -66,7 +66,10 @@ enum Event {
     /// A new container cgroup appeared.
     Discovered(String),
     /// Read a container's status again (it was still being started).
-    Refetch { id: String, attempt: u32 },
+    Refetch {
+        id: String,
+        attempt: u32,
+    },
 }
 
 /// Connect to the runtime and run until `shutdown` resolves.
@@ -126,10 +129,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             if let Ok(cg) = &cgroup {
                 for name in &cfg.pods_cgroups {
                     let root = cg.mount.join(name.trim_start_matches('/'));
-                    if root.is_dir() {
-                        info!(root = %root.display(), "watching pods cgroup tree for new containers");
-                        let _ = ctx.send(cgroup::Command::WatchTree { root });
-                    }
+                    info!(root = %root.display(), exists = root.is_dir(), "watching pods cgroup tree for new containers");
+                    let _ = ctx.send(cgroup::Command::WatchTree { root });
                 }
             }
             Some(ctx)

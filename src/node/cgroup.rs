@@ -116,10 +116,17 @@ const MAX_TREE_DEPTH: usize = 3;
 
 pub enum Command {
     /// Watch a pods cgroup tree (e.g. `kubepods`) for new container cgroups.
-    WatchTree { root: PathBuf },
+    WatchTree {
+        root: PathBuf,
+    },
     /// Watch one container's `cgroup.events`, known to be populated.
-    Watch { id: String, events_file: PathBuf },
-    Unwatch { id: String },
+    Watch {
+        id: String,
+        events_file: PathBuf,
+    },
+    Unwatch {
+        id: String,
+    },
 }
 
 /// What the watcher reports.
@@ -132,6 +139,11 @@ pub enum Notice {
 }
 
 enum Watched {
+    /// The parent of tree roots that do not exist yet (the kubelet has not created them).
+    Parent {
+        path: PathBuf,
+        wanted: Vec<std::ffi::OsString>,
+    },
     Dir {
         path: PathBuf,
         depth: usize,
@@ -207,6 +219,41 @@ impl Watcher {
         }
     }
 
+    /// Watch a tree root now, or its parent until the root is created.
+    fn watch_tree(&mut self, root: PathBuf) {
+        if self.trees.contains_key(&root) {
+            return;
+        }
+        if root.is_dir() {
+            self.watch_dir(&root, 0);
+            return;
+        }
+        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+            return;
+        };
+        match self
+            .watches
+            .add(parent, WatchMask::CREATE | WatchMask::ONLYDIR)
+        {
+            Ok(wd) => {
+                let entry = self.by_wd.entry(wd).or_insert_with(|| Watched::Parent {
+                    path: parent.to_path_buf(),
+                    wanted: Vec::new(),
+                });
+                if let Watched::Parent { wanted, .. } = entry {
+                    wanted.push(name.to_os_string());
+                }
+                // Created between the check and the watch.
+                if root.is_dir() {
+                    self.watch_dir(&root, 0);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(path = %parent.display(), error = %e, "cannot watch cgroup directory")
+            }
+        }
+    }
+
     fn watch_dir(&mut self, path: &Path, depth: usize) {
         let wd = match self
             .watches
@@ -259,6 +306,14 @@ impl Watcher {
         match self.by_wd.get(&ev.wd) {
             None => {}
             Some(Watched::Events { .. }) => self.check_events(&ev.wd),
+            Some(Watched::Parent { path, wanted }) => {
+                if let Some(name) = ev.name.filter(|n| wanted.contains(n)) {
+                    let root = path.join(name);
+                    if !self.trees.contains_key(&root) {
+                        self.watch_dir(&root, 0);
+                    }
+                }
+            }
             Some(Watched::Dir { path, depth }) => {
                 if removed {
                     let path = path.clone();
@@ -296,11 +351,7 @@ pub async fn run(
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 None => return Ok(()),
-                Some(Command::WatchTree { root }) => {
-                    if !w.trees.contains_key(&root) {
-                        w.watch_dir(&root, 0);
-                    }
-                }
+                Some(Command::WatchTree { root }) => w.watch_tree(root),
                 Some(Command::Watch { id, events_file }) => w.watch_events(&id, events_file, true),
                 Some(Command::Unwatch { id }) => w.unwatch_events(&id),
             },
@@ -335,13 +386,22 @@ mod tests {
     fn container_ids_in_cgroup_names() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         assert_eq!(container_id_in(id), Some(id));
-        assert_eq!(container_id_in(&format!("cri-containerd-{id}.scope")), Some(id));
+        assert_eq!(
+            container_id_in(&format!("cri-containerd-{id}.scope")),
+            Some(id)
+        );
         assert_eq!(container_id_in(&format!("crio-{id}.scope")), Some(id));
         assert_eq!(container_id_in(&format!("crio-conmon-{id}.scope")), None);
         assert_eq!(container_id_in(&format!("{id}0")), None);
         assert_eq!(container_id_in("kubepods-burstable-pod1234.slice"), None);
-        assert_eq!(container_id_in("pod7f3c1a2e-0000-4000-8000-000000000000"), None);
-        assert_eq!(top_component("/kubepods/burstable/pod1/x"), Some("kubepods"));
+        assert_eq!(
+            container_id_in("pod7f3c1a2e-0000-4000-8000-000000000000"),
+            None
+        );
+        assert_eq!(
+            top_component("/kubepods/burstable/pod1/x"),
+            Some("kubepods")
+        );
         assert_eq!(top_component("/"), None);
     }
 

@@ -250,6 +250,7 @@ impl NodeModel {
                         }
                         (State::Created | State::Unknown, State::Exited { .. }) => {
                             rec.state = State::Exited { code: None };
+                            rec.exit_observed.get_or_insert((ExitSource::Relist, now));
                             diff.changed_pods.insert(uid.clone());
                             Some(Fetch::Plain)
                         }
@@ -295,6 +296,11 @@ impl NodeModel {
         };
         if st.finished_at > 0 {
             rec.finished_at = st.finished_at;
+        }
+        if rec.state.is_exited() {
+            // Learned from a status read rather than a kernel event.
+            rec.exit_observed
+                .get_or_insert((ExitSource::Relist, SystemTime::now()));
         }
         if let Some(info) = info {
             if rec.role.is_none() {

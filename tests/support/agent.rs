@@ -1,0 +1,232 @@
+//! Runs the real `nodeward agent` binary as a child process and reads its JSON log lines.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::testbed::TestBed;
+use serde_json::Value;
+
+/// Path of the agent binary: cargo's for tests and benches, else `$NODEWARD_BIN`.
+pub fn agent_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_nodeward") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var("NODEWARD_BIN").unwrap_or_else(|_| "nodeward".into())),
+    }
+}
+
+pub struct AgentProcess {
+    child: Mutex<Child>,
+    pid: u32,
+    lines: Arc<Mutex<Vec<Value>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Start `nodeward agent` on a test bed: its CRI socket, its pods cgroup tree, JSON logs, and
+    /// `extra` arguments.
+    pub fn spawn(tb: &TestBed, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(agent_binary());
+        cmd.arg("agent")
+            .arg("--cri-socket")
+            .arg(tb.socket())
+            .arg("--pods-cgroup")
+            .arg(tb.cgroup_parent().trim_start_matches('/'))
+            .args(["--log-format", "json"])
+            .args(extra);
+        Self::spawn_cmd(cmd)
+    }
+
+    /// Start the agent with exactly these arguments after `agent`.
+    pub fn spawn_args(args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(agent_binary());
+        cmd.arg("agent").args(["--log-format", "json"]).args(args);
+        Self::spawn_cmd(cmd)
+    }
+
+    fn spawn_cmd(mut cmd: Command) -> anyhow::Result<Self> {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.env("RUST_LOG", "nodeward=debug")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", agent_binary().display()))?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (l, r) = (lines.clone(), raw.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("NODEWARD_TEST_ECHO").is_some() {
+                    eprintln!("agent: {line}");
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    l.lock().unwrap().push(v);
+                }
+                r.lock().unwrap().push(line);
+            }
+        });
+        let pid = child.id();
+        Ok(Self {
+            child: Mutex::new(child),
+            pid,
+            lines,
+            raw,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn try_wait(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.lock().unwrap().try_wait()
+    }
+
+    /// Every JSON log line so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every raw stderr line so far (including non-JSON ones).
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.raw.lock().unwrap().clone()
+    }
+
+    /// Log lines whose message is `message`.
+    pub fn messages(&self, message: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    /// Wait for a log line matching `pred`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.lines().into_iter().find(|v| pred(v)) {
+                return Ok(v);
+            }
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "agent exited ({status}) before {what}; log:\n{}",
+                    self.raw_lines().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; log:\n{}",
+                    self.raw_lines().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<Value> {
+        self.wait_for("agent ready", Duration::from_secs(20), |v| {
+            v["message"] == "agent ready"
+        })
+        .await
+    }
+
+    /// Wait for the `sidecar stopped` line of one container of a pod.
+    pub async fn wait_stopped(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let (uid, c) = (pod_uid.to_string(), container.to_string());
+        self.wait_for(&format!("sidecar {container} stopped"), timeout, move |v| {
+            v["message"] == "sidecar stopped"
+                && v["pod_uid"] == uid.as_str()
+                && v["container"] == c.as_str()
+        })
+        .await
+    }
+
+    /// Peak resident set size (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
+    /// User + system CPU time consumed so far, in milliseconds.
+    pub fn cpu_ms(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let after = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let hz = rustix::param::clock_ticks_per_second();
+        Some(ticks * 1000 / hz)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&self) {
+        let mut c = self.child.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                bail!("agent did not exit within 10 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait for the process to exit by itself.
+    pub async fn wait_exit(&self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("agent still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
