@@ -1,0 +1,152 @@
+//! The agent's own lifecycle against a real containerd: started after the main already exited
+//! (relist path), the runtime restarted or down while the agent runs, and runtime detection.
+//! Each test here starts and stops its own agent, so the tests of this binary run one at a time.
+
+mod support;
+
+use std::time::Duration;
+
+use support::agent::AgentProcess;
+use support::kubelet::{ContainerSpec, Kubelet, PodSpec, RestartPolicy};
+use support::testbed::TestBed;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+fn job(name: &str, main_script: &str) -> PodSpec {
+    PodSpec::new(name)
+        .restart_policy(RestartPolicy::Never)
+        .announce_restart_policy()
+        .container(ContainerSpec::new("main", "busybox").command(sh(main_script)))
+        .container(
+            ContainerSpec::new("proxy", "busybox")
+                .command(sh("trap 'exit 0' TERM; sleep 100000 & wait"))
+                .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_started_after_main_exited_uses_relist() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let pod = Kubelet::run_pod(tb, job("late-agent", "exit 0"))
+        .await
+        .unwrap();
+    pod.wait_until(
+        |p| {
+            p.containers
+                .iter()
+                .any(|c| c.name == "main" && c.is_exited())
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let agent = AgentProcess::spawn(tb, &[]).unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(line["sidecar_exit_code"], 0, "{line}");
+    assert!(pod.container("proxy").await.unwrap().is_exited());
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_restart_while_agent_runs() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &["--relist-interval", "1s"]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("restart-runtime", "sleep 6"))
+        .await
+        .unwrap();
+    tb.restart_containerd().await.unwrap();
+    // The main exits after the restart; the agent must still see it and stop the sidecar.
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(line["sidecar_exit_code"], 0, "{line}");
+    pod.remove().await.unwrap();
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_exits_while_containerd_is_down() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &["--relist-interval", "1s"]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("runtime-down", "sleep 3"))
+        .await
+        .unwrap();
+    pod.wait_until(
+        |p| p.containers.iter().all(|c| c.is_running()),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    tb.stop_containerd().await.unwrap();
+    agent
+        .wait_for("runtime unreachable", Duration::from_secs(20), |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("unreachable"))
+        })
+        .await
+        .unwrap();
+    // The main exits (after ~3 s) while the runtime is down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tb.start_containerd().await.unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert_eq!(line["sidecar_exit_code"], 0, "{line}");
+    pod.remove().await.unwrap();
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    // Probing finds <runtime-dir>/containerd/containerd.sock.
+    let dir = tb.runtime_dir();
+    let agent = AgentProcess::spawn_args(&["--runtime-dir", dir.to_str().unwrap()]).unwrap();
+    let line = agent
+        .wait_for("runtime connected", Duration::from_secs(10), |v| {
+            v["message"] == "connected to container runtime"
+        })
+        .await
+        .unwrap();
+    assert_eq!(line["runtime"], "containerd", "{line}");
+    agent.stop().await.unwrap();
+
+    let empty = tempfile::tempdir().unwrap();
+    let agent =
+        AgentProcess::spawn_args(&["--runtime-dir", empty.path().to_str().unwrap()]).unwrap();
+    let status = agent.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(!status.success());
+    let raw = agent.raw_lines();
+    let last = raw.last().unwrap();
+    for p in [
+        "containerd.sock",
+        "containerd/containerd.sock",
+        "crio.sock",
+        "crio/crio.sock",
+        "cri-dockerd.sock",
+        "cri-dockerd/cri-dockerd.sock",
+    ] {
+        assert!(
+            last.contains(&format!("{}: no such file", empty.path().join(p).display())),
+            "{last}"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The test bed's OCI images, built from the host's static busybox with umoci and cached in one
+//! OCI layout (tags `busybox`, `noshell`, `pause`) under `target/testbed-images/`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// The static busybox every image is made of.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The images a test bed serves, by short name (= OCI tag = registry repository).
+pub const IMAGES: [&str; 3] = ["busybox", "noshell", "pause"];
+
+/// Bump when the recipe below changes, so cached layouts are rebuilt.
+const RECIPE: &str = "r1";
+
+/// How long the sandbox ("pause") container sleeps: forever, for a test.
+const PAUSE_SECONDS: &str = "2147483647";
+
+/// Where built layouts are cached; independent of `CARGO_TARGET_DIR`.
+fn cache_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/testbed-images")
+}
+
+/// The OCI layout holding all test bed images, built on first use and reused while busybox is
+/// unchanged. Safe to call from parallel processes: each builds under a private name and the
+/// first to rename its result into place wins.
+pub fn ensure_layout() -> Result<PathBuf> {
+    let meta = fs::metadata(BUSYBOX).with_context(|| {
+        format!("{BUSYBOX} is missing: install busybox-static (scripts/deps.sh)")
+    })?;
+    let key = format!(
+        "{RECIPE}-{}.{}-{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.size()
+    );
+    let root = cache_root();
+    let layout = root.join(&key);
+    if layout.join("index.json").is_file() {
+        return Ok(layout);
+    }
+    check_static(Path::new(BUSYBOX))?;
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&root)
+        .with_context(|| format!("creating a build dir in {}", root.display()))?;
+    let built = work.path().join("layout");
+    build_layout(&built, work.path())
+        .with_context(|| format!("building test bed images in {}", work.path().display()))?;
+    match fs::rename(&built, &layout) {
+        Ok(()) => prune_stale(&root, &key),
+        // Another process finished first; its layout is as good as ours.
+        Err(_) if layout.join("index.json").is_file() => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("moving the built layout to {}", layout.display()));
+        }
+    }
+    Ok(layout)
+}
+
+/// A dynamically linked busybox would fail inside the images with a confusing "no such file":
+/// refuse an ELF64 binary with a `PT_INTERP` program header.
+fn check_static(path: &Path) -> Result<()> {
+    const PT_INTERP: u32 = 3;
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let field = |at: usize, len: usize| -> Result<u64> {
+        let raw = bytes
+            .get(at..at + len)
+            .with_context(|| format!("{} is not an ELF64 binary", path.display()))?;
+        Ok(raw
+            .iter()
+            .rev()
+            .fold(0, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    ensure!(
+        bytes.starts_with(b"\x7fELF\x02\x01"),
+        "{} is not a little-endian ELF64 binary",
+        path.display()
+    );
+    let (phoff, phentsize, phnum) = (field(0x20, 8)?, field(0x36, 2)?, field(0x38, 2)?);
+    for i in 0..phnum {
+        let at = usize::try_from(phoff + i * phentsize)?;
+        ensure!(
+            field(at, 4)? != u64::from(PT_INTERP),
+            "{} is dynamically linked: the test bed needs busybox-static",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn build_layout(layout: &Path, work: &Path) -> Result<()> {
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    umoci(&["init", "--layout", &layout.display().to_string()])?;
+
+    // busybox: /bin/busybox plus a symlink per applet, PATH=/bin, no entrypoint.
+    let rootfs = work.join("busybox-rootfs");
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin)?;
+    fs::create_dir_all(rootfs.join("tmp"))?;
+    fs::copy(BUSYBOX, bin.join("busybox"))?;
+    for applet in applets()? {
+        if applet != "busybox" {
+            symlink("busybox", bin.join(&applet))
+                .with_context(|| format!("linking applet {applet}"))?;
+        }
+    }
+    new_image(&image("busybox"), &rootfs)?;
+    umoci(&[
+        "config",
+        "--image",
+        &image("busybox"),
+        "--config.env",
+        "PATH=/bin",
+        "--config.cmd",
+        "sh",
+    ])?;
+
+    // noshell: a single file /sleep (busybox dispatches on argv[0]); no shell, nothing else.
+    let rootfs = work.join("noshell-rootfs");
+    fs::create_dir_all(&rootfs)?;
+    fs::copy(BUSYBOX, rootfs.join("sleep"))?;
+    new_image(&image("noshell"), &rootfs)?;
+    umoci(&[
+        "config",
+        "--image",
+        &image("noshell"),
+        "--config.env",
+        "PATH=/",
+    ])?;
+
+    // pause: same content, entrypoint sleeps forever. As PID 1 without a handler it ignores
+    // SIGTERM; containerd stops sandboxes with SIGKILL.
+    new_image(&image("pause"), &rootfs)?;
+    umoci(&[
+        "config",
+        "--image",
+        &image("pause"),
+        "--config.entrypoint",
+        "/sleep",
+        "--config.entrypoint",
+        PAUSE_SECONDS,
+    ])?;
+
+    umoci(&["gc", "--layout", &layout.display().to_string()])
+}
+
+fn new_image(image: &str, rootfs: &Path) -> Result<()> {
+    umoci(&["new", "--image", image])?;
+    umoci(&[
+        "insert",
+        "--image",
+        image,
+        &rootfs.display().to_string(),
+        "/",
+    ])
+}
+
+fn applets() -> Result<Vec<String>> {
+    let out = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {BUSYBOX} --list"))?;
+    ensure!(
+        out.status.success(),
+        "{BUSYBOX} --list failed: {}",
+        out.status
+    );
+    let list = String::from_utf8(out.stdout).context("busybox --list printed non-UTF-8")?;
+    let applets: Vec<String> = list.lines().map(str::to_owned).collect();
+    ensure!(
+        applets.iter().any(|a| a == "sh"),
+        "{BUSYBOX} has no sh applet"
+    );
+    Ok(applets)
+}
+
+fn umoci(args: &[&str]) -> Result<()> {
+    let out = Command::new("umoci")
+        .args(args)
+        .output()
+        .context("running umoci (install it: scripts/deps.sh)")?;
+    if !out.status.success() {
+        bail!(
+            "umoci {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Remove layouts of earlier recipes or busybox builds, and build dirs abandoned by killed
+/// processes (best-effort).
+fn prune_stale(root: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stale = if name.starts_with(".build-") {
+            // Another process may be building right now: only remove old ones.
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600))
+        } else {
+            name != keep
+        };
+        if stale {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
