@@ -4,6 +4,9 @@
 pub mod agent;
 pub mod api;
 pub mod cri;
+pub mod ctl;
+pub mod journal;
 pub mod node;
+pub mod report;
 pub mod sidecar;
 pub mod telemetry;

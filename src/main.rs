@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the node agent.
     Agent(AgentArgs),
+    /// Ask a running agent (over its local API socket).
+    Ctl(CtlArgs),
     /// Print the version.
     Version,
 }
@@ -61,6 +63,55 @@ struct AgentArgs {
     /// Where the host's /proc is visible.
     #[arg(long, default_value = "/proc")]
     proc_root: PathBuf,
+    /// Node name reported by the local API (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Directory of the durable journal.
+    #[arg(long, default_value = "/var/lib/nodeward", env = "NODEWARD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Keep at most this many events in the journal.
+    #[arg(long, default_value_t = 10_000)]
+    journal_max_events: usize,
+    /// Drop journal events older than this.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    journal_max_age: Duration,
+    /// The local gRPC API socket (created 0600).
+    #[arg(long, default_value = DEFAULT_API_SOCKET, env = "NODEWARD_API_SOCKET")]
+    api_socket: PathBuf,
+    /// Listen address of /metrics, /healthz and /readyz (":PORT", "IP:PORT"); "off" disables it.
+    #[arg(long, default_value = ":10221")]
+    addr: String,
+}
+
+const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
+
+#[derive(clap::Args)]
+struct CtlArgs {
+    /// The agent's local API socket.
+    #[arg(long, global = true, default_value = DEFAULT_API_SOCKET, env = "NODEWARD_API_SOCKET")]
+    api_socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: nodeward::ctl::Output,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Runtime, watchers, readiness and counts.
+    Status,
+    /// Pods and containers with their roles and states.
+    Pods,
+    /// Actions taken.
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep streaming new events.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -74,7 +125,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("duration must be positive: {s:?}"));
@@ -88,6 +145,27 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("nodeward {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Ctl(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("nodeward: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(ctl(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                // A closed pipe (`| head`) is not an error.
+                Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodeward ctl: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Agent(args) => {
             telemetry::init(cli.log_format);
@@ -122,7 +200,28 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             tracing::info!(signal = sig, "signal received");
         }
     };
+    let addr = match args.addr.as_str() {
+        "off" | "" => None,
+        a => Some(nodeward::telemetry::http::parse_addr(a).map_err(anyhow::Error::msg)?),
+    };
+    let node_name = args.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
     let cfg = nodeward::agent::Config {
+        node_name,
+        state_dir: args.state_dir,
+        retention: nodeward::journal::Retention {
+            max_events: args.journal_max_events,
+            max_age: args.journal_max_age,
+        },
+        api_socket: args.api_socket,
+        addr,
+        failpoint: std::env::var("NODEWARD_FAILPOINT")
+            .ok()
+            .filter(|f| !f.is_empty()),
         cri_socket: args.cri_socket,
         runtime_dir: args.runtime_dir,
         relist_interval: args.relist_interval,
@@ -136,6 +235,25 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     res
 }
 
+async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let socket = &args.api_socket;
+    match args.command {
+        CtlCommand::Status => nodeward::ctl::status(socket, args.output, &mut out).await,
+        CtlCommand::Pods => nodeward::ctl::pods(socket, args.output, &mut out).await,
+        CtlCommand::Events { after, follow } => {
+            nodeward::ctl::events(socket, after, follow, args.output, &mut out).await
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +265,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("1w").is_err());
         assert!(parse_duration("x").is_err());
     }
 }

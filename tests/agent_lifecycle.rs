@@ -119,7 +119,21 @@ async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
     let tb = TestBed::shared();
     // Probing finds <runtime-dir>/containerd/containerd.sock.
     let dir = tb.runtime_dir();
-    let agent = AgentProcess::spawn_args(&["--runtime-dir", dir.to_str().unwrap()]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let sock = state.path().join("agent.sock");
+    let common = [
+        "--state-dir",
+        state_dir,
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--addr",
+        "off",
+    ];
+    let agent = AgentProcess::spawn_args(
+        &[&["--runtime-dir", dir.to_str().unwrap()][..], &common[..]].concat(),
+    )
+    .unwrap();
     let line = agent
         .wait_for("runtime connected", Duration::from_secs(10), |v| {
             v["message"] == "connected to container runtime"
@@ -130,8 +144,14 @@ async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
     agent.stop().await.unwrap();
 
     let empty = tempfile::tempdir().unwrap();
-    let agent =
-        AgentProcess::spawn_args(&["--runtime-dir", empty.path().to_str().unwrap()]).unwrap();
+    let agent = AgentProcess::spawn_args(
+        &[
+            &["--runtime-dir", empty.path().to_str().unwrap()][..],
+            &common[..],
+        ]
+        .concat(),
+    )
+    .unwrap();
     let status = agent.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert!(!status.success());
     let raw = agent.raw_lines();

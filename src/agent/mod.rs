@@ -8,19 +8,24 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::{Container, ContainerStatus, PodSandbox};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cri::client::VerboseInfo;
 use crate::cri::{CriClient, CriError, RuntimeInfo};
+use crate::journal::{self, Journal, Recorded, Retention};
 use crate::node::ExitSource;
 use crate::node::cgroup::{self, CgroupV2};
 use crate::node::model::{Fetch, NodeModel, Role, State};
 use crate::node::pidfd::{self, ContainerPidfd, PidfdError};
-use crate::sidecar::decide::{Decision, Hold, decide};
+use crate::report::api::{ApiService, Query};
+use crate::report::pb;
+use crate::sidecar::decide::{Decision, Hold, Target, decide};
 use crate::sidecar::run::{StopOutcome, StopRequest, stop_sidecar};
+use crate::telemetry::http::Health;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -34,6 +39,18 @@ pub struct Config {
     /// containers so that even short-lived ones are seen at once.
     pub pods_cgroups: Vec<String>,
     pub proc_root: PathBuf,
+    /// Node name reported by the API (`NODE_NAME`, else the host name).
+    pub node_name: String,
+    /// Where the journal lives.
+    pub state_dir: PathBuf,
+    pub retention: Retention,
+    /// The local gRPC API socket.
+    pub api_socket: PathBuf,
+    /// Metrics and health listen address; `None` disables the HTTP server.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Fault injection for crash tests (`NODEWARD_FAILPOINT`): `after-decide` aborts the process
+    /// right after an action is recorded as decided, before it is carried out.
+    pub failpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -46,6 +63,12 @@ impl Default for Config {
             cgroup_events: true,
             pods_cgroups: vec!["kubepods".into(), "kubepods.slice".into()],
             proc_root: PathBuf::from("/proc"),
+            node_name: String::new(),
+            state_dir: PathBuf::from("/var/lib/nodeward"),
+            retention: Retention::default(),
+            api_socket: PathBuf::from("/run/nodeward/agent.sock"),
+            addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10221))),
+            failpoint: None,
         }
     }
 }
@@ -62,7 +85,10 @@ enum Event {
         source: ExitSource,
         at: SystemTime,
     },
-    Stopped(Box<StopOutcome>),
+    /// A stop action finished (or was found already done in the journal).
+    ActionDone(Box<ActionDone>),
+    /// A question from the local API.
+    Query(Query),
     /// A new container cgroup appeared.
     Discovered(String),
     /// Read a container's status again (it was still being started).
@@ -82,8 +108,63 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         socket = %runtime.socket.display(),
         "connected to container runtime"
     );
-    let cri = CriClient::new(crate::cri::channel(&runtime.socket));
+    let metrics = Metrics::new();
+    let health = Health::new();
+    health.set_runtime_connected(true);
+    metrics.set_runtime_connected(true);
+    let cri = CriClient::new(crate::cri::channel(&runtime.socket)).with_metrics(metrics.clone());
     let (tx, rx) = mpsc::unbounded_channel();
+
+    let (journal, report) = Journal::open(&cfg.state_dir, cfg.retention)?;
+    if let Some((moved, reason)) = &report.moved_aside {
+        tracing::error!(moved_to = %moved.display(), reason = %reason, "journal unreadable; moved aside, starting with a fresh one");
+    }
+    info!(
+        path = %journal.path().display(),
+        events = report.events,
+        pending = report.pending,
+        "journal open"
+    );
+    if let Ok(stats) = journal.stats() {
+        metrics.set_journal(&stats);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(addr) = cfg.addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics/health listener {addr}: {e}"))?;
+        info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        let (m, h, done) = (metrics.clone(), health.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::telemetry::http::serve(listener, m, h, done).await {
+                warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let (live_tx, _) = broadcast::channel(256);
+    let api_listener = crate::report::socket::bind(&cfg.api_socket)?;
+    info!(socket = %cfg.api_socket.display(), "serving the local API");
+    let (query_tx, mut query_rx) = mpsc::unbounded_channel();
+    let service = ApiService::new(query_tx, journal.clone(), live_tx.clone());
+    let api_done = stopped(stop_rx.clone());
+    let api_socket = cfg.api_socket.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::report::api::serve(api_listener, service, api_done).await {
+            warn!(error = %e, "local API server stopped");
+        }
+        let _ = std::fs::remove_file(&api_socket);
+    });
+    let fwd = tx.clone();
+    tokio::spawn(async move {
+        while let Some(q) = query_rx.recv().await {
+            if fwd.send(Event::Query(q)).is_err() {
+                break;
+            }
+        }
+    });
 
     let pidfd_state = if !cfg.pidfd {
         Err("disabled by flag".to_string())
@@ -140,6 +221,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     let mut agent = Agent {
         cri,
+        node_name: cfg.node_name.clone(),
+        journal,
+        live: live_tx,
+        metrics,
+        health,
+        failpoint: cfg.failpoint.clone(),
+        pidfd_reason: pidfd_state.as_ref().err().cloned().unwrap_or_default(),
+        cgroup_reason: cgroup.as_ref().err().cloned().unwrap_or_default(),
         runtime,
         relist_interval: cfg.relist_interval,
         proc_root: cfg.proc_root.clone(),
@@ -165,6 +254,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         started: Instant::now(),
     };
     agent.event_loop(rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    // Let the servers finish in-flight requests and remove the API socket.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(())
 }
 
@@ -187,6 +279,14 @@ enum Initial {
 
 struct Agent {
     cri: CriClient,
+    node_name: String,
+    journal: Journal,
+    live: broadcast::Sender<pb::Event>,
+    metrics: Metrics,
+    health: Health,
+    failpoint: Option<String>,
+    pidfd_reason: String,
+    cgroup_reason: String,
     runtime: RuntimeInfo,
     relist_interval: Duration,
     proc_root: PathBuf,
@@ -254,6 +354,13 @@ impl Agent {
     }
 
     fn handle(&mut self, ev: Event) {
+        self.handle_event(ev);
+        self.metrics.set_watched("pidfd", self.pidfd_watches.len());
+        self.metrics
+            .set_watched("cgroup", self.cgroup_watches.len());
+    }
+
+    fn handle_event(&mut self, ev: Event) {
         match ev {
             Event::Snapshot(res) => {
                 self.relisting = false;
@@ -263,7 +370,8 @@ impl Agent {
             }
             Event::Status { id, fetch, result } => self.on_status(id, fetch, *result),
             Event::Exit { id, source, at } => self.on_exit(&id, source, at),
-            Event::Stopped(outcome) => self.on_stopped(*outcome),
+            Event::ActionDone(done) => self.on_action_done(*done),
+            Event::Query(q) => self.answer(q),
             Event::Discovered(id) => {
                 if self.model.container(&id).is_none() {
                     // A new container (or sandbox) is starting: list now rather than at the next tick.
@@ -293,6 +401,8 @@ impl Agent {
                 if self.runtime_up {
                     warn!(error = %e, "container runtime unreachable; retrying with backoff");
                     self.runtime_up = false;
+                    self.health.set_runtime_connected(false);
+                    self.metrics.set_runtime_connected(false);
                 }
                 let backoff = Duration::from_millis(100)
                     .saturating_mul(1 << self.relist_failures.min(10))
@@ -306,6 +416,8 @@ impl Agent {
                 "container runtime reachable again; resynchronising"
             );
             self.runtime_up = true;
+            self.health.set_runtime_connected(true);
+            self.metrics.set_runtime_connected(true);
         }
         self.relist_failures = 0;
         let diff = self
@@ -317,6 +429,7 @@ impl Agent {
         }
         for id in &diff.exited {
             self.unwatch(id);
+            self.metrics.exit_event(ExitSource::Relist.as_str());
             debug!(container_id = %id, source = "relist", "container exit observed");
         }
         for (id, fetch) in diff.fetch {
@@ -355,6 +468,12 @@ impl Agent {
                 warn!(
                     "pidfd unusable: container pids are not visible here (run in the host PID namespace); relying on cgroup events and relist"
                 );
+            }
+            self.health.set_synced(true);
+            self.resume_pending();
+            let uids: Vec<String> = self.model.pods().map(|p| p.pod.uid.clone()).collect();
+            for uid in uids {
+                self.evaluate(&uid);
             }
         }
     }
@@ -497,6 +616,7 @@ impl Agent {
             return;
         };
         debug!(container_id = %id, source = source.as_str(), "container exit observed");
+        self.metrics.exit_event(source.as_str());
         self.confirm_exit(id.to_string());
         self.evaluate(&uid);
     }
@@ -532,6 +652,10 @@ impl Agent {
     }
 
     fn evaluate(&mut self, uid: &str) {
+        if self.initial != Initial::Ready {
+            // Pending actions from before a restart are resumed first, at readiness.
+            return;
+        }
         let Some(facts) = self.model.pod_facts(uid) else {
             return;
         };
@@ -554,27 +678,165 @@ impl Agent {
             }
             Decision::Stop(targets) => {
                 self.holds.remove(uid);
-                for target in targets {
-                    if !self.in_flight.insert(target.id.clone()) {
-                        continue;
-                    }
-                    let Some(rec) = self.model.container(&target.id) else {
-                        continue;
-                    };
-                    let request = StopRequest {
-                        pod: pod.clone(),
-                        grace: rec.meta.grace,
-                        pre_stop: rec.meta.pre_stop.clone(),
-                        target,
-                    };
-                    let cri = self.cri.clone();
-                    let tx = self.tx.clone();
-                    tokio::spawn(async move {
-                        let outcome = stop_sidecar(&cri, request).await;
-                        let _ = tx.send(Event::Stopped(Box::new(outcome)));
-                    });
+                let targets: Vec<Target> = targets
+                    .into_iter()
+                    .filter(|t| !self.in_flight.contains(&t.id))
+                    .collect();
+                if targets.is_empty() {
+                    return;
                 }
+                let mut ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+                ids.sort_unstable();
+                let key = format!(
+                    "{}/{}/{}",
+                    journal::KIND_STOP_SIDECAR,
+                    pod.uid,
+                    ids.join("+")
+                );
+                let inputs = serde_json::json!({
+                    "restart_policy": facts.policy,
+                    "containers": facts.containers.iter().map(|c| serde_json::json!({
+                        "name": c.name,
+                        "id": c.id,
+                        "role": c.role,
+                        "state": c.state.as_str(),
+                        "exit_code": match c.state { State::Exited { code } => code, _ => None },
+                    })).collect::<Vec<_>>(),
+                });
+                let action = journal::Action {
+                    kind: journal::KIND_STOP_SIDECAR.into(),
+                    pod: journal::PodInfo {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                        uid: pod.uid.clone(),
+                    },
+                    containers: targets
+                        .iter()
+                        .map(|t| journal::ContainerRef {
+                            name: t.name.clone(),
+                            id: t.id.clone(),
+                        })
+                        .collect(),
+                    decided_at: SystemTime::now(),
+                    reason: match facts.policy {
+                        Some(p) => format!("main containers done (restartPolicy {p:?})"),
+                        None => "main containers exited 0 (restart policy unknown)".into(),
+                    },
+                    inputs,
+                };
+                self.launch(key, action, targets);
             }
+        }
+    }
+
+    fn stop_request(
+        &self,
+        pod: &crate::cri::kubelet::PodRef,
+        target: Target,
+        decided_at: SystemTime,
+    ) -> Option<StopRequest> {
+        let rec = self.model.container(&target.id)?;
+        // After a restart, only the grace left since the decision.
+        let spent = SystemTime::now()
+            .duration_since(decided_at)
+            .unwrap_or_default();
+        Some(StopRequest {
+            pod: pod.clone(),
+            grace: rec.meta.grace.saturating_sub(spent),
+            pre_stop: rec.meta.pre_stop.clone(),
+            target,
+        })
+    }
+
+    /// Record the action as decided, then stop its sidecars concurrently. The journal makes a
+    /// completed action never repeat and a decided one always finish, across crashes.
+    fn launch(&mut self, key: String, action: journal::Action, targets: Vec<Target>) {
+        let pod = crate::cri::kubelet::PodRef {
+            namespace: action.pod.namespace.clone(),
+            name: action.pod.name.clone(),
+            uid: action.pod.uid.clone(),
+        };
+        let requests: Vec<StopRequest> = targets
+            .into_iter()
+            .filter_map(|t| self.stop_request(&pod, t, action.decided_at))
+            .collect();
+        for r in &requests {
+            self.in_flight.insert(r.target.id.clone());
+        }
+        let (cri, journal, tx) = (self.cri.clone(), self.journal.clone(), self.tx.clone());
+        let failpoint = self.failpoint.clone();
+        tokio::spawn(async move {
+            let j = journal.clone();
+            let (k, a) = (key.clone(), action.clone());
+            let recorded = tokio::task::spawn_blocking(move || j.decide(&k, &a)).await;
+            let recorded = match recorded {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if failpoint.as_deref() == Some("after-decide")
+                && matches!(recorded, Ok(Recorded::New(_)))
+            {
+                eprintln!("nodeward: failpoint after-decide: aborting");
+                std::process::abort();
+            }
+            let outcomes = match recorded {
+                Ok(Recorded::AlreadyDone) => None,
+                // A journal that cannot record must not stop the agent from acting.
+                Ok(_) | Err(_) => Some(
+                    futures::future::join_all(
+                        requests.iter().cloned().map(|r| stop_sidecar(&cri, r)),
+                    )
+                    .await,
+                ),
+            };
+            let journal_error = recorded.err();
+            let _ = tx.send(Event::ActionDone(Box::new(ActionDone {
+                key,
+                action,
+                requests,
+                outcomes,
+                journal_error,
+            })));
+        });
+    }
+
+    /// Actions decided before a restart and not completed: finish them.
+    fn resume_pending(&mut self) {
+        let pending = match self.journal.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read pending actions from the journal");
+                return;
+            }
+        };
+        for (key, action) in pending {
+            let targets: Vec<Target> = action
+                .containers
+                .iter()
+                .filter(|c| {
+                    self.model
+                        .container(&c.id)
+                        .is_some_and(|r| r.state == State::Running)
+                })
+                .map(|c| Target {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    ignore_exit_code: self.model.container(&c.id).and_then(|r| r.role)
+                        == Some(Role::Sidecar {
+                            ignore_exit_code: true,
+                        }),
+                })
+                .collect();
+            info!(
+                key = %key,
+                pod_namespace = %action.pod.namespace,
+                pod_name = %action.pod.name,
+                pod_uid = %action.pod.uid,
+                still_running = targets.len(),
+                "resuming an action decided before the restart"
+            );
+            self.launch(key, action, targets);
         }
     }
 
@@ -599,67 +861,253 @@ impl Agent {
             .max()
     }
 
-    fn on_stopped(&mut self, o: StopOutcome) {
-        let req = &o.request;
-        self.in_flight.remove(&req.target.id);
-        let uid = req.pod.uid.clone();
+    fn on_action_done(&mut self, done: ActionDone) {
+        for r in &done.requests {
+            self.in_flight.remove(&r.target.id);
+        }
+        let Some(outcomes) = done.outcomes else {
+            debug!(key = %done.key, "action already completed before; not repeated");
+            return;
+        };
+        let uid = done.action.pod.uid.clone();
         let mains_at = self.mains_finished_at(&uid);
         let ms = |from: Option<SystemTime>, to: SystemTime| -> Option<f64> {
             to.duration_since(from?)
                 .ok()
-                .map(|d| d.as_secs_f64() * 1000.0)
+                .map(|d| (d.as_secs_f64() * 1e6).round() / 1000.0)
         };
-        let exit_to_stop_ms = ms(mains_at, o.stop_sent_at);
-        match &o.result {
-            Ok(final_status) => {
-                let (code, finished) = match final_status {
-                    Some(st) => {
-                        let changed = self.model.apply_status(st, None);
-                        let fin = (st.finished_at > 0).then(|| {
-                            SystemTime::UNIX_EPOCH + Duration::from_nanos(st.finished_at as u64)
-                        });
-                        if changed.is_some() {
+        let mut containers = Vec::new();
+        let mut failures = Vec::new();
+        for o in &outcomes {
+            let req = &o.request;
+            let exit_to_stop_ms = ms(mains_at, o.stop_sent_at);
+            let mut co = journal::ContainerOutcome {
+                name: req.target.name.clone(),
+                id: req.target.id.clone(),
+                exit_code: None,
+                exit_code_ignored: req.target.ignore_exit_code,
+                exit_to_stop_ms,
+                exit_to_exit_ms: None,
+                prestop: o.pre_stop.to_string(),
+            };
+            match &o.result {
+                Ok(final_status) => {
+                    if let Some(st) = final_status {
+                        if self.model.apply_status(st, None).is_some() {
                             self.unwatch(&req.target.id);
                         }
-                        (Some(st.exit_code), fin)
+                        co.exit_code = Some(st.exit_code);
+                        co.exit_to_exit_ms = (st.finished_at > 0)
+                            .then(|| {
+                                SystemTime::UNIX_EPOCH + Duration::from_nanos(st.finished_at as u64)
+                            })
+                            .and_then(|f| ms(mains_at, f));
                     }
-                    None => (None, None),
-                };
-                info!(
-                    pod_namespace = %req.pod.namespace,
-                    pod_name = %req.pod.name,
-                    pod_uid = %req.pod.uid,
-                    container = %req.target.name,
-                    container_id = %req.target.id,
-                    decision = "stop_sidecar",
-                    runtime = %self.runtime.name,
-                    prestop = %o.pre_stop,
-                    grace_s = o.stop_grace.as_secs(),
-                    exit_to_stop_ms = exit_to_stop_ms.map(|v| (v * 1000.0).round() / 1000.0),
-                    exit_to_sidecar_exit_ms = finished.and_then(|f| ms(mains_at, f)).map(|v| (v * 1000.0).round() / 1000.0),
-                    sidecar_exit_code = code,
-                    exit_code_ignored = req.target.ignore_exit_code,
-                    result = "stopped",
-                    "sidecar stopped"
-                );
+                    self.metrics.sidecar_terminated(journal::RESULT_STOPPED);
+                    if let Some(v) = co.exit_to_stop_ms {
+                        self.metrics.observe_latency("exit_to_stop", v / 1000.0);
+                    }
+                    if let Some(v) = co.exit_to_exit_ms {
+                        self.metrics
+                            .observe_latency("exit_to_sidecar_exit", v / 1000.0);
+                    }
+                    info!(
+                        pod_namespace = %req.pod.namespace,
+                        pod_name = %req.pod.name,
+                        pod_uid = %req.pod.uid,
+                        container = %req.target.name,
+                        container_id = %req.target.id,
+                        decision = "stop_sidecar",
+                        runtime = %self.runtime.name,
+                        prestop = %o.pre_stop,
+                        grace_s = o.stop_grace.as_secs(),
+                        exit_to_stop_ms = co.exit_to_stop_ms,
+                        exit_to_sidecar_exit_ms = co.exit_to_exit_ms,
+                        sidecar_exit_code = co.exit_code,
+                        exit_code_ignored = req.target.ignore_exit_code,
+                        result = "stopped",
+                        "sidecar stopped"
+                    );
+                }
+                Err(e) => {
+                    self.metrics.sidecar_terminated(journal::RESULT_FAILED);
+                    failures.push(format!("{}: {e}", req.target.name));
+                    warn!(
+                        pod_namespace = %req.pod.namespace,
+                        pod_name = %req.pod.name,
+                        pod_uid = %req.pod.uid,
+                        container = %req.target.name,
+                        container_id = %req.target.id,
+                        decision = "stop_sidecar",
+                        prestop = %o.pre_stop,
+                        exit_to_stop_ms = co.exit_to_stop_ms,
+                        error = %e,
+                        result = "failed",
+                        "stopping sidecar failed; retrying at the next relist"
+                    );
+                }
             }
-            Err(e) => {
-                warn!(
-                    pod_namespace = %req.pod.namespace,
-                    pod_name = %req.pod.name,
-                    pod_uid = %req.pod.uid,
-                    container = %req.target.name,
-                    container_id = %req.target.id,
-                    decision = "stop_sidecar",
-                    prestop = %o.pre_stop,
-                    exit_to_stop_ms = exit_to_stop_ms.map(|v| (v * 1000.0).round() / 1000.0),
-                    error = %e,
-                    result = "failed",
-                    "stopping sidecar failed; retrying at the next relist"
-                );
+            containers.push(co);
+        }
+        if let Some(e) = &done.journal_error {
+            warn!(key = %done.key, error = %e, "journal could not record the decision; acted anyway");
+        }
+        if !failures.is_empty() {
+            // Not completed: the next relist decides again and the same key is re-issued.
+            return;
+        }
+        let outcome = journal::Outcome {
+            result: journal::RESULT_STOPPED.into(),
+            message: String::new(),
+            containers,
+            finished_at: SystemTime::now(),
+        };
+        match self.journal.complete(&done.key, &outcome) {
+            Ok(event) => {
+                // Standalone: nothing to deliver upstream.
+                let _ = self.journal.ack_outbox(&[event.seq]);
+                let _ = self.live.send(crate::report::api::to_pb(&event));
+            }
+            Err(e) => warn!(key = %done.key, error = %e, "journal could not record the outcome"),
+        }
+        if let Ok(stats) = self.journal.stats() {
+            self.metrics.set_journal(&stats);
+        }
+    }
+
+    fn answer(&mut self, q: Query) {
+        match q {
+            Query::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Query::Pods(reply) => {
+                let _ = reply.send(self.pods());
             }
         }
     }
+
+    fn status(&self) -> pb::AgentStatus {
+        let running = self
+            .model
+            .containers()
+            .filter(|c| c.state == State::Running)
+            .count();
+        let stats = self.journal.stats().unwrap_or_default();
+        pb::AgentStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node: self.node_name.clone(),
+            mode: "standalone".into(),
+            runtime_name: self.runtime.name.clone(),
+            runtime_version: self.runtime.version.clone(),
+            runtime_socket: self.runtime.socket.display().to_string(),
+            runtime_connected: self.runtime_up,
+            ready: self.initial == Initial::Ready,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            watchers: vec![
+                pb::WatchMechanism {
+                    name: "pidfd".into(),
+                    enabled: self.pidfd_enabled,
+                    detail: if self.pidfd_enabled {
+                        format!(
+                            "{} containers, {} not visible",
+                            self.pidfd_watches.len(),
+                            self.pidfd_rejected
+                        )
+                    } else {
+                        self.pidfd_reason.clone()
+                    },
+                    watched: self.pidfd_watches.len() as u32,
+                },
+                pb::WatchMechanism {
+                    name: "cgroup".into(),
+                    enabled: self.cgroup.is_some(),
+                    detail: match &self.cgroup {
+                        Some(cg) => format!("cgroup2 at {}", cg.mount.display()),
+                        None => self.cgroup_reason.clone(),
+                    },
+                    watched: self.cgroup_watches.len() as u32,
+                },
+                pb::WatchMechanism {
+                    name: "relist".into(),
+                    enabled: true,
+                    detail: format!("every {:?}", self.relist_interval),
+                    watched: 0,
+                },
+            ],
+            pods: self.model.pods().count() as u32,
+            containers: self.model.containers().count() as u32,
+            running_containers: running as u32,
+            actions_in_flight: self.in_flight.len() as u32,
+            last_event_seq: self.journal.last_seq(),
+            outbox: stats.outbox,
+        }
+    }
+
+    fn pods(&self) -> Vec<pb::Pod> {
+        let mut pods: Vec<pb::Pod> = self
+            .model
+            .pods()
+            .filter_map(|p| {
+                let facts = self.model.pod_facts(&p.pod.uid)?;
+                let decision = match decide(&facts) {
+                    Decision::Hold(h) => h.as_str().to_string(),
+                    Decision::Stop(_) => "stop".to_string(),
+                };
+                let containers = facts
+                    .containers
+                    .iter()
+                    .filter_map(|c| self.model.container(&c.id))
+                    .map(|c| pb::Container {
+                        name: c.meta.name.clone(),
+                        id: c.id.clone(),
+                        role: match c.role {
+                            Some(Role::Main) => "main",
+                            Some(Role::Sidecar { .. }) => "sidecar",
+                            None => "other",
+                        }
+                        .into(),
+                        state: c.state.as_str().into(),
+                        exit_code: match c.state {
+                            State::Exited { code } => code,
+                            _ => None,
+                        },
+                        restart_count: c.meta.restart_count,
+                        exit_code_ignored: c.role
+                            == Some(Role::Sidecar {
+                                ignore_exit_code: true,
+                            }),
+                        exit_source: c
+                            .exit_observed
+                            .map(|(s, _)| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                Some(pb::Pod {
+                    namespace: p.pod.namespace.clone(),
+                    name: p.pod.name.clone(),
+                    uid: p.pod.uid.clone(),
+                    restart_policy: p
+                        .restart_policy
+                        .map(|r| format!("{r:?}"))
+                        .unwrap_or_default(),
+                    sidecar_decision: decision,
+                    containers,
+                })
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
+    }
+}
+
+/// What a stop action task reports back.
+struct ActionDone {
+    key: String,
+    action: journal::Action,
+    requests: Vec<StopRequest>,
+    /// `None` when the journal says the action was already completed.
+    outcomes: Option<Vec<StopOutcome>>,
+    journal_error: Option<String>,
 }
 
 fn libc_esrch() -> i32 {

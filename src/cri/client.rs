@@ -1,7 +1,8 @@
 //! A typed CRI client: the calls nodeward makes, each with its context in the error.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use tonic::transport::Channel;
 
 use super::connect::{CRI_API_VERSION, describe_status};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[error("CRI {method}{}: {}", target_suffix(.target), describe_status(.status))]
@@ -106,13 +108,38 @@ impl VerboseInfo {
 #[derive(Clone)]
 pub struct CriClient {
     rt: RuntimeServiceClient<Channel>,
+    metrics: Option<Metrics>,
 }
 
 impl CriClient {
     pub fn new(channel: Channel) -> Self {
         Self {
             rt: RuntimeServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+            metrics: None,
         }
+    }
+
+    /// Count every request and its duration by method and gRPC code.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let start = Instant::now();
+        let res = call.await;
+        if let Some(m) = &self.metrics {
+            let code = match &res {
+                Ok(_) => "OK".to_string(),
+                Err(s) => format!("{:?}", s.code()),
+            };
+            m.cri_request(method, &code, start.elapsed().as_secs_f64());
+        }
+        res.map(tonic::Response::into_inner)
     }
 
     fn err(
@@ -131,34 +158,26 @@ impl CriClient {
         let req = VersionRequest {
             version: CRI_API_VERSION.into(),
         };
-        Ok(self
-            .rt
-            .clone()
-            .version(req)
+        self.observed("Version", self.rt.clone().version(req))
             .await
-            .map_err(Self::err("Version", ""))?
-            .into_inner())
+            .map_err(Self::err("Version", ""))
     }
 
     pub async fn list_sandboxes(&self) -> Result<Vec<PodSandbox>, CriError> {
+        let req = ListPodSandboxRequest { filter: None };
         Ok(self
-            .rt
-            .clone()
-            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .observed("ListPodSandbox", self.rt.clone().list_pod_sandbox(req))
             .await
             .map_err(Self::err("ListPodSandbox", ""))?
-            .into_inner()
             .items)
     }
 
     pub async fn list_containers(&self) -> Result<Vec<Container>, CriError> {
+        let req = ListContainersRequest { filter: None };
         Ok(self
-            .rt
-            .clone()
-            .list_containers(ListContainersRequest { filter: None })
+            .observed("ListContainers", self.rt.clone().list_containers(req))
             .await
             .map_err(Self::err("ListContainers", ""))?
-            .into_inner()
             .containers)
     }
 
@@ -172,12 +191,9 @@ impl CriClient {
             verbose,
         };
         let resp = self
-            .rt
-            .clone()
-            .container_status(req)
+            .observed("ContainerStatus", self.rt.clone().container_status(req))
             .await
-            .map_err(Self::err("ContainerStatus", id))?
-            .into_inner();
+            .map_err(Self::err("ContainerStatus", id))?;
         let status = resp.status.ok_or_else(|| CriError {
             method: "ContainerStatus",
             target: id.to_string(),
@@ -193,9 +209,7 @@ impl CriClient {
             container_id: id.to_string(),
             timeout: grace.as_secs() as i64,
         };
-        self.rt
-            .clone()
-            .stop_container(req)
+        self.observed("StopContainer", self.rt.clone().stop_container(req))
             .await
             .map_err(Self::err("StopContainer", id))?;
         Ok(())
@@ -215,13 +229,9 @@ impl CriClient {
         };
         let mut request = tonic::Request::new(req);
         request.set_timeout(timeout + Duration::from_secs(2));
-        Ok(self
-            .rt
-            .clone()
-            .exec_sync(request)
+        self.observed("ExecSync", self.rt.clone().exec_sync(request))
             .await
-            .map_err(Self::err("ExecSync", id))?
-            .into_inner())
+            .map_err(Self::err("ExecSync", id))
     }
 }
 

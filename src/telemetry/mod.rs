@@ -1,5 +1,8 @@
 //! Logging set-up: structured `tracing` output as text or JSON, filtered by `RUST_LOG`.
 
+pub mod http;
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

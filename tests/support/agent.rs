@@ -2,8 +2,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,21 +26,59 @@ pub struct AgentProcess {
     pid: u32,
     lines: Arc<Mutex<Vec<Value>>>,
     raw: Arc<Mutex<Vec<String>>>,
+    state: Option<PathBuf>,
 }
 
 impl AgentProcess {
-    /// Start `nodeward agent` on a test bed: its CRI socket, its pods cgroup tree, JSON logs, and
-    /// `extra` arguments.
+    /// Start `nodeward agent` on a test bed: its CRI socket, its pods cgroup tree, JSON logs, a
+    /// fresh state directory (journal and API socket) and `extra` arguments.
     pub fn spawn(tb: &TestBed, extra: &[&str]) -> anyhow::Result<Self> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let state = tb.dir().join(format!("agent-{}-{n}", std::process::id()));
+        Self::spawn_in(tb, &state, extra)
+    }
+
+    /// Like [`spawn`](Self::spawn) with a given state directory (to restart an agent on its journal).
+    pub fn spawn_in(tb: &TestBed, state: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());
         cmd.arg("agent")
             .arg("--cri-socket")
             .arg(tb.socket())
             .arg("--pods-cgroup")
             .arg(tb.cgroup_parent().trim_start_matches('/'))
-            .args(["--log-format", "json"])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--api-socket")
+            .arg(state.join("agent.sock"))
+            .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra);
-        Self::spawn_cmd(cmd)
+        let mut agent = Self::spawn_cmd(cmd)?;
+        agent.state = Some(state.to_path_buf());
+        Ok(agent)
+    }
+
+    /// The state directory given to the agent.
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state.as_deref()
+    }
+
+    /// The agent's API socket (in its state directory).
+    pub fn api_socket(&self) -> Option<PathBuf> {
+        self.state.as_ref().map(|s| s.join("agent.sock"))
+    }
+
+    /// The metrics address the agent listens on, from its start-up log.
+    pub async fn metrics_addr(&self) -> anyhow::Result<String> {
+        let line = self
+            .wait_for("metrics listener", Duration::from_secs(10), |v| {
+                v["message"] == "serving /metrics, /healthz, /readyz"
+            })
+            .await?;
+        line["addr"]
+            .as_str()
+            .map(str::to_string)
+            .context("addr field")
     }
 
     /// Start the agent with exactly these arguments after `agent`.
@@ -87,6 +126,7 @@ impl AgentProcess {
             pid,
             lines,
             raw,
+            state: None,
         })
     }
 

@@ -1,0 +1,230 @@
+//! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness) and `/readyz`
+//! (readiness: the runtime is connected and the initial sync is done).
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+
+/// Readiness flags shared between the agent (which sets them) and the HTTP server.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    inner: Arc<HealthFlags>,
+}
+
+#[derive(Debug, Default)]
+struct HealthFlags {
+    runtime_connected: AtomicBool,
+    synced: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_runtime_connected(&self, connected: bool) {
+        self.inner
+            .runtime_connected
+            .store(connected, Ordering::Release);
+    }
+
+    /// The initial sync with the runtime (first relist) is done.
+    pub fn set_synced(&self, synced: bool) {
+        self.inner.synced.store(synced, Ordering::Release);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the agent is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.inner.runtime_connected.load(Ordering::Acquire) {
+            Some("runtime not connected")
+        } else if !self.inner.synced.load(Ordering::Acquire) {
+            Some("initial sync not done")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    health: Health,
+}
+
+/// The routes, for embedding in another server or for tests.
+pub fn router(metrics: Metrics, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health })
+}
+
+/// Serve the endpoints on `listener` until `shutdown` resolves (then finish in-flight requests).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    match state.metrics.try_encode() {
+        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.health.not_ready_reason() {
+        None => (StatusCode::OK, "ok"),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// Parse a listen address: `:PORT` (all IPv4 interfaces, as Go-style flags such as
+/// kruise-daemon's), `IP:PORT`, or `[IPv6]:PORT`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Some(port) = s.strip_prefix(':') {
+        return port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+            .map_err(|e| format!("invalid listen address {s:?}: port: {e}"));
+    }
+    s.parse::<SocketAddr>().map_err(|e| {
+        format!("invalid listen address {s:?}: {e} (expected :PORT, IP:PORT or [IPv6]:PORT)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn parse_addr_accepts_go_style_and_std_forms() {
+        assert_eq!(
+            parse_addr(":10221").unwrap(),
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 10221))
+        );
+        assert_eq!(
+            parse_addr("127.0.0.1:0").unwrap(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+        );
+        assert_eq!(
+            parse_addr("[::1]:9000").unwrap(),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 9000))
+        );
+        for bad in [
+            "",
+            ":",
+            ":x",
+            ":70000",
+            "10221",
+            "localhost:80",
+            "1.2.3.4",
+            "[::1]",
+        ] {
+            let err = parse_addr(bad).unwrap_err();
+            assert!(err.contains("invalid listen address"), "{bad:?}: {err}");
+        }
+    }
+
+    /// One HTTP/1.1 GET over a raw TCP connection; returns (status, headers, body).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn endpoints_over_a_real_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let health = Health::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), async {
+            let _ = stop_rx.await;
+        }));
+
+        let (status, _, body) = get(addr, "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "runtime not connected"));
+        health.set_runtime_connected(true);
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "initial sync not done"));
+        health.set_synced(true);
+        assert!(health.ready());
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+
+        metrics.sidecar_terminated("failed");
+        let (status, head, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{head}"
+        );
+        assert!(
+            body.lines()
+                .any(|l| l == "nodeward_sidecar_terminations_total{result=\"failed\"} 1"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"));
+
+        let (status, _, _) = get(addr, "/nope").await;
+        assert_eq!(status, 404);
+
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("server stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+}
