@@ -10,6 +10,8 @@ declare -A pkg_for=(
   [docker-registry]=docker-registry
   [protoc]=protobuf-compiler
   [busybox]=busybox-static
+  [curl]=curl
+  [setpriv]=util-linux
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do

@@ -763,6 +763,14 @@ impl Agent {
         for r in &requests {
             self.in_flight.insert(r.target.id.clone());
         }
+        debug!(
+            key = %key,
+            pod_namespace = %pod.namespace,
+            pod_name = %pod.name,
+            pod_uid = %pod.uid,
+            containers = requests.len(),
+            "action decided"
+        );
         let (cri, journal, tx) = (self.cri.clone(), self.journal.clone(), self.tx.clone());
         let failpoint = self.failpoint.clone();
         tokio::spawn(async move {

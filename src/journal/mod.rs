@@ -328,6 +328,7 @@ fn try_open(path: &Path) -> Result<Opened, OpenFailure> {
     let counts = init_tables(&txn).map_err(classify_storage)?;
     txn.commit().map_err(classify_storage)?;
     validate(&db)?;
+    probe_writes(&db).map_err(classify_storage)?;
     let (last_seq, pending, events) = counts;
     Ok(Opened {
         db,
@@ -387,6 +388,29 @@ fn validate(db: &Database) -> Result<(), OpenFailure> {
     {
         row.map_err(classify_storage)?;
     }
+    Ok(())
+}
+
+/// A few throw-away commits, so that damage in redb's allocator and free-page state shows up
+/// while the crash-loop marker is still in place (redb panics on some of it) rather than at the
+/// first real write.
+fn probe_writes(db: &Database) -> Result<(), redb::Error> {
+    const PROBE: &str = "open_probe";
+    for i in 0..3u64 {
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            if i % 2 == 0 {
+                meta.insert(PROBE, i)?;
+            } else {
+                meta.remove(PROBE)?;
+            }
+        }
+        txn.commit()?;
+    }
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.remove(PROBE)?;
+    txn.commit()?;
     Ok(())
 }
 

@@ -573,10 +573,15 @@ fn survives_sigkill_mid_write() {
 }
 
 /// Damaged copies of a real journal (truncated anywhere, bytes flipped in the header and the
-/// body) must never panic: each either opens (possibly rolled back by redb) or is moved aside,
-/// and the journal is usable afterwards.
+/// body, pages zeroed, garbage appended): each either opens (possibly rolled back by redb's
+/// recovery) or is moved aside, at the latest after the crash-loop marker limit when redb panics
+/// while opening it; once open, using it does not panic.
+///
+/// `NODEWARD_JOURNAL_FUZZ_CASES=3000` runs more flips. Known limit (redb 4.1): with 3000, 8 of
+/// ~3,800 cases (body flips in one page that the open-time checks do not read) still panic at a
+/// later write; the default seed range does not hit them.
 #[test]
-fn damaged_files_never_panic() {
+fn damaged_files_open_or_are_moved_aside() {
     let src = tempfile::tempdir().unwrap();
     let bytes = real_journal_bytes(src.path(), 60);
     let fuzz_cases: usize = std::env::var("NODEWARD_JOURNAL_FUZZ_CASES")
@@ -629,37 +634,99 @@ fn damaged_files_never_panic() {
     let mut b = bytes.clone();
     b.extend_from_slice(&noise(10_000, 3));
     cases.push(("appended garbage".into(), b));
+    // In a release build a panic aborts the process and the agent is restarted; here a panic
+    // unwinds out of `open`, which leaves the "opening" marker behind just the same.
+    let quiet = std::thread::current().name().map(str::to_string);
+    let default_hook = std::sync::Arc::new(std::panic::take_hook());
+    let hook = default_hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name().map(str::to_string) != quiet {
+            hook(info);
+        }
+    }));
     let mut failures = Vec::new();
+    let mut crashed_cases = 0;
     for (name, content) in cases {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), &content).unwrap();
-        let run = std::panic::catch_unwind(|| {
-            let (j, report) = Journal::open(dir.path(), Retention::default())
-                .unwrap_or_else(|e| panic!("open failed: {e}"));
-            if report.moved_aside.is_none() {
-                // Readable or a clean decode error, never a panic.
-                let _ = j.events_since(0, usize::MAX);
-                let _ = j.pending();
-                let _ = j.outbox(usize::MAX);
-                let _ = j.stats();
+        let mut opened = None;
+        for _attempt in 0..=CRASHED_OPENS_BEFORE_MOVE_ASIDE {
+            match std::panic::catch_unwind(|| Journal::open(dir.path(), Retention::default())) {
+                Ok(Ok(o)) => {
+                    opened = Some(o);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    failures.push(format!("{name}: open failed: {e}"));
+                    break;
+                }
+                Err(_) => crashed_cases += 1,
             }
+        }
+        let Some((j, _report)) = opened else {
+            failures.push(format!("{name}: still crashing after the marker limit"));
+            continue;
+        };
+        // Once open succeeded everything was read and verified: using it must not panic.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _ = j.events_since(0, usize::MAX);
+            let _ = j.pending();
+            let _ = j.outbox(usize::MAX);
+            let _ = j.stats();
             let _ = j.decide("fresh-key", &action("a"));
             let _ = j.complete("fresh-key", &outcome());
             let _ = j.prune(SystemTime::now());
-        });
+            drop(j);
+        }));
         if let Err(panic) = run {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            failures.push(format!("{name}: {msg}"));
+            failures.push(format!("{name}: panicked after open: {msg}"));
         }
     }
+    drop(std::panic::take_hook());
+    match std::sync::Arc::try_unwrap(default_hook) {
+        Ok(hook) => std::panic::set_hook(hook),
+        Err(_) => eprintln!("could not restore the panic hook"),
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    eprintln!(
+        "damaged_files_never_panic: {crashed_cases} open attempts crashed and were recovered"
+    );
     assert!(
         failures.is_empty(),
-        "{} cases panicked:\n{}",
+        "{} cases failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn open_attempts_that_crashed_move_the_journal_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    real_journal_bytes(dir.path(), 3);
+    let marker = dir.path().join(OPENING_MARKER);
+
+    // One attempt died (e.g. an unrelated kill -9 during open): keep the journal.
+    fs::write(&marker, "1\n").unwrap();
+    let (j, report) = open(dir.path());
+    assert!(report.moved_aside.is_none());
+    assert_eq!(report.events, 3);
+    assert!(!marker.exists(), "marker removed after a successful open");
+    drop(j);
+
+    // Two attempts in a row died: the journal is what kills us; move it aside.
+    fs::write(&marker, "2\n").unwrap();
+    let (j, report) = open(dir.path());
+    let (moved, reason) = report.moved_aside.expect("moved aside");
+    assert!(reason.contains("did not return"), "{reason}");
+    assert_eq!(corrupt_files(dir.path()), vec![moved]);
+    assert_eq!(report.events, 0);
+    assert_eq!(j.last_seq(), 0);
+    assert!(!marker.exists());
 }

@@ -41,7 +41,18 @@ impl AgentProcess {
 
     /// Like [`spawn`](Self::spawn) with a given state directory (to restart an agent on its journal).
     pub fn spawn_in(tb: &TestBed, state: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_in_env(tb, state, extra, &[])
+    }
+
+    /// Like [`spawn_in`](Self::spawn_in) with extra environment variables.
+    pub fn spawn_in_env(
+        tb: &TestBed,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());
+        cmd.envs(env.iter().copied());
         cmd.arg("agent")
             .arg("--cri-socket")
             .arg(tb.socket())

@@ -1,0 +1,416 @@
+//! The agent's memory and voice against a real containerd: kill -9 at the worst moments, a
+//! damaged journal, `nodeward ctl` with and without an agent, the API socket's permissions, and
+//! /metrics parsed as Prometheus text. Each test runs its own agent(s) on the shared test bed, so
+//! they take turns: two agents would both act on every pod.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::agent::{AgentProcess, agent_binary};
+use support::kubelet::{ContainerSpec, Kubelet, PodSpec, RestartPolicy};
+use support::testbed::TestBed;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+fn job(name: &str, main: &str, sidecar: &str, grace: i64) -> PodSpec {
+    PodSpec::new(name)
+        .restart_policy(RestartPolicy::Never)
+        .announce_restart_policy()
+        .grace_seconds(grace)
+        .container(ContainerSpec::new("main", "busybox").command(sh(main)))
+        .container(
+            ContainerSpec::new("proxy", "busybox")
+                .command(sh(sidecar))
+                .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
+        )
+}
+
+const STUBBORN: &str = "trap '' TERM; while true; do sleep 1; done";
+const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+
+/// `nodeward ctl <args>` → (success, stdout, stderr).
+fn ctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(agent_binary())
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run nodeward ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn events_json(socket: &Path) -> Vec<Value> {
+    let (ok, out, err) = ctl(socket, &["events", "-o", "json"]);
+    assert!(ok, "ctl events failed: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn events_for(socket: &Path, pod_uid: &str) -> Vec<Value> {
+    events_json(socket)
+        .into_iter()
+        .filter(|e| e["pod_uid"] == pod_uid)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_grace_resumes_and_records_one_action() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let state = agent.state_dir().unwrap().to_path_buf();
+    let pod = Kubelet::run_pod(tb, job("kill-in-grace", "sleep 1", STUBBORN, 6))
+        .await
+        .unwrap();
+    let uid = pod.uid().to_string();
+    agent
+        .wait_for("action decided", Duration::from_secs(20), |v| {
+            v["message"] == "action decided" && v["pod_uid"] == uid.as_str()
+        })
+        .await
+        .unwrap();
+    // In the middle of the grace period: the sidecar ignores SIGTERM and is still running.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pod.container("proxy").await.unwrap().is_running());
+    agent.kill9();
+
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    agent
+        .wait_for("resume", Duration::from_secs(20), |v| {
+            v["message"] == "resuming an action decided before the restart"
+                && v["pod_uid"] == uid.as_str()
+        })
+        .await
+        .unwrap();
+    let side = pod
+        .wait_until(
+            |p| p.container("proxy").is_some_and(|c| c.is_exited()),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(side.container("proxy").unwrap().exit_code, 137);
+    let socket = agent.api_socket().unwrap();
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = events_for(&socket, &uid);
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "exactly one action recorded: {events:?}");
+    assert_eq!(events[0]["result"], "stopped");
+    // Restarting again repeats nothing.
+    agent.kill9();
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        agent
+            .messages("resuming an action decided before the restart")
+            .is_empty()
+    );
+    assert!(agent.messages("sidecar stopped").is_empty());
+    assert_eq!(events_for(&agent.api_socket().unwrap(), &uid).len(), 1);
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_decision_and_stop_container() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let state = tb.dir().join("failpoint-agent");
+    let agent =
+        AgentProcess::spawn_in_env(tb, &state, &[], &[("NODEWARD_FAILPOINT", "after-decide")])
+            .unwrap();
+    agent.wait_ready().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("kill-after-decide", "sleep 1", POLITE, 30))
+        .await
+        .unwrap();
+    let status = agent.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert!(!status.success(), "the failpoint aborts the agent");
+    assert!(pod.container("proxy").await.unwrap().is_running());
+
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(line["sidecar_exit_code"], 0, "{line}");
+    assert_eq!(
+        agent
+            .messages("resuming an action decided before the restart")
+            .len(),
+        1
+    );
+    assert_eq!(events_for(&agent.api_socket().unwrap(), pod.uid()).len(), 1);
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_journal_is_moved_aside() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    for (name, content) in [
+        (
+            "garbage",
+            b"this is not a redb file at all, just garbage bytes".repeat(100),
+        ),
+        ("empty", Vec::new()),
+    ] {
+        let state = tb.dir().join(format!("damaged-{name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("journal.redb"), &content).unwrap();
+        let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+        agent.wait_ready().await.unwrap();
+        if !content.is_empty() {
+            let line = agent
+                .wait_for("moved aside", Duration::from_secs(5), |v| {
+                    v["level"] == "ERROR" && v["message"].as_str().unwrap().contains("moved aside")
+                })
+                .await
+                .unwrap();
+            let moved = line["moved_to"].as_str().unwrap();
+            assert_eq!(std::fs::read(moved).unwrap(), content);
+        }
+        agent.stop().await.unwrap();
+    }
+    // Truncated: a real journal cut in half.
+    let state = tb.dir().join("damaged-truncated");
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    agent.stop().await.unwrap();
+    let file = state.join("journal.redb");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_against_live_agent_and_none() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &["--node-name", "node-a"]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let socket = agent.api_socket().unwrap();
+    // Root-only socket.
+    assert_eq!(std::fs::metadata(&socket).unwrap().mode() & 0o777, 0o600);
+
+    let pod = Kubelet::run_pod(tb, job("ctl-pod", "sleep 1", POLITE, 30))
+        .await
+        .unwrap();
+    agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    let (ok, out, err) = ctl(&socket, &["status", "-o", "json"]);
+    assert!(ok, "{err}");
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["node"], "node-a");
+    assert_eq!(st["mode"], "standalone");
+    assert_eq!(st["runtime_name"], "containerd");
+    assert_eq!(st["ready"], true);
+    let names: Vec<&str> = st["watchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pidfd", "cgroup", "relist"]);
+
+    let (ok, out, _) = ctl(&socket, &["status"]);
+    assert!(
+        ok && out.contains("containerd") && out.contains("watch pidfd"),
+        "{out}"
+    );
+
+    let (ok, out, err) = ctl(&socket, &["pods", "-o", "json"]);
+    assert!(ok, "{err}");
+    let pods: Value = serde_json::from_str(&out).unwrap();
+    let p = pods
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["uid"] == pod.uid())
+        .unwrap();
+    assert_eq!(p["restart_policy"], "Never");
+    let roles: Vec<(&str, &str)> = p["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [("main", "main"), ("proxy", "sidecar")]);
+
+    let (ok, out, _) = ctl(&socket, &["pods"]);
+    assert!(
+        ok && out.starts_with("NAMESPACE") && out.contains("ctl-pod"),
+        "{out}"
+    );
+
+    let events = events_for(&socket, pod.uid());
+    assert_eq!(events.len(), 1);
+    let c = &events[0]["containers"][0];
+    assert_eq!(c["name"], "proxy");
+    assert_eq!(c["exit_code"], 0);
+    assert!(c["exit_to_stop_ms"].as_f64().is_some());
+
+    let (ok, out, _) = ctl(&socket, &["events"]);
+    assert!(
+        ok && out.starts_with("SEQ") && out.contains("default/ctl-pod"),
+        "{out}"
+    );
+
+    // --follow streams the backlog, then new events; here: the backlog, then we stop it.
+    let mut follow = Command::new(agent_binary())
+        .args([
+            "ctl",
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "events",
+            "--follow",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(first.contains("stop_sidecar"), "{first}");
+
+    // Not accessible to others.
+    let (ok, _, err) = {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(agent_binary())
+            .args(["ctl", "--api-socket", socket.to_str().unwrap(), "status"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::new(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && err.contains("permission denied"), "{err}");
+
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+    // The socket is removed on shutdown: a clear message, not a gRPC error.
+    let (ok, _, err) = ctl(&socket, &["status"]);
+    assert!(!ok && err.contains("not running"), "{err}");
+    let (ok, _, err) = ctl(Path::new("/nonexistent/agent.sock"), &["pods"]);
+    assert!(!ok && err.contains("not running"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let addr = agent.metrics_addr().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("metrics-pod", "sleep 1", POLITE, 30))
+        .await
+        .unwrap();
+    agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{addr}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(get("/healthz").ends_with("\n200"));
+    assert!(get("/readyz").ends_with("\n200"));
+    let body = get("/metrics");
+    let body = body.rsplit_once('\n').unwrap().0;
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    };
+    assert!(
+        value(
+            "nodeward_sidecar_terminations_total",
+            Some(("result", "stopped"))
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        value(
+            "nodeward_cri_requests_total",
+            Some(("method", "StopContainer"))
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(value("nodeward_exit_events_total", None) >= 1.0, "{body}");
+    assert_eq!(value("nodeward_runtime_connected", None), 1.0, "{body}");
+    assert!(value("nodeward_journal_events", None) >= 1.0, "{body}");
+    assert!(
+        scrape.samples.iter().any(|s| s
+            .metric
+            .starts_with("nodeward_sidecar_termination_latency_seconds")),
+        "{body}"
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
