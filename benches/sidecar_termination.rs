@@ -26,11 +26,14 @@ fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
-fn job(round: &str, i: usize) -> PodSpec {
+/// Main containers run 3 s plus `stagger × i`, so the pods run concurrently while their mains exit
+/// a little apart, as real Jobs do; `NODEWARD_BENCH_STAGGER_MS=0` makes them all exit at once.
+fn job(round: &str, i: usize, stagger_ms: u64) -> PodSpec {
+    let main = format!("sleep {:.3}", 3.0 + (stagger_ms * i as u64) as f64 / 1000.0);
     PodSpec::new(format!("bench-{round}-{i}"))
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
-        .container(ContainerSpec::new("main", "busybox").command(sh("sleep 3")))
+        .container(ContainerSpec::new("main", "busybox").command(sh(&main)))
         .container(
             ContainerSpec::new("proxy", "busybox")
                 .command(sh("trap 'exit 0' TERM; sleep 100000 & wait"))
@@ -39,7 +42,8 @@ fn job(round: &str, i: usize) -> PodSpec {
 }
 
 async fn start_pods(tb: &'static TestBed, round: &str, n: usize) -> anyhow::Result<Vec<PodHandle>> {
-    let pods = try_join_all((0..n).map(|i| Kubelet::run_pod(tb, job(round, i)))).await?;
+    let stagger = stagger_ms();
+    let pods = try_join_all((0..n).map(|i| Kubelet::run_pod(tb, job(round, i, stagger)))).await?;
     Ok(pods)
 }
 
@@ -122,6 +126,13 @@ async fn floor_round(tb: &'static TestBed, round: usize, n: usize) -> anyhow::Re
     Ok(lat)
 }
 
+fn stagger_ms() -> u64 {
+    std::env::var("NODEWARD_BENCH_STAGGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -142,6 +153,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    eprintln!(
+        "sidecar_termination: {n} pods x {rounds} round(s), main exits staggered by {} ms",
+        stagger_ms()
+    );
     rt.block_on(async {
         let tb = TestBed::shared();
         let (mut agent, mut floor) = (Vec::new(), Vec::new());
