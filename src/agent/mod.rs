@@ -252,6 +252,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         relist_failures: 0,
         initial: Initial::Listing,
         started: Instant::now(),
+        last_prune: None,
     };
     agent.event_loop(rx, shutdown).await;
     let _ = stop_tx.send(true);
@@ -266,6 +267,9 @@ fn describe(r: &Result<String, &String>) -> String {
         Err(e) => format!("unavailable ({e})"),
     }
 }
+
+/// How often the journal's retention is applied.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How often a container still being started is read again for its pid (10 ms doubling to 320 ms).
 const MAX_START_REFETCH: u32 = 12;
@@ -311,6 +315,7 @@ struct Agent {
     relist_failures: u32,
     initial: Initial,
     started: Instant,
+    last_prune: Option<Instant>,
 }
 
 impl Agent {
@@ -333,6 +338,7 @@ impl Agent {
                     self.relist_wanted = false;
                     self.start_relist();
                     self.next_relist = Instant::now() + self.relist_interval;
+                    self.maybe_prune();
                 }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
@@ -340,6 +346,30 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Apply the journal's retention now and then, off the event loop.
+    fn maybe_prune(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < PRUNE_INTERVAL)
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let journal = self.journal.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || match journal.prune(SystemTime::now()) {
+            Ok(n) => {
+                if n > 0 {
+                    info!(pruned = n, "journal retention applied");
+                }
+                if let Ok(stats) = journal.stats() {
+                    metrics.set_journal(&stats);
+                }
+            }
+            Err(e) => warn!(error = %e, "journal retention failed"),
+        });
     }
 
     fn start_relist(&mut self) {
