@@ -97,6 +97,7 @@ async fn never_main_exit_0_stops_sidecar() {
         .unwrap();
     assert_eq!(line["sidecar_exit_code"], 0, "{line}");
     assert_eq!(line["pod_namespace"], "default", "{line}");
+    assert_eq!(line["grace_s"], 30, "the pod's full grace: {line}");
     // Seen through the kernel (pidfd or cgroup events), not the 10 s relist.
     assert!(line["exit_to_stop_ms"].as_f64().unwrap() < 500.0, "{line}");
     let side = pod.container("proxy").await.unwrap();

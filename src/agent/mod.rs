@@ -958,7 +958,7 @@ impl Agent {
                         decision = "stop_sidecar",
                         runtime = %self.runtime.name,
                         prestop = %o.pre_stop,
-                        grace_s = o.stop_grace.as_secs(),
+                        grace_s = crate::cri::client::grace_seconds(o.stop_grace),
                         exit_to_stop_ms = co.exit_to_stop_ms,
                         exit_to_sidecar_exit_ms = co.exit_to_exit_ms,
                         sidecar_exit_code = co.exit_code,

@@ -104,6 +104,16 @@ impl VerboseInfo {
     }
 }
 
+/// CRI timeouts are whole seconds: round up, so a grace is never cut short.
+pub fn grace_seconds(grace: Duration) -> i64 {
+    let secs = grace.as_secs() as i64;
+    if grace.subsec_nanos() > 0 {
+        secs + 1
+    } else {
+        secs
+    }
+}
+
 /// Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone)]
 pub struct CriClient {
@@ -207,7 +217,7 @@ impl CriClient {
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), CriError> {
         let req = StopContainerRequest {
             container_id: id.to_string(),
-            timeout: grace.as_secs() as i64,
+            timeout: grace_seconds(grace),
         };
         self.observed("StopContainer", self.rt.clone().stop_container(req))
             .await
@@ -257,6 +267,13 @@ mod tests {
                 ("NOVAL".into(), String::new())
             ]
         );
+    }
+
+    #[test]
+    fn grace_rounds_up_to_whole_seconds() {
+        assert_eq!(grace_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(grace_seconds(Duration::from_millis(29_990)), 30);
+        assert_eq!(grace_seconds(Duration::ZERO), 0);
     }
 
     #[test]
