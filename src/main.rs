@@ -146,47 +146,40 @@ fn main() -> ExitCode {
             println!("nodeward {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Ctl(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("nodeward: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(ctl(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                // A closed pipe (`| head`) is not an error.
-                Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("nodeward ctl: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Ctl(args) => run_with(
+            tokio::runtime::Builder::new_current_thread(),
+            ctl(args),
+            "nodeward ctl",
+        ),
         Command::Agent(args) => {
             telemetry::init(cli.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("nodeward: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(agent(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("nodeward: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.worker_threads(2);
+            run_with(rt, agent(args), "nodeward")
+        }
+    }
+}
+
+/// Run `task` on a runtime from `builder`; print its error on one line and map it to the exit code.
+fn run_with(
+    mut builder: tokio::runtime::Builder,
+    task: impl std::future::Future<Output = anyhow::Result<()>>,
+    what: &str,
+) -> ExitCode {
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{what}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`nodeward ctl events | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -156,14 +156,7 @@ async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
     assert!(!status.success());
     let raw = agent.raw_lines();
     let last = raw.last().unwrap();
-    for p in [
-        "containerd.sock",
-        "containerd/containerd.sock",
-        "crio.sock",
-        "crio/crio.sock",
-        "cri-dockerd.sock",
-        "cri-dockerd/cri-dockerd.sock",
-    ] {
+    for p in nodeward::cri::connect::PROBE_ORDER {
         assert!(
             last.contains(&format!("{}: no such file", empty.path().join(p).display())),
             "{last}"

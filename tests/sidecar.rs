@@ -82,6 +82,21 @@ fn no_stop_for(agent: &AgentProcess, pod: &PodHandle) -> bool {
         .any(|v: &Value| v["pod_uid"] == uid(pod).as_str())
 }
 
+/// Wait for the main container to exit, then give the agent time it would need to (wrongly) act.
+async fn main_exited_then_settle(pod: &PodHandle) {
+    pod.wait_until(
+        |p| {
+            p.containers
+                .iter()
+                .any(|c| c.name == "main" && c.is_exited())
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+}
+
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,17 +248,7 @@ async fn pod_without_sidecars_untouched() {
         .container(main_container("sleep 1"))
         .container(ContainerSpec::new("helper", "busybox").command(sh("sleep 100000"))))
     .await;
-    pod.wait_until(
-        |p| {
-            p.containers
-                .iter()
-                .any(|c| c.name == "main" && c.is_exited())
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    main_exited_then_settle(&pod).await;
     assert!(pod.container("helper").await.unwrap().is_running());
     assert!(no_stop_for(agent, &pod));
     pod.remove().await.unwrap();
@@ -256,17 +261,7 @@ async fn unknown_policy_main_failed_leaves_sidecar() {
         .container(main_container("sleep 1; exit 3"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    pod.wait_until(
-        |p| {
-            p.containers
-                .iter()
-                .any(|c| c.name == "main" && c.is_exited())
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    main_exited_then_settle(&pod).await;
     assert!(pod.container("proxy").await.unwrap().is_running());
     assert!(no_stop_for(agent, &pod));
     pod.remove().await.unwrap();
