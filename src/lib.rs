@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod cri;
 pub mod ctl;
 pub mod journal;

@@ -1101,7 +1101,7 @@ impl Agent {
                         role: match c.role {
                             Some(Role::Main) => "main",
                             Some(Role::Sidecar { .. }) => "sidecar",
-                            None => "other",
+                            Some(Role::Other) | None => "other",
                         }
                         .into(),
                         state: c.state.as_str().into(),

@@ -15,7 +15,12 @@ use crate::cri::kubelet::{ContainerMeta, PodRef, RestartPolicy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Role {
     Main,
-    Sidecar { ignore_exit_code: bool },
+    Sidecar {
+        ignore_exit_code: bool,
+    },
+    /// Neither main nor stopped by the agent: init containers (including native sidecars) and
+    /// sidecars marked only for the virtual-node image swap.
+    Other,
 }
 
 impl Role {
@@ -134,11 +139,23 @@ pub struct SnapshotDiff {
     pub changed_pods: BTreeSet<String>,
 }
 
+/// What the Pod object says (cluster mode). It is the source of truth for the restart policy and
+/// the roles, and tells which main containers the runtime has not created yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSpecFacts {
+    pub restart_policy: RestartPolicy,
+    /// Regular containers (`spec.containers`) in order, with their roles.
+    pub containers: Vec<(String, Role)>,
+    /// `spec.initContainers`, native sidecars included: never main, never stopped.
+    pub init_containers: Vec<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct NodeModel {
     pods: HashMap<String, PodRecord>,
     containers: HashMap<String, ContainerRecord>,
     sandbox_pod: HashMap<String, String>,
+    specs: HashMap<String, PodSpecFacts>,
 }
 
 impl NodeModel {
@@ -326,7 +343,23 @@ impl NodeModel {
         Some(rec.pod_uid.clone())
     }
 
-    /// The latest attempt of each container name of a pod, as input for a decision.
+    /// Record (or replace) what the Pod object says about a pod. Returns whether it changed.
+    pub fn set_pod_spec(&mut self, uid: &str, spec: PodSpecFacts) -> bool {
+        self.specs.insert(uid.to_string(), spec.clone()) != Some(spec)
+    }
+
+    /// The Pod object is gone (deleted, or no longer on this node).
+    pub fn remove_pod_spec(&mut self, uid: &str) -> bool {
+        self.specs.remove(uid).is_some()
+    }
+
+    pub fn pod_spec(&self, uid: &str) -> Option<&PodSpecFacts> {
+        self.specs.get(uid)
+    }
+
+    /// The latest attempt of each container name of a pod, as input for a decision. With the
+    /// Pod object, its spec decides the policy and roles, init containers are left out, and a
+    /// main container the runtime has not created yet counts as not exited.
     pub fn pod_facts(&self, uid: &str) -> Option<PodFacts> {
         let pod = self.pods.get(uid)?;
         let mut latest: HashMap<&str, &ContainerRecord> = HashMap::new();
@@ -335,6 +368,31 @@ impl NodeModel {
             if (c.meta.restart_count, c.created_at) > (e.meta.restart_count, e.created_at) {
                 *e = c;
             }
+        }
+        if let Some(spec) = self.specs.get(uid) {
+            let mut containers: Vec<ContainerFacts> = spec
+                .containers
+                .iter()
+                .map(|(name, role)| match latest.get(name.as_str()) {
+                    Some(c) => ContainerFacts {
+                        id: c.id.clone(),
+                        name: name.clone(),
+                        role: Some(*role),
+                        state: c.state,
+                    },
+                    None => ContainerFacts {
+                        id: String::new(),
+                        name: name.clone(),
+                        role: Some(*role),
+                        state: State::Created,
+                    },
+                })
+                .collect();
+            containers.sort_by(|a, b| a.name.cmp(&b.name));
+            return Some(PodFacts {
+                policy: Some(spec.restart_policy),
+                containers,
+            });
         }
         let mut containers: Vec<ContainerFacts> = latest
             .into_values()
@@ -545,6 +603,73 @@ mod tests {
         let d = m.apply_snapshot(&[], &[], SystemTime::now());
         assert_eq!(d.removed.len(), 2);
         assert!(m.pod_facts("u1").is_none());
+    }
+
+    #[test]
+    fn pod_spec_overrides_policy_and_roles_and_covers_uncreated_mains() {
+        let mut m = NodeModel::default();
+        let sbs = [sandbox("sb1", "u1", None)];
+        let cs = [
+            container(
+                "i0",
+                "sb1",
+                "u1",
+                "istio-init",
+                ContainerState::ContainerExited,
+                0,
+            ),
+            container(
+                "m0",
+                "sb1",
+                "u1",
+                "main",
+                ContainerState::ContainerExited,
+                0,
+            ),
+            container(
+                "s0",
+                "sb1",
+                "u1",
+                "proxy",
+                ContainerState::ContainerRunning,
+                0,
+            ),
+        ];
+        m.apply_snapshot(&sbs, &cs, SystemTime::now());
+        let spec = PodSpecFacts {
+            restart_policy: RestartPolicy::Never,
+            containers: vec![
+                ("main".into(), Role::Main),
+                ("second".into(), Role::Main),
+                (
+                    "proxy".into(),
+                    Role::Sidecar {
+                        ignore_exit_code: false,
+                    },
+                ),
+            ],
+            init_containers: vec!["istio-init".into()],
+        };
+        assert!(m.set_pod_spec("u1", spec.clone()));
+        assert!(!m.set_pod_spec("u1", spec));
+        let f = m.pod_facts("u1").unwrap();
+        assert_eq!(f.policy, Some(RestartPolicy::Never));
+        let names: Vec<&str> = f.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["main", "proxy", "second"],
+            "init containers left out"
+        );
+        let second = &f.containers[2];
+        assert_eq!((second.id.as_str(), second.state), ("", State::Created));
+        assert_eq!(
+            f.containers[1].role,
+            Some(Role::Sidecar {
+                ignore_exit_code: false
+            })
+        );
+        assert!(m.remove_pod_spec("u1"));
+        assert_eq!(m.pod_facts("u1").unwrap().containers.len(), 3);
     }
 
     #[test]

@@ -1,0 +1,25 @@
+//! Cluster mode: the agent's thin adapter to the Kubernetes API. It watches only this node's Pods
+//! (the source of truth for restart policy and roles) and delivers the journal's outbox upstream
+//! as Events and Pod status conditions.
+
+use std::path::Path;
+
+pub mod pods;
+pub mod report;
+
+/// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}

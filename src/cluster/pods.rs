@@ -1,0 +1,204 @@
+//! This node's Pods from the API: watched with the field selector `spec.nodeName=<node>` and
+//! reduced to the facts the sidecar terminator needs.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio::sync::mpsc;
+
+use crate::api::well_known as wk;
+use crate::cri::kubelet::{PodRef, RestartPolicy};
+use crate::node::model::{PodSpecFacts, Role};
+
+/// A change to this node's Pods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodUpdate {
+    Upsert {
+        pod: PodRef,
+        phase: String,
+        spec: PodSpecFacts,
+    },
+    Remove {
+        uid: String,
+    },
+    /// A (re)list finished: pods not upserted since the last `Resync` are gone.
+    Resync {
+        uids: Vec<String>,
+    },
+}
+
+fn env_true(c: &Container, name: &str) -> bool {
+    c.env
+        .iter()
+        .flatten()
+        .any(|e| e.name == name && e.value.as_deref().is_some_and(wk::env_true))
+}
+
+fn env_set(c: &Container, name: &str) -> bool {
+    c.env
+        .iter()
+        .flatten()
+        .any(|e| e.name == name && e.value.as_deref().is_some_and(|v| !v.is_empty()))
+}
+
+/// The role of a regular container by its spec env, as OpenKruise classifies on a normal node.
+pub fn role_of(c: &Container) -> Role {
+    if env_true(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT) {
+        Role::Sidecar {
+            ignore_exit_code: env_true(c, wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE),
+        }
+    } else if env_set(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE) {
+        // Marked for the virtual-node image swap only: the controller's business, not ours.
+        Role::Other
+    } else {
+        Role::Main
+    }
+}
+
+/// What the sidecar terminator needs from a Pod object. `None` for a Pod without a uid or spec.
+pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
+    let spec = pod.spec.as_ref()?;
+    let uid = pod.uid()?;
+    let restart_policy = spec
+        .restart_policy
+        .as_deref()
+        .and_then(RestartPolicy::parse)
+        .unwrap_or(RestartPolicy::Always);
+    let facts = PodSpecFacts {
+        restart_policy,
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| (c.name.clone(), role_of(c)))
+            .collect(),
+        init_containers: spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect(),
+    };
+    let pod_ref = PodRef {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        uid,
+    };
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    Some((pod_ref, phase, facts))
+}
+
+/// Watch this node's Pods until `updates` closes. The watcher relists and resumes on its own
+/// after API outages (with backoff), so no pod is missed.
+pub async fn watch(client: kube::Client, node: String, updates: mpsc::UnboundedSender<PodUpdate>) {
+    use kube::runtime::WatchStreamExt;
+    let api: Api<Pod> = Api::all(client);
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let stream = watcher(api, cfg).default_backoff();
+    futures::pin_mut!(stream);
+    let mut listed: Vec<String> = Vec::new();
+    while let Some(ev) = stream.next().await {
+        let update = match ev {
+            Ok(watcher::Event::Apply(pod)) => {
+                facts(&pod).map(|(pod, phase, spec)| PodUpdate::Upsert { pod, phase, spec })
+            }
+            Ok(watcher::Event::InitApply(pod)) => facts(&pod).map(|(pod, phase, spec)| {
+                listed.push(pod.uid.clone());
+                PodUpdate::Upsert { pod, phase, spec }
+            }),
+            Ok(watcher::Event::Delete(pod)) => pod.uid().map(|uid| PodUpdate::Remove { uid }),
+            Ok(watcher::Event::Init) => {
+                listed.clear();
+                None
+            }
+            Ok(watcher::Event::InitDone) => Some(PodUpdate::Resync {
+                uids: std::mem::take(&mut listed),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch interrupted; retrying");
+                None
+            }
+        };
+        if let Some(u) = update
+            && updates.send(u).is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn facts_from_a_job_pod() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "job-x", "namespace": "batch", "uid": "u-1"},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "initContainers": [
+                    {"name": "init"},
+                    {"name": "native-proxy", "restartPolicy": "Always",
+                     "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "value": "true"}]}
+                ],
+                "containers": [
+                    {"name": "main"},
+                    {"name": "proxy", "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "value": "True"}]},
+                    {"name": "logs", "env": [
+                        {"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "value": "true"},
+                        {"name": "KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "value": "true"}]},
+                    {"name": "vk", "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE", "value": "quick-exit:1"}]},
+                    {"name": "from-ref", "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}
+                ]
+            },
+            "status": {"phase": "Running"}
+        }));
+        let (r, phase, f) = facts(&p).unwrap();
+        assert_eq!(r.to_string(), "batch/job-x");
+        assert_eq!(phase, "Running");
+        assert_eq!(f.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(
+            f.containers,
+            vec![
+                ("main".to_string(), Role::Main),
+                (
+                    "proxy".to_string(),
+                    Role::Sidecar {
+                        ignore_exit_code: false
+                    }
+                ),
+                (
+                    "logs".to_string(),
+                    Role::Sidecar {
+                        ignore_exit_code: true
+                    }
+                ),
+                ("vk".to_string(), Role::Other),
+                ("from-ref".to_string(), Role::Main),
+            ]
+        );
+        assert_eq!(f.init_containers, ["init", "native-proxy"]);
+    }
+
+    #[test]
+    fn defaults_and_missing_parts() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"containers": [{"name": "c"}]}
+        }));
+        let (_, phase, f) = facts(&p).unwrap();
+        assert_eq!(f.restart_policy, RestartPolicy::Always);
+        assert_eq!(phase, "");
+        assert!(facts(&pod(serde_json::json!({"metadata": {"name": "p"}}))).is_none());
+    }
+}
