@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Ask a running agent (over its local API socket).
     Ctl(CtlArgs),
     /// Print the version.
@@ -81,6 +81,13 @@ struct AgentArgs {
     /// Listen address of /metrics, /healthz and /readyz (":PORT", "IP:PORT"); "off" disables it.
     #[arg(long, default_value = ":10221")]
     addr: String,
+    /// Cluster mode with this kubeconfig. Without it, cluster mode is used when running in a Pod
+    /// (in-cluster configuration), standalone otherwise.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Never talk to the Kubernetes API, even when running in a Pod.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    standalone: bool,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -155,7 +162,7 @@ fn main() -> ExitCode {
             telemetry::init(cli.log_format);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.worker_threads(2);
-            run_with(rt, agent(args), "nodeward")
+            run_with(rt, agent(*args), "nodeward")
         }
     }
 }
@@ -197,7 +204,20 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         "off" | "" => None,
         a => Some(nodeward::telemetry::http::parse_addr(a).map_err(anyhow::Error::msg)?),
     };
-    let node_name = args.node_name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let cluster_mode = !args.standalone && (args.kubeconfig.is_some() || in_cluster);
+    let given_name = args.node_name.filter(|n| !n.is_empty());
+    let cluster = if cluster_mode {
+        if given_name.is_none() {
+            anyhow::bail!(
+                "cluster mode needs this node's name: set NODE_NAME (downward API spec.nodeName) or --node-name"
+            );
+        }
+        Some(nodeward::cluster::client(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    let node_name = given_name.unwrap_or_else(|| {
         rustix::system::uname()
             .nodename()
             .to_string_lossy()
@@ -215,6 +235,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         failpoint: std::env::var("NODEWARD_FAILPOINT")
             .ok()
             .filter(|f| !f.is_empty()),
+        cluster,
         cri_socket: args.cri_socket,
         runtime_dir: args.runtime_dir,
         relist_interval: args.relist_interval,

@@ -27,7 +27,7 @@ use crate::sidecar::run::{StopOutcome, StopRequest, stop_sidecar};
 use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Explicit CRI socket; relative paths are taken under `runtime_dir`.
     pub cri_socket: Option<PathBuf>,
@@ -51,6 +51,8 @@ pub struct Config {
     /// Fault injection for crash tests (`NODEWARD_FAILPOINT`): `after-decide` aborts the process
     /// right after an action is recorded as decided, before it is carried out.
     pub failpoint: Option<String>,
+    /// Cluster mode: the API client (the node name is `node_name`). `None`: standalone.
+    pub cluster: Option<kube::Client>,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             api_socket: PathBuf::from("/run/nodeward/agent.sock"),
             addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10221))),
             failpoint: None,
+            cluster: None,
         }
     }
 }
@@ -89,6 +92,8 @@ enum Event {
     ActionDone(Box<ActionDone>),
     /// A question from the local API.
     Query(Query),
+    /// This node's Pods changed (cluster mode).
+    Pod(crate::cluster::pods::PodUpdate),
     /// A new container cgroup appeared.
     Discovered(String),
     /// Read a container's status again (it was still being started).
@@ -157,6 +162,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         }
         let _ = std::fs::remove_file(&api_socket);
     });
+    let reporter = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let Some(client) = &cfg.cluster {
+        info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
+        let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
+        tokio::spawn(crate::cluster::pods::watch(
+            client.clone(),
+            cfg.node_name.clone(),
+            pod_tx,
+        ));
+        let fwd = tx.clone();
+        tokio::spawn(async move {
+            while let Some(u) = pod_rx.recv().await {
+                if fwd.send(Event::Pod(u)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(crate::cluster::report::run(
+            client.clone(),
+            cfg.node_name.clone(),
+            journal.clone(),
+            reporter.clone(),
+        ));
+    }
     let fwd = tx.clone();
     tokio::spawn(async move {
         while let Some(q) = query_rx.recv().await {
@@ -227,6 +256,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         metrics,
         health,
         failpoint: cfg.failpoint.clone(),
+        cluster: cfg.cluster.clone(),
+        reporter,
         pidfd_reason: pidfd_state.as_ref().err().cloned().unwrap_or_default(),
         cgroup_reason: cgroup.as_ref().err().cloned().unwrap_or_default(),
         runtime,
@@ -243,6 +274,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         pidfd_rejected: 0,
         fetching: HashSet::new(),
         fetch_attempts: HashMap::new(),
+        pod_phases: HashMap::new(),
         in_flight: HashSet::new(),
         holds: HashMap::new(),
         relisting: false,
@@ -289,6 +321,9 @@ struct Agent {
     metrics: Metrics,
     health: Health,
     failpoint: Option<String>,
+    cluster: Option<kube::Client>,
+    /// Wakes the outbox reporter (cluster mode).
+    reporter: std::sync::Arc<tokio::sync::Notify>,
     pidfd_reason: String,
     cgroup_reason: String,
     runtime: RuntimeInfo,
@@ -305,6 +340,8 @@ struct Agent {
     pidfd_rejected: usize,
     fetching: HashSet<String>,
     fetch_attempts: HashMap<String, u32>,
+    /// Pod phase from the API (cluster mode), by uid.
+    pod_phases: HashMap<String, String>,
     in_flight: HashSet<String>,
     holds: HashMap<String, Hold>,
     relisting: bool,
@@ -402,6 +439,7 @@ impl Agent {
             Event::Exit { id, source, at } => self.on_exit(&id, source, at),
             Event::ActionDone(done) => self.on_action_done(*done),
             Event::Query(q) => self.answer(q),
+            Event::Pod(u) => self.on_pod(u),
             Event::Discovered(id) => {
                 if self.model.container(&id).is_none() {
                     // A new container (or sandbox) is starting: list now rather than at the next tick.
@@ -1002,14 +1040,48 @@ impl Agent {
         };
         match self.journal.complete(&done.key, &outcome) {
             Ok(event) => {
-                // Standalone: nothing to deliver upstream.
-                let _ = self.journal.ack_outbox(&[event.seq]);
+                if self.cluster.is_some() {
+                    self.reporter.notify_one();
+                } else {
+                    // Standalone: nothing to deliver upstream.
+                    let _ = self.journal.ack_outbox(&[event.seq]);
+                }
                 let _ = self.live.send(crate::report::api::to_pb(&event));
             }
             Err(e) => warn!(key = %done.key, error = %e, "journal could not record the outcome"),
         }
         if let Ok(stats) = self.journal.stats() {
             self.metrics.set_journal(&stats);
+        }
+    }
+
+    fn on_pod(&mut self, update: crate::cluster::pods::PodUpdate) {
+        use crate::cluster::pods::PodUpdate;
+        match update {
+            PodUpdate::Upsert { pod, phase, spec } => {
+                let terminal = phase == "Succeeded" || phase == "Failed";
+                self.pod_phases.insert(pod.uid.clone(), phase);
+                if self.model.set_pod_spec(&pod.uid, spec) && !terminal {
+                    self.evaluate(&pod.uid);
+                }
+            }
+            PodUpdate::Remove { uid } => {
+                self.pod_phases.remove(&uid);
+                self.model.remove_pod_spec(&uid);
+            }
+            PodUpdate::Resync { uids } => {
+                let keep: HashSet<String> = uids.into_iter().collect();
+                let gone: Vec<String> = self
+                    .pod_phases
+                    .keys()
+                    .filter(|u| !keep.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.pod_phases.remove(&uid);
+                    self.model.remove_pod_spec(&uid);
+                }
+            }
         }
     }
 
@@ -1034,7 +1106,12 @@ impl Agent {
         pb::AgentStatus {
             version: env!("CARGO_PKG_VERSION").into(),
             node: self.node_name.clone(),
-            mode: "standalone".into(),
+            mode: if self.cluster.is_some() {
+                "cluster"
+            } else {
+                "standalone"
+            }
+            .into(),
             runtime_name: self.runtime.name.clone(),
             runtime_version: self.runtime.version.clone(),
             runtime_socket: self.runtime.socket.display().to_string(),

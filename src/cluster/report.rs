@@ -96,8 +96,35 @@ pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
     }
 }
 
-/// The strategic merge patch adding the `SidecarTerminated` condition (merged by type).
+/// With `KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE` sidecars, OpenKruise v1.9 sets the pod phase
+/// from the main containers alone: Succeeded when they all exited 0, else Failed. `None` when no
+/// stopped sidecar ignores its exit code.
+pub fn job_phase(ev: &Event) -> Option<&'static str> {
+    if !ev.outcome.containers.iter().any(|c| c.exit_code_ignored) {
+        return None;
+    }
+    let containers = ev.action.inputs.get("containers")?.as_array()?;
+    let mut codes = containers
+        .iter()
+        .filter(|c| c["role"] == "Main")
+        .map(|c| c["exit_code"].as_i64());
+    // Without every main container's exit code there is no verdict to write.
+    let codes: Option<Vec<i64>> = codes.by_ref().collect();
+    let all_ok = codes?.iter().all(|c| *c == 0);
+    Some(if all_ok { "Succeeded" } else { "Failed" })
+}
+
+/// The strategic merge patch adding the `SidecarTerminated` condition (merged by type), and the
+/// phase when [`job_phase`] says so.
 pub fn condition_patch(ev: &Event) -> serde_json::Value {
+    let mut patch = condition_only(ev);
+    if let Some(phase) = job_phase(ev) {
+        patch["status"]["phase"] = phase.into();
+    }
+    patch
+}
+
+fn condition_only(ev: &Event) -> serde_json::Value {
     serde_json::json!({
         "status": {
             "conditions": [{
@@ -264,7 +291,24 @@ mod tests {
                 "nodeward stopped sidecar(s) proxy (exit 143, ignored, stopped 1.2 ms after the main containers)"
             )
         );
-        let p = condition_patch(&ev());
+        let mut e = ev();
+        let p = condition_patch(&e);
+        assert_eq!(
+            p["status"]["phase"],
+            serde_json::Value::Null,
+            "no main exit codes known"
+        );
+        e.action.inputs = serde_json::json!({"containers": [
+            {"name": "main", "role": "Main", "exit_code": 0},
+            {"name": "proxy", "role": {"Sidecar": {"ignore_exit_code": true}}, "exit_code": null}
+        ]});
+        assert_eq!(condition_patch(&e)["status"]["phase"], "Succeeded");
+        e.action.inputs["containers"][0]["exit_code"] = 2.into();
+        assert_eq!(condition_patch(&e)["status"]["phase"], "Failed");
+        e.action.inputs["containers"][0]["exit_code"] = serde_json::Value::Null;
+        assert!(condition_patch(&e)["status"].get("phase").is_none());
+        e.outcome.containers[0].exit_code_ignored = false;
+        assert!(condition_patch(&e)["status"].get("phase").is_none());
         assert_eq!(p["status"]["conditions"][0]["type"], "SidecarTerminated");
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
         assert_eq!(

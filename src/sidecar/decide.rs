@@ -88,6 +88,22 @@ pub fn decide(pod: &PodFacts) -> Decision {
     if mains.iter().any(|c| !c.state.is_exited()) {
         return Decision::Hold(Hold::MainsRunning);
     }
+    let ignoring = sidecars.iter().any(|c| {
+        c.state == State::Running
+            && c.role
+                == Some(Role::Sidecar {
+                    ignore_exit_code: true,
+                })
+    });
+    // The Job's verdict is written from the main containers' exit codes when a sidecar's own
+    // code is to be ignored, so they must be known even under `Never`.
+    if ignoring
+        && mains
+            .iter()
+            .any(|c| c.state == State::Exited { code: None })
+    {
+        return Decision::Hold(Hold::ExitCodePending);
+    }
     if pod.policy != Some(RestartPolicy::Never) {
         let codes: Vec<Option<i32>> = mains
             .iter()
@@ -368,6 +384,21 @@ mod tests {
             ],
         ));
         assert_eq!(d, Decision::Hold(Hold::MainsRunning));
+    }
+
+    #[test]
+    fn ignore_exit_code_waits_for_main_exit_codes() {
+        let ignoring = Some(Role::Sidecar {
+            ignore_exit_code: true,
+        });
+        let d = decide(&pod(
+            Some(Never),
+            vec![
+                c("m", MAIN, State::Exited { code: None }),
+                c("s", ignoring, RUNNING),
+            ],
+        ));
+        assert_eq!(d, Decision::Hold(Hold::ExitCodePending));
     }
 
     #[test]
