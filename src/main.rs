@@ -35,6 +35,8 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Ask a running agent (over its local API socket).
     Ctl(CtlArgs),
+    /// Run the controller (one active replica by Lease leader election).
+    Controller(ControllerArgs),
     /// Print the version.
     Version,
 }
@@ -88,6 +90,27 @@ struct AgentArgs {
     /// Never talk to the Kubernetes API, even when running in a Pod.
     #[arg(long, conflicts_with = "kubeconfig")]
     standalone: bool,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Kubeconfig; default: in-cluster configuration, then $KUBECONFIG, then ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, default_value = "nodeward-system", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    #[arg(long, default_value = "nodeward-controller")]
+    lease_name: String,
+    /// Lease duration; the leader renews it 5 s before it expires.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Listen address of /metrics, /healthz and /readyz; "off" disables it.
+    #[arg(long, default_value = ":10222")]
+    addr: String,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -158,6 +181,14 @@ fn main() -> ExitCode {
             ctl(args),
             "nodeward ctl",
         ),
+        Command::Controller(args) => {
+            telemetry::init(cli.log_format);
+            run_with(
+                tokio::runtime::Builder::new_multi_thread(),
+                controller(args),
+                "nodeward controller",
+            )
+        }
         Command::Agent(args) => {
             telemetry::init(cli.log_format);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -192,18 +223,8 @@ fn run_with(
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])?;
-    let handle = signals.handle();
-    let shutdown = async move {
-        let mut signals = signals;
-        if let Some(sig) = signals.next().await {
-            tracing::info!(signal = sig, "signal received");
-        }
-    };
-    let addr = match args.addr.as_str() {
-        "off" | "" => None,
-        a => Some(nodeward::telemetry::http::parse_addr(a).map_err(anyhow::Error::msg)?),
-    };
+    let (shutdown, handle) = shutdown_signal()?;
+    let addr = parse_addr_or_off(&args.addr)?;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let cluster_mode = !args.standalone && (args.kubeconfig.is_some() || in_cluster);
     let given_name = args.node_name.filter(|n| !n.is_empty());
@@ -245,6 +266,53 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         proc_root: args.proc_root,
     };
     let res = nodeward::agent::run(cfg, shutdown).await;
+    handle.close();
+    res
+}
+
+fn parse_addr_or_off(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    match s {
+        "off" | "" => Ok(None),
+        a => Ok(Some(
+            nodeward::telemetry::http::parse_addr(a).map_err(anyhow::Error::msg)?,
+        )),
+    }
+}
+
+fn shutdown_signal() -> anyhow::Result<(
+    impl std::future::Future<Output = ()>,
+    signal_hook_tokio::Handle,
+)> {
+    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])?;
+    let handle = signals.handle();
+    let fut = async move {
+        let mut signals = signals;
+        if let Some(sig) = signals.next().await {
+            tracing::info!(signal = sig, "signal received");
+        }
+    };
+    Ok((fut, handle))
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let (shutdown, handle) = shutdown_signal()?;
+    let client = nodeward::cluster::client(args.kubeconfig.as_deref()).await?;
+    let identity = args.identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            rustix::system::uname().nodename().to_string_lossy(),
+            std::process::id()
+        )
+    });
+    let cfg = nodeward::controller::Config {
+        lease_name: args.lease_name,
+        lease_namespace: args.lease_namespace,
+        identity,
+        lease_duration: args.lease_duration,
+        lease_grace: Duration::from_secs(5),
+        addr: parse_addr_or_off(&args.addr)?,
+    };
+    let res = nodeward::controller::run(client, cfg, shutdown).await;
     handle.close();
     res
 }

@@ -1,0 +1,251 @@
+//! `nodeward controller`: one active replica, chosen by Lease leader election, running the
+//! reconcilers. The first one terminates sidecars on virtual nodes.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{info, warn};
+
+use crate::telemetry::http::Health;
+use crate::telemetry::metrics::Metrics;
+
+pub mod vk_sidecar;
+
+/// Event source component.
+pub const COMPONENT: &str = "nodeward-controller";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (pod name, else host name and pid).
+    pub identity: String,
+    /// Lease duration (upstream: 15 s; renewed `grace` before it expires: 10 s renew deadline).
+    pub lease_duration: Duration,
+    pub lease_grace: Duration,
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+/// Run until `shutdown`; then stop the reconcilers and release the lease so another replica takes
+/// over at once.
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = cfg.addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics/health listener {addr}: {e}"))?;
+        info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        let (m, h) = (metrics.clone(), health.clone());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::telemetry::http::serve(listener, m, h, done).await {
+                warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let manager = LeaseManagerBuilder::new(client.clone(), &cfg.lease_name)
+        .with_namespace(&cfg.lease_namespace)
+        .with_identity(&cfg.identity)
+        .with_duration(cfg.lease_duration.as_secs().max(2))
+        .with_grace(
+            cfg.lease_grace
+                .as_secs()
+                .clamp(1, cfg.lease_duration.as_secs().max(2) - 1),
+        )
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+    let (mut leader, election) = manager.watch().await;
+    health.set_runtime_connected(true);
+    health.set_synced(true);
+    info!(lease = %cfg.lease_name, namespace = %cfg.lease_namespace, identity = %cfg.identity, "waiting for leadership");
+    tokio::pin!(shutdown);
+    let mut reconcilers: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    warn!("leader election stopped");
+                    break;
+                }
+                let is_leader = *leader.borrow_and_update();
+                if is_leader && reconcilers.is_none() {
+                    info!(identity = %cfg.identity, "became the leader; starting reconcilers");
+                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone())));
+                } else if !is_leader && let Some(r) = reconcilers.take() {
+                    warn!(identity = %cfg.identity, "lost leadership; stopping reconcilers");
+                    r.abort();
+                }
+            }
+        }
+    }
+    if let Some(r) = reconcilers.take() {
+        r.abort();
+    }
+    // Dropping the receiver makes the election task release the lease.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), election).await {
+        Ok(Ok(Ok(_))) => info!("stepped down; lease released"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the lease failed"),
+        Ok(Err(e)) => warn!(error = %e, "leader election task failed"),
+        Err(_) => warn!("releasing the lease timed out"),
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+async fn run_reconcilers(client: kube::Client) {
+    run_vk_sidecar(client).await;
+}
+
+/// Keep the set of virtual nodes current.
+async fn watch_virtual_nodes(client: kube::Client, nodes: Arc<RwLock<HashSet<String>>>) {
+    let (k, v) = vk_sidecar::VIRTUAL_NODE_LABEL;
+    let cfg = watcher::Config::default().labels(&format!("{k}={v}"));
+    let stream = watcher(Api::<Node>::all(client), cfg).default_backoff();
+    futures::pin_mut!(stream);
+    let mut listed = HashSet::new();
+    while let Some(ev) = stream.next().await {
+        let Ok(mut set) = nodes.write() else { return };
+        match ev {
+            Ok(watcher::Event::Apply(n)) => {
+                set.insert(n.name_any());
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                set.remove(&n.name_any());
+            }
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(n)) => {
+                listed.insert(n.name_any());
+            }
+            Ok(watcher::Event::InitDone) => *set = std::mem::take(&mut listed),
+            Err(e) => warn!(error = %e, "node watch interrupted; retrying"),
+        }
+    }
+}
+
+async fn run_vk_sidecar(client: kube::Client) {
+    let nodes = Arc::new(RwLock::new(HashSet::new()));
+    tokio::spawn(watch_virtual_nodes(client.clone(), nodes.clone()));
+    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
+    futures::pin_mut!(stream);
+    while let Some(pod) = stream.next().await {
+        let pod = match pod {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "pod watch interrupted; retrying");
+                continue;
+            }
+        };
+        let on_virtual = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| nodes.read().is_ok_and(|set| set.contains(n)));
+        if !on_virtual || vk_sidecar::decide(&pod).is_empty() {
+            continue;
+        }
+        if let Err(e) = swap_images(&client, &pod).await {
+            warn!(pod = %pod.name_any(), namespace = %pod.namespace().unwrap_or_default(), error = %e, "in-place sidecar termination failed");
+        }
+    }
+}
+
+/// Swap the images on a fresh copy of the pod, retrying on conflict, then record an Event.
+async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
+    let ns = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for _ in 0..5 {
+        let mut fresh = match api.get(&name).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let swaps = vk_sidecar::decide(&fresh);
+        if swaps.is_empty() {
+            return Ok(());
+        }
+        if let Some(spec) = fresh.spec.as_mut() {
+            for s in &swaps {
+                if let Some(c) = spec.containers.iter_mut().find(|c| c.name == s.container) {
+                    c.image = Some(s.image.clone());
+                }
+            }
+        }
+        match api.replace(&name, &PostParams::default(), &fresh).await {
+            Ok(_) => {
+                let names: Vec<&str> = swaps.iter().map(|s| s.container.as_str()).collect();
+                info!(pod = %name, namespace = %ns, sidecars = ?names, "sidecar images swapped for the quick-exit image");
+                let msg =
+                    format!("nodeward is terminating sidecar {names:?} using in-place update");
+                record_event(client, &fresh, &msg).await;
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("gave up after 5 conflicts")
+}
+
+async fn record_event(client: &kube::Client, pod: &Pod, message: &str) {
+    let ns = pod.namespace().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ev = KubeEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", pod.name_any())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name_any()),
+            namespace: Some(ns.clone()),
+            uid: pod.uid(),
+            ..Default::default()
+        },
+        reason: Some(vk_sidecar::EVENT_REASON.into()),
+        message: Some(message.into()),
+        type_: Some("Normal".into()),
+        source: Some(EventSource {
+            component: Some(COMPONENT.into()),
+            host: None,
+        }),
+        reporting_component: Some(COMPONENT.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        ..Default::default()
+    };
+    if let Err(e) = Api::<KubeEvent>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ev)
+        .await
+    {
+        warn!(error = %e, pod = %pod.name_any(), "recording the event failed");
+    }
+}
