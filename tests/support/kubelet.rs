@@ -326,6 +326,60 @@ impl Kubelet {
 }
 
 /// What a pod's fixture tasks share.
+/// Reads a pod's container states; outlives neither the pod's CRI objects nor the test bed.
+#[derive(Clone)]
+pub struct StatusSource {
+    ctx: Arc<PodContext>,
+}
+
+impl StatusSource {
+    pub async fn containers(&self) -> Result<Vec<ContainerInfo>> {
+        containers_of(&self.ctx, &mut self.ctx.cri()).await
+    }
+}
+
+async fn containers_of(
+    ctx: &PodContext,
+    cri: &mut RuntimeServiceClient<Channel>,
+) -> Result<Vec<ContainerInfo>> {
+    let latest = latest_instances(cri, &ctx.sandbox_id).await?;
+    let mut infos = Vec::new();
+    for spec in &ctx.spec.containers {
+        let Some(instance) = latest.get(&spec.name) else {
+            continue;
+        };
+        let status = cri_call(
+            "ContainerStatus",
+            cri.container_status(ContainerStatusRequest {
+                container_id: instance.id.clone(),
+                verbose: false,
+            }),
+        )
+        .await?
+        .status
+        .context("ContainerStatus without status")?;
+        let attempt = instance.attempt;
+        infos.push(ContainerInfo {
+            name: spec.name.clone(),
+            id: status.id,
+            attempt,
+            restart_count: status
+                .annotations
+                .get("io.kubernetes.container.restartCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(attempt),
+            state: ContainerState::try_from(status.state)
+                .unwrap_or(ContainerState::ContainerUnknown),
+            exit_code: status.exit_code,
+            reason: status.reason,
+            created_at: status.created_at,
+            started_at: status.started_at,
+            finished_at: status.finished_at,
+        });
+    }
+    Ok(infos)
+}
+
 struct PodContext {
     spec: PodSpec,
     sandbox_id: String,
@@ -381,7 +435,7 @@ impl PodHandle {
         .await?
         .status
         .context("PodSandboxStatus without status")?;
-        let containers = self.containers_with(&mut cri).await?;
+        let containers = containers_of(&self.ctx, &mut cri).await?;
         Ok(PodStatus {
             sandbox_id: self.ctx.sandbox_id.clone(),
             sandbox_ready: sandbox.state == PodSandboxState::SandboxReady as i32,
@@ -389,9 +443,16 @@ impl PodHandle {
         })
     }
 
+    /// A cheap handle that reads this pod's container states (for status mirrors).
+    pub fn status_source(&self) -> StatusSource {
+        StatusSource {
+            ctx: self.ctx.clone(),
+        }
+    }
+
     /// The latest instance of each container, in the spec's order.
     pub async fn containers(&self) -> Result<Vec<ContainerInfo>> {
-        self.containers_with(&mut self.ctx.cri()).await
+        containers_of(&self.ctx, &mut self.ctx.cri()).await
     }
 
     /// The latest instance of the container `name`.
@@ -434,48 +495,6 @@ impl PodHandle {
         self.removed = true;
         let restarter = self.restarter.take();
         remove_pod(&self.ctx, restarter).await
-    }
-
-    async fn containers_with(
-        &self,
-        cri: &mut RuntimeServiceClient<Channel>,
-    ) -> Result<Vec<ContainerInfo>> {
-        let latest = latest_instances(cri, &self.ctx.sandbox_id).await?;
-        let mut infos = Vec::new();
-        for spec in &self.ctx.spec.containers {
-            let Some(instance) = latest.get(&spec.name) else {
-                continue;
-            };
-            let status = cri_call(
-                "ContainerStatus",
-                cri.container_status(ContainerStatusRequest {
-                    container_id: instance.id.clone(),
-                    verbose: false,
-                }),
-            )
-            .await?
-            .status
-            .context("ContainerStatus without status")?;
-            let attempt = instance.attempt;
-            infos.push(ContainerInfo {
-                name: spec.name.clone(),
-                id: status.id,
-                attempt,
-                restart_count: status
-                    .annotations
-                    .get("io.kubernetes.container.restartCount")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(attempt),
-                state: ContainerState::try_from(status.state)
-                    .unwrap_or(ContainerState::ContainerUnknown),
-                exit_code: status.exit_code,
-                reason: status.reason,
-                created_at: status.created_at,
-                started_at: status.started_at,
-                finished_at: status.finished_at,
-            });
-        }
-        Ok(infos)
     }
 }
 

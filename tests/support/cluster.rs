@@ -1,0 +1,199 @@
+//! The kubelet's API side, for cluster-mode tests: a Pod object in the (in-memory) API server for
+//! each fixture pod, bound to a node, and its status mirrored from CRI as the kubelet reports it
+//! (container statuses, phase; a terminal phase set by someone else is kept, as the kubelet does).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use super::kubelet::{ContainerInfo, Kubelet, PodHandle, PodSpec, RestartPolicy};
+use super::testbed::TestBed;
+
+/// A fixture pod that also exists as a Pod object.
+pub struct ClusterPod {
+    pub handle: PodHandle,
+    pub api: Api<Pod>,
+    pub name: String,
+    mirror: JoinHandle<()>,
+}
+
+/// The Pod object for a fixture spec on `node`.
+pub fn pod_object(tb: &TestBed, spec: &PodSpec, node: &str) -> Value {
+    let containers: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            let mut v = json!({
+                "name": c.name,
+                "image": tb.image(&c.image),
+                "command": c.command,
+                "args": c.args,
+                "env": c.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+            });
+            if let Some(cmd) = &c.pre_stop_exec {
+                v["lifecycle"] = json!({"preStop": {"exec": {"command": cmd}}});
+            }
+            v
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "labels": spec.labels,
+            "annotations": spec.annotations,
+        },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": spec.restart_policy.as_str(),
+            "terminationGracePeriodSeconds": spec.termination_grace_seconds.unwrap_or(30),
+            "containers": containers,
+        },
+        "status": {"phase": "Pending"}
+    })
+}
+
+fn rfc3339(nanos: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64),
+    )
+    .to_string()
+}
+
+fn container_status(c: &ContainerInfo) -> Value {
+    let state = if c.is_exited() {
+        json!({"terminated": {
+            "exitCode": c.exit_code,
+            "reason": if c.exit_code == 0 { "Completed" } else { "Error" },
+            "startedAt": rfc3339(c.started_at),
+            "finishedAt": rfc3339(c.finished_at),
+            "containerID": format!("containerd://{}", c.id),
+        }})
+    } else if c.is_running() {
+        json!({"running": {"startedAt": rfc3339(c.started_at)}})
+    } else {
+        json!({"waiting": {"reason": "ContainerCreating"}})
+    };
+    json!({
+        "name": c.name,
+        "image": "",
+        "imageID": "",
+        "containerID": format!("containerd://{}", c.id),
+        "ready": c.is_running(),
+        "started": c.is_running(),
+        "restartCount": c.restart_count,
+        "state": state,
+    })
+}
+
+/// The kubelet's phase for the containers' states (`getPhase`), for the policies tests use.
+pub fn phase(policy: RestartPolicy, containers: &[ContainerInfo], expected: usize) -> &'static str {
+    if containers.len() < expected || containers.iter().any(|c| !c.is_running() && !c.is_exited()) {
+        return "Pending";
+    }
+    let all_exited = containers.iter().all(ContainerInfo::is_exited);
+    let all_ok = containers.iter().all(|c| c.is_exited() && c.exit_code == 0);
+    match policy {
+        RestartPolicy::Never if all_exited => {
+            if all_ok {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        }
+        RestartPolicy::OnFailure if all_ok => "Succeeded",
+        _ => "Running",
+    }
+}
+
+impl ClusterPod {
+    /// Create the Pod object on `node`, then run it through the CRI fixture with the uid the API
+    /// server gave it, and mirror its status every 100 ms.
+    pub async fn run(
+        tb: &'static TestBed,
+        client: kube::Client,
+        node: &str,
+        spec: PodSpec,
+    ) -> anyhow::Result<ClusterPod> {
+        let api: Api<Pod> = Api::namespaced(client, &spec.namespace);
+        let obj: Pod = serde_json::from_value(pod_object(tb, &spec, node))?;
+        let created = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .context("creating the Pod object")?;
+        let uid = created.metadata.uid.clone().context("pod uid")?;
+        let mut spec = spec;
+        spec.uid = uid;
+        let name = spec.name.clone();
+        let policy = spec.restart_policy;
+        let expected = spec.containers.len();
+        let handle = Kubelet::run_pod(tb, spec).await?;
+        let status_source = handle.status_source();
+        let mirror_api = api.clone();
+        let mirror_name = name.clone();
+        let mirror = tb.background().spawn(async move {
+            let mut last = Value::Null;
+            loop {
+                if let Ok(containers) = status_source.containers().await {
+                    let current = mirror_api.get_status(&mirror_name).await.ok();
+                    let api_phase = current
+                        .as_ref()
+                        .and_then(|p| p.status.as_ref())
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_default();
+                    // The kubelet never moves a pod out of a terminal phase.
+                    let phase = if api_phase == "Succeeded" || api_phase == "Failed" {
+                        api_phase
+                    } else {
+                        phase(policy, &containers, expected).to_string()
+                    };
+                    let status = json!({
+                        "phase": phase,
+                        "containerStatuses": containers.iter().map(container_status).collect::<Vec<_>>(),
+                    });
+                    if status != last {
+                        let patch = json!({"status": status});
+                        if mirror_api
+                            .patch_status(&mirror_name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                            .is_ok()
+                        {
+                            last = status;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(ClusterPod {
+            handle,
+            api,
+            name,
+            mirror,
+        })
+    }
+
+    pub fn uid(&self) -> &str {
+        self.handle.uid()
+    }
+
+    /// The Pod object now.
+    pub async fn object(&self) -> anyhow::Result<Pod> {
+        Ok(self.api.get(&self.name).await?)
+    }
+
+    /// Remove the CRI pod and the Pod object.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.mirror.abort();
+        self.handle.remove().await?;
+        let _ = self.api.delete(&self.name, &Default::default()).await;
+        Ok(())
+    }
+}
