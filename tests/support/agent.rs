@@ -92,6 +92,13 @@ impl AgentProcess {
             .context("addr field")
     }
 
+    /// Start `nodeward <args…> --log-format json` (any subcommand, e.g. the controller).
+    pub fn spawn_nodeward(args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(args).args(["--log-format", "json"]);
+        Self::spawn_cmd(cmd)
+    }
+
     /// Start the agent with exactly these arguments after `agent`.
     pub fn spawn_args(args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod cluster;
 pub mod images;
 pub mod kubelet;

@@ -1,0 +1,381 @@
+//! Cluster mode end to end: the agent and the controller against the in-memory API server (real
+//! kube client over HTTP) and a real containerd, with the kubelet fixture mirroring container
+//! statuses into the Pod objects. The agents of this binary run one at a time (two agents would
+//! both act on every pod).
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::agent::AgentProcess;
+use support::apiserver::ApiServer;
+use support::cluster::ClusterPod;
+use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
+use support::testbed::TestBed;
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+const NODE: &str = "node-a";
+const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+const STUBBORN: &str = "trap '' TERM; while true; do sleep 1; done";
+
+fn api() -> &'static ApiServer {
+    ApiServer::shared()
+}
+
+fn kubeconfig() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = TestBed::shared().dir().join("kubeconfig");
+        api().write_kubeconfig(&p).expect("kubeconfig");
+        p
+    })
+    .clone()
+}
+
+fn cluster_agent() -> AgentProcess {
+    let kc = kubeconfig();
+    AgentProcess::spawn(
+        TestBed::shared(),
+        &["--kubeconfig", kc.to_str().unwrap(), "--node-name", NODE],
+    )
+    .unwrap()
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+fn job(
+    name: &str,
+    policy: RestartPolicy,
+    main: &str,
+    sidecar: ContainerSpec,
+    grace: i64,
+) -> PodSpec {
+    PodSpec::new(name)
+        .restart_policy(policy)
+        .grace_seconds(grace)
+        .container(ContainerSpec::new("main", "busybox").command(sh(main)))
+        .container(sidecar)
+}
+
+fn sidecar(script: &str) -> ContainerSpec {
+    ContainerSpec::new("proxy", "busybox")
+        .command(sh(script))
+        .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true")
+}
+
+async fn sidecar_events(uid: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(api().client(), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .filter(|e| e.reason.as_deref() == Some("SidecarTerminated"))
+        .collect()
+}
+
+fn has_condition(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "SidecarTerminated" && c.status == "True")
+        })
+}
+
+async fn wait_reported(pod: &ClusterPod) -> Pod {
+    for _ in 0..200 {
+        let obj = pod.object().await.unwrap();
+        if has_condition(&obj) && !sidecar_events(pod.uid()).await.is_empty() {
+            return obj;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no SidecarTerminated condition and event for {}", pod.uid());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_job_sidecar_stopped_and_reported() {
+    let _serial = SERIAL.lock().await;
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    // No restart-policy annotation: the Pod object says Never.
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        NODE,
+        job(
+            "c-never",
+            RestartPolicy::Never,
+            "sleep 1; exit 1",
+            sidecar(POLITE),
+            30,
+        ),
+    )
+    .await
+    .unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(line["exit_to_stop_ms"].as_f64().unwrap() < 500.0, "{line}");
+    wait_reported(&pod).await;
+    assert_eq!(sidecar_events(pod.uid()).await.len(), 1);
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onfailure_failed_main_leaves_sidecar() {
+    let _serial = SERIAL.lock().await;
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        NODE,
+        job(
+            "c-onfailure",
+            RestartPolicy::OnFailure,
+            "sleep 1; exit 1",
+            sidecar(POLITE),
+            30,
+        ),
+    )
+    .await
+    .unwrap();
+    pod.handle
+        .wait_until(
+            |p| {
+                p.containers
+                    .iter()
+                    .any(|c| c.name == "main" && c.restart_count >= 2)
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(pod.handle.container("proxy").await.unwrap().is_running());
+    assert!(agent.messages("sidecar stopped").is_empty());
+    assert!(!has_condition(&pod.object().await.unwrap()));
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_exit_code_sidecar_sets_job_phase() {
+    let _serial = SERIAL.lock().await;
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    let side = sidecar(STUBBORN).env("KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "true");
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        NODE,
+        job("c-ignore", RestartPolicy::Never, "sleep 1", side, 2),
+    )
+    .await
+    .unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(line["sidecar_exit_code"], 137, "{line}");
+    let obj = wait_reported(&pod).await;
+    // The sidecar's 137 does not fail the Job: the phase follows the main container.
+    assert_eq!(obj.status.unwrap().phase.as_deref(), Some("Succeeded"));
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_outage_does_not_delay_termination_and_reports_once_after() {
+    let _serial = SERIAL.lock().await;
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        NODE,
+        job(
+            "c-outage",
+            RestartPolicy::Never,
+            "sleep 2",
+            sidecar(POLITE),
+            30,
+        ),
+    )
+    .await
+    .unwrap();
+    // Let the agent see the Pod object, then cut the API off.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api().set_unavailable(true);
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(line["exit_to_stop_ms"].as_f64().unwrap() < 500.0, "{line}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    api().set_unavailable(false);
+    wait_reported(&pod).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sidecar_events(pod.uid()).await.len(),
+        1,
+        "delivered exactly once"
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_swaps_sidecar_image_on_virtual_node() {
+    let _serial = SERIAL.lock().await;
+    let kc = kubeconfig();
+    let client = api().client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "vk-1", "labels": {"type": "virtual-kubelet"}}
+    }))
+    .unwrap();
+    let _ = nodes.create(&PostParams::default(), &node).await;
+    let ctrl = AgentProcess::spawn_nodeward(&[
+        "controller",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--lease-namespace",
+        "default",
+        "--addr",
+        "off",
+    ])
+    .unwrap();
+    ctrl.wait_for("leader", Duration::from_secs(20), |v| {
+        v["message"] == "became the leader; starting reconcilers"
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let quick = "127.0.0.1:5000/quick-exit:1";
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "vk-job"},
+        "spec": {"nodeName": "vk-1", "restartPolicy": "Never", "containers": [
+            {"name": "main", "image": "app"},
+            {"name": "proxy", "image": "envoy",
+             "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE", "value": quick}]}
+        ]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "main", "image": "app", "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0}}},
+        {"name": "proxy", "image": "envoy", "imageID": "", "ready": true, "restartCount": 0,
+         "state": {"running": {}}}
+    ]}});
+    pods.patch_status("vk-job", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let mut image = None;
+    for _ in 0..100 {
+        let p = pods.get("vk-job").await.unwrap();
+        image = p.spec.unwrap().containers[1].image.clone();
+        if image.as_deref() == Some(quick) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(image.as_deref(), Some(quick));
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let evs = events.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("SidecarTerminator")
+                && e.involved_object.name.as_deref() == Some("vk-job")),
+        "{evs:?}"
+    );
+    ctrl.stop().await.unwrap();
+    pods.delete("vk-job", &Default::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_leader_failover() {
+    let _serial = SERIAL.lock().await;
+    let kc = kubeconfig();
+    let start = |id: &str| {
+        AgentProcess::spawn_nodeward(&[
+            "controller",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--lease-namespace",
+            "default",
+            "--lease-name",
+            "failover-test",
+            "--lease-duration",
+            "4s",
+            "--identity",
+            id,
+            "--addr",
+            "off",
+        ])
+        .unwrap()
+    };
+    let a = start("ctrl-a");
+    a.wait_for("leader a", Duration::from_secs(20), |v| {
+        v["message"] == "became the leader; starting reconcilers"
+    })
+    .await
+    .unwrap();
+    let b = start("ctrl-b");
+    b.wait_for("b waits", Duration::from_secs(10), |v| {
+        v["message"] == "waiting for leadership"
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b.messages("became the leader; starting reconcilers")
+            .is_empty()
+    );
+    let killed = std::time::Instant::now();
+    a.kill9();
+    b.wait_for("leader b", Duration::from_secs(15), |v| {
+        v["message"] == "became the leader; starting reconcilers"
+    })
+    .await
+    .unwrap();
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "took over after {took:?} (lease 4 s)"
+    );
+    // A graceful step-down hands over at once.
+    let c = start("ctrl-c");
+    c.wait_for("c waits", Duration::from_secs(10), |v| {
+        v["message"] == "waiting for leadership"
+    })
+    .await
+    .unwrap();
+    b.stop().await.unwrap();
+    c.wait_for("leader c", Duration::from_secs(10), |v| {
+        v["message"] == "became the leader; starting reconcilers"
+    })
+    .await
+    .unwrap();
+    c.stop().await.unwrap();
+}
