@@ -1171,11 +1171,11 @@ impl Agent {
                 let containers = facts
                     .containers
                     .iter()
-                    .filter_map(|c| self.model.container(&c.id))
-                    .map(|c| pb::Container {
+                    .filter_map(|f| Some((f.role, self.model.container(&f.id)?)))
+                    .map(|(role, c)| pb::Container {
                         name: c.meta.name.clone(),
                         id: c.id.clone(),
-                        role: match c.role {
+                        role: match role {
                             Some(Role::Main) => "main",
                             Some(Role::Sidecar { .. }) => "sidecar",
                             Some(Role::Other) | None => "other",
@@ -1187,7 +1187,7 @@ impl Agent {
                             _ => None,
                         },
                         restart_count: c.meta.restart_count,
-                        exit_code_ignored: c.role
+                        exit_code_ignored: role
                             == Some(Role::Sidecar {
                                 ignore_exit_code: true,
                             }),
