@@ -403,14 +403,45 @@ async fn status_subresource_split() {
             .as_deref(),
         Some("Succeeded")
     );
+    // pods/status takes metadata changes (as apiserver's pod status strategy does) but keeps
+    // the qosClass; custom resources' /status takes nothing but status.
+    let labelled = pods
+        .patch_status(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"via": "status"}}, "status": {"qosClass": null}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.labels()["via"], "status");
+    assert_eq!(
+        labelled.status.as_ref().unwrap().qos_class.as_deref(),
+        Some("BestEffort")
+    );
+    let ar = crr_resource();
+    let crrs: Api<DynamicObject> = Api::default_namespaced_with(server.client(), &ar);
+    crrs.create(&pp, &crr("r", json!({}))).await.unwrap();
+    let r = crrs
+        .patch_status(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"via": "status"}}, "status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+    assert!(r.labels().is_empty());
+    assert_eq!(r.data["status"]["phase"], "Succeeded");
     // Pod spec is immutable except for images and a few fields.
-    let mut moved = replaced.clone();
+    let current = pods.get("p").await.unwrap();
+    let mut moved = current.clone();
     moved.spec.as_mut().unwrap().node_name = Some("node-c".into());
     assert_eq!(
         code(&pods.replace("p", &pp, &moved).await.unwrap_err()).0,
         422
     );
-    let mut reimaged = replaced.clone();
+    let mut reimaged = current.clone();
     reimaged.spec.as_mut().unwrap().containers[0].image = Some("busybox:1.37".into());
     pods.replace("p", &pp, &reimaged).await.unwrap();
 }
@@ -822,6 +853,31 @@ async fn watch_bookmarks_and_timeout() {
     assert!(last >= rv.parse::<u64>().unwrap());
     assert!(events.iter().all(|e| matches!(e, WatchEvent::Bookmark(_))));
     assert_eq!(server.open_watches(), 0);
+
+    // kube-runtime's watcher with streaming lists (sendInitialEvents) instead of list+watch.
+    pods.create(&PostParams::default(), &pod("streamed", None, json!({})))
+        .await
+        .unwrap();
+    let mut streamed = drive_watcher(pods.clone(), watcher::Config::default().streaming_lists());
+    assert!(matches!(
+        next_event(&mut streamed, "Init").await,
+        watcher::Event::Init
+    ));
+    match next_event(&mut streamed, "InitApply").await {
+        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), "streamed"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut streamed, "InitDone").await,
+        watcher::Event::InitDone
+    ));
+    pods.delete("streamed", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut streamed, "Delete").await,
+        watcher::Event::Delete(_)
+    ));
 
     // sendInitialEvents: the state as ADDED, then a bookmark marking its end.
     pods.create(&PostParams::default(), &pod("p", None, json!({})))
@@ -1579,7 +1635,10 @@ async fn metadata_api_and_event_recorder() {
     let client = server.client();
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
     let p = pods
-        .create(&PostParams::default(), &pod("p", Some("n1"), json!({"a": "1"})))
+        .create(
+            &PostParams::default(),
+            &pod("p", Some("n1"), json!({"a": "1"})),
+        )
         .await
         .unwrap();
 
@@ -1634,39 +1693,195 @@ async fn bad_input_answers_status() {
         .await
         .unwrap();
     let cases: Vec<(&str, String, Option<&str>, &str, u16)> = vec![
-        ("POST", pods_path.into(), Some("application/json"), "{not json", 400),
-        ("POST", pods_path.into(), Some("application/json"), "[1,2]", 400),
-        ("POST", pods_path.into(), Some("application/yaml"), "kind: Pod", 415),
-        ("POST", "/api/v1/pods".into(), Some("application/json"), "{}", 405),
-        ("POST", pods_path.into(), Some("application/json"), r#"{"kind":"Node","metadata":{"name":"x"}}"#, 400),
-        ("POST", pods_path.into(), Some("application/json"), r#"{"metadata":{"name":"x","resourceVersion":"5"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#, 500),
-        ("POST", pods_path.into(), Some("application/json"), r#"{"metadata":{"name":"x","labels":{"a":1}},"spec":{"containers":[{"name":"c","image":"i"}]}}"#, 422),
-        ("POST", pods_path.into(), Some("application/json"), r#"{"metadata":{"name":"x"},"spec":"nope"}"#, 422),
-        ("PUT", format!("{pods_path}/p"), Some("application/json"), r#"{"metadata":{"name":"other"}}"#, 400),
-        ("PUT", format!("{pods_path}/missing"), Some("application/json"), r#"{"metadata":{"name":"missing"}}"#, 404),
-        ("PATCH", format!("{pods_path}/p"), Some("text/plain"), "{}", 415),
-        ("PATCH", format!("{pods_path}/p"), Some("application/json-patch+json"), r#"{"op":"add"}"#, 400),
-        ("PATCH", format!("{pods_path}/p"), Some("application/json-patch+json"), r#"[{"op":"remove","path":"/nope/x"}]"#, 422),
-        ("PATCH", format!("{pods_path}/p"), Some("application/merge-patch+json"), r#"{"metadata":{"name":"renamed"}}"#, 422),
-        ("PATCH", format!("{pods_path}/p"), Some("application/merge-patch+json"), "[1]", 400),
-        ("PATCH", format!("{pods_path}/p"), Some("application/strategic-merge-patch+json"), r#"{"spec":{"containers":[{"image":"x"}]}}"#, 422),
-        ("PATCH", format!("{pods_path}/p"), Some("application/strategic-merge-patch+json"), r#"{"$patch":"bogus"}"#, 422),
-        ("PATCH", format!("{pods_path}/p?fieldManager=m"), Some("application/apply-patch+yaml"), "{{{ not yaml", 400),
-        ("PATCH", format!("{pods_path}/p?fieldManager=m"), Some("application/apply-patch+yaml"), "apiVersion: v1\nkind: Node\n", 400),
-        ("GET", format!("{pods_path}?labelSelector=a%20in%20(b"), None, "", 400),
-        ("GET", format!("{pods_path}?fieldSelector=nonsense"), None, "", 400),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            "{not json",
+            400,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            "[1,2]",
+            400,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/yaml"),
+            "kind: Pod",
+            415,
+        ),
+        (
+            "POST",
+            "/api/v1/pods".into(),
+            Some("application/json"),
+            "{}",
+            405,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            r#"{"kind":"Node","metadata":{"name":"x"}}"#,
+            400,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            r#"{"metadata":{"name":"x","resourceVersion":"5"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#,
+            500,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            r#"{"metadata":{"name":"x","labels":{"a":1}},"spec":{"containers":[{"name":"c","image":"i"}]}}"#,
+            422,
+        ),
+        (
+            "POST",
+            pods_path.into(),
+            Some("application/json"),
+            r#"{"metadata":{"name":"x"},"spec":"nope"}"#,
+            422,
+        ),
+        (
+            "PUT",
+            format!("{pods_path}/p"),
+            Some("application/json"),
+            r#"{"metadata":{"name":"other"}}"#,
+            400,
+        ),
+        (
+            "PUT",
+            format!("{pods_path}/missing"),
+            Some("application/json"),
+            r#"{"metadata":{"name":"missing"}}"#,
+            404,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("text/plain"),
+            "{}",
+            415,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/json-patch+json"),
+            r#"{"op":"add"}"#,
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/json-patch+json"),
+            r#"[{"op":"remove","path":"/nope/x"}]"#,
+            422,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/merge-patch+json"),
+            r#"{"metadata":{"name":"renamed"}}"#,
+            422,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/merge-patch+json"),
+            "[1]",
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/strategic-merge-patch+json"),
+            r#"{"spec":{"containers":[{"image":"x"}]}}"#,
+            422,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p"),
+            Some("application/strategic-merge-patch+json"),
+            r#"{"$patch":"bogus"}"#,
+            422,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p?fieldManager=m"),
+            Some("application/apply-patch+yaml"),
+            "{{{ not yaml",
+            400,
+        ),
+        (
+            "PATCH",
+            format!("{pods_path}/p?fieldManager=m"),
+            Some("application/apply-patch+yaml"),
+            "apiVersion: v1\nkind: Node\n",
+            400,
+        ),
+        (
+            "GET",
+            format!("{pods_path}?labelSelector=a%20in%20(b"),
+            None,
+            "",
+            400,
+        ),
+        (
+            "GET",
+            format!("{pods_path}?fieldSelector=nonsense"),
+            None,
+            "",
+            400,
+        ),
         ("GET", format!("{pods_path}?continue=zzz"), None, "", 400),
         ("GET", format!("{pods_path}?limit=abc"), None, "", 400),
-        ("GET", format!("{pods_path}?watch=true&resourceVersion=abc"), None, "", 400),
-        ("GET", format!("{pods_path}?watch=true&sendInitialEvents=true"), None, "", 422),
+        (
+            "GET",
+            format!("{pods_path}?watch=true&resourceVersion=abc"),
+            None,
+            "",
+            400,
+        ),
+        (
+            "GET",
+            format!("{pods_path}?watch=true&sendInitialEvents=true"),
+            None,
+            "",
+            422,
+        ),
         ("GET", format!("{pods_path}/p/exec"), None, "", 404),
         ("GET", "/api/v1/pods/p".into(), None, "", 404),
         ("GET", "/apis/nope.io/v1/things".into(), None, "", 404),
         ("GET", "/apis/nope.io".into(), None, "", 404),
         ("GET", "/nowhere".into(), None, "", 404),
-        ("DELETE", format!("{pods_path}/p"), Some("application/json"), "{garbage", 400),
-        ("DELETE", format!("{pods_path}/p"), Some("application/json"), r#"{"propagationPolicy":"Sideways"}"#, 422),
-        ("POST", format!("{pods_path}/p/binding"), Some("application/json"), r#"{"target":{}}"#, 422),
+        (
+            "DELETE",
+            format!("{pods_path}/p"),
+            Some("application/json"),
+            "{garbage",
+            400,
+        ),
+        (
+            "DELETE",
+            format!("{pods_path}/p"),
+            Some("application/json"),
+            r#"{"propagationPolicy":"Sideways"}"#,
+            422,
+        ),
+        (
+            "POST",
+            format!("{pods_path}/p/binding"),
+            Some("application/json"),
+            r#"{"target":{}}"#,
+            422,
+        ),
     ];
     for (method, path, content_type, body, want) in cases {
         let mut req = Request::builder().method(method).uri(&path);
@@ -1684,11 +1899,16 @@ async fn bad_input_answers_status() {
         }
     }
     // A huge timeout is clamped, not a crash.
-    let req = Request::get(format!("{pods_path}?watch=true&timeoutSeconds=9223372036854775807"))
-        .body(Vec::new())
-        .unwrap();
+    let req = Request::get(format!(
+        "{pods_path}?watch=true&timeoutSeconds=9223372036854775807"
+    ))
+    .body(Vec::new())
+    .unwrap();
     let mut lines = client.request_events::<Pod>(req).await.unwrap().boxed();
-    assert!(matches!(next(&mut lines, "ADDED").await.unwrap(), WatchEvent::Added(_)));
+    assert!(matches!(
+        next(&mut lines, "ADDED").await.unwrap(),
+        WatchEvent::Added(_)
+    ));
     // Apply accepts YAML.
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    from: yaml\n";
     let req = Request::patch(format!("{pods_path}/p?fieldManager=yaml-applier"))
@@ -1698,5 +1918,10 @@ async fn bad_input_answers_status() {
     let text = client.request_text(req).await.unwrap();
     assert!(text.contains("\"from\":\"yaml\""), "{text}");
     // The server still answers normally.
-    assert!(Api::<Pod>::default_namespaced(client).get("p").await.is_ok());
+    assert!(
+        Api::<Pod>::default_namespaced(client)
+            .get("p")
+            .await
+            .is_ok()
+    );
 }

@@ -193,7 +193,12 @@ impl ClusterPod {
     pub async fn remove(self) -> anyhow::Result<()> {
         self.mirror.abort();
         self.handle.remove().await?;
+        // Graceful deletion first, then the kubelet's final delete with grace 0.
         let _ = self.api.delete(&self.name, &Default::default()).await;
+        let _ = self
+            .api
+            .delete(&self.name, &kube::api::DeleteParams::default().grace_period(0))
+            .await;
         Ok(())
     }
 }

@@ -577,8 +577,7 @@ fn bind(
     ))
 }
 
-fn verbs(meta: &ResourceMeta) -> Value {
-    let _ = meta;
+fn verbs() -> Value {
     json!([
         "create",
         "delete",
@@ -608,7 +607,7 @@ fn resource_list(server: &Server, group: &str, version: &str) -> Option<Value> {
             "singularName": m.singular,
             "namespaced": m.namespaced,
             "kind": m.kind,
-            "verbs": verbs(m),
+            "verbs": verbs(),
             "shortNames": m.short_names,
         }));
         if m.status {
@@ -684,7 +683,7 @@ fn aggregated_discovery(server: &Server, core: bool) -> Value {
             "responseKind": {"group": m.group, "version": m.version, "kind": m.kind},
             "scope": if m.namespaced { "Namespaced" } else { "Cluster" },
             "singularResource": m.singular,
-            "verbs": verbs(&m),
+            "verbs": verbs(),
             "shortNames": m.short_names,
         });
         if m.status {

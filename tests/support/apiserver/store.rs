@@ -478,6 +478,28 @@ fn spec_changed(old: &Value, new: &Value) -> bool {
     ok != nk
 }
 
+/// Server-owned metadata always comes from the stored object.
+fn copy_system_meta(old: &Value, new: &mut Map<String, Value>) {
+    let old_md = metadata(old).cloned().unwrap_or_default();
+    let md = metadata_mut(new);
+    for f in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old_md.get(f) {
+            Some(v) => md.insert(f.into(), v.clone()),
+            None => md.remove(f),
+        };
+    }
+    md.remove("managedFields");
+    md.remove("selfLink");
+}
+
 fn bump_generation(obj: &mut Value) {
     let g = metadata(obj)
         .and_then(|m| m.get("generation"))
@@ -703,7 +725,8 @@ impl Server {
         let meta = res.meta();
         let mut obj = into_object(body)?;
         check_type_meta(&meta, &mut obj)?;
-        let body_ns = metadata(&Value::Object(obj.clone()))
+        let body_ns = obj
+            .get("metadata")
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
@@ -1153,42 +1176,42 @@ impl Server {
                 ));
             }
         }
-        let mut next = if status {
-            let mut base = old.value.as_object().cloned().unwrap_or_default();
+        let old_map = old.value.as_object().cloned().unwrap_or_default();
+        let mut next = if status && kinds::status_writes_metadata(meta) {
+            // Core kinds' status strategies reset everything but status and metadata (pods
+            // also keep their ownerReferences and qosClass).
+            new.retain(|k, _| k == "metadata" || k == "status" || k == "apiVersion" || k == "kind");
+            for (k, v) in &old_map {
+                if k != "metadata" && k != "status" {
+                    new.insert(k.clone(), v.clone());
+                }
+            }
+            copy_system_meta(&old.value, &mut new);
+            if meta.builtin() == Builtin::Pod {
+                let owners = metadata(&old.value)
+                    .and_then(|m| m.get("ownerReferences"))
+                    .cloned();
+                let md = metadata_mut(&mut new);
+                match owners {
+                    Some(o) => md.insert("ownerReferences".into(), o),
+                    None => md.remove("ownerReferences"),
+                };
+                let old_qos = dotted(&old.value, "status.qosClass").cloned();
+                if let (Some(qos), Some(Value::Object(st))) = (old_qos, new.get_mut("status")) {
+                    st.entry("qosClass").or_insert(qos);
+                }
+            }
+            new
+        } else if status {
+            // Custom resources: only `.status` changes.
+            let mut base = old_map;
             match new.remove("status") {
                 Some(s) => base.insert("status".into(), s),
                 None => base.remove("status"),
             };
-            if kinds::status_writes_metadata(meta) {
-                let new_md = metadata_mut(&mut new).clone();
-                let md = metadata_mut(&mut base);
-                for f in ["labels", "annotations"] {
-                    match new_md.get(f) {
-                        Some(v) => md.insert(f.into(), v.clone()),
-                        None => md.remove(f),
-                    };
-                }
-            }
             base
         } else {
-            let old_md = metadata(&old.value).cloned().unwrap_or_default();
-            let md = metadata_mut(&mut new);
-            for f in [
-                "name",
-                "namespace",
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-            ] {
-                match old_md.get(f) {
-                    Some(v) => md.insert(f.into(), v.clone()),
-                    None => md.remove(f),
-                };
-            }
-            md.remove("managedFields");
-            md.remove("selfLink");
+            copy_system_meta(&old.value, &mut new);
             if meta.status {
                 match old.value.get("status") {
                     Some(s) => new.insert("status".into(), s.clone()),
