@@ -1,3 +1,4 @@
 //! Names shared with OpenKruise and the kubelet: env markers, labels and annotations.
 
+pub mod kruise;
 pub mod well_known;

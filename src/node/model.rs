@@ -242,7 +242,9 @@ impl NodeModel {
                             finished_at: 0,
                             role: None,
                             pid: None,
-                            exit_observed: None,
+                            exit_observed: listed
+                                .is_exited()
+                                .then_some((ExitSource::Relist, now)),
                         },
                     );
                     diff.fetch.push((c.id.clone(), Fetch::Verbose));

@@ -1,0 +1,83 @@
+//! OpenKruise `apps.kruise.io/v1alpha1` kinds spoken by nodeward: [`ContainerRecreateRequest`],
+//! [`ImagePullJob`] and [`NodeImage`], plus their well-known labels, annotations, finalizers and
+//! status messages.
+//!
+//! The types are wire-compatible with upstream (`apis/apps/v1alpha1/*_types.go`, served by every
+//! release v1.4 → master):
+//!
+//! * JSON names are upstream's (camelCase, `containerID`, `imageID`).
+//! * Go pointer fields (`*int64`, `*Struct`) are `Option`s and are omitted when `None`.
+//! * Go `omitempty` value fields (`bool`, `int32`, `string`, slices, maps) are plain Rust values
+//!   that are omitted when zero/empty, exactly as Go's `encoding/json` does; Go value fields
+//!   *without* `omitempty` (e.g. `ImagePullJobStatus::active`) are always written.
+//! * Optional enum-typed strings also accept `""` on input (Go's zero value) and read it as `None`.
+//!
+//! So an object written by nodeward looks like one written by kruise-manager or kruise-daemon.
+//!
+//! **Defaults.** Upstream's CRDs carry no OpenAPI `default`s: every default is applied by a
+//! mutating webhook (or at the point of use), so the generated CRDs carry none either. The values
+//! are exported as `DEFAULT_*` constants and applied by the `apply_webhook_defaults` methods,
+//! which a controller re-implementing the webhook can call; the agent reads them through the
+//! `*_or_default` accessors.
+//!
+//! [`crds`] / [`crds_yaml`] produce the three CustomResourceDefinitions (structural schemas,
+//! printer columns and short names as upstream) for `nodeward crds`.
+
+mod constants;
+mod crr;
+mod go;
+mod image_pull_job;
+mod node_image;
+mod shared;
+
+pub use constants::*;
+pub use crr::*;
+pub use image_pull_job::*;
+pub use node_image::*;
+pub use shared::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// API group of every OpenKruise kind here.
+pub const GROUP: &str = "apps.kruise.io";
+/// API version spoken by nodeward (served by every OpenKruise release, see the module docs).
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of the objects: `apps.kruise.io/v1alpha1`.
+pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
+
+/// The CustomResourceDefinitions for the kinds nodeward uses, in a stable order
+/// (ContainerRecreateRequest, ImagePullJob, NodeImage).
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        ContainerRecreateRequest::crd(),
+        ImagePullJob::crd(),
+        NodeImage::crd(),
+    ]
+}
+
+/// [`crds`] as one multi-document YAML stream (`---` between documents), ready for
+/// `kubectl apply -f -`. Byte-for-byte stable for a given build.
+///
+/// Rendering a CRD cannot fail in practice; should the YAML serializer ever reject one, that
+/// document is written as JSON instead (a JSON document is valid YAML), so the output stays
+/// complete and this function never panics. Use [`try_crds_yaml`] to get the error instead.
+pub fn crds_yaml() -> String {
+    try_crds_yaml().unwrap_or_else(|_| {
+        crds()
+            .iter()
+            .map(|crd| {
+                serde_json::to_string_pretty(crd).unwrap_or_else(|e| {
+                    // Not a CRD: `kubectl apply` rejects it loudly instead of skipping it.
+                    format!("error: {:?}", format!("cannot render CRD: {e}"))
+                }) + "\n"
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    })
+}
+
+/// [`crds_yaml`], reporting a serializer error instead of falling back to JSON.
+pub fn try_crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string_multiple(&crds())
+}
