@@ -37,6 +37,8 @@ enum Command {
     Ctl(CtlArgs),
     /// Run the controller (one active replica by Lease leader election).
     Controller(ControllerArgs),
+    /// Print the CustomResourceDefinitions of the apps.kruise.io/v1alpha1 kinds (YAML).
+    Crds,
     /// Print the version.
     Version,
 }
@@ -172,6 +174,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Crds => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match out.write_all(nodeward::api::kruise::crds_yaml().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodeward crds: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("nodeward {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -242,9 +242,7 @@ impl NodeModel {
                             finished_at: 0,
                             role: None,
                             pid: None,
-                            exit_observed: listed
-                                .is_exited()
-                                .then_some((ExitSource::Relist, now)),
+                            exit_observed: listed.is_exited().then_some((ExitSource::Relist, now)),
                         },
                     );
                     diff.fetch.push((c.id.clone(), Fetch::Verbose));

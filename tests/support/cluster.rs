@@ -197,7 +197,10 @@ impl ClusterPod {
         let _ = self.api.delete(&self.name, &Default::default()).await;
         let _ = self
             .api
-            .delete(&self.name, &kube::api::DeleteParams::default().grace_period(0))
+            .delete(
+                &self.name,
+                &kube::api::DeleteParams::default().grace_period(0),
+            )
             .await;
         Ok(())
     }
