@@ -191,6 +191,24 @@ async fn ignore_exit_code_sidecar_sets_job_phase() {
     )
     .await
     .unwrap();
+    let uid = pod.uid().to_string();
+    agent
+        .wait_for("action decided", Duration::from_secs(20), |v| {
+            v["message"] == "action decided" && v["pod_uid"] == uid.as_str()
+        })
+        .await
+        .unwrap();
+    // The verdict is written before the stop: the sidecar (2 s grace, ignores SIGTERM) still runs.
+    let mut phase = None;
+    for _ in 0..20 {
+        phase = pod.object().await.unwrap().status.and_then(|s| s.phase);
+        if phase.as_deref() == Some("Succeeded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(phase.as_deref(), Some("Succeeded"));
+    assert!(pod.handle.container("proxy").await.unwrap().is_running());
     let line = agent
         .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
         .await

@@ -841,6 +841,13 @@ impl Agent {
         );
         let (cri, journal, tx) = (self.cri.clone(), self.journal.clone(), self.tx.clone());
         let failpoint = self.failpoint.clone();
+        // Upstream v1.9: with ignore-exit-code sidecars, the Job's phase is written before they
+        // are stopped, so the kubelet never reports a phase from the sidecar's exit code.
+        let verdict = self.cluster.clone().and_then(|client| {
+            let ignoring = requests.iter().any(|r| r.target.ignore_exit_code);
+            let patch = crate::cluster::report::verdict_patch(&action, ignoring)?;
+            Some((client, patch))
+        });
         tokio::spawn(async move {
             let j = journal.clone();
             let (k, a) = (key.clone(), action.clone());
@@ -855,6 +862,11 @@ impl Agent {
             {
                 eprintln!("nodeward: failpoint after-decide: aborting");
                 std::process::abort();
+            }
+            if let (Some((client, patch)), Ok(Recorded::New(_) | Recorded::Pending)) =
+                (&verdict, &recorded)
+            {
+                crate::cluster::report::patch_verdict(client, &action.pod, patch).await;
             }
             let outcomes = match recorded {
                 Ok(Recorded::AlreadyDone) => None,

@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use tokio::sync::Notify;
 
-use crate::journal::{Event, Journal};
+use crate::journal::{Action, Event, Journal, PodInfo};
 
 /// Condition type and Event reason, as OpenKruise v1.6+ writes them.
 pub const SIDECAR_TERMINATED: &str = "SidecarTerminated";
@@ -100,10 +100,15 @@ pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
 /// from the main containers alone: Succeeded when they all exited 0, else Failed. `None` when no
 /// stopped sidecar ignores its exit code.
 pub fn job_phase(ev: &Event) -> Option<&'static str> {
-    if !ev.outcome.containers.iter().any(|c| c.exit_code_ignored) {
+    let ignoring = ev.outcome.containers.iter().any(|c| c.exit_code_ignored);
+    phase_from_inputs(&ev.action, ignoring)
+}
+
+fn phase_from_inputs(action: &Action, ignoring: bool) -> Option<&'static str> {
+    if !ignoring {
         return None;
     }
-    let containers = ev.action.inputs.get("containers")?.as_array()?;
+    let containers = action.inputs.get("containers")?.as_array()?;
     let mut codes = containers
         .iter()
         .filter(|c| c["role"] == "Main")
@@ -113,6 +118,35 @@ pub fn job_phase(ev: &Event) -> Option<&'static str> {
     let all_ok = codes?.iter().all(|c| *c == 0);
     Some(if all_ok { "Succeeded" } else { "Failed" })
 }
+
+/// The phase and condition patch to write before stopping ignore-exit-code sidecars; `None` when no
+/// target ignores its exit code or a main container's exit code is unknown.
+pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Value> {
+    let phase = phase_from_inputs(action, ignoring)?;
+    let mut patch = condition_at(action.decided_at);
+    patch["status"]["phase"] = phase.into();
+    Some(patch)
+}
+
+/// Write the verdict before stopping, bounded so that an unreachable API never delays the stop;
+/// the outbox writes it again after the stop in any case.
+pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
+    let call = pods.patch_status(&pod.name, &params, &patch);
+    match tokio::time::timeout(VERDICT_TIMEOUT, call).await {
+        Ok(Ok(_)) => tracing::debug!(pod = %pod.name, "job verdict written before stopping"),
+        Ok(Err(e)) => {
+            tracing::warn!(pod = %pod.name, error = %e, "job verdict not written before stopping; the report retries")
+        }
+        Err(_) => {
+            tracing::warn!(pod = %pod.name, "API too slow for the job verdict; stopping anyway, the report retries")
+        }
+    }
+}
+
+/// How long the pre-stop verdict may hold the stop back.
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The strategic merge patch adding the `SidecarTerminated` condition (merged by type), and the
 /// phase when [`job_phase`] says so.
@@ -125,6 +159,10 @@ pub fn condition_patch(ev: &Event) -> serde_json::Value {
 }
 
 fn condition_only(ev: &Event) -> serde_json::Value {
+    condition_at(ev.outcome.finished_at)
+}
+
+fn condition_at(at: SystemTime) -> serde_json::Value {
     serde_json::json!({
         "status": {
             "conditions": [{
@@ -132,7 +170,7 @@ fn condition_only(ev: &Event) -> serde_json::Value {
                 "status": "True",
                 "reason": SIDECAR_TERMINATED,
                 "message": "Terminated by nodeward",
-                "lastTransitionTime": Time(time(ev.outcome.finished_at)),
+                "lastTransitionTime": Time(time(at)),
             }]
         }
     })
@@ -239,7 +277,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{Action, ContainerOutcome, Outcome, PodInfo};
+    use crate::journal::{ContainerOutcome, Outcome};
 
     fn ev() -> Event {
         Event {
@@ -305,6 +343,9 @@ mod tests {
         assert_eq!(condition_patch(&e)["status"]["phase"], "Succeeded");
         e.action.inputs["containers"][0]["exit_code"] = 2.into();
         assert_eq!(condition_patch(&e)["status"]["phase"], "Failed");
+        let v = verdict_patch(&e.action, true).unwrap();
+        assert_eq!(v["status"]["phase"], "Failed");
+        assert!(verdict_patch(&e.action, false).is_none());
         e.action.inputs["containers"][0]["exit_code"] = serde_json::Value::Null;
         assert!(condition_patch(&e)["status"].get("phase").is_none());
         e.outcome.containers[0].exit_code_ignored = false;
