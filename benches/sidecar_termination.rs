@@ -22,10 +22,6 @@ use support::agent::AgentProcess;
 use support::kubelet::{ContainerSpec, Kubelet, PodHandle, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
 
-fn sh(script: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.into()]
-}
-
 /// Main containers run 3 s plus `stagger × i`, so the pods run concurrently while their mains exit
 /// a little apart, as real Jobs do; `NODEWARD_BENCH_STAGGER_MS=0` makes them all exit at once.
 fn job(round: &str, i: usize, stagger_ms: u64) -> PodSpec {
@@ -33,10 +29,9 @@ fn job(round: &str, i: usize, stagger_ms: u64) -> PodSpec {
     PodSpec::new(format!("bench-{round}-{i}"))
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
-        .container(ContainerSpec::new("main", "busybox").command(sh(&main)))
+        .container(ContainerSpec::sh("main", &main))
         .container(
-            ContainerSpec::new("proxy", "busybox")
-                .command(sh("trap 'exit 0' TERM; sleep 100000 & wait"))
+            ContainerSpec::sh("proxy", "trap 'exit 0' TERM; sleep 100000 & wait")
                 .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
         )
 }

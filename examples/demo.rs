@@ -11,10 +11,6 @@ use support::agent::AgentProcess;
 use support::kubelet::{ContainerSpec, Kubelet, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
 
-fn sh(script: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.into()]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     println!(
@@ -41,12 +37,12 @@ async fn main() -> anyhow::Result<()> {
         .namespace("demo")
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
+        .container(ContainerSpec::sh(
+            "main",
+            "echo computing; sleep 3; echo done",
+        ))
         .container(
-            ContainerSpec::new("main", "busybox").command(sh("echo computing; sleep 3; echo done")),
-        )
-        .container(
-            ContainerSpec::new("proxy", "busybox")
-                .command(sh("trap 'exit 0' TERM; sleep 100000 & wait"))
+            ContainerSpec::sh("proxy", "trap 'exit 0' TERM; sleep 100000 & wait")
                 .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
         );
     let pod = Kubelet::run_pod(&tb, spec).await?;

@@ -13,18 +13,13 @@ use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn sh(script: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.into()]
-}
-
 fn job(name: &str, main_script: &str) -> PodSpec {
     PodSpec::new(name)
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
-        .container(ContainerSpec::new("main", "busybox").command(sh(main_script)))
+        .container(ContainerSpec::sh("main", main_script))
         .container(
-            ContainerSpec::new("proxy", "busybox")
-                .command(sh("trap 'exit 0' TERM; sleep 100000 & wait"))
+            ContainerSpec::sh("proxy", "trap 'exit 0' TERM; sleep 100000 & wait")
                 .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
         )
 }

@@ -48,10 +48,6 @@ fn cluster_agent() -> AgentProcess {
     .unwrap()
 }
 
-fn sh(script: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.into()]
-}
-
 fn job(
     name: &str,
     policy: RestartPolicy,
@@ -62,14 +58,12 @@ fn job(
     PodSpec::new(name)
         .restart_policy(policy)
         .grace_seconds(grace)
-        .container(ContainerSpec::new("main", "busybox").command(sh(main)))
+        .container(ContainerSpec::sh("main", main))
         .container(sidecar)
 }
 
 fn sidecar(script: &str) -> ContainerSpec {
-    ContainerSpec::new("proxy", "busybox")
-        .command(sh(script))
-        .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true")
+    ContainerSpec::sh("proxy", script).env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true")
 }
 
 async fn sidecar_events(uid: &str) -> Vec<Event> {

@@ -18,19 +18,14 @@ use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-fn sh(script: &str) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.into()]
-}
-
 fn job(name: &str, main: &str, sidecar: &str, grace: i64) -> PodSpec {
     PodSpec::new(name)
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
         .grace_seconds(grace)
-        .container(ContainerSpec::new("main", "busybox").command(sh(main)))
+        .container(ContainerSpec::sh("main", main))
         .container(
-            ContainerSpec::new("proxy", "busybox")
-                .command(sh(sidecar))
+            ContainerSpec::sh("proxy", sidecar)
                 .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true"),
         )
 }

@@ -55,13 +55,11 @@ fn job(name: &str, policy: RestartPolicy, annotate_policy: bool, grace: i64) -> 
 }
 
 fn main_container(script: &str) -> ContainerSpec {
-    ContainerSpec::new("main", "busybox").command(sh(script))
+    ContainerSpec::sh("main", script)
 }
 
 fn sidecar(name: &str, script: &str) -> ContainerSpec {
-    ContainerSpec::new(name, "busybox")
-        .command(sh(script))
-        .env(SIDECAR_ENV.0, SIDECAR_ENV.1)
+    ContainerSpec::sh(name, script).env(SIDECAR_ENV.0, SIDECAR_ENV.1)
 }
 
 async fn run(spec: PodSpec) -> PodHandle {
@@ -70,16 +68,12 @@ async fn run(spec: PodSpec) -> PodHandle {
         .expect("run pod")
 }
 
-fn uid(pod: &PodHandle) -> String {
-    pod.uid().to_string()
-}
-
 /// No `sidecar stopped` line for this pod.
 fn no_stop_for(agent: &AgentProcess, pod: &PodHandle) -> bool {
     !agent
         .messages("sidecar stopped")
         .iter()
-        .any(|v: &Value| v["pod_uid"] == uid(pod).as_str())
+        .any(|v: &Value| v["pod_uid"] == pod.uid())
 }
 
 /// Wait for the main container to exit, then give the agent time it would need to (wrongly) act.
@@ -97,6 +91,14 @@ async fn main_exited_then_settle(pod: &PodHandle) {
     tokio::time::sleep(Duration::from_secs(4)).await;
 }
 
+/// The agent's `sidecar stopped` line for this pod's container.
+async fn stopped(agent: &AgentProcess, pod: &PodHandle, container: &str) -> Value {
+    agent
+        .wait_stopped(pod.uid(), container, STOP_TIMEOUT)
+        .await
+        .unwrap()
+}
+
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,10 +108,7 @@ async fn never_main_exit_0_stops_sidecar() {
         .container(main_container("sleep 1; exit 0"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    let line = stopped(agent, &pod, "proxy").await;
     assert_eq!(line["sidecar_exit_code"], 0, "{line}");
     assert_eq!(line["pod_namespace"], "default", "{line}");
     assert_eq!(line["grace_s"], 30, "the pod's full grace: {line}");
@@ -127,10 +126,7 @@ async fn never_main_exit_1_stops_sidecar() {
         .container(main_container("sleep 1; exit 1"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    stopped(agent, &pod, "proxy").await;
     let main = pod.container("main").await.unwrap();
     assert_eq!(main.exit_code, 1);
     assert_eq!(main.restart_count, 0, "Never: no restart");
@@ -144,10 +140,7 @@ async fn onfailure_main_exit_0_stops_sidecar() {
         .container(main_container("sleep 1; exit 0"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    let line = stopped(agent, &pod, "proxy").await;
     assert_eq!(line["sidecar_exit_code"], 0, "{line}");
     // The sidecar exited 0, so the kubelet (fixture) does not restart it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -187,14 +180,8 @@ async fn two_sidecars_both_stopped() {
         .container(sidecar("proxy", POLITE_SIDECAR))
         .container(sidecar("logs", POLITE_SIDECAR)))
     .await;
-    agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
-    agent
-        .wait_stopped(&uid(&pod), "logs", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    stopped(agent, &pod, "proxy").await;
+    stopped(agent, &pod, "logs").await;
     pod.remove().await.unwrap();
 }
 
@@ -205,10 +192,7 @@ async fn sidecar_ignoring_sigterm_is_killed_after_grace() {
         .container(main_container("sleep 1"))
         .container(sidecar("proxy", STUBBORN_SIDECAR)))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    let line = stopped(agent, &pod, "proxy").await;
     assert_eq!(
         line["sidecar_exit_code"], 137,
         "SIGKILL after the grace: {line}"
@@ -233,11 +217,9 @@ async fn sidecar_image_without_shell() {
                 .env(SIDECAR_ENV.0, SIDECAR_ENV.1),
         ))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
-    assert!(line["sidecar_exit_code"].as_i64().is_some(), "{line}");
+    let line = stopped(agent, &pod, "proxy").await;
+    // `/sleep` is PID 1 without a SIGTERM handler: only SIGKILL after the 2 s grace ends it.
+    assert_eq!(line["sidecar_exit_code"], 137, "{line}");
     pod.remove().await.unwrap();
 }
 
@@ -246,7 +228,7 @@ async fn pod_without_sidecars_untouched() {
     let agent = ready_agent().await;
     let pod = run(job("plain", RestartPolicy::Never, true, 30)
         .container(main_container("sleep 1"))
-        .container(ContainerSpec::new("helper", "busybox").command(sh("sleep 100000"))))
+        .container(ContainerSpec::sh("helper", "sleep 100000")))
     .await;
     main_exited_then_settle(&pod).await;
     assert!(pod.container("helper").await.unwrap().is_running());
@@ -274,10 +256,7 @@ async fn unknown_policy_main_succeeded_stops_sidecar() {
         .container(main_container("sleep 1"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    stopped(agent, &pod, "proxy").await;
     pod.remove().await.unwrap();
 }
 
@@ -291,10 +270,7 @@ async fn ignore_exit_code_sidecar_is_recorded() {
                 .env("KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "true"),
         ))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    let line = stopped(agent, &pod, "proxy").await;
     assert_eq!(line["exit_code_ignored"], true, "{line}");
     assert_eq!(line["sidecar_exit_code"], 137, "{line}");
     pod.remove().await.unwrap();
@@ -307,10 +283,7 @@ async fn prestop_exec_runs_before_stop() {
         .container(main_container("sleep 1"))
         .container(sidecar("proxy", POLITE_SIDECAR).pre_stop_exec(sh("sleep 1; exit 0"))))
     .await;
-    let line = agent
-        .wait_stopped(&uid(&pod), "proxy", STOP_TIMEOUT)
-        .await
-        .unwrap();
+    let line = stopped(agent, &pod, "proxy").await;
     assert_eq!(line["prestop"], "exit 0", "{line}");
     assert!(
         line["exit_to_stop_ms"].as_f64().unwrap() >= 1000.0,

@@ -272,9 +272,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cgroup_watches: HashSet::new(),
         cgroup_trees: HashSet::new(),
         pidfd_rejected: 0,
-        fetching: HashSet::new(),
-        fetch_attempts: HashMap::new(),
-        pod_phases: HashMap::new(),
+        fetching: HashMap::new(),
+        api_pods: HashSet::new(),
         in_flight: HashSet::new(),
         holds: HashMap::new(),
         relisting: false,
@@ -338,10 +337,10 @@ struct Agent {
     cgroup_watches: HashSet<String>,
     cgroup_trees: HashSet<PathBuf>,
     pidfd_rejected: usize,
-    fetching: HashSet<String>,
-    fetch_attempts: HashMap<String, u32>,
-    /// Pod phase from the API (cluster mode), by uid.
-    pod_phases: HashMap<String, String>,
+    /// Status reads in flight, with how often the container was already re-read while starting.
+    fetching: HashMap<String, u32>,
+    /// Uids of this node's Pod objects (cluster mode).
+    api_pods: HashSet<String>,
     in_flight: HashSet<String>,
     holds: HashMap<String, Hold>,
     relisting: bool,
@@ -493,6 +492,8 @@ impl Agent {
             .apply_snapshot(&sandboxes, &containers, SystemTime::now());
         for id in &diff.removed {
             self.unwatch(id);
+        }
+        if !diff.removed.is_empty() {
             self.holds.retain(|uid, _| self.model.pod(uid).is_some());
         }
         for id in &diff.exited {
@@ -503,14 +504,15 @@ impl Agent {
         for (id, fetch) in diff.fetch {
             self.fetch_status(id, fetch);
         }
-        if self.initial == Initial::Listing {
-            self.initial = Initial::Fetching;
-            self.check_ready();
-        }
-        // Re-evaluate every pod: cheap, and it retries actions that failed earlier.
+        // Re-evaluate every pod: cheap, and it retries actions that failed earlier. Before
+        // readiness this does nothing; readiness evaluates every pod once itself.
         let uids: Vec<String> = self.model.pods().map(|p| p.pod.uid.clone()).collect();
         for uid in uids {
             self.evaluate(&uid);
+        }
+        if self.initial == Initial::Listing {
+            self.initial = Initial::Fetching;
+            self.check_ready();
         }
         None
     }
@@ -551,10 +553,10 @@ impl Agent {
     }
 
     fn fetch_status_attempt(&mut self, id: String, fetch: Fetch, attempt: u32) {
-        if !self.fetching.insert(id.clone()) {
+        if self.fetching.contains_key(&id) {
             return;
         }
-        self.fetch_attempts.insert(id.clone(), attempt);
+        self.fetching.insert(id.clone(), attempt);
         let cri = self.cri.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -573,8 +575,7 @@ impl Agent {
         fetch: Fetch,
         result: Result<(ContainerStatus, VerboseInfo), CriError>,
     ) {
-        self.fetching.remove(&id);
-        let attempt = self.fetch_attempts.remove(&id).unwrap_or(0);
+        let attempt = self.fetching.remove(&id).unwrap_or(0);
         match result {
             Ok((st, info)) => {
                 let verbose = (fetch == Fetch::Verbose).then_some(&info);
@@ -691,9 +692,10 @@ impl Agent {
 
     /// The kernel saw the exit; the runtime records it a little later. Poll its status briefly.
     fn confirm_exit(&mut self, id: String) {
-        if !self.fetching.insert(id.clone()) {
+        if self.fetching.contains_key(&id) {
             return;
         }
+        self.fetching.insert(id.clone(), 0);
         let cri = self.cri.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -1050,49 +1052,54 @@ impl Agent {
             containers,
             finished_at: SystemTime::now(),
         };
-        match self.journal.complete(&done.key, &outcome) {
-            Ok(event) => {
-                if self.cluster.is_some() {
-                    self.reporter.notify_one();
-                } else {
-                    // Standalone: nothing to deliver upstream.
-                    let _ = self.journal.ack_outbox(&[event.seq]);
+        // Recording is an fsync: off the event loop.
+        let (journal, live, metrics) = (
+            self.journal.clone(),
+            self.live.clone(),
+            self.metrics.clone(),
+        );
+        let reporter = self.cluster.is_some().then(|| self.reporter.clone());
+        let key = done.key;
+        tokio::task::spawn_blocking(move || {
+            match journal.complete(&key, &outcome) {
+                Ok(event) => {
+                    match &reporter {
+                        Some(r) => r.notify_one(),
+                        // Standalone: nothing to deliver upstream.
+                        None => {
+                            let _ = journal.ack_outbox(&[event.seq]);
+                        }
+                    }
+                    let _ = live.send(crate::report::api::to_pb(&event));
                 }
-                let _ = self.live.send(crate::report::api::to_pb(&event));
+                Err(e) => warn!(key = %key, error = %e, "journal could not record the outcome"),
             }
-            Err(e) => warn!(key = %done.key, error = %e, "journal could not record the outcome"),
-        }
-        if let Ok(stats) = self.journal.stats() {
-            self.metrics.set_journal(&stats);
-        }
+            if let Ok(stats) = journal.stats() {
+                metrics.set_journal(&stats);
+            }
+        });
     }
 
     fn on_pod(&mut self, update: crate::cluster::pods::PodUpdate) {
         use crate::cluster::pods::PodUpdate;
         match update {
             PodUpdate::Upsert { pod, phase, spec } => {
+                self.api_pods.insert(pod.uid.clone());
                 let terminal = phase == "Succeeded" || phase == "Failed";
-                self.pod_phases.insert(pod.uid.clone(), phase);
                 if self.model.set_pod_spec(&pod.uid, spec) && !terminal {
                     self.evaluate(&pod.uid);
                 }
             }
             PodUpdate::Remove { uid } => {
-                self.pod_phases.remove(&uid);
+                self.api_pods.remove(&uid);
                 self.model.remove_pod_spec(&uid);
             }
             PodUpdate::Resync { uids } => {
                 let keep: HashSet<String> = uids.into_iter().collect();
-                let gone: Vec<String> = self
-                    .pod_phases
-                    .keys()
-                    .filter(|u| !keep.contains(*u))
-                    .cloned()
-                    .collect();
-                for uid in gone {
-                    self.pod_phases.remove(&uid);
-                    self.model.remove_pod_spec(&uid);
+                for uid in self.api_pods.difference(&keep) {
+                    self.model.remove_pod_spec(uid);
                 }
+                self.api_pods = keep;
             }
         }
     }

@@ -37,14 +37,6 @@ impl CriError {
     pub fn is_not_found(&self) -> bool {
         self.status.code() == tonic::Code::NotFound
     }
-
-    /// The runtime is not answering at all (socket gone, restarting).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self.status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-        ) && !self.status.message().contains("not found")
-    }
 }
 
 /// Fields of the verbose `ContainerStatus` info that nodeward uses. containerd and CRI-O both put a

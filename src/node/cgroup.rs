@@ -3,7 +3,7 @@
 //! One inotify instance serves every watched container. Works on pure v2 hosts and on hybrid hosts
 //! where runc also places containers in the unified hierarchy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -159,7 +159,7 @@ struct Watcher {
     watches: inotify::Watches,
     by_wd: HashMap<WatchDescriptor, Watched>,
     events_by_id: HashMap<String, WatchDescriptor>,
-    trees: HashMap<PathBuf, WatchDescriptor>,
+    trees: HashSet<PathBuf>,
     notices: mpsc::UnboundedSender<Notice>,
 }
 
@@ -221,7 +221,7 @@ impl Watcher {
 
     /// Watch a tree root now, or its parent until the root is created.
     fn watch_tree(&mut self, root: PathBuf) {
-        if self.trees.contains_key(&root) {
+        if self.trees.contains(&root) {
             return;
         }
         if root.is_dir() {
@@ -266,7 +266,7 @@ impl Watcher {
             }
         };
         if depth == 0 {
-            self.trees.insert(path.to_path_buf(), wd.clone());
+            self.trees.insert(path.to_path_buf());
         }
         self.by_wd.insert(
             wd,
@@ -309,7 +309,7 @@ impl Watcher {
             Some(Watched::Parent { path, wanted }) => {
                 if let Some(name) = ev.name.filter(|n| wanted.contains(n)) {
                     let root = path.join(name);
-                    if !self.trees.contains_key(&root) {
+                    if !self.trees.contains(&root) {
                         self.watch_dir(&root, 0);
                     }
                 }
@@ -344,7 +344,7 @@ pub async fn run(
         watches: stream.watches(),
         by_wd: HashMap::new(),
         events_by_id: HashMap::new(),
-        trees: HashMap::new(),
+        trees: HashSet::new(),
         notices,
     };
     loop {

@@ -5,8 +5,7 @@ pub mod model;
 pub mod pidfd;
 
 /// Where an exit was first noticed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitSource {
     Pidfd,
     Cgroup,

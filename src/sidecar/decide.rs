@@ -19,8 +19,7 @@ pub struct Target {
 }
 
 /// Why nothing is done (yet).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hold {
     /// Some container's env has not been read yet.
     ClassificationPending,
