@@ -9,6 +9,7 @@ pub mod cri;
 pub mod ctl;
 pub mod journal;
 pub mod node;
+pub mod recreate;
 pub mod report;
 pub mod sidecar;
 pub mod telemetry;

@@ -185,6 +185,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             journal.clone(),
             reporter.clone(),
         ));
+        tokio::spawn(crate::recreate::run(crate::recreate::Config {
+            client: client.clone(),
+            cri: cri.clone(),
+            runtime: runtime.name.clone(),
+            node: cfg.node_name.clone(),
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+        }));
     }
     let fwd = tx.clone();
     tokio::spawn(async move {
@@ -900,6 +908,10 @@ impl Agent {
                 return;
             }
         };
+        // Other kinds (container recreation) are resumed by their own capability.
+        let pending = pending
+            .into_iter()
+            .filter(|(_, a)| a.kind == journal::KIND_STOP_SIDECAR);
         for (key, action) in pending {
             let targets: Vec<Target> = action
                 .containers

@@ -190,7 +190,12 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
 }
 
 /// Deliver one outbox entry. A Pod that no longer exists has nothing to report to: delivered.
+/// Entries of other kinds than sidecar stops are acknowledged without a write.
 pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<(), DeliveryError> {
+    // Container recreation reports through the CRR's status and its own Events.
+    if ev.action.kind != crate::journal::KIND_STOP_SIDECAR {
+        return Ok(());
+    }
     let pod = &ev.action.pod;
     let err = |what| {
         let pod = format!("{}/{}", pod.namespace, pod.name);

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    Container, ContainerStatus, ContainerStatusRequest, ExecSyncRequest, ListContainersRequest,
-    ListPodSandboxRequest, PodSandbox, StopContainerRequest, VersionRequest,
+    Container, ContainerFilter, ContainerStatus, ContainerStatusRequest, ExecSyncRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxStatus,
+    PodSandboxStatusRequest, StopContainerRequest, VersionRequest,
 };
 use serde::Deserialize;
 use tonic::transport::Channel;
@@ -181,6 +182,41 @@ impl CriClient {
             .await
             .map_err(Self::err("ListContainers", ""))?
             .containers)
+    }
+
+    /// Every container (any state) the kubelet created for the pod with this uid.
+    pub async fn list_pod_containers(&self, pod_uid: &str) -> Result<Vec<Container>, CriError> {
+        let filter = ContainerFilter {
+            label_selector: HashMap::from([(
+                crate::api::well_known::LABEL_POD_UID.to_string(),
+                pod_uid.to_string(),
+            )]),
+            ..Default::default()
+        };
+        let req = ListContainersRequest {
+            filter: Some(filter),
+        };
+        Ok(self
+            .observed("ListContainers", self.rt.clone().list_containers(req))
+            .await
+            .map_err(Self::err("ListContainers", pod_uid))?
+            .containers)
+    }
+
+    pub async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus, CriError> {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: false,
+        };
+        self.observed("PodSandboxStatus", self.rt.clone().pod_sandbox_status(req))
+            .await
+            .map_err(Self::err("PodSandboxStatus", id))?
+            .status
+            .ok_or_else(|| CriError {
+                method: "PodSandboxStatus",
+                target: id.to_string(),
+                status: tonic::Status::internal("runtime returned no status"),
+            })
     }
 
     pub async fn container_status(

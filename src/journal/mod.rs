@@ -41,8 +41,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use model::{
-    Action, ContainerOutcome, ContainerRef, Event, KIND_STOP_SIDECAR, Outcome, PodInfo,
-    RESULT_FAILED, RESULT_SKIPPED, RESULT_STOPPED,
+    Action, ContainerOutcome, ContainerRef, Event, KIND_RECREATE_CONTAINER, KIND_STOP_SIDECAR,
+    Outcome, PodInfo, RESULT_FAILED, RESULT_SKIPPED, RESULT_STOPPED,
 };
 use model::{PendingRecord, to_millis};
 
@@ -109,6 +109,13 @@ pub enum Recorded {
     Pending,
     /// An outcome is already recorded for this key. Do NOT act again.
     AlreadyDone,
+}
+
+/// Result of [`Journal::lookup`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    Pending(Action),
+    Done,
 }
 
 /// Sizes of the journal, for metrics.
@@ -764,6 +771,24 @@ impl Journal {
         }
         out.sort_by_key(|(decision, _, _)| *decision);
         Ok(out.into_iter().map(|(_, k, a)| (k, a)).collect())
+    }
+
+    /// Where `key` stands: decided and not completed (with its action), completed, or unknown.
+    pub fn lookup(&self, key: &str) -> Result<Option<Lookup>, JournalError> {
+        const OP: &str = "lookup";
+        let txn = self.inner.db.begin_read().map_err(storage(OP))?;
+        let done = txn.open_table(DONE).map_err(storage(OP))?;
+        if done.get(key).map_err(storage(OP))?.is_some() {
+            return Ok(Some(Lookup::Done));
+        }
+        let pending = txn.open_table(PENDING).map_err(storage(OP))?;
+        match pending.get(key).map_err(storage(OP))? {
+            Some(v) => {
+                let record: PendingRecord = decode("pending action", key, v.value())?;
+                Ok(Some(Lookup::Pending(record.action)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// An outcome is recorded for `key` (within the done-key retention of 2 × `max_age`).

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// `Action::kind` for stopping the sidecars of a finished Job pod.
 pub const KIND_STOP_SIDECAR: &str = "stop_sidecar";
 
+/// `Action::kind` for stopping one container on behalf of a ContainerRecreateRequest.
+pub const KIND_RECREATE_CONTAINER: &str = "recreate_container";
+
 /// `Outcome::result` values used by the agent. The field is a free string so that new results do
 /// not break older readers.
 pub const RESULT_STOPPED: &str = "stopped";

@@ -82,6 +82,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     terminations: Family<ResultLabel, Counter>,
+    crr_stops: Family<ResultLabel, Counter>,
     latency: HistogramFamily<StageLabel>,
     cri_requests: Family<CriLabels, Counter>,
     cri_duration: HistogramFamily<MethodLabel>,
@@ -121,6 +122,12 @@ impl Metrics {
             "sidecar_terminations",
             "Sidecar terminations of finished Job pods, by result",
             terminations.clone(),
+        );
+        let crr_stops = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "crr_container_stops",
+            "Containers stopped for ContainerRecreateRequests, by result (stopped, failed)",
+            crr_stops.clone(),
         );
         let latency: HistogramFamily<StageLabel> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
@@ -198,6 +205,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 terminations,
+                crr_stops,
                 latency,
                 cri_requests,
                 cri_duration,
@@ -236,6 +244,16 @@ impl Metrics {
     pub fn sidecar_terminated(&self, result: &str) {
         self.inner
             .terminations
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// One container stop for a ContainerRecreateRequest finished with `result`.
+    pub fn crr_container_stopped(&self, result: &str) {
+        self.inner
+            .crr_stops
             .get_or_create(&ResultLabel {
                 result: result.into(),
             })

@@ -1,0 +1,298 @@
+//! Stopping one container for a CRR, as the kubelet's `killContainer` does: `Killing` Event,
+//! preStop bounded by the grace, then CRI `StopContainer` with the rest of the grace (at least
+//! 2 s). The kubelet sees the exit and starts the container again.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::HTTPGetAction;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{
+    Crr, Executor, PodContainers, RawContainer, State, SyncError, kill_key, name_of, since,
+};
+use crate::api::kruise::{
+    CRR_STATE_MESSAGE_KILL_ERROR_PREFIX, ContainerRecreateRequestContainer,
+    ContainerRecreateRequestPhase as Phase, CrrProbeHandler,
+};
+use crate::api::well_known::MINIMUM_GRACE_SECONDS;
+use crate::journal::{self, Recorded};
+
+impl Executor {
+    /// Stop container `i` of the CRR. `pending` is a kill decided before a restart: it is finished
+    /// without running preStop again. Returns the container's new state.
+    pub(super) async fn kill(
+        &self,
+        crr: &Crr,
+        i: usize,
+        pod: &PodContainers,
+        pending: Option<journal::Action>,
+    ) -> Result<State, SyncError> {
+        let spec = &crr.spec.containers[i];
+        let name = spec.name.clone();
+        let state = |phase, message: String, is_killed| State {
+            name: name.clone(),
+            phase,
+            message,
+            is_killed,
+        };
+        let Some(raw) = pod.raw.get(&name) else {
+            return Ok(state(Phase::Pending, String::new(), false));
+        };
+        let key = kill_key(&crr.uid().unwrap_or_default(), &name);
+        let grace = super::decide::grace(crr);
+        let (resumed, decided_at) = match pending {
+            Some(a) => (true, a.decided_at),
+            None => {
+                let action = journal::Action {
+                    kind: journal::KIND_RECREATE_CONTAINER.into(),
+                    pod: journal::PodInfo {
+                        namespace: crr.namespace().unwrap_or_default(),
+                        name: crr.spec.pod_name.clone(),
+                        uid: crr.pod_uid().unwrap_or_default().to_string(),
+                    },
+                    containers: vec![journal::ContainerRef {
+                        name: name.clone(),
+                        id: raw.id.clone(),
+                    }],
+                    decided_at: SystemTime::now(),
+                    reason: format!("ContainerRecreateRequest {}", name_of(crr)),
+                    inputs: json!({"crr": name_of(crr), "grace_seconds": grace.as_secs()}),
+                };
+                let (j, k, a) = (self.cfg.journal.clone(), key.clone(), action.clone());
+                match tokio::task::spawn_blocking(move || j.decide(&k, &a)).await?? {
+                    Recorded::New(_) => (false, action.decided_at),
+                    Recorded::Pending => (true, action.decided_at),
+                    Recorded::AlreadyDone => {
+                        return Ok(state(Phase::Recreating, String::new(), true));
+                    }
+                }
+            }
+        };
+        let prestop = if resumed {
+            info!(crr = %name_of(crr), pod = %crr.spec.pod_name, container = %name, container_id = %raw.id,
+                "finishing a stop decided before the agent restarted (preStop not run again)");
+            "not run again (resumed)"
+        } else {
+            let message = format!(
+                "Stopping container {name} by ContainerRecreateRequest {}",
+                crr.name_any()
+            );
+            info!(crr = %name_of(crr), pod = %crr.spec.pod_name, container = %name, container_id = %raw.id,
+                grace_s = grace.as_secs(), "stopping container for CRR");
+            self.event(crr, &name, EventType::Normal, "Killing", message)
+                .await;
+            match spec.pre_stop.as_ref() {
+                Some(hook) if !grace.is_zero() => {
+                    match tokio::time::timeout(grace, self.pre_stop(spec, hook, raw, grace)).await {
+                        Ok(Ok(())) => "ran",
+                        Ok(Err(why)) => {
+                            warn!(crr = %name_of(crr), container = %name, error = %why, "preStop hook failed");
+                            let note = format!("PreStopHook failed: {why}");
+                            self.event(crr, &name, EventType::Warning, "FailedPreStopHook", note)
+                                .await;
+                            "failed"
+                        }
+                        Err(_) => "cut by the grace period",
+                    }
+                }
+                _ => "none",
+            }
+        };
+        let min = Duration::from_secs(MINIMUM_GRACE_SECONDS as u64);
+        let stop_grace = grace.saturating_sub(since(decided_at)).max(min);
+        let (new_state, outcome) = match self.cfg.cri.stop_container(&raw.id, stop_grace).await {
+            Ok(()) => (
+                state(Phase::Recreating, String::new(), true),
+                journal::RESULT_STOPPED,
+            ),
+            Err(e) if e.is_not_found() => (
+                state(Phase::Recreating, String::new(), true),
+                journal::RESULT_STOPPED,
+            ),
+            Err(e) => (
+                state(
+                    Phase::Failed,
+                    format!("{CRR_STATE_MESSAGE_KILL_ERROR_PREFIX}{e}"),
+                    false,
+                ),
+                journal::RESULT_FAILED,
+            ),
+        };
+        info!(crr = %name_of(crr), container = %name, container_id = %raw.id, result = outcome,
+            prestop, stop_grace_s = stop_grace.as_secs(), "container stop for CRR finished");
+        self.cfg.metrics.crr_container_stopped(outcome);
+        let done = journal::Outcome {
+            result: outcome.into(),
+            message: new_state.message.clone(),
+            containers: vec![journal::ContainerOutcome {
+                name: name.clone(),
+                id: raw.id.clone(),
+                prestop: prestop.into(),
+                ..Default::default()
+            }],
+            finished_at: SystemTime::now(),
+        };
+        let j = self.cfg.journal.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || j.complete(&key, &done)).await? {
+            warn!(error = %e, "recording the stop in the journal failed");
+        }
+        Ok(new_state)
+    }
+
+    async fn event(
+        &self,
+        crr: &Crr,
+        container: &str,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "RecreateContainer".into(),
+            secondary: None,
+        };
+        let reference = Self::pod_reference(crr, container);
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            warn!(crr = %name_of(crr), error = %e, "recording the Event failed");
+        }
+    }
+
+    /// Run the container's preStop hook: exec through CRI, httpGet against the pod IP.
+    async fn pre_stop(
+        &self,
+        spec: &ContainerRecreateRequestContainer,
+        hook: &CrrProbeHandler,
+        raw: &RawContainer,
+        grace: Duration,
+    ) -> Result<(), String> {
+        if let Some(exec) = &hook.exec {
+            let cmd = exec.command.clone().unwrap_or_default();
+            if cmd.is_empty() {
+                return Err("exec hook without a command".into());
+            }
+            let resp = self
+                .cfg
+                .cri
+                .exec_sync(&raw.id, cmd.clone(), grace)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.exit_code != 0 {
+                return Err(format!(
+                    "command {cmd:?} exited with {}: {}",
+                    resp.exit_code,
+                    String::from_utf8_lossy(&resp.stderr).trim()
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(http) = &hook.http_get {
+            let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
+                Some(h) => h.to_string(),
+                None => self.pod_ip(&raw.sandbox).await?,
+            };
+            let port = resolve_port(http, spec)?;
+            return http_get(&host, port, http).await;
+        }
+        Err("only exec and httpGet hooks can run (tcpSocket is not a lifecycle hook)".into())
+    }
+
+    /// The pod's IP from the CRI sandbox status; 127.0.0.1 for a host-network pod without one.
+    async fn pod_ip(&self, sandbox: &str) -> Result<String, String> {
+        let status = self
+            .cfg
+            .cri
+            .pod_sandbox_status(sandbox)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(ip) = status
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .filter(|ip| !ip.is_empty())
+        {
+            return Ok(ip);
+        }
+        let host_network = status
+            .linux
+            .and_then(|l| l.namespaces)
+            .and_then(|n| n.options)
+            .is_some_and(|o| o.network == k8s_cri::v1::NamespaceMode::Node as i32);
+        if host_network {
+            Ok("127.0.0.1".into())
+        } else {
+            Err(format!("sandbox {sandbox} reports no IP"))
+        }
+    }
+}
+
+fn resolve_port(
+    http: &HTTPGetAction,
+    spec: &ContainerRecreateRequestContainer,
+) -> Result<u16, String> {
+    let port = match &http.port {
+        IntOrString::Int(p) => i64::from(*p),
+        IntOrString::String(name) => {
+            match spec.ports.iter().find(|p| p.name.as_deref() == Some(name)) {
+                Some(p) => i64::from(p.container_port),
+                None => name
+                    .parse()
+                    .map_err(|_| format!("port {name:?} is not a port of the container"))?,
+            }
+        }
+    };
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid port {port}"))
+}
+
+async fn http_get(host: &str, port: u16, action: &HTTPGetAction) -> Result<(), String> {
+    if action
+        .scheme
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    {
+        return Err("HTTPS preStop hooks are not supported".into());
+    }
+    let path = match action.path.as_deref() {
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+        None => "/".into(),
+    };
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {host}:{port}: {e}"))?;
+    tokio::spawn(conn);
+    let mut req =
+        hyper::Request::get(path.as_str()).header(hyper::header::HOST, format!("{host}:{port}"));
+    for h in action.http_headers.iter().flatten() {
+        req = req.header(h.name.as_str(), h.value.as_str());
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("building the request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET http://{host}:{port}{path}: {e}"))?;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        return Err(format!(
+            "GET http://{host}:{port}{path}: HTTP {}",
+            resp.status()
+        ));
+    }
+    Ok(())
+}

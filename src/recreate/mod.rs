@@ -1,0 +1,580 @@
+//! ContainerRecreateRequest executor (the agent's half of OpenKruise's CRR): watch this node's
+//! active CRRs → decide per pod ([`decide`]) → stop containers through CRI ([`kill`]) → report on
+//! the CRR's `/status` and with `Killing` Events.
+//!
+//! Differences from kruise-daemon, all wire-compatible:
+//! * one pass goes from `Recreating` to the first kill without waiting for the watch to echo each
+//!   write, and the next CRR of a pod starts as soon as one completes (upstream #1626);
+//! * each kill is recorded in the journal before it starts, so after a `kill -9` a stop in flight
+//!   is finished (without running preStop again) instead of repeated, and `isKilled` survives a
+//!   lost status write;
+//! * an `httpGet` preStop is sent to the pod IP from the CRI sandbox status.
+
+pub mod decide;
+mod kill;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::api::kruise::{
+    CRR_ACTIVE_VALUE, ContainerRecreateRequest, ContainerRecreateRequestContainerRecreateState,
+    ContainerRecreateRequestPhase as Phase, LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME,
+};
+use crate::api::well_known as wk;
+use crate::cri::CriClient;
+use crate::journal::{self, Journal, Lookup};
+use crate::telemetry::metrics::Metrics;
+use decide::{Gate, Next, RuntimeContainer};
+
+type Crr = ContainerRecreateRequest;
+type State = ContainerRecreateRequestContainerRecreateState;
+
+/// Event source of the agent's CRR Events.
+pub const COMPONENT: &str = "nodeward-agent";
+
+/// What the executor needs.
+#[derive(Clone)]
+pub struct Config {
+    pub client: kube::Client,
+    pub cri: CriClient,
+    /// The runtime's name as CRI `Version` reports it (`containerd`, `cri-o`, `docker`): the
+    /// prefix of container IDs in Pod statuses.
+    pub runtime: String,
+    pub node: String,
+    pub journal: Journal,
+    pub metrics: Metrics,
+}
+
+/// CRRs are handled per pod, one at a time (upstream's queue key `<ns>/<podName>`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PodKey {
+    namespace: String,
+    pod: String,
+}
+
+impl PodKey {
+    fn of(crr: &Crr) -> Self {
+        Self {
+            namespace: crr.namespace().unwrap_or_default(),
+            pod: crr.spec.pod_name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PodKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.pod)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("CRR {crr}: {what}: {source}")]
+    Api {
+        crr: String,
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Cri(#[from] crate::cri::CriError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("journal task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// How long a pass waits before the pod is looked at again (`None`: until the next event).
+type Requeue = Option<Duration>;
+
+struct Executor {
+    cfg: Config,
+    store: Store<Crr>,
+    recorder: Recorder,
+    /// Objects as our own writes returned them, used until the watch delivers them (or newer):
+    /// upstream's resourceVersion expectations.
+    written: Mutex<HashMap<String, Arc<Crr>>>,
+}
+
+/// Watch, and sync each pod's CRRs on every change, on timers, and right after a completion.
+pub async fn run(cfg: Config) {
+    let selector = format!(
+        "{LABEL_CRR_NODE_NAME}={},{LABEL_CRR_ACTIVE}={CRR_ACTIVE_VALUE}",
+        cfg.node
+    );
+    info!(selector = %selector, runtime = %cfg.runtime, "CRR executor: watching ContainerRecreateRequests");
+    let api: Api<Crr> = Api::all(cfg.client.clone());
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(&selector)),
+    )
+    .default_backoff();
+    let recorder = Recorder::new(
+        cfg.client.clone(),
+        Reporter {
+            controller: COMPONENT.into(),
+            instance: Some(cfg.node.clone()),
+        },
+    );
+    let exec = Arc::new(Executor {
+        cfg,
+        store,
+        recorder,
+        written: Mutex::new(HashMap::new()),
+    });
+    let mut queue = Queue::new(exec);
+    futures::pin_mut!(stream);
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                None => break,
+                Some(Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => {
+                    queue.add(PodKey::of(&c));
+                }
+                Some(Ok(watcher::Event::Delete(c))) => {
+                    queue.exec.forget(&c);
+                    // The pod's next CRR may start now (upstream leaves it Pending: #1626).
+                    queue.add(PodKey::of(&c));
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let keys: HashSet<PodKey> =
+                        queue.exec.store.state().iter().map(|c| PodKey::of(c)).collect();
+                    for k in keys {
+                        queue.add(k);
+                    }
+                }
+                Some(Ok(watcher::Event::Init)) => {}
+                Some(Err(e)) => warn!(error = %e, "CRR watch interrupted; retrying"),
+            },
+            Some(key) = queue.wake_rx.recv() => queue.add(key),
+            Some((key, res)) = queue.done_rx.recv() => queue.finished(key, res),
+        }
+    }
+}
+
+/// A work queue with upstream's semantics: a key is synced by one task at a time; an event for a
+/// busy key makes it run again once the current pass finishes; failures back off per key.
+struct Queue {
+    exec: Arc<Executor>,
+    busy: HashSet<PodKey>,
+    dirty: HashSet<PodKey>,
+    failures: HashMap<PodKey, u32>,
+    wake_tx: mpsc::UnboundedSender<PodKey>,
+    wake_rx: mpsc::UnboundedReceiver<PodKey>,
+    done_tx: mpsc::UnboundedSender<(PodKey, Result<Requeue, SyncError>)>,
+    done_rx: mpsc::UnboundedReceiver<(PodKey, Result<Requeue, SyncError>)>,
+}
+
+impl Queue {
+    fn new(exec: Arc<Executor>) -> Self {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            exec,
+            busy: HashSet::new(),
+            dirty: HashSet::new(),
+            failures: HashMap::new(),
+            wake_tx,
+            wake_rx,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    fn add(&mut self, key: PodKey) {
+        if self.busy.contains(&key) {
+            self.dirty.insert(key);
+            return;
+        }
+        self.busy.insert(key.clone());
+        let (exec, done) = (self.exec.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let res = exec.sync(&key).await;
+            let _ = done.send((key, res));
+        });
+    }
+
+    fn later(&self, key: PodKey, after: Duration) {
+        let tx = self.wake_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(key);
+        });
+    }
+
+    fn finished(&mut self, key: PodKey, res: Result<Requeue, SyncError>) {
+        self.busy.remove(&key);
+        let again = self.dirty.remove(&key);
+        match res {
+            Ok(requeue) => {
+                self.failures.remove(&key);
+                match requeue {
+                    Some(d) if d.is_zero() => return self.add(key),
+                    Some(d) => self.later(key.clone(), d),
+                    None => {}
+                }
+            }
+            Err(e) => {
+                let n = self.failures.entry(key.clone()).or_insert(0);
+                *n += 1;
+                let backoff = Duration::from_millis(500)
+                    .saturating_mul(1 << (*n - 1).min(7))
+                    .min(Duration::from_secs(60));
+                warn!(pod = %key, error = %e, retry_in_ms = backoff.as_millis() as u64, "CRR sync failed");
+                self.later(key.clone(), backoff);
+            }
+        }
+        if again {
+            self.add(key);
+        }
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn rv(crr: &Crr) -> Option<u64> {
+    crr.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+fn name_of(crr: &Crr) -> String {
+    format!("{}/{}", crr.namespace().unwrap_or_default(), crr.name_any())
+}
+
+impl Executor {
+    /// The pod's CRRs from the cache, or as our last write returned them when the cache is
+    /// behind.
+    fn crrs_of(&self, key: &PodKey) -> Vec<Arc<Crr>> {
+        let written = self.written.lock().map(|w| w.clone()).unwrap_or_default();
+        self.store
+            .state()
+            .into_iter()
+            .filter(|c| PodKey::of(c) == *key)
+            .map(|c| {
+                let uid = c.uid().unwrap_or_default();
+                match written.get(&uid) {
+                    Some(w) if rv(w) > rv(&c) => w.clone(),
+                    _ => c,
+                }
+            })
+            .collect()
+    }
+
+    fn remember(&self, crr: Crr) -> Arc<Crr> {
+        let crr = Arc::new(crr);
+        if let (Ok(mut w), Some(uid)) = (self.written.lock(), crr.uid()) {
+            w.insert(uid, crr.clone());
+        }
+        crr
+    }
+
+    fn forget(&self, crr: &Crr) {
+        if let (Ok(mut w), Some(uid)) = (self.written.lock(), crr.uid()) {
+            w.remove(&uid);
+        }
+    }
+
+    fn api(&self, crr: &Crr) -> Api<Crr> {
+        Api::namespaced(
+            self.cfg.client.clone(),
+            &crr.namespace().unwrap_or_default(),
+        )
+    }
+
+    async fn patch_status(
+        &self,
+        crr: &Crr,
+        what: &'static str,
+        patch: serde_json::Value,
+    ) -> Result<Arc<Crr>, SyncError> {
+        let patched = self
+            .api(crr)
+            .patch_status(
+                &crr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|source| SyncError::Api {
+                crr: name_of(crr),
+                what,
+                source,
+            })?;
+        Ok(self.remember(patched))
+    }
+
+    /// Set the CRR's phase, guarded by its resourceVersion so a completion written meanwhile by
+    /// the controller is never overwritten.
+    async fn set_phase(&self, crr: &Crr, phase: Phase) -> Result<Arc<Crr>, SyncError> {
+        let patch = json!({
+            "metadata": {"resourceVersion": crr.metadata.resource_version},
+            "status": {"phase": phase},
+        });
+        let out = self.patch_status(crr, "setting the phase", patch).await?;
+        info!(crr = %name_of(crr), pod = %crr.spec.pod_name, phase = %phase, "CRR phase");
+        Ok(out)
+    }
+
+    async fn patch_states(&self, crr: &Crr, states: &[State]) -> Result<Arc<Crr>, SyncError> {
+        let patch = json!({"status": {"containerRecreateStates": states}});
+        self.patch_status(crr, "patching the container states", patch)
+            .await
+    }
+
+    async fn complete(&self, crr: &Crr, message: &str) -> Result<(), SyncError> {
+        let at = k8s_openapi::jiff::Timestamp::now();
+        let patch = json!({
+            "metadata": {"resourceVersion": crr.metadata.resource_version},
+            "status": {"phase": Phase::Completed, "completionTime": Time(at), "message": message},
+        });
+        self.patch_status(crr, "completing", patch).await?;
+        info!(crr = %name_of(crr), pod = %crr.spec.pod_name, message = %message, "CRR completed");
+        Ok(())
+    }
+
+    /// One pass over a pod's CRRs.
+    async fn sync(&self, key: &PodKey) -> Result<Requeue, SyncError> {
+        let crrs = self.crrs_of(key);
+        let refs: Vec<&Crr> = crrs.iter().map(Arc::as_ref).collect();
+        let (picked, mark) = decide::pick(&refs);
+        for i in mark {
+            match self.set_phase(refs[i], Phase::Pending).await {
+                Ok(_) => {}
+                Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(i) = picked else {
+            return Ok(None);
+        };
+        let mut crr = crrs[i].clone();
+        if crr.status.as_ref().and_then(|s| s.phase) != Some(Phase::Recreating) {
+            crr = match self.set_phase(&crr, Phase::Recreating).await {
+                Ok(c) => c,
+                // Changed meanwhile: the watch brings the new version.
+                Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {
+                    return Ok(Some(Duration::from_millis(200)));
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        match decide::unready_gate(&crr, now()) {
+            Gate::Go => {}
+            Gate::AwaitUnready => {
+                debug!(crr = %name_of(&crr), "waiting for the controller to make the pod not-ready");
+                return Ok(None);
+            }
+            Gate::Until(left) => return Ok(Some(left + Duration::from_millis(100))),
+            Gate::Invalid(msg) => return self.finish(&crr, &msg).await,
+        }
+        if let Err(msg) = decide::check_runtime(&crr, &self.cfg.runtime) {
+            return self.finish(&crr, &msg).await;
+        }
+        let Some(pod_uid) = crr.pod_uid().map(str::to_string) else {
+            return self
+                .finish(&crr, "the CRR has no crr.apps.kruise.io/pod-uid label")
+                .await;
+        };
+        let pod = self.pod_containers(&pod_uid).await?;
+        let synced = crr.sync_container_statuses().unwrap_or_else(|e| {
+            warn!(crr = %name_of(&crr), error = %e, "unreadable sync-container-statuses annotation; ignored");
+            Vec::new()
+        });
+        let journal = self.journal_facts(&crr, &pod).await?;
+        let mut states =
+            decide::container_states(&crr, &pod.newest, &synced, &journal.killed, now());
+        let step = decide::next(&crr, &mut states, &pod.newest, now());
+        let current = crr
+            .status
+            .as_ref()
+            .map(|s| s.container_recreate_states.clone())
+            .unwrap_or_default();
+        if states != current {
+            crr = self.patch_states(&crr, &states).await?;
+        }
+        match step {
+            Next::Kill(i) => {
+                let name = states[i].name.clone();
+                let pending = journal.pending.get(&name).cloned();
+                states[i] = self.kill(&crr, i, &pod, pending).await?;
+                self.patch_states(&crr, &states).await?;
+                Ok(Some(Duration::ZERO))
+            }
+            Next::Complete => self.finish(&crr, "").await,
+            Next::Wait(after) => Ok(after),
+        }
+    }
+
+    /// Complete the CRR, then look at the pod again at once: its next CRR starts now.
+    async fn finish(&self, crr: &Crr, message: &str) -> Result<Requeue, SyncError> {
+        match self.complete(crr, message).await {
+            Ok(()) => Ok(Some(Duration::ZERO)),
+            Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {
+                Ok(Some(Duration::from_millis(200)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The pod's containers from the runtime, newest instance per name.
+    async fn pod_containers(&self, pod_uid: &str) -> Result<PodContainers, SyncError> {
+        let mut all = self.cfg.cri.list_pod_containers(pod_uid).await?;
+        all.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        let mut seen = HashSet::new();
+        let mut pod = PodContainers::default();
+        for c in all {
+            let Some(name) = c
+                .labels
+                .get(wk::LABEL_CONTAINER_NAME)
+                .cloned()
+                .or_else(|| c.metadata.as_ref().map(|m| m.name.clone()))
+            else {
+                continue;
+            };
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let status = match self.cfg.cri.container_status(&c.id, false).await {
+                Ok((s, _)) => Some(s),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let started_at = status
+                .as_ref()
+                .map(|s| s.started_at)
+                .filter(|&ns| ns > 0)
+                .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64));
+            let exited = status.as_ref().map(|s| s.state)
+                == Some(k8s_cri::v1::ContainerState::ContainerExited as i32);
+            let restart_count = c
+                .annotations
+                .get(wk::ANNOTATION_RESTART_COUNT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            pod.raw.insert(
+                name.clone(),
+                RawContainer {
+                    id: c.id.clone(),
+                    sandbox: c.pod_sandbox_id.clone(),
+                },
+            );
+            pod.newest.push(RuntimeContainer {
+                name,
+                id: format!("{}://{}", self.cfg.runtime, c.id),
+                exited,
+                restart_count,
+                started_at,
+            });
+        }
+        Ok(pod)
+    }
+
+    /// What the journal knows about this CRR's kills. A kill recorded as decided whose container
+    /// has since exited or been replaced did happen before a crash: it is completed now.
+    async fn journal_facts(
+        &self,
+        crr: &Crr,
+        pod: &PodContainers,
+    ) -> Result<JournalFacts, SyncError> {
+        let uid = crr.uid().unwrap_or_default();
+        let names: Vec<String> = crr.spec.containers.iter().map(|c| c.name.clone()).collect();
+        let live: HashMap<String, String> = pod
+            .newest
+            .iter()
+            .filter(|r| !r.exited)
+            .filter_map(|r| Some((r.name.clone(), pod.raw.get(&r.name)?.id.clone())))
+            .collect();
+        let journal = self.cfg.journal.clone();
+        let facts = tokio::task::spawn_blocking(move || -> Result<JournalFacts, SyncError> {
+            let mut facts = JournalFacts::default();
+            for name in names {
+                let key = kill_key(&uid, &name);
+                match journal.lookup(&key)? {
+                    None => {}
+                    Some(Lookup::Done) => {
+                        facts.killed.insert(name);
+                    }
+                    Some(Lookup::Pending(action)) => {
+                        facts.killed.insert(name.clone());
+                        let target = action.containers.first().map(|c| c.id.clone());
+                        if target.is_some() && target.as_ref() == live.get(&name) {
+                            facts.pending.insert(name, action);
+                        } else {
+                            let outcome = journal::Outcome {
+                                result: journal::RESULT_STOPPED.into(),
+                                message: "stopped before the agent restarted".into(),
+                                finished_at: SystemTime::now(),
+                                ..Default::default()
+                            };
+                            journal.complete(&key, &outcome)?;
+                        }
+                    }
+                }
+            }
+            Ok(facts)
+        })
+        .await??;
+        Ok(facts)
+    }
+
+    /// The Pod as an Event's subject (`spec.containers{name}` as the kubelet's Events do).
+    fn pod_reference(crr: &Crr, container: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: crr.namespace(),
+            name: Some(crr.spec.pod_name.clone()),
+            uid: crr.pod_uid().map(str::to_string),
+            field_path: Some(format!("spec.containers{{{container}}}")),
+            ..Default::default()
+        }
+    }
+}
+
+fn is_conflict_or_gone(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 404)
+}
+
+/// Journal key of one container's kill for one CRR.
+fn kill_key(crr_uid: &str, container: &str) -> String {
+    format!("{}/{crr_uid}/{container}", journal::KIND_RECREATE_CONTAINER)
+}
+
+#[derive(Default)]
+struct PodContainers {
+    newest: Vec<RuntimeContainer>,
+    raw: HashMap<String, RawContainer>,
+}
+
+struct RawContainer {
+    id: String,
+    sandbox: String,
+}
+
+#[derive(Default)]
+struct JournalFacts {
+    /// Containers this agent stopped (or started stopping) for the CRR.
+    killed: HashSet<String>,
+    /// Kills decided before a restart whose container still runs: finish them.
+    pending: HashMap<String, journal::Action>,
+}
+
+/// How long ago `t` was, zero when in the future.
+fn since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
