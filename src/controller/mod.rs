@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
+pub mod crr;
 pub mod vk_sidecar;
 
 /// Event source component.
@@ -115,7 +116,7 @@ pub async fn run(
 }
 
 async fn run_reconcilers(client: kube::Client) {
-    run_vk_sidecar(client).await;
+    tokio::join!(run_vk_sidecar(client.clone()), crr::run(client));
 }
 
 /// Keep the set of virtual nodes current.

@@ -336,6 +336,39 @@ impl Executor {
             .await
     }
 
+    /// A kill can take the whole grace; the controller may have completed the CRR meanwhile
+    /// (deadline) and written the final states, which must stand.
+    async fn patch_states_after_kill(&self, crr: &Crr, states: &[State]) -> Result<(), SyncError> {
+        let guarded = json!({
+            "metadata": {"resourceVersion": crr.metadata.resource_version},
+            "status": {"containerRecreateStates": states},
+        });
+        match self
+            .patch_status(crr, "patching the container states", guarded)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {}
+            Err(e) => return Err(e),
+        }
+        let fresh = match self.api(crr).get_status(&crr.name_any()).await {
+            Ok(c) => c,
+            Err(e) if is_conflict_or_gone(&e) => return Ok(()),
+            Err(source) => {
+                return Err(SyncError::Api {
+                    crr: name_of(crr),
+                    what: "reading the CRR",
+                    source,
+                });
+            }
+        };
+        if !decide::is_open(&fresh) {
+            info!(crr = %name_of(crr), "CRR completed while stopping a container; its final states stand");
+            return Ok(());
+        }
+        self.patch_states(&fresh, states).await.map(|_| ())
+    }
+
     async fn complete(&self, crr: &Crr, message: &str) -> Result<(), SyncError> {
         let at = k8s_openapi::jiff::Timestamp::now();
         let patch = json!({
@@ -412,7 +445,7 @@ impl Executor {
                 let name = states[i].name.clone();
                 let pending = journal.pending.get(&name).cloned();
                 states[i] = self.kill(&crr, i, &pod, pending).await?;
-                self.patch_states(&crr, &states).await?;
+                self.patch_states_after_kill(&crr, &states).await?;
                 Ok(Some(Duration::ZERO))
             }
             Next::Complete => self.finish(&crr, "").await,

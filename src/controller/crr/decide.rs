@@ -1,0 +1,446 @@
+//! The controller's CRR decisions as plain functions: defaulting and validation in place of
+//! upstream's mutating webhook, and the lifecycle of §2.3 (response timeout, deadline, status
+//! sync, pod readiness, `active` label, TTL).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use serde::{Deserialize, Serialize};
+
+use crate::api::kruise::{
+    ANNOTATION_CRR_SYNC_CONTAINER_STATUSES, ANNOTATION_CRR_UNREADY_ACQUIRED, CRR_ACTIVE_VALUE,
+    CRR_MESSAGE_DAEMON_NOT_RESPONDED, CRR_MESSAGE_DEADLINE_EXCEEDED, CRR_MESSAGE_POD_GONE,
+    CRR_MIN_ACTIVE_DEADLINE_SECONDS, CRR_POD_READINESS_USER_AGENT, CRR_RESPONSE_TIMEOUT_SECONDS,
+    ContainerRecreateRequest, ContainerRecreateRequestContainerContext,
+    ContainerRecreateRequestContainerRecreateState as State,
+    ContainerRecreateRequestPhase as Phase,
+    ContainerRecreateRequestSyncContainerStatus as SyncStatus, CrrProbeHandler,
+    FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME, LABEL_CRR_POD_UID,
+    POD_CONDITION_KRUISE_POD_READY,
+};
+use crate::api::well_known::DEFAULT_TERMINATION_GRACE_SECONDS;
+
+type Crr = ContainerRecreateRequest;
+
+/// The Pod condition OpenKruise v1.6+ sets on Job pods whose sidecars it terminated; a CRR on
+/// such a terminal pod is still accepted.
+const POD_CONDITION_SIDECAR_TERMINATED: &str = "SidecarTerminated";
+
+/// A CRR not seen by the defaulting yet: upstream's webhook always sets the pod-uid label.
+pub fn needs_defaulting(crr: &Crr) -> bool {
+    crr.pod_uid().is_none() && !is_finished(crr)
+}
+
+/// Completed (completionTime set) or deleting.
+pub fn is_finished(crr: &Crr) -> bool {
+    crr.metadata.deletion_timestamp.is_some()
+        || crr
+            .status
+            .as_ref()
+            .is_some_and(|s| s.completion_time.is_some())
+}
+
+/// Outcome of defaulting a new CRR.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Defaulting {
+    /// The CRR with labels, strategy defaults and the per-container copies from the Pod.
+    Apply(Box<Crr>),
+    /// What upstream's webhook would refuse, as the CRR's completion message.
+    Reject(String),
+}
+
+fn pod_is_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// Upstream's CREATE webhook (§2.2), applied by reconciliation.
+pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {
+    let reject = |m: String| Defaulting::Reject(m);
+    let spec = &crr.spec;
+    if spec.pod_name.is_empty() {
+        return reject("podName can not be empty".into());
+    }
+    if spec.containers.is_empty() {
+        return reject("containers can not be empty".into());
+    }
+    if let Some(d) = spec.active_deadline_seconds
+        && d < CRR_MIN_ACTIVE_DEADLINE_SECONDS
+    {
+        return reject(format!(
+            "activeDeadlineSeconds must be at least {CRR_MIN_ACTIVE_DEADLINE_SECONDS}, got {d}"
+        ));
+    }
+    let strategy = spec.strategy.clone().unwrap_or_default();
+    if strategy
+        .termination_grace_period_seconds
+        .is_some_and(|g| g < 0)
+    {
+        return reject("terminationGracePeriodSeconds can not be negative".into());
+    }
+    if strategy.unready_grace_period_seconds.is_some_and(|g| g < 0) {
+        return reject("unreadyGracePeriodSeconds can not be negative".into());
+    }
+    let Some(pod) = pod else {
+        return reject(format!("no found Pod named {}", spec.pod_name));
+    };
+    if !pod_is_active(pod) && !has_condition(pod, POD_CONDITION_SIDECAR_TERMINATED) {
+        return reject(format!(
+            "not allowed to recreate containers in an inactive Pod {}",
+            spec.pod_name
+        ));
+    }
+    let pod_spec = pod.spec.clone().unwrap_or_default();
+    let node = pod_spec.node_name.clone().unwrap_or_default();
+    if node.is_empty() {
+        return reject(format!(
+            "not allowed to recreate containers in a pending Pod {}",
+            spec.pod_name
+        ));
+    }
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let mut out = crr.clone();
+    let mut seen = HashSet::new();
+    for c in &mut out.spec.containers {
+        if !seen.insert(c.name.clone()) {
+            return reject(format!("can not recreate {} multi times", c.name));
+        }
+        if c.pre_stop.is_some() || !c.ports.is_empty() || c.status_context.is_some() {
+            return reject(format!(
+                "can not set preStop, ports or statusContext for container {}: they are copied from the Pod",
+                c.name
+            ));
+        }
+        let Some(pc) = pod_spec.containers.iter().find(|p| p.name == c.name) else {
+            return reject(format!("not found {} container in Pod spec", c.name));
+        };
+        let Some(st) = statuses
+            .iter()
+            .find(|s| s.name == c.name)
+            .filter(|s| s.container_id.as_deref().is_some_and(|id| !id.is_empty()))
+        else {
+            return reject(format!(
+                "not found {} containerID in Pod status, maybe the container has not been initialized",
+                c.name
+            ));
+        };
+        c.pre_stop = pc
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(CrrProbeHandler::from_lifecycle);
+        if c.pre_stop.as_ref().is_some_and(|p| p.http_get.is_some()) {
+            c.ports = pc.ports.clone().unwrap_or_default();
+        }
+        c.status_context = Some(ContainerRecreateRequestContainerContext {
+            container_id: st.container_id.clone().unwrap_or_default(),
+            restart_count: st.restart_count,
+        });
+    }
+    out.spec.apply_webhook_defaults();
+    if let Some(s) = out.spec.strategy.as_mut()
+        && s.termination_grace_period_seconds.is_none()
+    {
+        s.termination_grace_period_seconds = Some(
+            pod_spec
+                .termination_grace_period_seconds
+                .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS),
+        );
+    }
+    let labels = out.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(
+        LABEL_CRR_POD_UID.into(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
+    labels.insert(LABEL_CRR_NODE_NAME.into(), node);
+    labels.insert(LABEL_CRR_ACTIVE.into(), CRR_ACTIVE_VALUE.into());
+    Defaulting::Apply(Box::new(out))
+}
+
+/// One step of the lifecycle, carried out in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Take this CRR's key out of the pod's `KruisePodReady` condition and drop the finalizer.
+    ReleaseUnready,
+    /// Remove the `active` label: the agents stop seeing the CRR.
+    RemoveActiveLabel,
+    /// TTL after completion passed.
+    Delete,
+    /// Complete the CRR with this message; `states` replaces the container states when set.
+    Complete {
+        message: String,
+        states: Option<Vec<State>>,
+    },
+    /// Write the `sync-container-statuses` annotation (JSON).
+    SyncStatuses(String),
+    /// Make the pod not-ready (when it has the `KruisePodReady` readiness gate: finalizer +
+    /// condition) and record the time in the `unready-acquired` annotation.
+    AcquireUnready { pod_condition: bool },
+}
+
+/// Steps to take now, and when to look again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub requeue: Option<Duration>,
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n.max(0) as u64)
+}
+
+fn left(since: SystemTime, after: Duration, now: SystemTime) -> Duration {
+    (since + after).duration_since(now).unwrap_or_default()
+}
+
+fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The lifecycle (§2.3) for a defaulted CRR and its Pod (`None` when the Pod is gone).
+pub fn lifecycle(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
+    let mut plan = Plan::default();
+    let has_finalizer = crr
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER_CRR_UNREADY_ACQUIRED);
+    let status = crr.status.clone().unwrap_or_default();
+    if is_finished(crr) {
+        if has_finalizer {
+            plan.steps.push(Step::ReleaseUnready);
+        }
+        if crr.metadata.deletion_timestamp.is_some() {
+            return plan;
+        }
+        if crr.is_active() {
+            plan.steps.push(Step::RemoveActiveLabel);
+            return plan;
+        }
+        if let (Some(ttl), Some(done)) =
+            (crr.spec.ttl_seconds_after_finished, &status.completion_time)
+        {
+            let rest = left(SystemTime::from(done.0), secs(i64::from(ttl)), now);
+            if rest.is_zero() {
+                plan.steps.push(Step::Delete);
+            } else {
+                plan.requeue = Some(rest);
+            }
+        }
+        return plan;
+    }
+    let pod_uid = crr.pod_uid().unwrap_or_default();
+    let pod = match pod {
+        Some(p)
+            if p.metadata.deletion_timestamp.is_none()
+                && p.metadata.uid.as_deref() == Some(pod_uid) =>
+        {
+            p
+        }
+        _ => {
+            plan.steps.push(Step::Complete {
+                message: CRR_MESSAGE_POD_GONE.into(),
+                states: None,
+            });
+            return plan;
+        }
+    };
+    let created = crr
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0))
+        .unwrap_or(now);
+    if status.phase.is_none() {
+        let rest = left(created, secs(CRR_RESPONSE_TIMEOUT_SECONDS), now);
+        if rest.is_zero() {
+            plan.steps.push(Step::Complete {
+                message: CRR_MESSAGE_DAEMON_NOT_RESPONDED.into(),
+                states: None,
+            });
+            return plan;
+        }
+        plan.requeue = Some(rest);
+    }
+    if let Some(deadline) = crr.spec.active_deadline_seconds {
+        let rest = left(created, secs(deadline), now);
+        if rest.is_zero() {
+            plan.steps.push(Step::Complete {
+                message: CRR_MESSAGE_DEADLINE_EXCEEDED.into(),
+                states: Some(failed_unfinished(crr, CRR_MESSAGE_DEADLINE_EXCEEDED)),
+            });
+            return plan;
+        }
+        plan.requeue = min_requeue(plan.requeue, rest);
+    }
+    if status.phase != Some(Phase::Recreating) {
+        return plan;
+    }
+    let synced = serde_json::to_string(&sync_statuses(crr, pod)).unwrap_or_else(|_| "[]".into());
+    let current = crr
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CRR_SYNC_CONTAINER_STATUSES));
+    if current != Some(&synced) {
+        plan.steps.push(Step::SyncStatuses(synced));
+    }
+    let wants_unready = crr
+        .spec
+        .strategy
+        .as_ref()
+        .is_some_and(|s| s.unready_grace_period_seconds.is_some());
+    let acquired = crr
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_CRR_UNREADY_ACQUIRED))
+        .is_some_and(|v| !v.is_empty());
+    if wants_unready && !acquired {
+        let gated = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| {
+                g.iter()
+                    .any(|g| g.condition_type == POD_CONDITION_KRUISE_POD_READY)
+            });
+        plan.steps.push(Step::AcquireUnready {
+            pod_condition: gated,
+        });
+    }
+    plan
+}
+
+/// Every container not yet Succeeded/Failed becomes Failed with `message` (upstream leaves them
+/// Pending/Recreating: #2353).
+pub fn failed_unfinished(crr: &Crr, message: &str) -> Vec<State> {
+    let current = crr
+        .status
+        .as_ref()
+        .map(|s| s.container_recreate_states.clone())
+        .unwrap_or_default();
+    crr.spec
+        .containers
+        .iter()
+        .map(|c| match current.iter().find(|s| s.name == c.name) {
+            Some(s) if matches!(s.phase, Phase::Succeeded | Phase::Failed) => s.clone(),
+            other => State {
+                name: c.name.clone(),
+                phase: Phase::Failed,
+                message: message.into(),
+                is_killed: other.is_some_and(|s| s.is_killed),
+            },
+        })
+        .collect()
+}
+
+/// The Pod's view of the CRR's containers that run a new instance: the ID differs from the
+/// statusContext or the restart count grew. Upstream compares `startedAt` with the CRR's
+/// creation time instead, which breaks under clock skew between node and API server (#895).
+pub fn sync_statuses(crr: &Crr, pod: &Pod) -> Vec<SyncStatus> {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    crr.spec
+        .containers
+        .iter()
+        .filter_map(|c| {
+            let st = statuses.iter().find(|s| s.name == c.name)?;
+            st.state.as_ref()?.running.as_ref()?;
+            let id = st.container_id.clone().unwrap_or_default();
+            let renewed = c
+                .status_context
+                .as_ref()
+                .is_none_or(|ctx| id != ctx.container_id || st.restart_count > ctx.restart_count);
+            renewed.then(|| SyncStatus {
+                name: c.name.clone(),
+                ready: st.ready,
+                restart_count: st.restart_count,
+                container_id: id,
+            })
+        })
+        .collect()
+}
+
+/// One entry of the `KruisePodReady` condition's message (upstream `pkg/util/podreadiness`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotReadyKey {
+    pub user_agent: String,
+    pub key: String,
+}
+
+/// `<namespace>/<name>` of the CRR, as the readiness key.
+pub fn readiness_key(crr: &Crr) -> NotReadyKey {
+    NotReadyKey {
+        user_agent: CRR_POD_READINESS_USER_AGENT.into(),
+        key: format!(
+            "{}/{}",
+            crr.metadata.namespace.as_deref().unwrap_or_default(),
+            crr.metadata.name.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
+/// The pod's `KruisePodReady` condition with `key` added (`add`) or removed; `None` when that
+/// changes nothing. Status is False while any key is held, True when none is.
+pub fn readiness_condition(pod: &Pod, key: &NotReadyKey, add: bool) -> Option<PodCondition> {
+    let current = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == POD_CONDITION_KRUISE_POD_READY)
+        });
+    let mut keys: Vec<NotReadyKey> = current
+        .and_then(|c| c.message.as_deref())
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let had = keys.contains(key);
+    if had == add {
+        return None;
+    }
+    if add {
+        keys.push(key.clone());
+    } else {
+        keys.retain(|k| k != key);
+    }
+    keys.sort();
+    let (status, message) = if keys.is_empty() {
+        ("True", String::new())
+    } else {
+        (
+            "False",
+            serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()),
+        )
+    };
+    Some(PodCondition {
+        type_: POD_CONDITION_KRUISE_POD_READY.into(),
+        status: status.into(),
+        message: (!message.is_empty()).then_some(message),
+        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::json;
+
+use super::*;
+use crate::api::kruise::{
+    ContainerRecreateRequestContainer, ContainerRecreateRequestSpec,
+    ContainerRecreateRequestStatus, ContainerRecreateRequestStrategy,
+};
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+}
+
+fn ts(secs: u64) -> Time {
+    Time(at(secs).try_into().unwrap())
+}
+
+fn pod(phase: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "namespace": "default", "uid": "pod-uid-1"},
+        "spec": {
+            "nodeName": "node-a",
+            "terminationGracePeriodSeconds": 17,
+            "containers": [
+                {"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}],
+                 "lifecycle": {"preStop": {"httpGet": {"path": "/quit", "port": "http"}}}},
+                {"name": "sidecar", "image": "y",
+                 "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}}},
+            ],
+        },
+        "status": {
+            "phase": phase,
+            "containerStatuses": [
+                {"name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 2,
+                 "containerID": "containerd://app-2", "state": {"running": {"startedAt": "2027-01-15T08:00:00Z"}}},
+                {"name": "sidecar", "image": "y", "imageID": "", "ready": true, "restartCount": 0,
+                 "containerID": "containerd://side-0", "state": {"running": {}}},
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+fn crr(names: &[&str]) -> Crr {
+    let mut c = Crr::new(
+        "r1",
+        ContainerRecreateRequestSpec {
+            pod_name: "web-0".into(),
+            containers: names
+                .iter()
+                .map(|n| ContainerRecreateRequestContainer {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+    );
+    c.metadata.namespace = Some("default".into());
+    c.metadata.creation_timestamp = Some(ts(0));
+    c
+}
+
+fn defaulted(names: &[&str]) -> Crr {
+    match default_crr(&crr(names), Some(&pod("Running"))) {
+        Defaulting::Apply(c) => *c,
+        Defaulting::Reject(m) => panic!("rejected: {m}"),
+    }
+}
+
+fn recreating(mut c: Crr) -> Crr {
+    c.status = Some(ContainerRecreateRequestStatus {
+        phase: Some(Phase::Recreating),
+        ..Default::default()
+    });
+    c
+}
+
+#[test]
+fn defaulting_copies_from_the_pod() {
+    let c = defaulted(&["app", "sidecar"]);
+    assert_eq!(c.pod_uid(), Some("pod-uid-1"));
+    assert_eq!(c.node_name(), Some("node-a"));
+    assert!(c.is_active());
+    let s = c.spec.strategy.as_ref().unwrap();
+    assert_eq!(s.termination_grace_period_seconds, Some(17));
+    assert_eq!(
+        s.failure_policy,
+        Some(crate::api::kruise::ContainerRecreateRequestFailurePolicy::Fail)
+    );
+    let app = &c.spec.containers[0];
+    assert_eq!(
+        app.status_context.as_ref().unwrap().container_id,
+        "containerd://app-2"
+    );
+    assert_eq!(app.status_context.as_ref().unwrap().restart_count, 2);
+    assert!(app.pre_stop.as_ref().unwrap().http_get.is_some());
+    assert_eq!(app.ports.len(), 1, "ports are copied for httpGet hooks");
+    let side = &c.spec.containers[1];
+    assert!(side.pre_stop.as_ref().unwrap().exec.is_some());
+    assert!(side.ports.is_empty());
+    assert!(!needs_defaulting(&c));
+}
+
+#[test]
+fn defaulting_keeps_a_given_grace() {
+    let mut c = crr(&["app"]);
+    c.spec.strategy = Some(ContainerRecreateRequestStrategy {
+        termination_grace_period_seconds: Some(3),
+        ..Default::default()
+    });
+    let Defaulting::Apply(c) = default_crr(&c, Some(&pod("Running"))) else {
+        panic!()
+    };
+    assert_eq!(
+        c.spec.strategy.unwrap().termination_grace_period_seconds,
+        Some(3)
+    );
+}
+
+fn rejection(c: &Crr, p: Option<&Pod>) -> String {
+    match default_crr(c, p) {
+        Defaulting::Reject(m) => m,
+        Defaulting::Apply(_) => panic!("accepted"),
+    }
+}
+
+#[test]
+fn defaulting_rejects_what_the_webhook_rejects() {
+    assert!(rejection(&crr(&["app"]), None).contains("no found Pod"));
+    assert!(rejection(&crr(&["nope"]), Some(&pod("Running"))).contains("not found nope"));
+    assert!(rejection(&crr(&["app", "app"]), Some(&pod("Running"))).contains("multi times"));
+    assert!(rejection(&crr(&[]), Some(&pod("Running"))).contains("containers"));
+    assert!(rejection(&crr(&["app"]), Some(&pod("Succeeded"))).contains("inactive"));
+    let mut pending = pod("Pending");
+    pending.spec.as_mut().unwrap().node_name = None;
+    assert!(rejection(&crr(&["app"]), Some(&pending)).contains("pending Pod"));
+    let mut short = crr(&["app"]);
+    short.spec.active_deadline_seconds = Some(2);
+    assert!(rejection(&short, Some(&pod("Running"))).contains("activeDeadlineSeconds"));
+    let mut preset = crr(&["app"]);
+    preset.spec.containers[0].status_context = Some(Default::default());
+    assert!(rejection(&preset, Some(&pod("Running"))).contains("copied from the Pod"));
+}
+
+#[test]
+fn terminal_pod_with_sidecar_terminated_is_accepted() {
+    let mut p = pod("Succeeded");
+    p.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+        type_: "SidecarTerminated".into(),
+        status: "True".into(),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        default_crr(&crr(&["sidecar"]), Some(&p)),
+        Defaulting::Apply(_)
+    ));
+}
+
+#[test]
+fn pod_gone_completes() {
+    let c = defaulted(&["app"]);
+    let plan = lifecycle(&c, None, at(1));
+    assert!(
+        matches!(&plan.steps[..], [Step::Complete { message, .. }] if message == "pod has gone")
+    );
+    let mut other = pod("Running");
+    other.metadata.uid = Some("recreated-pod".into());
+    let plan = lifecycle(&c, Some(&other), at(1));
+    assert!(
+        matches!(&plan.steps[..], [Step::Complete { message, .. }] if message == "pod has gone")
+    );
+}
+
+#[test]
+fn agent_response_timeout() {
+    let c = defaulted(&["app"]);
+    let p = pod("Running");
+    let plan = lifecycle(&c, Some(&p), at(10));
+    assert!(plan.steps.is_empty());
+    assert_eq!(plan.requeue, Some(Duration::from_secs(50)));
+    let plan = lifecycle(&c, Some(&p), at(60));
+    assert!(
+        matches!(&plan.steps[..], [Step::Complete { message, .. }] if message == "daemon has not responded for a long time")
+    );
+}
+
+#[test]
+fn deadline_fails_unfinished_containers() {
+    let mut c = recreating(defaulted(&["app", "sidecar"]));
+    c.spec.active_deadline_seconds = Some(3);
+    c.status.as_mut().unwrap().container_recreate_states = vec![State {
+        name: "app".into(),
+        phase: Phase::Recreating,
+        message: String::new(),
+        is_killed: true,
+    }];
+    let p = pod("Running");
+    assert_eq!(
+        lifecycle(&c, Some(&p), at(1)).requeue,
+        Some(Duration::from_secs(2))
+    );
+    let plan = lifecycle(&c, Some(&p), at(3));
+    let [
+        Step::Complete {
+            message,
+            states: Some(states),
+        },
+    ] = &plan.steps[..]
+    else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(message, "recreating has exceeded the activeDeadlineSeconds");
+    assert_eq!(states.len(), 2);
+    assert!(states.iter().all(|s| s.phase == Phase::Failed));
+    assert!(states[0].is_killed && !states[1].is_killed);
+}
+
+#[test]
+fn sync_statuses_list_renewed_containers_only() {
+    let c = recreating(defaulted(&["app", "sidecar"]));
+    let mut p = pod("Running");
+    // Nothing restarted yet: an empty list is still written (upstream writes `[]`).
+    let plan = lifecycle(&c, Some(&p), at(1));
+    assert_eq!(plan.steps, vec![Step::SyncStatuses("[]".into())]);
+    let st = &mut p
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap()[0];
+    st.container_id = Some("containerd://app-3".into());
+    st.restart_count = 3;
+    let synced = sync_statuses(&c, &p);
+    assert_eq!(synced.len(), 1);
+    assert_eq!(synced[0].container_id, "containerd://app-3");
+    assert!(synced[0].ready);
+}
+
+#[test]
+fn unready_acquisition_with_and_without_gate() {
+    let mut c = recreating(defaulted(&["app"]));
+    c.spec
+        .strategy
+        .as_mut()
+        .unwrap()
+        .unready_grace_period_seconds = Some(1);
+    c.metadata.annotations = Some(
+        [(
+            ANNOTATION_CRR_SYNC_CONTAINER_STATUSES.to_string(),
+            "[]".to_string(),
+        )]
+        .into(),
+    );
+    let p = pod("Running");
+    assert_eq!(
+        lifecycle(&c, Some(&p), at(1)).steps,
+        vec![Step::AcquireUnready {
+            pod_condition: false
+        }]
+    );
+    let mut gated = p.clone();
+    gated.spec.as_mut().unwrap().readiness_gates =
+        Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+            condition_type: "KruisePodReady".into(),
+        }]);
+    assert_eq!(
+        lifecycle(&c, Some(&gated), at(1)).steps,
+        vec![Step::AcquireUnready {
+            pod_condition: true
+        }]
+    );
+}
+
+#[test]
+fn finished_crr_releases_then_unlabels_then_expires() {
+    let mut c = defaulted(&["app"]);
+    c.spec.ttl_seconds_after_finished = Some(3);
+    c.metadata.finalizers = Some(vec![FINALIZER_CRR_UNREADY_ACQUIRED.into()]);
+    c.status = Some(ContainerRecreateRequestStatus {
+        phase: Some(Phase::Completed),
+        completion_time: Some(ts(10)),
+        ..Default::default()
+    });
+    assert_eq!(
+        lifecycle(&c, None, at(11)).steps,
+        vec![Step::ReleaseUnready, Step::RemoveActiveLabel]
+    );
+    c.metadata.finalizers = None;
+    c.metadata.labels.as_mut().unwrap().remove(LABEL_CRR_ACTIVE);
+    assert_eq!(
+        lifecycle(&c, None, at(11)).requeue,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(lifecycle(&c, None, at(13)).steps, vec![Step::Delete]);
+}
+
+#[test]
+fn readiness_condition_holds_and_releases_keys() {
+    let mut c = crr(&["app"]);
+    c.metadata.name = Some("b".into());
+    let mut p = pod("Running");
+    let k1 = readiness_key(&c);
+    let cond = readiness_condition(&p, &k1, true).unwrap();
+    assert_eq!(cond.status, "False");
+    assert_eq!(
+        cond.message.as_deref(),
+        Some(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/b"}]"#)
+    );
+    p.status.as_mut().unwrap().conditions = Some(vec![cond]);
+    assert_eq!(readiness_condition(&p, &k1, true), None, "already held");
+    let mut other = c.clone();
+    other.metadata.name = Some("a".into());
+    let k2 = readiness_key(&other);
+    let both = readiness_condition(&p, &k2, true).unwrap();
+    assert!(
+        both.message
+            .as_deref()
+            .unwrap()
+            .starts_with(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/a"}"#),
+        "sorted"
+    );
+    p.status.as_mut().unwrap().conditions = Some(vec![both]);
+    let one = readiness_condition(&p, &k2, false).unwrap();
+    assert_eq!(one.status, "False");
+    p.status.as_mut().unwrap().conditions = Some(vec![one]);
+    let none = readiness_condition(&p, &k1, false).unwrap();
+    assert_eq!(none.status, "True");
+    assert_eq!(none.message, None);
+}

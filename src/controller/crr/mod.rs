@@ -1,0 +1,277 @@
+//! ContainerRecreateRequest lifecycle (the manager's half of OpenKruise's CRR, with the mutating
+//! webhook's defaulting done by reconciliation): watch CRRs and Pods → decide ([`decide`]) →
+//! write labels/spec, annotations, finalizer, status, the Pod's `KruisePodReady` condition → let
+//! the agents act.
+
+pub mod decide;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::kruise::{
+    ANNOTATION_CRR_SYNC_CONTAINER_STATUSES, ANNOTATION_CRR_UNREADY_ACQUIRED,
+    ContainerRecreateRequest, ContainerRecreateRequestPhase as Phase,
+    FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE,
+};
+use decide::{Defaulting, Step};
+
+type Crr = ContainerRecreateRequest;
+
+#[derive(Debug, thiserror::Error)]
+#[error("CRR {crr}: {what}: {source}")]
+pub struct Error {
+    crr: String,
+    what: &'static str,
+    #[source]
+    source: kube::Error,
+}
+
+struct Ctx {
+    client: kube::Client,
+}
+
+fn name_of(crr: &Crr) -> String {
+    format!("{}/{}", crr.namespace().unwrap_or_default(), crr.name_any())
+}
+
+/// The CRRs a Pod change concerns: those labelled with its uid, and new ones naming it.
+fn crrs_for_pod(store: &Store<Crr>, pod: &Pod) -> Vec<ObjectRef<Crr>> {
+    let (ns, name, uid) = (pod.namespace(), pod.name_any(), pod.uid());
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == ns && !decide::is_finished(c))
+        .filter(|c| match c.pod_uid() {
+            Some(u) => Some(u) == uid.as_deref(),
+            None => c.spec.pod_name == name,
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Run until the task is aborted (on losing leadership).
+pub async fn run(client: kube::Client) {
+    let crrs: Api<Crr> = Api::all(client.clone());
+    let controller = Controller::new(crrs, watcher::Config::default());
+    let store = controller.store();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+    });
+    controller
+        .watches(
+            Api::<Pod>::all(client),
+            watcher::Config::default(),
+            move |pod| crrs_for_pod(&store, &pod),
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "CRR reconcile");
+            }
+        })
+        .await;
+}
+
+fn error_policy(crr: Arc<Crr>, err: &Error, _: Arc<Ctx>) -> Action {
+    warn!(crr = %name_of(&crr), error = %err, "CRR reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = crr.namespace().unwrap_or_default();
+    let api: Api<Crr> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let err = |what| {
+        let crr = name_of(&crr);
+        move |source| Error { crr, what, source }
+    };
+    let pod = if crr.spec.pod_name.is_empty() {
+        None
+    } else {
+        pods.get_opt(&crr.spec.pod_name)
+            .await
+            .map_err(err("reading the Pod"))?
+    };
+    if decide::needs_defaulting(&crr) {
+        match decide::default_crr(&crr, pod.as_ref()) {
+            Defaulting::Apply(next) => {
+                api.replace(&crr.name_any(), &PostParams::default(), &next)
+                    .await
+                    .map_err(err("defaulting"))?;
+                info!(crr = %name_of(&crr), pod = %crr.spec.pod_name, "CRR defaulted from its Pod");
+            }
+            Defaulting::Reject(message) => {
+                warn!(crr = %name_of(&crr), reason = %message, "CRR rejected");
+                complete(&api, &crr, &message, None)
+                    .await
+                    .map_err(err("rejecting"))?;
+            }
+        }
+        return Ok(Action::await_change());
+    }
+    let plan = decide::lifecycle(&crr, pod.as_ref(), SystemTime::now());
+    for step in plan.steps {
+        match step {
+            Step::ReleaseUnready => {
+                if let Some(pod) = &pod {
+                    set_pod_unready(&pods, pod, &crr, false)
+                        .await
+                        .map_err(err("releasing the pod's readiness"))?;
+                }
+                let rest: Vec<String> = crr
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER_CRR_UNREADY_ACQUIRED)
+                    .cloned()
+                    .collect();
+                let patch = json!({"metadata": {
+                    "resourceVersion": crr.metadata.resource_version,
+                    "finalizers": rest,
+                }});
+                merge(&api, &crr, &patch)
+                    .await
+                    .map_err(err("removing the finalizer"))?;
+            }
+            Step::RemoveActiveLabel => {
+                let patch = json!({"metadata": {"labels": {LABEL_CRR_ACTIVE: null}}});
+                merge(&api, &crr, &patch)
+                    .await
+                    .map_err(err("removing the active label"))?;
+            }
+            Step::Delete => match api.delete(&crr.name_any(), &DeleteParams::default()).await {
+                Ok(_) => info!(crr = %name_of(&crr), "CRR deleted after its TTL"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err("deleting after the TTL")(e)),
+            },
+            Step::Complete { message, states } => {
+                complete(&api, &crr, &message, states)
+                    .await
+                    .map_err(err("completing"))?;
+                info!(crr = %name_of(&crr), message = %message, "CRR completed by the controller");
+                return Ok(Action::await_change());
+            }
+            Step::SyncStatuses(json) => {
+                let patch = json!({"metadata": {"annotations": {
+                    ANNOTATION_CRR_SYNC_CONTAINER_STATUSES: json,
+                }}});
+                merge(&api, &crr, &patch)
+                    .await
+                    .map_err(err("syncing container statuses"))?;
+            }
+            Step::AcquireUnready { pod_condition } => {
+                if pod_condition && let Some(pod) = &pod {
+                    if !crr
+                        .finalizers()
+                        .iter()
+                        .any(|f| f == FINALIZER_CRR_UNREADY_ACQUIRED)
+                    {
+                        let mut fins = crr.finalizers().to_vec();
+                        fins.push(FINALIZER_CRR_UNREADY_ACQUIRED.into());
+                        let patch = json!({"metadata": {
+                            "resourceVersion": crr.metadata.resource_version,
+                            "finalizers": fins,
+                        }});
+                        merge(&api, &crr, &patch)
+                            .await
+                            .map_err(err("adding the finalizer"))?;
+                    }
+                    set_pod_unready(&pods, pod, &crr, true)
+                        .await
+                        .map_err(err("making the pod not-ready"))?;
+                }
+                let at = Time(k8s_openapi::jiff::Timestamp::now());
+                let patch = json!({"metadata": {"annotations": {
+                    ANNOTATION_CRR_UNREADY_ACQUIRED: at,
+                }}});
+                merge(&api, &crr, &patch)
+                    .await
+                    .map_err(err("recording the unready time"))?;
+                info!(crr = %name_of(&crr), pod = %crr.spec.pod_name, readiness_gate = pod_condition, "pod made not-ready for the CRR");
+            }
+        }
+    }
+    Ok(match plan.requeue {
+        Some(d) => Action::requeue(d + Duration::from_millis(50)),
+        None => Action::await_change(),
+    })
+}
+
+async fn merge(api: &Api<Crr>, crr: &Crr, patch: &serde_json::Value) -> Result<(), kube::Error> {
+    api.patch(
+        &crr.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn complete(
+    api: &Api<Crr>,
+    crr: &Crr,
+    message: &str,
+    states: Option<Vec<crate::api::kruise::ContainerRecreateRequestContainerRecreateState>>,
+) -> Result<(), kube::Error> {
+    let mut status = json!({
+        "phase": Phase::Completed,
+        "completionTime": Time(k8s_openapi::jiff::Timestamp::now()),
+        "message": message,
+    });
+    if let Some(states) = states {
+        status["containerRecreateStates"] = json!(states);
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": crr.metadata.resource_version},
+        "status": status,
+    });
+    api.patch_status(
+        &crr.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Add (`hold`) or release this CRR's key in the pod's `KruisePodReady` condition; while held the
+/// pod's `Ready` condition is False too.
+async fn set_pod_unready(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    crr: &Crr,
+    hold: bool,
+) -> Result<(), kube::Error> {
+    let key = decide::readiness_key(crr);
+    let Some(cond) = decide::readiness_condition(pod, &key, hold) else {
+        return Ok(());
+    };
+    let mut conditions = vec![json!(cond)];
+    if cond.status == "False" {
+        conditions.push(json!({
+            "type": "Ready",
+            "status": "False",
+            "reason": "ReadinessGatesNotReady",
+            "message": format!("the status of pod readiness gate {:?} is not \"True\"", cond.type_),
+            "lastTransitionTime": cond.last_transition_time,
+        }));
+    }
+    let patch = json!({"status": {"conditions": conditions}});
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .map(|_| ())
+}
