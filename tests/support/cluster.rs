@@ -36,7 +36,10 @@ pub fn pod_object(tb: &TestBed, spec: &PodSpec, node: &str) -> Value {
                 "env": c.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
             });
             if let Some(cmd) = &c.pre_stop_exec {
-                v["lifecycle"] = json!({"preStop": {"exec": {"command": cmd}}});
+                v["lifecycle"]["preStop"] = json!({"exec": {"command": cmd}});
+            }
+            if let Some(cmd) = &c.post_start_exec {
+                v["lifecycle"]["postStart"] = json!({"exec": {"command": cmd}});
             }
             v
         })
@@ -55,6 +58,7 @@ pub fn pod_object(tb: &TestBed, spec: &PodSpec, node: &str) -> Value {
             "restartPolicy": spec.restart_policy.as_str(),
             "terminationGracePeriodSeconds": spec.termination_grace_seconds.unwrap_or(30),
             "containers": containers,
+            "readinessGates": spec.readiness_gates.iter().map(|t| json!({"conditionType": t})).collect::<Vec<_>>(),
         },
         "status": {"phase": "Pending"}
     })
@@ -86,7 +90,7 @@ fn container_status(c: &ContainerInfo) -> Value {
         "image": "",
         "imageID": "",
         "containerID": format!("containerd://{}", c.id),
-        "ready": c.is_running(),
+        "ready": c.ready,
         "started": c.is_running(),
         "restartCount": c.restart_count,
         "state": state,

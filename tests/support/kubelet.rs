@@ -2,23 +2,24 @@
 //! and annotations the kubelet puts on sandboxes and containers
 //! (`pkg/kubelet/kuberuntime/labels.go`) and restarts exited containers per restart policy.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ImageStatusRequest, KeyValue, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainersRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, KeyValue,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -75,6 +76,8 @@ pub struct PodSpec {
     /// The pod's `terminationGracePeriodSeconds`; 30 when unset.
     pub termination_grace_seconds: Option<i64>,
     pub containers: Vec<ContainerSpec>,
+    /// `spec.readinessGates` condition types of the Pod object (cluster tests).
+    pub readiness_gates: Vec<String>,
 }
 
 impl PodSpec {
@@ -89,6 +92,7 @@ impl PodSpec {
             labels: HashMap::new(),
             termination_grace_seconds: None,
             containers: Vec::new(),
+            readiness_gates: Vec::new(),
         }
     }
 
@@ -134,6 +138,11 @@ impl PodSpec {
         self
     }
 
+    pub fn readiness_gate(mut self, condition_type: impl Into<String>) -> Self {
+        self.readiness_gates.push(condition_type.into());
+        self
+    }
+
     fn grace(&self) -> i64 {
         self.termination_grace_seconds
             .unwrap_or(DEFAULT_GRACE_SECONDS)
@@ -151,6 +160,9 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// A preStop exec hook, serialised into the annotation as the kubelet does.
     pub pre_stop_exec: Option<Vec<String>>,
+    /// A postStart exec hook: run right after StartContainer; the container is not ready and
+    /// the pod's next containers wait until it returns, as with the kubelet.
+    pub post_start_exec: Option<Vec<String>>,
 }
 
 impl ContainerSpec {
@@ -162,6 +174,7 @@ impl ContainerSpec {
             args: Vec::new(),
             env: Vec::new(),
             pre_stop_exec: None,
+            post_start_exec: None,
         }
     }
 
@@ -189,6 +202,14 @@ impl ContainerSpec {
 
     pub fn pre_stop_exec<I: IntoIterator<Item = S>, S: Into<String>>(mut self, command: I) -> Self {
         self.pre_stop_exec = Some(command.into_iter().map(Into::into).collect());
+        self
+    }
+
+    pub fn post_start_exec<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        command: I,
+    ) -> Self {
+        self.post_start_exec = Some(command.into_iter().map(Into::into).collect());
         self
     }
 
@@ -222,6 +243,8 @@ pub struct ContainerInfo {
     /// From the `io.kubernetes.container.restartCount` annotation (= attempt here).
     pub restart_count: u32,
     pub state: ContainerState,
+    /// Running and past its postStart hook (the fixture has no readiness probes).
+    pub ready: bool,
     pub exit_code: i32,
     pub reason: String,
     /// Unix nanoseconds, 0 when not yet reached.
@@ -305,6 +328,7 @@ impl Kubelet {
             images,
             socket: bed.socket(),
             removing: AtomicBool::new(false),
+            post_starting: Mutex::new(HashSet::new()),
         });
         let mut handle = PodHandle {
             ctx: pod_ctx.clone(),
@@ -359,6 +383,8 @@ async fn containers_of(
         .status
         .context("ContainerStatus without status")?;
         let attempt = instance.attempt;
+        let ready = status.state == ContainerState::ContainerRunning as i32
+            && !ctx.post_starting.lock().unwrap().contains(&status.id);
         infos.push(ContainerInfo {
             name: spec.name.clone(),
             id: status.id,
@@ -370,6 +396,7 @@ async fn containers_of(
                 .unwrap_or(attempt),
             state: ContainerState::try_from(status.state)
                 .unwrap_or(ContainerState::ContainerUnknown),
+            ready,
             exit_code: status.exit_code,
             reason: status.reason,
             created_at: status.created_at,
@@ -389,6 +416,8 @@ struct PodContext {
     socket: PathBuf,
     /// Set once the pod is being removed: no more restarts.
     removing: AtomicBool,
+    /// Containers whose postStart hook is running.
+    post_starting: Mutex<HashSet<String>>,
 }
 
 impl PodContext {
@@ -832,6 +861,12 @@ async fn create_and_start(
     )
     .await?
     .container_id;
+    if spec.post_start_exec.is_some() {
+        pod.post_starting
+            .lock()
+            .unwrap()
+            .insert(container_id.clone());
+    }
     cri_call(
         "StartContainer",
         cri.start_container(StartContainerRequest {
@@ -839,6 +874,19 @@ async fn create_and_start(
         }),
     )
     .await?;
+    if let Some(cmd) = &spec.post_start_exec {
+        let res = cri_call(
+            "ExecSync",
+            cri.exec_sync(ExecSyncRequest {
+                container_id: container_id.clone(),
+                cmd: cmd.clone(),
+                timeout: 0,
+            }),
+        )
+        .await;
+        pod.post_starting.lock().unwrap().remove(&container_id);
+        res.with_context(|| format!("postStart of {}", spec.name))?;
+    }
     Ok(container_id)
 }
 

@@ -1,0 +1,807 @@
+//! ContainerRecreateRequest end to end: the real `nodeward controller` and `nodeward agent`
+//! against the in-memory API server, real containerd, and the kubelet fixture (restarts stopped
+//! containers, runs postStart, mirrors statuses into the Pod objects). The upstream e2e scenarios
+//! (`test/e2e/apps/v1alpha1/containerrecreate.go`) with shorter hooks, plus nodeward's fixes.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use nodeward::api::kruise::{
+    ContainerRecreateRequest, ContainerRecreateRequestContainerRecreateState as State,
+    ContainerRecreateRequestPhase as Phase,
+};
+use serde_json::{Value, json};
+use support::agent::AgentProcess;
+use support::apiserver::ApiServer;
+use support::cluster::ClusterPod;
+use support::kubelet::{ContainerSpec, PodSpec};
+use support::testbed::TestBed;
+
+const NODE: &str = "node-crr";
+/// Exits at once on SIGTERM.
+const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+
+type Crr = ContainerRecreateRequest;
+
+fn api() -> &'static ApiServer {
+    ApiServer::shared()
+}
+
+fn kubeconfig() -> String {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = TestBed::shared().dir().join("kubeconfig-crr");
+        api().write_kubeconfig(&p).expect("kubeconfig");
+        p.display().to_string()
+    })
+    .clone()
+}
+
+/// Spawned from a thread that lives as long as the process, so the child gets SIGKILL (parent
+/// death signal) when this test binary exits.
+fn spawn_for_process(
+    f: impl FnOnce() -> anyhow::Result<AgentProcess> + Send + 'static,
+) -> AgentProcess {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap().expect("start process")
+}
+
+fn agent() -> &'static AgentProcess {
+    static AGENT: OnceLock<AgentProcess> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let kc = kubeconfig();
+        spawn_for_process(move || {
+            AgentProcess::spawn(
+                TestBed::shared(),
+                &["--kubeconfig", &kc, "--node-name", NODE],
+            )
+        })
+    })
+}
+
+fn controller() -> &'static AgentProcess {
+    static CONTROLLER: OnceLock<AgentProcess> = OnceLock::new();
+    CONTROLLER.get_or_init(|| {
+        let kc = kubeconfig();
+        spawn_for_process(move || {
+            AgentProcess::spawn_nodeward(&[
+                "controller",
+                "--kubeconfig",
+                &kc,
+                "--lease-namespace",
+                "default",
+                "--lease-name",
+                "nodeward-crr-tests",
+                "--addr",
+                "off",
+            ])
+        })
+    })
+}
+
+async fn ready() -> &'static AgentProcess {
+    let a = agent();
+    a.wait_ready().await.expect("agent ready");
+    controller()
+        .wait_for("leader", Duration::from_secs(30), |v| {
+            v["message"] == "became the leader; starting reconcilers"
+        })
+        .await
+        .expect("controller leads");
+    a
+}
+
+fn crrs() -> Api<Crr> {
+    Api::namespaced(api().client(), "default")
+}
+
+/// Create a CRR as a user would (no labels, no status context); returns the time just before.
+async fn create(name: &str, pod: &str, containers: &[&str], extra: Value) -> SystemTime {
+    let mut obj = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "podName": pod,
+            "containers": containers.iter().map(|c| json!({"name": c})).collect::<Vec<_>>(),
+        },
+    });
+    if let (Some(spec), Some(extra)) = (obj["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    let crr: Crr = serde_json::from_value(obj).unwrap();
+    let t = SystemTime::now();
+    crrs().create(&PostParams::default(), &crr).await.unwrap();
+    t
+}
+
+async fn wait_crr(name: &str, what: &str, timeout: Duration, pred: impl Fn(&Crr) -> bool) -> Crr {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(c) = crrs().get(name).await {
+            if pred(&c) {
+                return c;
+            }
+            last = Some(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("CRR {name}: timed out waiting for {what}; last: {last:#?}");
+}
+
+fn phase(c: &Crr) -> Option<Phase> {
+    c.status.as_ref().and_then(|s| s.phase)
+}
+
+fn states(c: &Crr) -> Vec<State> {
+    c.status
+        .as_ref()
+        .map(|s| s.container_recreate_states.clone())
+        .unwrap_or_default()
+}
+
+fn completed(c: &Crr) -> bool {
+    phase(c) == Some(Phase::Completed)
+}
+
+fn state(name: &str, phase: Phase, is_killed: bool) -> State {
+    State {
+        name: name.into(),
+        phase,
+        message: String::new(),
+        is_killed,
+    }
+}
+
+fn two_containers(name: &str, app: ContainerSpec) -> PodSpec {
+    PodSpec::new(name)
+        .container(app)
+        .container(ContainerSpec::sh("sidecar", POLITE))
+}
+
+async fn run_pod(spec: PodSpec) -> ClusterPod {
+    ClusterPod::run(TestBed::shared(), api().client(), NODE, spec)
+        .await
+        .expect("run pod")
+}
+
+/// Wait until the Pod object reports every container running with a containerID (the CRR's
+/// defaulting needs them).
+async fn wait_pod_running(pod: &ClusterPod) -> Pod {
+    for _ in 0..200 {
+        let p = pod.object().await.unwrap();
+        let statuses = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        if !statuses.is_empty()
+            && statuses
+                .iter()
+                .all(|s| s.ready && s.state.as_ref().is_some_and(|st| st.running.is_some()))
+        {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("pod {} never ran", pod.name);
+}
+
+/// When the agent's log says it finished stopping `container` for `crr` ("default/<name>").
+fn log_time(agent: &AgentProcess, message: &str, crr: &str, container: &str) -> Option<SystemTime> {
+    agent
+        .messages(message)
+        .into_iter()
+        .find(|v| v["crr"] == format!("default/{crr}") && v["container"] == container)
+        .and_then(|v| humantime::parse_rfc3339_weak(v["timestamp"].as_str()?).ok())
+}
+
+async fn wait_log(agent: &AgentProcess, message: &str, crr: &str, container: &str) -> SystemTime {
+    let (c, k) = (format!("default/{crr}"), container.to_string());
+    let m = message.to_string();
+    agent
+        .wait_for(
+            &format!("{message} {crr}/{container}"),
+            Duration::from_secs(30),
+            move |v| {
+                v["message"] == m.as_str() && v["crr"] == c.as_str() && v["container"] == k.as_str()
+            },
+        )
+        .await
+        .unwrap();
+    log_time(agent, message, crr, container).expect("timestamp")
+}
+
+fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+    b.duration_since(a)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_else(|e| -e.duration().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_recreate_with_min_started_and_ttl() {
+    ready().await;
+    let pod = run_pod(two_containers(
+        "crr-simple",
+        ContainerSpec::sh("app", POLITE),
+    ))
+    .await;
+    let before = wait_pod_running(&pod).await;
+    let old_app = pod.handle.container("app").await.unwrap();
+    create(
+        "crr-simple",
+        "crr-simple",
+        &["app"],
+        json!({"strategy": {"minStartedSeconds": 3}, "ttlSecondsAfterFinished": 3}),
+    )
+    .await;
+    let defaulted = wait_crr("crr-simple", "defaulting", Duration::from_secs(10), |c| {
+        c.pod_uid().is_some()
+    })
+    .await;
+    assert_eq!(defaulted.pod_uid(), before.metadata.uid.as_deref());
+    assert_eq!(defaulted.node_name(), Some(NODE));
+    assert!(defaulted.is_active());
+    let strategy = defaulted.spec.strategy.clone().unwrap();
+    assert_eq!(strategy.failure_policy.map(|p| p.as_str()), Some("Fail"));
+    assert_eq!(strategy.termination_grace_period_seconds, Some(30));
+    assert_eq!(
+        defaulted.spec.containers[0]
+            .status_context
+            .as_ref()
+            .unwrap()
+            .container_id,
+        format!("containerd://{}", old_app.id)
+    );
+    let done = wait_crr(
+        "crr-simple",
+        "Completed",
+        Duration::from_secs(40),
+        completed,
+    )
+    .await;
+    assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
+    let new_app = pod.handle.container("app").await.unwrap();
+    assert_ne!(new_app.id, old_app.id);
+    assert_eq!(new_app.restart_count, 1);
+    assert_eq!(
+        pod.handle.container("sidecar").await.unwrap().restart_count,
+        0
+    );
+    let completion: SystemTime = done.status.unwrap().completion_time.unwrap().0.into();
+    let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(new_app.started_at as u64);
+    assert!(
+        secs_between(started, completion) > 2.0,
+        "completed {:.1} s after the new container started (minStartedSeconds 3)",
+        secs_between(started, completion)
+    );
+    wait_crr(
+        "crr-simple",
+        "active label removed",
+        Duration::from_secs(5),
+        |c| !c.is_active(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crrs().get_opt("crr-simple").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "CRR not deleted after its TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreates_two_containers() {
+    ready().await;
+    let pod = run_pod(two_containers("crr-two", ContainerSpec::sh("app", POLITE))).await;
+    wait_pod_running(&pod).await;
+    create("crr-two", "crr-two", &["app", "sidecar"], json!({})).await;
+    let done = wait_crr("crr-two", "Completed", Duration::from_secs(40), completed).await;
+    assert_eq!(
+        states(&done),
+        vec![
+            state("app", Phase::Succeeded, true),
+            state("sidecar", Phase::Succeeded, true)
+        ]
+    );
+    for c in ["app", "sidecar"] {
+        assert_eq!(
+            pod.handle.container(c).await.unwrap().restart_count,
+            1,
+            "{c}"
+        );
+    }
+    assert_eq!(done.status.unwrap().message, "");
+    pod.remove().await.unwrap();
+}
+
+/// Upstream e2e "recreates containers with postStartHook" (5 s hook there, 3 s here): without
+/// ordering the sidecar is stopped right after the app; with `orderedRecreate` only once the app's
+/// new instance passed its postStart and is ready. `forceRecreate` behaves the same for ordering.
+async fn post_start_case(name: &str, strategy: Value) -> f64 {
+    let agent = ready().await;
+    let app = ContainerSpec::sh("app", POLITE).post_start_exec(["sleep", "3"]);
+    let pod = run_pod(two_containers(name, app)).await;
+    wait_pod_running(&pod).await;
+    create(
+        name,
+        name,
+        &["app", "sidecar"],
+        json!({"strategy": strategy}),
+    )
+    .await;
+    let done = wait_crr(name, "Completed", Duration::from_secs(60), completed).await;
+    assert_eq!(
+        states(&done),
+        vec![
+            state("app", Phase::Succeeded, true),
+            state("sidecar", Phase::Succeeded, true)
+        ]
+    );
+    let app_stopped = log_time(agent, "container stop for CRR finished", name, "app").unwrap();
+    let side_stopped = log_time(agent, "container stop for CRR finished", name, "sidecar").unwrap();
+    pod.remove().await.unwrap();
+    secs_between(app_stopped, side_stopped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_start_hook_unordered_vs_ordered() {
+    let gap = post_start_case("crr-ps-unordered", json!({})).await;
+    assert!(gap < 2.0, "unordered: sidecar stopped {gap:.1} s after app");
+    let gap = post_start_case("crr-ps-ordered", json!({"orderedRecreate": true})).await;
+    assert!(gap >= 3.0, "ordered: sidecar stopped {gap:.1} s after app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_recreate_unordered_vs_ordered() {
+    let gap = post_start_case("crr-force-unordered", json!({"forceRecreate": true})).await;
+    assert!(
+        gap < 2.0,
+        "force unordered: sidecar stopped {gap:.1} s after app"
+    );
+    let gap = post_start_case(
+        "crr-force-ordered",
+        json!({"forceRecreate": true, "orderedRecreate": true}),
+    )
+    .await;
+    assert!(
+        gap >= 3.0,
+        "force ordered: sidecar stopped {gap:.1} s after app"
+    );
+}
+
+/// forceRecreate kills once even a container that is still in its postStart hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_recreate_kills_a_starting_container() {
+    let agent = ready().await;
+    let app = ContainerSpec::sh("app", POLITE).post_start_exec(["sleep", "4"]);
+    let pod = run_pod(PodSpec::new("crr-force-starting").container(app)).await;
+    wait_pod_running(&pod).await;
+    // A first CRR restarts app; while its new instance sits in postStart, a forced one comes.
+    create("crr-force-a", "crr-force-starting", &["app"], json!({})).await;
+    wait_log(
+        agent,
+        "container stop for CRR finished",
+        "crr-force-a",
+        "app",
+    )
+    .await;
+    pod.handle
+        .wait_until(
+            |s| {
+                s.container("app")
+                    .is_some_and(|c| c.restart_count == 1 && c.is_running())
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // Plain CRR on the still-starting container: it is "already recreating", no kill.
+    let starting = pod.handle.container("app").await.unwrap();
+    assert!(!starting.ready, "still in postStart");
+    create(
+        "crr-force-b",
+        "crr-force-starting",
+        &["app"],
+        json!({"strategy": {"forceRecreate": true}}),
+    )
+    .await;
+    let done = wait_crr(
+        "crr-force-b",
+        "Completed",
+        Duration::from_secs(60),
+        completed,
+    )
+    .await;
+    assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
+    wait_crr(
+        "crr-force-a",
+        "Completed",
+        Duration::from_secs(30),
+        completed,
+    )
+    .await;
+    let app = pod.handle.container("app").await.unwrap();
+    assert_eq!(app.restart_count, 2, "killed once by each CRR");
+    pod.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_stop_hook_runs_before_the_stop() {
+    let agent = ready().await;
+    let app = ContainerSpec::sh("app", POLITE).pre_stop_exec(["sleep", "4"]);
+    let pod = run_pod(two_containers("crr-prestop", app)).await;
+    wait_pod_running(&pod).await;
+    let t0 = create("crr-prestop", "crr-prestop", &["app"], json!({})).await;
+    let stopped = wait_log(
+        agent,
+        "container stop for CRR finished",
+        "crr-prestop",
+        "app",
+    )
+    .await;
+    assert!(
+        secs_between(t0, stopped) >= 4.0,
+        "stopped {:.1} s after the CRR",
+        secs_between(t0, stopped)
+    );
+    let line = agent
+        .messages("container stop for CRR finished")
+        .into_iter()
+        .find(|v| v["crr"] == "default/crr-prestop")
+        .unwrap();
+    assert_eq!(line["prestop"], "ran");
+    wait_crr(
+        "crr-prestop",
+        "Completed",
+        Duration::from_secs(30),
+        completed,
+    )
+    .await;
+    pod.remove().await.unwrap();
+}
+
+/// activeDeadlineSeconds 3 with an 8 s preStop: the controller completes the CRR on time and
+/// marks the unfinished containers Failed (upstream leaves them Pending/Recreating: #2353); the
+/// stop in flight still happens and its late result does not overwrite the final states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_deadline_completes_and_fails_unfinished() {
+    let agent = ready().await;
+    let app = ContainerSpec::sh("app", POLITE).pre_stop_exec(["sleep", "8"]);
+    let pod = run_pod(two_containers("crr-deadline", app)).await;
+    wait_pod_running(&pod).await;
+    let t0 = create(
+        "crr-deadline",
+        "crr-deadline",
+        &["app", "sidecar"],
+        json!({"activeDeadlineSeconds": 3}),
+    )
+    .await;
+    let done = wait_crr(
+        "crr-deadline",
+        "Completed",
+        Duration::from_secs(10),
+        completed,
+    )
+    .await;
+    let took = secs_between(
+        t0,
+        done.status
+            .as_ref()
+            .unwrap()
+            .completion_time
+            .as_ref()
+            .unwrap()
+            .0
+            .into(),
+    );
+    assert!(took < 5.0, "completed {took:.1} s after creation");
+    assert_eq!(
+        done.status.as_ref().unwrap().message,
+        "recreating has exceeded the activeDeadlineSeconds"
+    );
+    let final_states = states(&done);
+    assert!(
+        final_states.iter().all(|s| s.phase == Phase::Failed),
+        "{final_states:?}"
+    );
+    wait_log(
+        agent,
+        "container stop for CRR finished",
+        "crr-deadline",
+        "app",
+    )
+    .await;
+    pod.handle
+        .wait_until(
+            |s| s.container("app").is_some_and(|c| c.restart_count == 1),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = crrs().get_opt("crr-deadline").await.unwrap();
+    if let Some(after) = after {
+        assert_eq!(
+            states(&after),
+            final_states,
+            "the late stop did not overwrite the final states"
+        );
+    }
+    assert_eq!(
+        pod.handle.container("sidecar").await.unwrap().restart_count,
+        0,
+        "sidecar untouched"
+    );
+    pod.remove().await.unwrap();
+}
+
+fn kruise_pod_ready(pod: &Pod) -> Option<(String, Option<String>)> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "KruisePodReady")
+        .map(|c| (c.status.clone(), c.message.clone()))
+}
+
+/// unreadyGracePeriodSeconds 1 with terminationGracePeriodSeconds 3 and an 8 s preStop: the pod is
+/// made not-ready first, the grace cuts the preStop, readiness comes back after completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unready_grace_then_grace_cuts_pre_stop() {
+    let agent = ready().await;
+    let app = ContainerSpec::sh("app", POLITE).pre_stop_exec(["sleep", "8"]);
+    let pod = run_pod(two_containers("crr-unready", app).readiness_gate("KruisePodReady")).await;
+    wait_pod_running(&pod).await;
+    let t0 = create(
+        "crr-unready",
+        "crr-unready",
+        &["app", "sidecar"],
+        json!({"strategy": {"terminationGracePeriodSeconds": 3, "unreadyGracePeriodSeconds": 1}}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let p = pod.object().await.unwrap();
+        if let Some((status, message)) = kruise_pod_ready(&p)
+            && status == "False"
+        {
+            assert_eq!(
+                message.as_deref(),
+                Some(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/crr-unready"}]"#)
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "pod not made unready within 2 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = wait_log(
+        agent,
+        "container stop for CRR finished",
+        "crr-unready",
+        "app",
+    )
+    .await;
+    let killing = log_time(agent, "stopping container for CRR", "crr-unready", "app").unwrap();
+    assert!(
+        secs_between(t0, stopped) < 8.0,
+        "grace 3 s cut the 8 s preStop: stopped after {:.1} s",
+        secs_between(t0, stopped)
+    );
+    let done = wait_crr(
+        "crr-unready",
+        "Completed",
+        Duration::from_secs(40),
+        completed,
+    )
+    .await;
+    // The annotation has whole seconds, as upstream's: the grace runs from that time.
+    let acquired: SystemTime = done
+        .unready_acquired_at()
+        .expect("unready-acquired annotation")
+        .unwrap()
+        .into();
+    assert!(
+        secs_between(acquired, killing) >= 1.0,
+        "kill started {:.2} s after the pod was made not-ready (grace 1 s)",
+        secs_between(acquired, killing)
+    );
+    assert_eq!(
+        states(&done),
+        vec![
+            state("app", Phase::Succeeded, true),
+            state("sidecar", Phase::Succeeded, true)
+        ]
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let p = pod.object().await.unwrap();
+        if kruise_pod_ready(&p).is_some_and(|(s, _)| s == "True") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness not released: {:?}",
+            kruise_pod_ready(&p)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_crr(
+        "crr-unready",
+        "finalizer released",
+        Duration::from_secs(5),
+        |c| c.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()),
+    )
+    .await;
+    pod.remove().await.unwrap();
+}
+
+/// Two CRRs for one pod run one after the other: the second starts as soon as the first
+/// completes, without any further event (upstream leaves it Pending: #1626).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_crrs_for_one_pod_run_in_turn() {
+    ready().await;
+    let pod = run_pod(two_containers("crr-pair", ContainerSpec::sh("app", POLITE))).await;
+    wait_pod_running(&pod).await;
+    create(
+        "crr-pair-1",
+        "crr-pair",
+        &["app"],
+        json!({"strategy": {"minStartedSeconds": 2}}),
+    )
+    .await;
+    create("crr-pair-2", "crr-pair", &["sidecar"], json!({})).await;
+    let second = wait_crr(
+        "crr-pair-2",
+        "Pending while the first runs",
+        Duration::from_secs(10),
+        |c| phase(c).is_some(),
+    )
+    .await;
+    assert_eq!(phase(&second), Some(Phase::Pending));
+    wait_crr(
+        "crr-pair-1",
+        "Completed",
+        Duration::from_secs(40),
+        completed,
+    )
+    .await;
+    let done = wait_crr(
+        "crr-pair-2",
+        "Completed",
+        Duration::from_secs(30),
+        completed,
+    )
+    .await;
+    assert_eq!(
+        states(&done),
+        vec![state("sidecar", Phase::Succeeded, true)]
+    );
+    for c in ["app", "sidecar"] {
+        assert_eq!(
+            pod.handle.container(c).await.unwrap().restart_count,
+            1,
+            "{c}"
+        );
+    }
+    pod.remove().await.unwrap();
+}
+
+/// Bad input completes with a clear message: a container the pod does not have (rejected by the
+/// defaulting), and a CRR already labelled by an upstream webhook whose statusContext names
+/// another runtime (completed by the agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_complete_with_a_message() {
+    ready().await;
+    let pod = run_pod(PodSpec::new("crr-bad").container(ContainerSpec::sh("app", POLITE))).await;
+    wait_pod_running(&pod).await;
+    create("crr-bad-name", "crr-bad", &["nope"], json!({})).await;
+    let done = wait_crr(
+        "crr-bad-name",
+        "Completed",
+        Duration::from_secs(10),
+        completed,
+    )
+    .await;
+    assert_eq!(
+        done.status.unwrap().message,
+        "not found nope container in Pod spec"
+    );
+    let labelled: Crr = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": "crr-bad-runtime", "namespace": "default", "labels": {
+            "crr.apps.kruise.io/pod-uid": pod.uid(),
+            "crr.apps.kruise.io/node-name": NODE,
+            "crr.apps.kruise.io/active": "true",
+        }},
+        "spec": {"podName": "crr-bad", "containers": [
+            {"name": "app", "statusContext": {"containerID": "cri-o://abc", "restartCount": 0}}
+        ], "strategy": {"failurePolicy": "Fail"}},
+    }))
+    .unwrap();
+    crrs()
+        .create(&PostParams::default(), &labelled)
+        .await
+        .unwrap();
+    let done = wait_crr(
+        "crr-bad-runtime",
+        "Completed",
+        Duration::from_secs(10),
+        completed,
+    )
+    .await;
+    let message = done.status.unwrap().message;
+    assert!(
+        message.starts_with("failed to find runtime service: "),
+        "{message}"
+    );
+    assert!(message.contains("cri-o"), "{message}");
+    assert_eq!(pod.handle.container("app").await.unwrap().restart_count, 0);
+    pod.remove().await.unwrap();
+}
+
+/// kill -9 while the agent runs a preStop hook: the restarted agent finishes that stop (without
+/// running the hook again), the container is restarted exactly once and the CRR completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
+    ready().await;
+    const K9_NODE: &str = "node-crr-k9";
+    let tb = TestBed::shared();
+    let kc = kubeconfig();
+    let state_dir = tb.dir().join("agent-crr-k9");
+    let args = ["--kubeconfig", kc.as_str(), "--node-name", K9_NODE];
+    let first = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
+    first.wait_ready().await.unwrap();
+    let app = ContainerSpec::sh("app", POLITE).pre_stop_exec(["sleep", "3"]);
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        K9_NODE,
+        PodSpec::new("crr-k9").container(app),
+    )
+    .await
+    .unwrap();
+    wait_pod_running(&pod).await;
+    create("crr-k9", "crr-k9", &["app"], json!({})).await;
+    wait_log(&first, "stopping container for CRR", "crr-k9", "app").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill9();
+    let second = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
+    second.wait_ready().await.unwrap();
+    let done = wait_crr("crr-k9", "Completed", Duration::from_secs(40), completed).await;
+    assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
+    assert_eq!(
+        pod.handle.container("app").await.unwrap().restart_count,
+        1,
+        "stopped exactly once"
+    );
+    assert!(
+        second
+            .messages("finishing a stop decided before the agent restarted (preStop not run again)")
+            .iter()
+            .any(|v| v["crr"] == "default/crr-k9"),
+        "the restarted agent resumed the journaled stop"
+    );
+    assert!(
+        second.messages("stopping container for CRR").is_empty(),
+        "no second kill"
+    );
+    second.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
