@@ -475,6 +475,34 @@ async fn pre_stop_hook_runs_before_the_stop() {
     pod.remove().await.unwrap();
 }
 
+/// An httpGet preStop is sent to the pod IP (here a host-network pod: 127.0.0.1), which
+/// kruise-daemon cannot do (it has no pod IPs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_pre_stop_reaches_the_pod() {
+    let agent = ready().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "mkdir -p /tmp/www && echo bye > /tmp/www/quit && exec httpd -f -v -p 127.0.0.1:{port} -h /tmp/www"
+    );
+    let app = ContainerSpec::sh("app", &script).pre_stop_http_get(port, "/quit");
+    let pod = run_pod(PodSpec::new("crr-http").grace_seconds(5).container(app)).await;
+    wait_pod_running(&pod).await;
+    create("crr-http", "crr-http", &["app"], json!({})).await;
+    wait_log(agent, "container stop for CRR finished", "crr-http", "app").await;
+    let line = agent
+        .messages("container stop for CRR finished")
+        .into_iter()
+        .find(|v| v["crr"] == "default/crr-http")
+        .unwrap();
+    assert_eq!(line["prestop"], "ran", "{line}");
+    wait_crr("crr-http", "Completed", Duration::from_secs(30), completed).await;
+    pod.remove().await.unwrap();
+}
+
 /// activeDeadlineSeconds 3 with an 8 s preStop: the controller completes the CRR on time and
 /// marks the unfinished containers Failed (upstream leaves them Pending/Recreating: #2353); the
 /// stop in flight still happens and its late result does not overwrite the final states.

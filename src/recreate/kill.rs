@@ -86,8 +86,7 @@ impl Executor {
             );
             info!(crr = %name_of(crr), pod = %crr.spec.pod_name, container = %name, container_id = %raw.id,
                 grace_s = grace.as_secs(), "stopping container for CRR");
-            self.event(crr, &name, EventType::Normal, "Killing", message)
-                .await;
+            self.event(crr, &name, EventType::Normal, "Killing", message);
             match spec.pre_stop.as_ref() {
                 Some(hook) if !grace.is_zero() => {
                     match tokio::time::timeout(grace, self.pre_stop(spec, hook, raw, grace)).await {
@@ -95,8 +94,7 @@ impl Executor {
                         Ok(Err(why)) => {
                             warn!(crr = %name_of(crr), container = %name, error = %why, "preStop hook failed");
                             let note = format!("PreStopHook failed: {why}");
-                            self.event(crr, &name, EventType::Warning, "FailedPreStopHook", note)
-                                .await;
+                            self.event(crr, &name, EventType::Warning, "FailedPreStopHook", note);
                             "failed"
                         }
                         Err(_) => "cut by the grace period",
@@ -146,14 +144,8 @@ impl Executor {
         Ok(new_state)
     }
 
-    async fn event(
-        &self,
-        crr: &Crr,
-        container: &str,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
+    /// Publish an Event on the pod in the background: the stop does not wait for the API.
+    fn event(&self, crr: &Crr, container: &str, type_: EventType, reason: &str, note: String) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -162,9 +154,12 @@ impl Executor {
             secondary: None,
         };
         let reference = Self::pod_reference(crr, container);
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            warn!(crr = %name_of(crr), error = %e, "recording the Event failed");
-        }
+        let (recorder, crr) = (self.recorder.clone(), name_of(crr));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                warn!(crr = %crr, error = %e, "recording the Event failed");
+            }
+        });
     }
 
     /// Run the container's preStop hook: exec through CRI, httpGet against the pod IP.

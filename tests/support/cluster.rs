@@ -38,6 +38,9 @@ pub fn pod_object(tb: &TestBed, spec: &PodSpec, node: &str) -> Value {
             if let Some(cmd) = &c.pre_stop_exec {
                 v["lifecycle"]["preStop"] = json!({"exec": {"command": cmd}});
             }
+            if let Some((port, path)) = &c.pre_stop_http_get {
+                v["lifecycle"]["preStop"] = json!({"httpGet": {"port": port, "path": path}});
+            }
             if let Some(cmd) = &c.post_start_exec {
                 v["lifecycle"]["postStart"] = json!({"exec": {"command": cmd}});
             }

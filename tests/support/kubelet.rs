@@ -163,6 +163,9 @@ pub struct ContainerSpec {
     /// A postStart exec hook: run right after StartContainer; the container is not ready and
     /// the pod's next containers wait until it returns, as with the kubelet.
     pub post_start_exec: Option<Vec<String>>,
+    /// A preStop httpGet hook `(port, path)` on the Pod object (cluster tests; the CRI fixture
+    /// itself does not run hooks).
+    pub pre_stop_http_get: Option<(u16, String)>,
 }
 
 impl ContainerSpec {
@@ -175,6 +178,7 @@ impl ContainerSpec {
             env: Vec::new(),
             pre_stop_exec: None,
             post_start_exec: None,
+            pre_stop_http_get: None,
         }
     }
 
@@ -210,6 +214,11 @@ impl ContainerSpec {
         command: I,
     ) -> Self {
         self.post_start_exec = Some(command.into_iter().map(Into::into).collect());
+        self
+    }
+
+    pub fn pre_stop_http_get(mut self, port: u16, path: impl Into<String>) -> Self {
+        self.pre_stop_http_get = Some((port, path.into()));
         self
     }
 

@@ -58,10 +58,16 @@ use super::{
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.podName == oldSelf.podName", "message": "podName is immutable"},
+    {"rule": "self.containers.map(c, c.name) == oldSelf.containers.map(c, c.name)", "message": "the containers to recreate are immutable"},
+]))]
 pub struct ContainerRecreateRequestSpec {
     /// PodName is name of the Pod that owns the recreated containers.
+    #[schemars(length(min = 1))]
     pub pod_name: String,
     /// Containers contains the containers that need to recreate in the Pod.
+    #[schemars(length(min = 1, max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<ContainerRecreateRequestContainer>,
     /// Strategy defines strategies for containers recreation. The webhook defaults it to {}.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,9 +75,11 @@ pub struct ContainerRecreateRequestSpec {
     /// ActiveDeadlineSeconds is the deadline duration of this ContainerRecreateRequest, counted
     /// from its creation. The webhook rejects values below 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3))]
     pub active_deadline_seconds: Option<i64>,
     /// TTLSecondsAfterFinished is the TTL duration after this ContainerRecreateRequest has completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
@@ -172,15 +180,18 @@ pub struct ContainerRecreateRequestStrategy {
     /// Value must be non-negative integer. The value zero indicates delete immediately.
     /// If this value is nil, we will use pod.Spec.TerminationGracePeriodSeconds as default value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub termination_grace_period_seconds: Option<i64>,
     /// UnreadyGracePeriodSeconds is the optional duration in seconds to mark Pod as not ready over this duration before
     /// executing preStop hook and stopping the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub unready_grace_period_seconds: Option<i64>,
     /// Minimum number of seconds for which a newly created container should be started and ready
     /// without any of its container crashing, for it to be considered Succeeded.
     /// Defaults to 0 (container will be considered Succeeded as soon as it is started and ready)
     #[serde(default, skip_serializing_if = "go::is_zero_i32")]
+    #[schemars(range(min = 0))]
     pub min_started_seconds: i32,
 }
 
