@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use support::cluster::ClusterPod;
-use support::kubelet::{ContainerSpec, PodSpec};
+use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
 
 const NODE: &str = "node-crr";
@@ -831,5 +831,56 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
         "no second kill"
     );
     second.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+/// A CRR as kruise-manager's SidecarTerminator creates it for a finished Job pod
+/// (`sidecar-termination-<pod uid>`, forceRecreate, failurePolicy Ignore, owned by the Pod) is
+/// accepted and executed; with restart policy Never the stop is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_terminator_crr_from_kruise_manager() {
+    let agent = ready().await;
+    let spec = PodSpec::new("crr-job")
+        .restart_policy(RestartPolicy::Never)
+        .container(ContainerSpec::sh("main", "exit 0"))
+        .container(ContainerSpec::sh("sidecar", POLITE));
+    let pod = run_pod(spec).await;
+    pod.handle
+        .wait_until(
+            |s| s.container("main").is_some_and(|c| c.is_exited()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let name = format!("sidecar-termination-{}", pod.uid());
+    let crr: Crr = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": name, "namespace": "default", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": "crr-job", "uid": pod.uid(),
+            "controller": true, "blockOwnerDeletion": true,
+        }]},
+        "spec": {"podName": "crr-job", "containers": [{"name": "sidecar"}],
+                 "strategy": {"forceRecreate": true, "failurePolicy": "Ignore"}},
+    }))
+    .unwrap();
+    crrs().create(&PostParams::default(), &crr).await.unwrap();
+    wait_log(agent, "container stop for CRR finished", &name, "sidecar").await;
+    let c = wait_crr(
+        &name,
+        "sidecar marked killed",
+        Duration::from_secs(10),
+        |c| states(c) == vec![state("sidecar", Phase::Recreating, true)],
+    )
+    .await;
+    assert_eq!(
+        phase(&c),
+        Some(Phase::Recreating),
+        "never completes: the kubelet does not restart it"
+    );
+    let sidecar = pod.handle.container("sidecar").await.unwrap();
+    assert!(sidecar.is_exited());
+    assert_eq!(sidecar.exit_code, 0);
+    assert_eq!(sidecar.restart_count, 0);
     pod.remove().await.unwrap();
 }
