@@ -19,6 +19,8 @@ use tracing::{info, warn};
 use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
+pub mod imagepulljob;
+pub mod nodeimage;
 pub mod vk_sidecar;
 
 /// Event source component.
@@ -34,6 +36,8 @@ pub struct Config {
     pub lease_duration: Duration,
     pub lease_grace: Duration,
     pub addr: Option<std::net::SocketAddr>,
+    /// ImagePullJob / NodeImage controllers.
+    pub image_pull: imagepulljob::Config,
 }
 
 /// Run until `shutdown`; then stop the reconcilers and release the lease so another replica takes
@@ -91,7 +95,7 @@ pub async fn run(
                 let is_leader = *leader.borrow_and_update();
                 if is_leader && reconcilers.is_none() {
                     info!(identity = %cfg.identity, "became the leader; starting reconcilers");
-                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone())));
+                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.image_pull.clone())));
                 } else if !is_leader && let Some(r) = reconcilers.take() {
                     warn!(identity = %cfg.identity, "lost leadership; stopping reconcilers");
                     r.abort();
@@ -114,8 +118,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn run_reconcilers(client: kube::Client) {
-    run_vk_sidecar(client).await;
+async fn run_reconcilers(client: kube::Client, image_pull: imagepulljob::Config) {
+    futures::join!(
+        run_vk_sidecar(client.clone()),
+        imagepulljob::run(client, image_pull)
+    );
 }
 
 /// Keep the set of virtual nodes current.
