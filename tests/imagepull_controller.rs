@@ -24,6 +24,7 @@ use nodeward::api::kruise::{
 };
 use nodeward::controller::imagepulljob::{self, Config};
 use serde_json::{Value, json};
+use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use tokio::task::JoinHandle;
 
@@ -835,4 +836,54 @@ async fn invalid_image_is_reported_without_node_image_writes() {
             .images
             .is_empty()
     );
+}
+
+/// The real `nodeward controller` binary runs the image pull reconcilers once it leads, with
+/// the flags wired through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_binary_runs_image_pull_reconcilers() {
+    let server = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let mut e = Env {
+        client: server.client(),
+        server,
+        tasks: Vec::new(),
+        in_flight: Arc::default(),
+        max_in_flight: Arc::default(),
+    };
+    let ctrl = AgentProcess::spawn_nodeward(&[
+        "controller",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--lease-namespace",
+        "default",
+        "--addr",
+        "off",
+        "--nodeimage-creation-delay",
+        "1s",
+        "--nodeimage-response-timeout",
+        "2s",
+    ])
+    .unwrap();
+    ctrl.wait_for("image pull controllers", Duration::from_secs(20), |v| {
+        v["message"] == "image pull controllers started"
+    })
+    .await
+    .unwrap();
+    e.nodes(&["n1"], json!({})).await;
+    e.fake_node_image("fake").await;
+    e.agent(&["n1"], succeed_after(100));
+    e.job("bin", json!({"image": IMAGE, "parallelism": 2}))
+        .await;
+    let j = e.wait_job("bin", "completed", completed).await;
+    let st = status(&j);
+    assert_eq!((st.succeeded, st.failed), (1, 1), "{st:?}");
+    assert_eq!(
+        st.failed_nodes,
+        vec!["fake"],
+        "response timeout from the flag"
+    );
+    ctrl.stop().await.unwrap();
 }

@@ -552,7 +552,8 @@ fn same_secret(a: &Secret, b: &Secret) -> bool {
 /// Removes the job from every secret copy's references; deletes copies nobody references.
 async fn release_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_default();
-    if ns == ctx.cfg.pull_secret_namespace {
+    // `pullSecrets` is immutable (upstream's webhook): a job without any never got a copy.
+    if ns == ctx.cfg.pull_secret_namespace || job.spec.pull_secrets.is_empty() {
         return Ok(());
     }
     let key = decide::job_key(&ns, &job.name_any());
