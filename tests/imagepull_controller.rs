@@ -43,6 +43,8 @@ enum Behaviour {
 }
 
 type Script = Arc<dyn Fn(&str) -> Behaviour + Send + Sync>;
+/// (node, image, tag, version) of a pull task.
+type TaskKey = (String, String, String, i64);
 
 fn succeed_after(ms: u64) -> Script {
     Arc::new(move |_| Behaviour::Succeed(Duration::from_millis(ms)))
@@ -204,7 +206,7 @@ impl Env {
     fn agent(&mut self, nodes: &[&str], script: Script) {
         let nodes: HashSet<String> = nodes.iter().map(|s| s.to_string()).collect();
         let api = self.node_images();
-        let started: Arc<Mutex<HashSet<(String, String, String, i64)>>> = Arc::default();
+        let started: Arc<Mutex<HashSet<TaskKey>>> = Arc::default();
         let (cur, max) = (self.in_flight.clone(), self.max_in_flight.clone());
         let task = tokio::spawn(async move {
             let stream = watcher(api.clone(), watcher::Config::default())
@@ -374,7 +376,7 @@ fn completed(j: &ImagePullJob) -> bool {
     status(j).completion_time.is_some()
 }
 
-fn job_tags<'a>(ni: &'a NodeImage) -> Vec<&'a nodeward::api::kruise::ImageTagSpec> {
+fn job_tags(ni: &NodeImage) -> Vec<&nodeward::api::kruise::ImageTagSpec> {
     ni.spec
         .images
         .get(IMAGE_NAME)
