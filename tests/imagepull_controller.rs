@@ -679,33 +679,46 @@ async fn pod_selector_picks_nodes_of_active_pods() {
     e.nodes(&["n1", "n2", "n3"], json!({})).await;
     e.agent(&["n1", "n2", "n3"], succeed_after(100));
     let pods: Api<Pod> = Api::namespaced(e.client.clone(), NS);
-    for (name, node, app, phase) in [
-        ("web-1", "n2", "web", "Running"),
-        ("web-2", "n3", "web", "Succeeded"),
-        ("db-1", "n1", "db", "Running"),
-    ] {
-        let p: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &p).await.unwrap();
-        let st = json!({"status": {"phase": phase}});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .unwrap();
-    }
+    let add_pod =
+        |name: &'static str, node: &'static str, app: &'static str, phase: &'static str| {
+            let pods = pods.clone();
+            async move {
+                let p: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"app": app}},
+                    "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}
+                }))
+                .unwrap();
+                pods.create(&PostParams::default(), &p).await.unwrap();
+                let st = json!({"status": {"phase": phase}});
+                pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
+                    .await
+                    .unwrap();
+            }
+        };
+    add_pod("web-1", "n2", "web", "Running").await;
+    add_pod("web-2", "n3", "web", "Succeeded").await;
+    add_pod("db-1", "n1", "db", "Running").await;
     e.job(
         "pods",
-        json!({"image": IMAGE, "podSelector": {"matchLabels": {"app": "web"}}}),
+        json!({"image": IMAGE, "podSelector": {"matchLabels": {"app": "web"}},
+               "completionPolicy": {"type": "Never"}}),
     )
     .await;
-    let j = e.wait_job("pods", "completed", completed).await;
-    assert_eq!((status(&j).desired, status(&j).succeeded), (1, 1));
+    let j = e
+        .wait_job("pods", "1 succeeded", |j| status(j).succeeded == 1)
+        .await;
+    assert_eq!(status(&j).desired, 1);
     for (n, has) in [("n1", false), ("n2", true), ("n3", false)] {
         let ni = e.node_images().get(n).await.unwrap();
         assert_eq!(!job_tags(&ni).is_empty(), has, "{n}");
     }
+    // A matching pod scheduled later brings its node in (the Pod watch wakes the job).
+    add_pod("web-3", "n1", "web", "Running").await;
+    let j = e
+        .wait_job("pods", "2 succeeded", |j| status(j).succeeded == 2)
+        .await;
+    assert_eq!(status(&j).desired, 2);
+    assert!(job_tags(&e.node_images().get("n3").await.unwrap()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
