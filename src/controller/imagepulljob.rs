@@ -325,19 +325,8 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
                 .filter(|n| decide::needs_update(n, &target))
                 .map(|n| n.name_any()),
         );
-        let ni_api: Api<NodeImage> = Api::all(ctx.client.clone());
-        let mut written: HashMap<String, NodeImage> = HashMap::new();
-        for node in to_write {
-            let stamp = Time(Timestamp::now());
-            let fresh = update_node_image(&ni_api, &node, |ni| {
-                decide::apply_to_spec(&mut ni.spec, ni.status.as_ref(), &target, &stamp)
-            })
-            .await?;
-            if let Some(fresh) = fresh {
-                info!(job = %name, namespace = %ns, node = %node, image = %target.image.name, tag = %target.image.tag, "pull task put on node image");
-                written.insert(node, fresh);
-            }
-        }
+        let mut written = put_on_node_images(&ctx, &job, &target, to_write).await?;
+        // The status below counts what was just written, not the (older) store.
         for n in &mut nodes {
             if let Some(w) = written.remove(&n.name_any()) {
                 *n = w;
@@ -371,6 +360,33 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
         .zip(status.start_time.as_ref())
         .map(|(d, start)| seconds_until(start, d, now));
     Ok(requeue_after(deadline, RESYNC))
+}
+
+/// Puts the job's tag on these NodeImages (read-modify-write each); returns the fresh objects.
+async fn put_on_node_images(
+    ctx: &Ctx,
+    job: &ImagePullJob,
+    target: &JobTarget,
+    names: Vec<String>,
+) -> Result<HashMap<String, NodeImage>, Error> {
+    let api: Api<NodeImage> = Api::all(ctx.client.clone());
+    let mut written = HashMap::new();
+    for node in names {
+        let stamp = Time(Timestamp::now());
+        let Some((fresh, changed)) = update_node_image(&api, &node, |ni| {
+            decide::apply_to_spec(&mut ni.spec, ni.status.as_ref(), target, &stamp)
+        })
+        .await?
+        else {
+            continue;
+        };
+        if changed {
+            info!(job = %job.name_any(), namespace = %job.namespace().unwrap_or_default(), node = %node,
+                  image = %target.image.name, tag = %target.image.tag, "pull task put on node image");
+        }
+        written.insert(node, fresh);
+    }
+    Ok(written)
 }
 
 /// Full `/status` replace with the job's resourceVersion (a conflict retries the reconcile).
@@ -617,11 +633,13 @@ async fn finalize(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
             .await
             .map_err(|e| Error::kube("list NodeImages", e))?;
         for ni in all.items.iter().filter(|n| decide::is_owner(n, uid)) {
-            update_node_image(&ni_api, &ni.name_any(), |n| {
+            let updated = update_node_image(&ni_api, &ni.name_any(), |n| {
                 decide::remove_owner(&mut n.spec, uid)
             })
             .await?;
-            info!(job = %name, namespace = %ns, node = %ni.name_any(), "pull task removed from node image");
+            if updated.is_some_and(|(_, changed)| changed) {
+                info!(job = %name, namespace = %ns, node = %ni.name_any(), "pull task removed from node image");
+            }
         }
     }
     release_secrets(ctx, job).await?;

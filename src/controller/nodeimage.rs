@@ -145,22 +145,30 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
         jobs.get(&ObjectRef::new(job).within(ns))
             .and_then(|j| j.metadata.uid.clone())
     };
-    let mut next = None;
-    let updated = update_node_image(&api, &name, |obj| {
-        let now = Timestamp::now();
+    let edit = |obj: &mut NodeImage, next: &mut Option<i64>| {
         let mut changed = false;
         if !fake && obj.metadata.labels != labels {
             obj.metadata.labels.clone_from(&labels);
             changed = true;
         }
-        let (gc, wake) = decide::gc_spec(&mut obj.spec, obj.status.as_ref(), &job_uid, now);
-        next = wake;
+        let (gc, wake) = decide::gc_spec(
+            &mut obj.spec,
+            obj.status.as_ref(),
+            &job_uid,
+            Timestamp::now(),
+        );
+        *next = wake;
         changed || gc
-    })
-    .await?;
-    let Some(mut current) = updated else {
-        return Ok(Action::await_change());
     };
+    // Decide on the cached copy; read-modify-write only when something is to change.
+    let mut next = None;
+    let mut current = (*ni).clone();
+    if edit(&mut current.clone(), &mut next) {
+        match update_node_image(&api, &name, |obj| edit(obj, &mut next)).await? {
+            Some((fresh, _)) => current = fresh,
+            None => return Ok(Action::await_change()),
+        }
+    }
     // The status pass: conflicts with the agent's writes are expected; re-read and retry.
     let mut check = None;
     for _ in 0..5 {
@@ -169,9 +177,12 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
             Timestamp::now(),
             ctx.cfg.node_image_response_timeout,
         );
-        if current.status.as_ref() == Some(&c.status)
-            || (current.status.is_none() && c.status == Default::default())
-        {
+        // Only failures make the controller write a status the agent has not written yet.
+        let unchanged = match &current.status {
+            Some(s) => *s == c.status,
+            None => c.failed.is_empty(),
+        };
+        if unchanged {
             check = Some(c);
             break;
         }
@@ -227,13 +238,14 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
 
 /// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and
 /// says whether it changed anything; on a conflict the object is re-read and `change` applied
-/// again (concurrent spec writers no longer overwrite each other, upstream #1517). `None` when
-/// the NodeImage does not exist.
+/// again (concurrent spec writers no longer overwrite each other, upstream #1517). Gives the
+/// object as written (or read, when unchanged) and whether it changed; `None` when the NodeImage
+/// does not exist.
 pub(crate) async fn update_node_image(
     api: &Api<NodeImage>,
     name: &str,
     mut change: impl FnMut(&mut NodeImage) -> bool,
-) -> Result<Option<NodeImage>, Error> {
+) -> Result<Option<(NodeImage, bool)>, Error> {
     for _ in 0..8 {
         let Some(mut obj) = api
             .get_opt(name)
@@ -243,10 +255,10 @@ pub(crate) async fn update_node_image(
             return Ok(None);
         };
         if !change(&mut obj) {
-            return Ok(Some(obj));
+            return Ok(Some((obj, false)));
         }
         match api.replace(name, &PostParams::default(), &obj).await {
-            Ok(n) => return Ok(Some(n)),
+            Ok(n) => return Ok(Some((n, true))),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(Error::kube(format!("update NodeImage {name}"), e)),
         }
