@@ -141,8 +141,8 @@ fn completed(j: &ImagePullJob) -> bool {
         .is_some_and(|s| s.completion_time.is_some())
 }
 
-/// Jobs owning a tag on the NodeImage (their progress changed) and unfinished jobs not on it yet
-/// (it may be new or relabelled).
+/// Jobs owning a tag on the NodeImage (their progress changed) and unfinished jobs whose
+/// selection may take it (it may be new or relabelled).
 fn jobs_for_node_image(jobs: &Store<ImagePullJob>, ni: &NodeImage) -> Vec<ObjectRef<ImagePullJob>> {
     jobs.state()
         .iter()
@@ -152,7 +152,7 @@ fn jobs_for_node_image(jobs: &Store<ImagePullJob>, ni: &NodeImage) -> Vec<Object
                 .uid
                 .as_deref()
                 .is_some_and(|u| decide::is_owner(ni, u));
-            owner || !completed(j)
+            owner || (!completed(j) && decide::may_target(&j.spec, ni))
         })
         .map(|j| job_ref(j))
         .collect()

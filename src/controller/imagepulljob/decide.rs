@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::Selector;
+use kube::core::{Selector, SelectorExt};
 
 use super::image_ref::{self, ImageName};
 use crate::api::kruise::{
@@ -357,6 +357,23 @@ pub fn is_owner(ni: &NodeImage, uid: &str) -> bool {
                 .any(|o| o.uid.as_deref() == Some(uid))
         })
     })
+}
+
+/// True when the job's selection may include this NodeImage (always for `podSelector`, which
+/// depends on pods).
+pub fn may_target(spec: &ImagePullJobSpec, ni: &NodeImage) -> bool {
+    if spec.pod_selector.is_some() {
+        return true;
+    }
+    let Some(sel) = &spec.selector else {
+        return true;
+    };
+    let name = ni.metadata.name.as_deref().unwrap_or_default();
+    if !sel.names.is_empty() {
+        return sel.names.iter().any(|n| n == name);
+    }
+    let labels = ni.metadata.labels.clone().unwrap_or_default();
+    Selector::try_from(sel.label_selector.clone()).is_ok_and(|s| s.matches(&labels))
 }
 
 /// Upstream `calculateStatus` over the target nodes (in selection order). `not_synced` keeps

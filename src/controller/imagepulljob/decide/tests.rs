@@ -349,3 +349,29 @@ fn secret_copy_names_and_references() {
         "ns/a"
     );
 }
+
+#[test]
+fn may_target_follows_the_selection() {
+    let mut ni = node_image(json!({}), json!({"desired": 0}));
+    ni.metadata.labels = Some([("role".to_string(), "worker".to_string())].into());
+    let cases = [
+        (json!({"image": "a"}), true),
+        (json!({"image": "a", "selector": {"names": ["n1"]}}), true),
+        (json!({"image": "a", "selector": {"names": ["n2"]}}), false),
+        (
+            json!({"image": "a", "selector": {"matchLabels": {"role": "worker"}}}),
+            true,
+        ),
+        (
+            json!({"image": "a", "selector": {"matchLabels": {"role": "db"}}}),
+            false,
+        ),
+        (
+            json!({"image": "a", "podSelector": {"matchLabels": {"app": "x"}}}),
+            true,
+        ),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(may_target(&job(spec.clone()).spec, &ni), want, "{spec}");
+    }
+}
