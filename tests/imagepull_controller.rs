@@ -666,11 +666,31 @@ async fn parallelism_window_limits_nodes_in_flight() {
     let names = ["n1", "n2", "n3", "n4", "n5"];
     e.nodes(&names, json!({})).await;
     e.agent(&names, succeed_after(600));
+    e.server.clear_requests();
     e.job("window", json!({"image": IMAGE, "parallelism": 2}))
         .await;
     let j = e.wait_job("window", "completed", completed).await;
     assert_eq!(status(&j).succeeded, 5);
     assert_eq!(e.max_in_flight.load(Ordering::SeqCst), 2);
+    // No expectations, yet no duplicate writes: one spec write per node, a few job writes.
+    let requests = e.server.requests();
+    let writes = |resource: &str, sub: Option<&str>| {
+        requests
+            .iter()
+            .filter(|r| r.resource == resource && r.is_write() && r.subresource.as_deref() == sub)
+            .count()
+    };
+    assert_eq!(writes("nodeimages", None), 5);
+    let job_status_writes = writes("imagepulljobs", Some("status"));
+    assert!(
+        (2..=16).contains(&job_status_writes),
+        "{job_status_writes} job status writes"
+    );
+    eprintln!(
+        "RESULT controller_writes nodes=5 nodeimage_spec={} job_status={job_status_writes} job_update={}",
+        writes("nodeimages", None),
+        writes("imagepulljobs", None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
