@@ -69,6 +69,11 @@ impl Drop for Env {
 }
 
 async fn env(cfg: Config) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter("nodeward=debug,kube_runtime=info")
+        .try_init();
     let server = ApiServer::start().await.unwrap();
     let client = server.client();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -168,10 +173,31 @@ impl Env {
         ok: impl Fn(&ImagePullJob) -> bool,
     ) -> ImagePullJob {
         let api = self.jobs();
-        until(&format!("job {name}: {what}"), 20, || async {
-            api.get_opt(name).await.unwrap().filter(|j| ok(j))
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = api.get_opt(name).await.unwrap();
+            if let Some(j) = job.as_ref().filter(|j| ok(j)) {
+                return j.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                let nis = self
+                    .node_images()
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap();
+                let state: Vec<Value> = nis
+                    .items
+                    .iter()
+                    .map(|n| json!({"name": n.name_any(), "spec": n.spec, "status": n.status}))
+                    .collect();
+                panic!(
+                    "timed out waiting for job {name}: {what}\njob: {}\nnode images: {}",
+                    serde_json::to_string(&job).unwrap(),
+                    serde_json::to_string_pretty(&state).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_job_gone(&self, name: &str) {

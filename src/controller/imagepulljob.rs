@@ -24,8 +24,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -102,23 +102,24 @@ pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
 pub async fn run(client: kube::Client, cfg: Config) {
     let wc = watcher::Config::default;
     let node_images_ctrl = nodeimage::Controllers::new(&client);
-    let node_images = node_images_ctrl.node_images();
     let jobs_ctrl = Controller::new(Api::<ImagePullJob>::all(client.clone()), wc());
     let jobs = jobs_ctrl.store();
+    // The job controller's own NodeImage view: the store is updated before the event that
+    // wakes a job, so a reconcile never reads an older NodeImage than the one that woke it.
+    let (node_images, writer) = reflector::store();
+    let node_image_events = watcher(Api::<NodeImage>::all(client.clone()), wc())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
     let (j1, j2, j3) = (jobs.clone(), jobs.clone(), jobs.clone());
     let jobs_ctrl = jobs_ctrl
-        .watches(Api::<NodeImage>::all(client.clone()), wc(), move |ni| {
-            jobs_for_node_image(&j1, &ni)
-        })
+        .watches_stream(node_image_events, move |ni| jobs_for_node_image(&j1, &ni))
         .watches(Api::<Secret>::all(client.clone()), wc(), move |s| {
             jobs_for_secret(&j2, &s)
         })
         .watches(Api::<Pod>::all(client.clone()), wc(), move |p| {
             jobs_for_pod(&j3, &p)
-        })
-        .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(100)),
-        );
+        });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg: cfg.clone(),

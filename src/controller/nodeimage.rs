@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -34,27 +34,31 @@ struct Ctx {
     node_images: Store<NodeImage>,
 }
 
-/// The two controllers, ready to run, and the NodeImage store they fill (shared with the
-/// ImagePullJob controller).
+/// The two controllers, ready to run.
 pub(crate) struct Controllers {
     nodes: Controller<Node>,
     node_images: Controller<NodeImage>,
+    /// Nodes as seen by the NodeImage controller's Node watch: a Node event is only handled
+    /// once this store has it.
+    node_store: Store<Node>,
 }
 
 impl Controllers {
     pub(crate) fn new(client: &kube::Client) -> Self {
         let wc = watcher::Config::default;
         let nodes = Controller::new(Api::<Node>::all(client.clone()), wc());
-        let node_images = Controller::new(Api::<NodeImage>::all(client.clone()), wc()).watches(
-            Api::<Node>::all(client.clone()),
-            wc(),
-            |n| Some(ObjectRef::new(&n.name_any())),
-        );
-        Controllers { nodes, node_images }
-    }
-
-    pub(crate) fn node_images(&self) -> Store<NodeImage> {
-        self.node_images.store()
+        let (node_store, writer) = reflector::store();
+        let node_events = watcher(Api::<Node>::all(client.clone()), wc())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let node_images = Controller::new(Api::<NodeImage>::all(client.clone()), wc())
+            .watches_stream(node_events, |n| Some(ObjectRef::new(&n.name_any())));
+        Controllers {
+            nodes,
+            node_images,
+            node_store,
+        }
     }
 
     /// Runs both controllers until the task is dropped.
@@ -62,7 +66,7 @@ impl Controllers {
         let ctx = Arc::new(Ctx {
             client,
             cfg,
-            nodes: self.nodes.store(),
+            nodes: self.node_store,
             jobs,
             node_images: self.node_images.store(),
         });
