@@ -433,6 +433,23 @@ async fn node_image_lifecycle() {
         api.get_opt("n-old").await.unwrap()
     })
     .await;
+    // Tags of jobs that do not exist are garbage-collected (no finalizer ran for them).
+    let orphan = json!({"spec": {"images": {"orphan": {"tags": [{"tag": "1", "createdAt": rfc(Timestamp::now()),
+        "ownerReferences": [{"apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+                             "namespace": NS, "name": "gone", "uid": "u-gone"}]}]}}}});
+    api.patch("n-old", &PatchParams::default(), &Patch::Merge(&orphan))
+        .await
+        .unwrap();
+    until("orphan tag dropped", 10, || async {
+        api.get("n-old")
+            .await
+            .unwrap()
+            .spec
+            .images
+            .is_empty()
+            .then_some(())
+    })
+    .await;
     let ni = until("n-a's NodeImage", 10, || async {
         api.get_opt("n-a").await.unwrap()
     })
