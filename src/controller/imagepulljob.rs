@@ -707,3 +707,77 @@ pub(crate) async fn record_event(
         warn!(error = %e, object = ?object.name, reason, "recording the event failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store(jobs: &[serde_json::Value]) -> Store<ImagePullJob> {
+        let (reader, mut writer) = reflector::store();
+        for j in jobs {
+            let mut j = j.clone();
+            j["apiVersion"] = json!("apps.kruise.io/v1alpha1");
+            j["kind"] = json!("ImagePullJob");
+            writer.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(j).unwrap()));
+        }
+        reader
+    }
+
+    fn names(refs: Vec<ObjectRef<ImagePullJob>>) -> Vec<String> {
+        let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn node_image_events_wake_owners_and_candidates() {
+        let jobs = store(&[
+            json!({"metadata": {"name": "owner", "namespace": "ns", "uid": "u1"},
+                   "spec": {"image": "a"}, "status": {"desired": 1, "completionTime": "2026-01-01T00:00:00Z"}}),
+            json!({"metadata": {"name": "all", "namespace": "ns", "uid": "u2"}, "spec": {"image": "a"}}),
+            json!({"metadata": {"name": "elsewhere", "namespace": "ns", "uid": "u3"},
+                   "spec": {"image": "a", "selector": {"names": ["other"]}}}),
+            json!({"metadata": {"name": "done", "namespace": "ns", "uid": "u4"},
+                   "spec": {"image": "a"}, "status": {"desired": 1, "completionTime": "2026-01-01T00:00:00Z"}}),
+        ]);
+        let ni: NodeImage = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"images": {"a": {"tags": [{"tag": "latest", "ownerReferences": [{"uid": "u1"}]}]}}}
+        }))
+        .unwrap();
+        assert_eq!(names(jobs_for_node_image(&jobs, &ni)), ["all", "owner"]);
+    }
+
+    #[test]
+    fn secret_and_pod_events_wake_their_jobs() {
+        let jobs = store(&[
+            json!({"metadata": {"name": "src", "namespace": "ns", "uid": "u1"},
+                   "spec": {"image": "a", "pullSecrets": ["cred"]}}),
+            json!({"metadata": {"name": "other-ns", "namespace": "x", "uid": "u2"},
+                   "spec": {"image": "a", "pullSecrets": ["cred"]}}),
+            json!({"metadata": {"name": "web", "namespace": "ns", "uid": "u3"},
+                   "spec": {"image": "a", "podSelector": {"matchLabels": {"app": "web"}}}}),
+        ]);
+        let source: Secret =
+            serde_json::from_value(json!({"metadata": {"name": "cred", "namespace": "ns"}}))
+                .unwrap();
+        assert_eq!(names(jobs_for_secret(&jobs, &source)), ["src"]);
+        let copy: Secret = serde_json::from_value(json!({"metadata": {
+            "name": "cred-abcdef", "namespace": "kruise-daemon-config",
+            "annotations": {"imagepulljobs.kruise.io/references": "ns/web,x/other-ns"}}}))
+        .unwrap();
+        assert_eq!(names(jobs_for_secret(&jobs, &copy)), ["other-ns", "web"]);
+        let pod = |labels: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "ns", "labels": labels}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            names(jobs_for_pod(&jobs, &pod(json!({"app": "web"})))),
+            ["web"]
+        );
+        assert!(jobs_for_pod(&jobs, &pod(json!({"app": "db"}))).is_empty());
+    }
+}
