@@ -880,6 +880,18 @@ async fn pull_policy_edit_propagates() {
     assert_eq!(tag.pull_policy.unwrap().backoff_limit, Some(1));
     assert_eq!(tag.image_pull_policy.map(|p| p.as_str()), Some("Always"));
     assert_eq!(tag.version, 1, "a new round with the new policy");
+    // An edited image moves the job to the new tag; the old one, now ownerless, goes.
+    let patch = json!({"spec": {"image": format!("{IMAGE_NAME}:v2")}});
+    e.jobs()
+        .patch("edit", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    until("image edit propagated", 10, || async {
+        let ni = api.get("n1").await.unwrap();
+        let tags: Vec<String> = job_tags(&ni).iter().map(|t| t.tag.clone()).collect();
+        (tags == ["v2"]).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -241,8 +241,24 @@ fn policy_differs(a: &ImageTagPullPolicy, b: &ImageTagPullPolicy) -> bool {
         || a.active_deadline_seconds != b.active_deadline_seconds
 }
 
+fn is_stale(name: &str, tag: &str, t: &JobTarget) -> bool {
+    name != t.image.name || tag != t.image.tag
+}
+
+/// True when the job still owns a tag of another image or tag (its image was edited).
+fn owns_stale_tags(spec: &NodeImageSpec, t: &JobTarget) -> bool {
+    let uid = t.owner.uid.as_deref();
+    spec.images.iter().any(|(name, image)| {
+        image.tags.iter().any(|tag| {
+            is_stale(name, &tag.tag, t)
+                && tag.owner_references.iter().any(|o| o.uid.as_deref() == uid)
+        })
+    })
+}
+
 /// True when the NodeImage carries the job's tag with an outdated pull policy, image pull policy
-/// or sandbox config: edits of the job propagate (upstream ignored them, #2221).
+/// or sandbox config, or still carries the job's previous image: edits of the job propagate
+/// (upstream ignored them, #2221).
 pub fn needs_update(ni: &NodeImage, t: &JobTarget) -> bool {
     let Some(image) = ni.spec.images.get(&t.image.name) else {
         return false;
@@ -250,7 +266,8 @@ pub fn needs_update(ni: &NodeImage, t: &JobTarget) -> bool {
     let Some(tag) = owned_tag(image, &t.image.tag, t.owner.uid.as_deref()) else {
         return false;
     };
-    image.sandbox_config != t.sandbox_config
+    owns_stale_tags(&ni.spec, t)
+        || image.sandbox_config != t.sandbox_config
         || tag.image_pull_policy != Some(t.image_pull_policy)
         || tag
             .pull_policy
@@ -277,7 +294,9 @@ fn status_tag<'a>(
 /// * tag owned by the job: secrets merged; an edited pull policy is written and, unless the node
 ///   already succeeded with this version, the version is bumped so the agent pulls again with it;
 /// * tag owned by other jobs: the job is added as owner and the version bumped (a new round);
-/// * no such tag: added with version = the status version + 1 (0 without status).
+/// * no such tag: added with version = the status version + 1 (0 without status);
+/// * tags of the job's previous image (an edited `image`) lose the job as owner, and go when it
+///   was their last.
 pub fn apply_to_spec(
     spec: &mut NodeImageSpec,
     status: Option<&NodeImageStatus>,
@@ -285,6 +304,20 @@ pub fn apply_to_spec(
     now: &Time,
 ) -> bool {
     let before = spec.clone();
+    if let Some(uid) = t.owner.uid.as_deref() {
+        for (name, image) in &mut spec.images {
+            image.tags.retain_mut(|tag| {
+                if !is_stale(name, &tag.tag, t) {
+                    return true;
+                }
+                let owners = tag.owner_references.len();
+                tag.owner_references
+                    .retain(|o| o.uid.as_deref() != Some(uid));
+                owners == tag.owner_references.len() || !tag.owner_references.is_empty()
+            });
+        }
+        spec.images.retain(|_, i| !i.tags.is_empty());
+    }
     let image = spec.images.entry(t.image.name.clone()).or_default();
     image.sandbox_config.clone_from(&t.sandbox_config);
     for s in &t.secrets {

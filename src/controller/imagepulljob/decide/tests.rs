@@ -375,3 +375,68 @@ fn may_target_follows_the_selection() {
         assert_eq!(may_target(&job(spec.clone()).spec, &ni), want, "{spec}");
     }
 }
+
+#[test]
+fn image_edit_moves_the_job_to_the_new_tag() {
+    let j = job(json!({"image": "app:v1"}));
+    let mut other = job(json!({"image": "app:v1"}));
+    other.metadata.uid = Some("uid-2".into());
+    let mut spec = NodeImageSpec::default();
+    apply_to_spec(&mut spec, None, &target(&j), &Time(ts(0)));
+    let mut edited = j.clone();
+    edited.spec.image = "app:v2".into();
+    let ni = NodeImage::new("n1", spec.clone());
+    assert_eq!(
+        node_progress(&ni, &target(&edited)),
+        NodeProgress::NotSynced
+    );
+    assert!(apply_to_spec(
+        &mut spec,
+        None,
+        &target(&edited),
+        &Time(ts(1))
+    ));
+    let tags: Vec<&str> = spec.images["app"]
+        .tags
+        .iter()
+        .map(|t| t.tag.as_str())
+        .collect();
+    assert_eq!(tags, ["v2"], "v1 had no other owner");
+    // A tag shared with another job keeps that owner.
+    let mut shared = NodeImageSpec::default();
+    apply_to_spec(&mut shared, None, &target(&j), &Time(ts(0)));
+    apply_to_spec(&mut shared, None, &target(&other), &Time(ts(0)));
+    let mut also_stale = shared.clone();
+    apply_to_spec(&mut also_stale, None, &target(&edited), &Time(ts(1)));
+    let v1 = &also_stale.images["app"].tags[0];
+    assert_eq!((v1.tag.as_str(), v1.owner_references.len()), ("v1", 1));
+    assert_eq!(v1.owner_references[0].uid.as_deref(), Some("uid-2"));
+    // A synced node still holding the old tag needs an update.
+    let mut both = shared.clone();
+    both.images.get_mut("app").unwrap().tags.push(ImageTagSpec {
+        tag: "v2".into(),
+        owner_references: vec![owner_ref(&j)],
+        ..target_tag(&target(&edited))
+    });
+    let t2 = target(&edited);
+    let mut synced = NodeImage::new("n1", both);
+    synced
+        .spec
+        .images
+        .get_mut("app")
+        .unwrap()
+        .tags
+        .sort_by(|a, b| a.tag.cmp(&b.tag));
+    assert!(needs_update(&synced, &t2));
+}
+
+fn target_tag(t: &JobTarget) -> ImageTagSpec {
+    ImageTagSpec {
+        tag: t.image.tag.clone(),
+        created_at: Some(Time(ts(0))),
+        pull_policy: Some(t.pull_policy.clone()),
+        owner_references: vec![t.owner.clone()],
+        version: 0,
+        image_pull_policy: Some(t.image_pull_policy),
+    }
+}
