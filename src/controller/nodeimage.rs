@@ -96,9 +96,10 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error>
     match decide::creation(&node, Timestamp::now(), ctx.cfg.node_image_creation_delay) {
         Creation::No => Ok(Action::await_change()),
         Creation::After(d) => Ok(Action::requeue(d)),
+        // A NodeImage deleted by hand comes back at the next look.
         Creation::Now => {
             if ctx.node_images.get(&ObjectRef::new(&name)).is_some() {
-                return Ok(Action::await_change());
+                return Ok(Action::requeue(RESYNC));
             }
             let ni = NodeImage {
                 metadata: ObjectMeta {
@@ -115,7 +116,7 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error>
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(Error::kube(format!("create NodeImage {name}"), e)),
             }
-            Ok(Action::await_change())
+            Ok(Action::requeue(RESYNC))
         }
     }
 }
