@@ -113,6 +113,22 @@ struct ControllerArgs {
     /// Listen address of /metrics, /healthz and /readyz; "off" disables it.
     #[arg(long, default_value = ":10222")]
     addr: String,
+    /// Namespace the agents read pull secrets from; ImagePullJob secrets are copied there.
+    #[arg(
+        long,
+        default_value = "kruise-daemon-config",
+        env = "KRUISE_DAEMON_CONFIG_NS"
+    )]
+    pull_secret_namespace: String,
+    /// How long a Node must be Ready before it gets its NodeImage.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    nodeimage_creation_delay: Duration,
+    /// How long an agent may leave a NodeImage tag unanswered before it is failed.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    nodeimage_response_timeout: Duration,
+    /// Seconds added to the TTL of an Always job's NodeImage tags.
+    #[arg(long, default_value_t = 300)]
+    default_ttlseconds_for_always_nodeimage: i32,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -325,6 +341,12 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_duration: args.lease_duration,
         lease_grace: Duration::from_secs(5),
         addr: parse_addr_or_off(&args.addr)?,
+        image_pull: nodeward::controller::imagepulljob::Config {
+            pull_secret_namespace: args.pull_secret_namespace,
+            node_image_creation_delay: args.nodeimage_creation_delay,
+            node_image_response_timeout: args.nodeimage_response_timeout,
+            default_ttl_seconds_for_always: args.default_ttlseconds_for_always_nodeimage,
+        },
     };
     let res = nodeward::controller::run(client, cfg, shutdown).await;
     handle.close();

@@ -20,6 +20,8 @@ use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
 pub mod crr;
+pub mod imagepulljob;
+pub mod nodeimage;
 pub mod vk_sidecar;
 
 /// Event source component.
@@ -35,6 +37,8 @@ pub struct Config {
     pub lease_duration: Duration,
     pub lease_grace: Duration,
     pub addr: Option<std::net::SocketAddr>,
+    /// ImagePullJob / NodeImage controllers.
+    pub image_pull: imagepulljob::Config,
 }
 
 /// Run until `shutdown`; then stop the reconcilers and release the lease so another replica takes
@@ -92,7 +96,7 @@ pub async fn run(
                 let is_leader = *leader.borrow_and_update();
                 if is_leader && reconcilers.is_none() {
                     info!(identity = %cfg.identity, "became the leader; starting reconcilers");
-                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone())));
+                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.image_pull.clone())));
                 } else if !is_leader && let Some(r) = reconcilers.take() {
                     warn!(identity = %cfg.identity, "lost leadership; stopping reconcilers");
                     r.abort();
@@ -115,8 +119,12 @@ pub async fn run(
     Ok(())
 }
 
-async fn run_reconcilers(client: kube::Client) {
-    tokio::join!(run_vk_sidecar(client.clone()), crr::run(client));
+async fn run_reconcilers(client: kube::Client, image_pull: imagepulljob::Config) {
+    futures::join!(
+        run_vk_sidecar(client.clone()),
+        crr::run(client.clone()),
+        imagepulljob::run(client, image_pull)
+    );
 }
 
 /// Keep the set of virtual nodes current.

@@ -1,0 +1,272 @@
+//! NodeImage lifecycle, one per Node: created once the Node has been Ready for
+//! `--nodeimage-creation-delay` (never for virtual nodes), labels mirrored from the Node, deleted
+//! with the Node (unless labelled `apps.kruise.io/fake-nodeimage`), spec garbage-collected, and
+//! tags the agent does not answer for failed by the manager. Two `kube::runtime::Controller`s:
+//! one over Nodes (creation) and one over NodeImages (everything else, also woken by Node events).
+
+pub mod decide;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::imagepulljob::{Config, Error, record_event, requeue_after};
+use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
+use decide::Creation;
+
+/// Longest wait between two passes over a NodeImage.
+const RESYNC: Duration = Duration::from_secs(300);
+
+struct Ctx {
+    client: kube::Client,
+    cfg: Config,
+    nodes: Store<Node>,
+    jobs: Store<ImagePullJob>,
+    node_images: Store<NodeImage>,
+}
+
+/// The two controllers, ready to run.
+pub(crate) struct Controllers {
+    nodes: Controller<Node>,
+    node_images: Controller<NodeImage>,
+    /// Nodes as seen by the NodeImage controller's Node watch: a Node event is only handled
+    /// once this store has it.
+    node_store: Store<Node>,
+}
+
+impl Controllers {
+    pub(crate) fn new(client: &kube::Client) -> Self {
+        let wc = watcher::Config::default;
+        let nodes = Controller::new(Api::<Node>::all(client.clone()), wc());
+        let (node_store, writer) = reflector::store();
+        let node_events = watcher(Api::<Node>::all(client.clone()), wc())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let node_images = Controller::new(Api::<NodeImage>::all(client.clone()), wc())
+            .watches_stream(node_events, |n| Some(ObjectRef::new(&n.name_any())));
+        Controllers {
+            nodes,
+            node_images,
+            node_store,
+        }
+    }
+
+    /// Runs both controllers until the task is dropped.
+    pub(crate) async fn run(self, client: kube::Client, cfg: Config, jobs: Store<ImagePullJob>) {
+        let ctx = Arc::new(Ctx {
+            client,
+            cfg,
+            nodes: self.node_store,
+            jobs,
+            node_images: self.node_images.store(),
+        });
+        let creator = self
+            .nodes
+            .run(reconcile_node, error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()));
+        let lifecycle = self
+            .node_images
+            .run(reconcile_node_image, error_policy, ctx)
+            .for_each(|_| futures::future::ready(()));
+        futures::join!(creator, lifecycle);
+    }
+}
+
+fn error_policy<K>(obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action
+where
+    K: kube::Resource,
+{
+    warn!(name = %obj.meta().name.as_deref().unwrap_or_default(), error = %err, "node image reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Creates the NodeImage of a Node that has been Ready long enough.
+async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = node.name_any();
+    match decide::creation(&node, Timestamp::now(), ctx.cfg.node_image_creation_delay) {
+        Creation::No => Ok(Action::await_change()),
+        Creation::After(d) => Ok(Action::requeue(d)),
+        // A NodeImage deleted by hand comes back at the next look.
+        Creation::Now => {
+            if ctx.node_images.get(&ObjectRef::new(&name)).is_some() {
+                return Ok(Action::requeue(RESYNC));
+            }
+            let ni = NodeImage {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: node.metadata.labels.clone(),
+                    ..Default::default()
+                },
+                spec: NodeImageSpec::default(),
+                status: None,
+            };
+            let api: Api<NodeImage> = Api::all(ctx.client.clone());
+            match api.create(&PostParams::default(), &ni).await {
+                Ok(_) => info!(node = %name, "node image created"),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(Error::kube(format!("create NodeImage {name}"), e)),
+            }
+            Ok(Action::requeue(RESYNC))
+        }
+    }
+}
+
+/// Deletes the NodeImage of a gone Node, mirrors labels, garbage-collects the spec and fails the
+/// tags the agent does not answer for.
+async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let name = ni.name_any();
+    let api: Api<NodeImage> = Api::all(ctx.client.clone());
+    if ni.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.jobs.wait_until_ready().await;
+    let node = ctx.nodes.get(&ObjectRef::new(&name));
+    let fake = decide::is_fake(&ni);
+    let node_gone = node
+        .as_ref()
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some());
+    if node_gone && !fake {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(node = %name, "node gone; node image deleted"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("delete NodeImage {name}"), e)),
+        }
+        return Ok(Action::await_change());
+    }
+    let labels = node.and_then(|n| n.metadata.labels.clone());
+    let jobs = ctx.jobs.clone();
+    let job_uid = move |ns: &str, job: &str| {
+        jobs.get(&ObjectRef::new(job).within(ns))
+            .and_then(|j| j.metadata.uid.clone())
+    };
+    let edit = |obj: &mut NodeImage, next: &mut Option<i64>| {
+        let mut changed = false;
+        if !fake && obj.metadata.labels != labels {
+            obj.metadata.labels.clone_from(&labels);
+            changed = true;
+        }
+        let (gc, wake) = decide::gc_spec(
+            &mut obj.spec,
+            obj.status.as_ref(),
+            &job_uid,
+            Timestamp::now(),
+        );
+        *next = wake;
+        changed || gc
+    };
+    // Decide on the cached copy; read-modify-write only when something is to change.
+    let mut next = None;
+    let mut current = (*ni).clone();
+    if edit(&mut current.clone(), &mut next) {
+        match update_node_image(&api, &name, |obj| edit(obj, &mut next)).await? {
+            Some((fresh, _)) => current = fresh,
+            None => return Ok(Action::await_change()),
+        }
+    }
+    // The status pass: conflicts with the agent's writes are expected; re-read and retry.
+    let mut check = None;
+    for _ in 0..5 {
+        let c = decide::check_status(
+            &current,
+            Timestamp::now(),
+            ctx.cfg.node_image_response_timeout,
+        );
+        // Only failures make the controller write a status the agent has not written yet.
+        let unchanged = match &current.status {
+            Some(s) => *s == c.status,
+            None => c.failed.is_empty(),
+        };
+        if unchanged {
+            check = Some(c);
+            break;
+        }
+        let mut obj = current.clone();
+        obj.status = Some(c.status.clone());
+        match api
+            .replace_status(&name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(_) => {
+                check = Some(c);
+                break;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                current = match api.get_opt(&name).await {
+                    Ok(Some(n)) => n,
+                    Ok(None) => return Ok(Action::await_change()),
+                    Err(e) => return Err(Error::kube(format!("get NodeImage {name}"), e)),
+                };
+            }
+            Err(e) => return Err(Error::kube(format!("update NodeImage {name} status"), e)),
+        }
+    }
+    let Some(check) = check else {
+        return Err(Error::Conflict(format!("NodeImage {name} status")));
+    };
+    for f in &check.failed {
+        warn!(node = %name, image = %f.image, tag = %f.tag, message = %f.message, "pull task failed by the controller");
+        let msg = format!("Image {}:{} {}", f.image, f.tag, f.message);
+        for owner in &f.owners {
+            record_event(
+                &ctx.client,
+                owner,
+                "Warning",
+                EVENT_REASON_PULL_IMAGE_FAILED,
+                &msg,
+            )
+            .await;
+        }
+        let me = kube::Resource::object_ref(&current, &());
+        record_event(
+            &ctx.client,
+            &me,
+            "Warning",
+            EVENT_REASON_PULL_IMAGE_FAILED,
+            &msg,
+        )
+        .await;
+    }
+    let wake = [next, check.next].into_iter().flatten().min();
+    Ok(requeue_after(wake, RESYNC))
+}
+
+/// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and
+/// says whether it changed anything; on a conflict the object is re-read and `change` applied
+/// again (concurrent spec writers no longer overwrite each other, upstream #1517). Gives the
+/// object as written (or read, when unchanged) and whether it changed; `None` when the NodeImage
+/// does not exist.
+pub(crate) async fn update_node_image(
+    api: &Api<NodeImage>,
+    name: &str,
+    mut change: impl FnMut(&mut NodeImage) -> bool,
+) -> Result<Option<(NodeImage, bool)>, Error> {
+    for _ in 0..8 {
+        let Some(mut obj) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("get NodeImage {name}"), e))?
+        else {
+            return Ok(None);
+        };
+        if !change(&mut obj) {
+            return Ok(Some((obj, false)));
+        }
+        match api.replace(name, &PostParams::default(), &obj).await {
+            Ok(n) => return Ok(Some((n, true))),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(Error::kube(format!("update NodeImage {name}"), e)),
+        }
+    }
+    Err(Error::Conflict(format!("NodeImage {name}")))
+}
