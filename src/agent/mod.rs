@@ -163,6 +163,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let _ = std::fs::remove_file(&api_socket);
     });
     let reporter = std::sync::Arc::new(tokio::sync::Notify::new());
+    let decisions = crate::journal::Decisions::new(journal.clone());
     if let Some(client) = &cfg.cluster {
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
@@ -191,6 +192,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             runtime: runtime.name.clone(),
             node: cfg.node_name.clone(),
             journal: journal.clone(),
+            decisions: decisions.clone(),
             metrics: metrics.clone(),
         }));
     }
@@ -260,6 +262,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cri,
         node_name: cfg.node_name.clone(),
         journal,
+        decisions,
         live: live_tx,
         metrics,
         health,
@@ -324,6 +327,8 @@ struct Agent {
     cri: CriClient,
     node_name: String,
     journal: Journal,
+    /// Group-committed decisions: a burst of stops costs one fsync.
+    decisions: crate::journal::Decisions,
     live: broadcast::Sender<pb::Event>,
     metrics: Metrics,
     health: Health,
@@ -849,7 +854,8 @@ impl Agent {
             containers = requests.len(),
             "action decided"
         );
-        let (cri, journal, tx) = (self.cri.clone(), self.journal.clone(), self.tx.clone());
+        let (cri, tx) = (self.cri.clone(), self.tx.clone());
+        let decisions = self.decisions.clone();
         let failpoint = self.failpoint.clone();
         // Upstream v1.9: with ignore-exit-code sidecars, the Job's phase is written before they
         // are stopped, so the kubelet never reports a phase from the sidecar's exit code.
@@ -859,14 +865,10 @@ impl Agent {
             Some((client, patch))
         });
         tokio::spawn(async move {
-            let j = journal.clone();
-            let (k, a) = (key.clone(), action.clone());
-            let recorded = tokio::task::spawn_blocking(move || j.decide(&k, &a)).await;
-            let recorded = match recorded {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let recorded = decisions
+                .decide(key.clone(), action.clone())
+                .await
+                .map_err(|e| e.to_string());
             if failpoint.as_deref() == Some("after-decide")
                 && matches!(recorded, Ok(Recorded::New(_)))
             {

@@ -20,6 +20,7 @@
 //! All methods block on disk I/O (an `fsync` per commit); call them from `spawn_blocking` or a
 //! dedicated thread in async code.
 
+mod batch;
 mod model;
 mod precheck;
 #[cfg(test)]
@@ -40,6 +41,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use batch::Decisions;
 pub use model::{
     Action, ContainerOutcome, ContainerRef, Event, KIND_RECREATE_CONTAINER, KIND_STOP_SIDECAR,
     Outcome, PodInfo, RESULT_FAILED, RESULT_SKIPPED, RESULT_STOPPED,
@@ -178,6 +180,8 @@ pub enum JournalError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("journal: the commit thread is gone")]
+    CommitThreadGone,
     #[error("journal: no decided action {key:?} to complete")]
     NotPending { key: String },
     #[error("journal: action {key:?} is already completed")]
@@ -698,6 +702,48 @@ impl Journal {
             Recorded::Pending | Recorded::AlreadyDone => txn.abort().map_err(storage(OP))?,
         }
         Ok(recorded)
+    }
+
+    /// [`decide`](Self::decide) for many keys in one transaction: one `fsync` for the lot.
+    /// Results are in input order. Fails as a whole when the transaction fails.
+    pub fn decide_all(&self, items: &[(String, Action)]) -> Result<Vec<Recorded>, JournalError> {
+        const OP: &str = "decide";
+        let txn = self.begin_write(OP)?;
+        let mut out = Vec::with_capacity(items.len());
+        {
+            let done = txn.open_table(DONE).map_err(storage(OP))?;
+            let mut pending = txn.open_table(PENDING).map_err(storage(OP))?;
+            let mut meta = txn.open_table(META).map_err(storage(OP))?;
+            let mut seq = meta
+                .get(META_LAST_DECISION)
+                .map_err(storage(OP))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            for (key, action) in items {
+                let key = key.as_str();
+                if done.get(key).map_err(storage(OP))?.is_some() {
+                    out.push(Recorded::AlreadyDone);
+                } else if pending.get(key).map_err(storage(OP))?.is_some() {
+                    out.push(Recorded::Pending);
+                } else {
+                    seq += 1;
+                    let record = PendingRecord {
+                        decision: seq,
+                        action: action.clone(),
+                    };
+                    let bytes = encode("action", key, &record)?;
+                    pending.insert(key, bytes.as_slice()).map_err(storage(OP))?;
+                    out.push(Recorded::New(seq));
+                }
+            }
+            meta.insert(META_LAST_DECISION, seq).map_err(storage(OP))?;
+        }
+        if out.iter().any(|r| matches!(r, Recorded::New(_))) {
+            txn.commit().map_err(storage(OP))?;
+        } else {
+            txn.abort().map_err(storage(OP))?;
+        }
+        Ok(out)
     }
 
     /// Record the outcome of a pending action. In one transaction: the action leaves the pending

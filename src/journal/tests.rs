@@ -730,3 +730,56 @@ fn open_attempts_that_crashed_move_the_journal_aside() {
     assert_eq!(j.last_seq(), 0);
     assert!(!marker.exists());
 }
+
+#[test]
+fn decide_all_is_decide_for_many_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path());
+    assert!(matches!(j.decide("a", &action("p1")).unwrap(), Recorded::New(_)));
+    j.complete("a", &outcome()).unwrap();
+    assert!(matches!(j.decide("b", &action("p2")).unwrap(), Recorded::New(_)));
+    let items = vec![
+        ("a".to_string(), action("p1")),
+        ("b".to_string(), action("p2")),
+        ("c".to_string(), action("p3")),
+        ("d".to_string(), action("p4")),
+    ];
+    let got = j.decide_all(&items).unwrap();
+    assert_eq!(got[0], Recorded::AlreadyDone);
+    assert_eq!(got[1], Recorded::Pending);
+    let (Recorded::New(c), Recorded::New(d)) = (got[2], got[3]) else {
+        panic!("{got:?}")
+    };
+    assert!(d == c + 1);
+    let keys: Vec<String> = j.pending().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["b", "c", "d"], "oldest decision first");
+    assert_eq!(
+        j.lookup("c").unwrap(),
+        Some(Lookup::Pending(action_like(
+            &j.pending().unwrap()[1].1,
+            "p3"
+        )))
+    );
+    assert_eq!(j.lookup("a").unwrap(), Some(Lookup::Done));
+    assert_eq!(j.lookup("zz").unwrap(), None);
+}
+
+#[test]
+fn concurrent_decisions_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let decisions = Decisions::new(j.clone());
+    let results =
+        rt.block_on(futures::future::join_all((0..50).map(|i| {
+            decisions.decide(format!("k{i}"), action(&format!("p{i}")))
+        })));
+    assert!(results.iter().all(|r| matches!(r, Ok(Recorded::New(_)))));
+    let again = rt
+        .block_on(decisions.decide("k7".into(), action("p7")))
+        .unwrap();
+    assert_eq!(again, Recorded::Pending);
+    assert_eq!(j.pending().unwrap().len(), 50);
+}

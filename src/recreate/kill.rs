@@ -65,8 +65,12 @@ impl Executor {
                     reason: format!("ContainerRecreateRequest {}", name_of(crr)),
                     inputs: json!({"crr": name_of(crr), "grace_seconds": grace.as_secs()}),
                 };
-                let (j, k, a) = (self.cfg.journal.clone(), key.clone(), action.clone());
-                match tokio::task::spawn_blocking(move || j.decide(&k, &a)).await?? {
+                match self
+                    .cfg
+                    .decisions
+                    .decide(key.clone(), action.clone())
+                    .await?
+                {
                     Recorded::New(_) => (false, action.decided_at),
                     Recorded::Pending => (true, action.decided_at),
                     Recorded::AlreadyDone => {

@@ -55,6 +55,8 @@ pub struct Config {
     pub runtime: String,
     pub node: String,
     pub journal: Journal,
+    /// Group-committed journal decisions (shared with the sidecar terminator).
+    pub decisions: journal::Decisions,
     pub metrics: Metrics,
 }
 
@@ -248,6 +250,10 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+fn phase_of(crr: &Crr) -> Option<Phase> {
+    crr.status.as_ref().and_then(|s| s.phase)
+}
+
 fn rv(crr: &Crr) -> Option<u64> {
     crr.metadata.resource_version.as_deref()?.parse().ok()
 }
@@ -330,51 +336,60 @@ impl Executor {
         Ok(out)
     }
 
-    async fn patch_states(&self, crr: &Crr, states: &[State]) -> Result<Arc<Crr>, SyncError> {
-        let patch = json!({"status": {"containerRecreateStates": states}});
-        self.patch_status(crr, "patching the container states", patch)
-            .await
-    }
-
-    /// A kill can take the whole grace; the controller may have completed the CRR meanwhile
-    /// (deadline) and written the final states, which must stand.
-    async fn patch_states_after_kill(&self, crr: &Crr, states: &[State]) -> Result<(), SyncError> {
-        let guarded = json!({
-            "metadata": {"resourceVersion": crr.metadata.resource_version},
-            "status": {"containerRecreateStates": states},
-        });
-        match self
-            .patch_status(crr, "patching the container states", guarded)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {}
-            Err(e) => return Err(e),
-        }
-        let fresh = match self.api(crr).get_status(&crr.name_any()).await {
-            Ok(c) => c,
-            Err(e) if is_conflict_or_gone(&e) => return Ok(()),
-            Err(source) => {
-                return Err(SyncError::Api {
-                    crr: name_of(crr),
-                    what: "reading the CRR",
-                    source,
-                });
+    /// Report `Recreating` and the container states when they changed. Guarded by the
+    /// resourceVersion: when the CRR changed meanwhile it is read again, and a CRR the controller
+    /// completed meanwhile (deadline) keeps its final states.
+    async fn write_progress(&self, crr: &Crr, states: &[State]) -> Result<(), SyncError> {
+        let mut crr = crr.clone();
+        for _ in 0..3 {
+            let current = crr.status.clone().unwrap_or_default();
+            if current.phase == Some(Phase::Recreating)
+                && current.container_recreate_states == states
+            {
+                return Ok(());
             }
-        };
-        if !decide::is_open(&fresh) {
-            info!(crr = %name_of(crr), "CRR completed while stopping a container; its final states stand");
-            return Ok(());
+            let patch = json!({
+                "metadata": {"resourceVersion": crr.metadata.resource_version},
+                "status": {"phase": Phase::Recreating, "containerRecreateStates": states},
+            });
+            match self.patch_status(&crr, "reporting progress", patch).await {
+                Ok(_) => return Ok(()),
+                Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {}
+                Err(e) => return Err(e),
+            }
+            crr = match self.api(&crr).get_status(&crr.name_any()).await {
+                Ok(c) => c,
+                Err(e) if is_conflict_or_gone(&e) => return Ok(()),
+                Err(source) => {
+                    return Err(SyncError::Api {
+                        crr: name_of(&crr),
+                        what: "reading the CRR",
+                        source,
+                    });
+                }
+            };
+            if !decide::is_open(&crr) {
+                info!(crr = %name_of(&crr), "CRR completed meanwhile; its final states stand");
+                return Ok(());
+            }
         }
-        self.patch_states(&fresh, states).await.map(|_| ())
+        Ok(())
     }
 
-    async fn complete(&self, crr: &Crr, message: &str) -> Result<(), SyncError> {
+    async fn complete(
+        &self,
+        crr: &Crr,
+        message: &str,
+        states: Option<&[State]>,
+    ) -> Result<(), SyncError> {
         let at = k8s_openapi::jiff::Timestamp::now();
-        let patch = json!({
+        let mut patch = json!({
             "metadata": {"resourceVersion": crr.metadata.resource_version},
             "status": {"phase": Phase::Completed, "completionTime": Time(at), "message": message},
         });
+        if let Some(states) = states {
+            patch["status"]["containerRecreateStates"] = json!(states);
+        }
         self.patch_status(crr, "completing", patch).await?;
         info!(crr = %name_of(crr), pod = %crr.spec.pod_name, message = %message, "CRR completed");
         Ok(())
@@ -385,6 +400,11 @@ impl Executor {
         let crrs = self.crrs_of(key);
         let refs: Vec<&Crr> = crrs.iter().map(Arc::as_ref).collect();
         let (picked, mark) = decide::pick(&refs);
+        let result = match picked {
+            Some(i) => self.run_one(crrs[i].clone()).await,
+            None => Ok(None),
+        };
+        // Off the stop's path: the others of the pod are told they wait.
         for i in mark {
             match self.set_phase(refs[i], Phase::Pending).await {
                 Ok(_) => {}
@@ -392,11 +412,19 @@ impl Executor {
                 Err(e) => return Err(e),
             }
         }
-        let Some(i) = picked else {
-            return Ok(None);
-        };
-        let mut crr = crrs[i].clone();
-        if crr.status.as_ref().and_then(|s| s.phase) != Some(Phase::Recreating) {
+        result
+    }
+
+    /// Act on the pod's running CRR. Nothing is written to the API before a stop: the journal
+    /// records it, and one status write after reports the phase and the states together.
+    async fn run_one(&self, mut crr: Arc<Crr>) -> Result<Requeue, SyncError> {
+        let wants_unready = crr
+            .spec
+            .strategy
+            .as_ref()
+            .is_some_and(|s| s.unready_grace_period_seconds.is_some());
+        // The controller makes the pod not-ready only for a Recreating CRR: say so first.
+        if wants_unready && phase_of(&crr) != Some(Phase::Recreating) {
             crr = match self.set_phase(&crr, Phase::Recreating).await {
                 Ok(c) => c,
                 // Changed meanwhile: the watch brings the new version.
@@ -413,14 +441,18 @@ impl Executor {
                 return Ok(None);
             }
             Gate::Until(left) => return Ok(Some(left + Duration::from_millis(100))),
-            Gate::Invalid(msg) => return self.finish(&crr, &msg).await,
+            Gate::Invalid(msg) => return self.finish(&crr, &msg, None).await,
         }
         if let Err(msg) = decide::check_runtime(&crr, &self.cfg.runtime) {
-            return self.finish(&crr, &msg).await;
+            return self.finish(&crr, &msg, None).await;
         }
         let Some(pod_uid) = crr.pod_uid().map(str::to_string) else {
             return self
-                .finish(&crr, "the CRR has no crr.apps.kruise.io/pod-uid label")
+                .finish(
+                    &crr,
+                    "the CRR has no crr.apps.kruise.io/pod-uid label",
+                    None,
+                )
                 .await;
         };
         let pod = self.pod_containers(&pod_uid).await?;
@@ -432,30 +464,30 @@ impl Executor {
         let mut states =
             decide::container_states(&crr, &pod.newest, &synced, &journal.killed, now());
         let step = decide::next(&crr, &mut states, &pod.newest, now());
-        let current = crr
-            .status
-            .as_ref()
-            .map(|s| s.container_recreate_states.clone())
-            .unwrap_or_default();
-        if states != current {
-            crr = self.patch_states(&crr, &states).await?;
-        }
         match step {
             Next::Kill(i) => {
                 let name = states[i].name.clone();
                 let pending = journal.pending.get(&name).cloned();
                 states[i] = self.kill(&crr, i, &pod, pending).await?;
-                self.patch_states_after_kill(&crr, &states).await?;
+                self.write_progress(&crr, &states).await?;
                 Ok(Some(Duration::ZERO))
             }
-            Next::Complete => self.finish(&crr, "").await,
-            Next::Wait(after) => Ok(after),
+            Next::Complete => self.finish(&crr, "", Some(&states)).await,
+            Next::Wait(after) => {
+                self.write_progress(&crr, &states).await?;
+                Ok(after)
+            }
         }
     }
 
     /// Complete the CRR, then look at the pod again at once: its next CRR starts now.
-    async fn finish(&self, crr: &Crr, message: &str) -> Result<Requeue, SyncError> {
-        match self.complete(crr, message).await {
+    async fn finish(
+        &self,
+        crr: &Crr,
+        message: &str,
+        states: Option<&[State]>,
+    ) -> Result<Requeue, SyncError> {
+        match self.complete(crr, message, states).await {
             Ok(()) => Ok(Some(Duration::ZERO)),
             Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {
                 Ok(Some(Duration::from_millis(200)))
