@@ -735,9 +735,15 @@ fn open_attempts_that_crashed_move_the_journal_aside() {
 fn decide_all_is_decide_for_many_in_one_commit() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = open(dir.path());
-    assert!(matches!(j.decide("a", &action("p1")).unwrap(), Recorded::New(_)));
+    assert!(matches!(
+        j.decide("a", &action("p1")).unwrap(),
+        Recorded::New(_)
+    ));
     j.complete("a", &outcome()).unwrap();
-    assert!(matches!(j.decide("b", &action("p2")).unwrap(), Recorded::New(_)));
+    assert!(matches!(
+        j.decide("b", &action("p2")).unwrap(),
+        Recorded::New(_)
+    ));
     let items = vec![
         ("a".to_string(), action("p1")),
         ("b".to_string(), action("p2")),

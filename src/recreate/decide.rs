@@ -20,7 +20,7 @@ pub struct RuntimeContainer {
     pub id: String,
     pub exited: bool,
     pub restart_count: i32,
-    /// `None` while the container was created but never started.
+    /// `None` when never started, or not looked up (only a new instance needs it).
     pub started_at: Option<SystemTime>,
 }
 

@@ -455,7 +455,7 @@ impl Executor {
                 )
                 .await;
         };
-        let pod = self.pod_containers(&pod_uid).await?;
+        let pod = self.pod_containers(&crr, &pod_uid).await?;
         let synced = crr.sync_container_statuses().unwrap_or_else(|e| {
             warn!(crr = %name_of(&crr), error = %e, "unreadable sync-container-statuses annotation; ignored");
             Vec::new()
@@ -497,7 +497,7 @@ impl Executor {
     }
 
     /// The pod's containers from the runtime, newest instance per name.
-    async fn pod_containers(&self, pod_uid: &str) -> Result<PodContainers, SyncError> {
+    async fn pod_containers(&self, crr: &Crr, pod_uid: &str) -> Result<PodContainers, SyncError> {
         let mut all = self.cfg.cri.list_pod_containers(pod_uid).await?;
         all.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         let mut seen = HashSet::new();
@@ -514,23 +514,33 @@ impl Executor {
             if !seen.insert(name.clone()) {
                 continue;
             }
-            let status = match self.cfg.cri.container_status(&c.id, false).await {
-                Ok((s, _)) => Some(s),
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let started_at = status
-                .as_ref()
-                .map(|s| s.started_at)
-                .filter(|&ns| ns > 0)
-                .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64));
-            let exited = status.as_ref().map(|s| s.state)
-                == Some(k8s_cri::v1::ContainerState::ContainerExited as i32);
+            let exited = c.state == k8s_cri::v1::ContainerState::ContainerExited as i32;
             let restart_count = c
                 .annotations
                 .get(wk::ANNOTATION_RESTART_COUNT)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
+            let id = format!("{}://{}", self.cfg.runtime, c.id);
+            // The start time only matters for a new instance (minStartedSeconds): skip the
+            // ContainerStatus call on the way to the first stop.
+            let renewed = crr
+                .spec
+                .containers
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.status_context.as_ref())
+                .is_some_and(|ctx| ctx.container_id != id || restart_count > ctx.restart_count);
+            let started_at = if renewed && !exited {
+                match self.cfg.cri.container_status(&c.id, false).await {
+                    Ok((s, _)) => Some(s.started_at)
+                        .filter(|&ns| ns > 0)
+                        .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)),
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
             pod.raw.insert(
                 name.clone(),
                 RawContainer {
@@ -540,7 +550,7 @@ impl Executor {
             );
             pod.newest.push(RuntimeContainer {
                 name,
-                id: format!("{}://{}", self.cfg.runtime, c.id),
+                id,
                 exited,
                 restart_count,
                 started_at,
