@@ -7,13 +7,15 @@ use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PodSandboxConfig, P
 
 use super::client::{CriClient, CriError};
 
-/// Registry credentials for one pull (CRI `AuthConfig`; identity and registry tokens are not
-/// forwarded, as kruise-daemon does not forward them either).
+/// Registry credentials for one pull (CRI `AuthConfig` username and password; identity and
+/// registry tokens are not forwarded, as kruise-daemon does not forward them either).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistryAuth {
     pub username: String,
     pub password: String,
-    /// The registry host the credentials were found for (e.g. `registry.example.com:5000`).
+    /// The registry host the credentials were found for (e.g. `registry.example.com:5000`), for
+    /// messages. Not sent: containerd wants a URL there and drops credentials whose host differs
+    /// from the one it resolved (Docker Hub's is not `docker.io`).
     pub server_address: String,
 }
 
@@ -43,7 +45,6 @@ pub fn pull_request(
         auth: auth.map(|a| AuthConfig {
             username: a.username.clone(),
             password: a.password.clone(),
-            server_address: a.server_address.clone(),
             ..Default::default()
         }),
         sandbox_config: Some(PodSandboxConfig {
@@ -113,7 +114,7 @@ mod tests {
         let req = pull_request("r.example.com/app:1", Some(&auth), &labels, &annotations);
         let a = req.auth.unwrap();
         assert_eq!((a.username.as_str(), a.password.as_str()), ("u", "s3cret"));
-        assert_eq!(a.server_address, "r.example.com");
+        assert!(a.server_address.is_empty());
         let sandbox = req.sandbox_config.unwrap();
         assert_eq!(sandbox.labels["app"], "web");
         assert_eq!(sandbox.annotations["team"], "x");
