@@ -864,3 +864,29 @@ async fn concurrency_cap_and_status_write_rate() {
         remove_image(&format!("{key}:v1")).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_write_conflicts_are_re_read_and_retried() {
+    let keys = push_images("conflict", 1).await;
+    let key = keys[0].as_str();
+    let name = "ip-conflict";
+    let writes = RequestMatcher::any()
+        .verb("update")
+        .resource("nodeimages/status")
+        .name(name);
+    api().fail_next(writes.clone(), 409, 2);
+    let node = Node::start(name, &[]).await;
+    node.set_spec(vec![(key, image(vec![tag("v1")]))]).await;
+    // The first two writes are answered 409 Conflict; the status still arrives.
+    node.wait_phase(key, "v1", ImagePullPhase::Succeeded).await;
+    assert!(
+        api().count_requests(&writes) >= 3,
+        "two conflicts, then written"
+    );
+    let rereads = node
+        .agent()
+        .messages("NodeImage changed meanwhile; re-reading")
+        .len();
+    assert_eq!(rereads, 2);
+    remove_image(&format!("{key}:v1")).await;
+}

@@ -1,5 +1,6 @@
 //! The test bed's OCI images, built from the host's static busybox with umoci and cached in one
-//! OCI layout (tags `busybox`, `noshell`, `pause`) under `target/testbed-images/`.
+//! OCI layout (tags `busybox`, `noshell`, `pause`) under `target/testbed-images/`; plus layouts of
+//! distinct padded images to pull ([`ensure_pull_layout`]) under `target/testbed-images/pull/`.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
