@@ -400,6 +400,18 @@ async fn pull_succeeds_and_sandbox_config_reaches_the_runtime() {
     let ev = &events("default", "PullImageSucceed", &node.name).await[0];
     assert_eq!(ev.involved_object.kind.as_deref(), Some("NodeImage"));
     assert!(ev.message.as_deref().unwrap().contains(key), "{ev:?}");
+    // Nothing changes any more: nothing more is written.
+    let writes = RequestMatcher::any()
+        .verb("update")
+        .resource("nodeimages/status")
+        .name(&node.name);
+    let before = api().count_requests(&writes);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        api().count_requests(&writes),
+        before,
+        "unchanged status re-written"
+    );
     remove_image(&format!("{key}:v1")).await;
 }
 

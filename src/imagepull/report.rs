@@ -30,13 +30,13 @@ pub const COALESCE: Duration = Duration::from_secs(2);
 /// Namespace of Events about the cluster-scoped NodeImage (as client-go records them).
 const CLUSTER_EVENT_NAMESPACE: &str = "default";
 
-/// Writes the latest desired status of NodeImage `name` until `desired` closes. `observed`
-/// carries the object as the watch sees it (for its resourceVersion and current status).
+/// Writes the latest desired status of NodeImage `name` until `desired` closes. The object is
+/// read before the first write and after a conflict; otherwise the last write's answer gives the
+/// resourceVersion and the status last written (the watch's copies may be older than that).
 pub async fn write_statuses(
     api: Api<NodeImage>,
     name: String,
     mut desired: watch::Receiver<Option<NodeImageStatus>>,
-    mut observed: watch::Receiver<Option<NodeImage>>,
 ) {
     let burst = NonZeroU32::new(WRITE_BURST).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(WRITE_PERIOD)
@@ -49,14 +49,10 @@ pub async fn write_statuses(
     let mut failures = 0u32;
     loop {
         let want = desired.borrow_and_update().clone();
-        if observed.has_changed().unwrap_or(false) {
-            server = observed.borrow_and_update().clone();
-        }
         let Some(want) = want else {
             pending_since = None;
-            tokio::select! {
-                r = desired.changed() => if r.is_err() { return },
-                r = observed.changed() => if r.is_err() { return },
+            if desired.changed().await.is_err() {
+                return;
             }
             continue;
         };
@@ -69,9 +65,8 @@ pub async fn write_statuses(
                 }
                 Ok(None) => {
                     // Nothing to write to until the NodeImage exists again.
-                    tokio::select! {
-                        r = desired.changed() => if r.is_err() { return },
-                        r = observed.changed() => if r.is_err() { return },
+                    if desired.changed().await.is_err() {
+                        return;
                     }
                     continue;
                 }
@@ -86,9 +81,8 @@ pub async fn write_statuses(
         };
         if current.status.as_ref() == Some(&want) {
             pending_since = None;
-            tokio::select! {
-                r = desired.changed() => if r.is_err() { return },
-                r = observed.changed() => if r.is_err() { return },
+            if desired.changed().await.is_err() {
+                return;
             }
             continue;
         }
@@ -99,7 +93,6 @@ pub async fn write_statuses(
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
                     r = desired.changed() => if r.is_err() { return },
-                    r = observed.changed() => if r.is_err() { return },
                 }
                 continue;
             }
