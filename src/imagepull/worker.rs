@@ -50,8 +50,11 @@ enum Done {
     Present(String),
 }
 
+/// Now, in whole seconds: what the API server stores of a `Time`, so that a status read back
+/// equals the one written.
 fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 fn tag_status(task: &PullTask, phase: ImagePullPhase) -> ImageTagStatus {
