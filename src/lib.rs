@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod controller;
 pub mod cri;
 pub mod ctl;
+pub mod imagepull;
 pub mod journal;
 pub mod node;
 pub mod recreate;

@@ -92,6 +92,16 @@ struct AgentArgs {
     /// Never talk to the Kubernetes API, even when running in a Pod.
     #[arg(long, conflicts_with = "kubeconfig")]
     standalone: bool,
+    /// Image puller: CRI image pulls running at once on this node (NodeImage tags beyond it wait).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_pulls: u32,
+    /// Image puller: the only namespace pull secrets are read from.
+    #[arg(
+        long,
+        default_value = "kruise-daemon-config",
+        env = "KRUISE_DAEMON_CONFIG_NS"
+    )]
+    pull_secret_namespace: String,
 }
 
 #[derive(clap::Args)]
@@ -294,6 +304,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         cgroup_events: !args.no_cgroup_events,
         pods_cgroups: args.pods_cgroup,
         proc_root: args.proc_root,
+        max_concurrent_pulls: args.max_concurrent_pulls as usize,
+        pull_secret_namespace: args.pull_secret_namespace,
     };
     let res = nodeward::agent::run(cfg, shutdown).await;
     handle.close();

@@ -53,6 +53,10 @@ pub struct Config {
     pub failpoint: Option<String>,
     /// Cluster mode: the API client (the node name is `node_name`). `None`: standalone.
     pub cluster: Option<kube::Client>,
+    /// Image puller (cluster mode): CRI pulls running at once on this node.
+    pub max_concurrent_pulls: usize,
+    /// Image puller (cluster mode): the only namespace pull secrets are read from.
+    pub pull_secret_namespace: String,
 }
 
 impl Default for Config {
@@ -72,6 +76,8 @@ impl Default for Config {
             addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10221))),
             failpoint: None,
             cluster: None,
+            max_concurrent_pulls: crate::imagepull::DEFAULT_MAX_CONCURRENT_PULLS,
+            pull_secret_namespace: crate::api::kruise::KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
         }
     }
 }
@@ -195,6 +201,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             decisions: decisions.clone(),
             metrics: metrics.clone(),
         }));
+        tokio::spawn(crate::imagepull::run(
+            client.clone(),
+            cri.clone(),
+            metrics.clone(),
+            crate::imagepull::Config {
+                node_name: cfg.node_name.clone(),
+                secret_namespace: cfg.pull_secret_namespace.clone(),
+                max_concurrent_pulls: cfg.max_concurrent_pulls,
+            },
+        ));
     }
     let fwd = tx.clone();
     tokio::spawn(async move {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     Container, ContainerFilter, ContainerStatus, ContainerStatusRequest, ExecSyncRequest,
@@ -111,13 +112,17 @@ pub fn grace_seconds(grace: Duration) -> i64 {
 #[derive(Clone)]
 pub struct CriClient {
     rt: RuntimeServiceClient<Channel>,
+    /// The image service (`super::image`).
+    pub(super) img: ImageServiceClient<Channel>,
     metrics: Option<Metrics>,
 }
 
 impl CriClient {
     pub fn new(channel: Channel) -> Self {
         Self {
-            rt: RuntimeServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+            rt: RuntimeServiceClient::new(channel.clone())
+                .max_decoding_message_size(16 * 1024 * 1024),
+            img: ImageServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
             metrics: None,
         }
     }
@@ -128,7 +133,7 @@ impl CriClient {
         self
     }
 
-    async fn observed<T>(
+    pub(super) async fn observed<T>(
         &self,
         method: &'static str,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -145,7 +150,7 @@ impl CriClient {
         res.map(tonic::Response::into_inner)
     }
 
-    fn err(
+    pub(super) fn err(
         method: &'static str,
         target: impl Into<String>,
     ) -> impl FnOnce(tonic::Status) -> CriError {

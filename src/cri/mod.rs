@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod image;
 pub mod kubelet;
 
 pub use client::{CriClient, CriError};

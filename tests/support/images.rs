@@ -1,5 +1,6 @@
 //! The test bed's OCI images, built from the host's static busybox with umoci and cached in one
-//! OCI layout (tags `busybox`, `noshell`, `pause`) under `target/testbed-images/`.
+//! OCI layout (tags `busybox`, `noshell`, `pause`) under `target/testbed-images/`; plus layouts of
+//! distinct padded images to pull ([`ensure_pull_layout`]) under `target/testbed-images/pull/`.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
@@ -198,6 +199,61 @@ fn umoci(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Images to pull (image puller tests and benchmark), cached in one OCI layout under
+/// `target/testbed-images/pull-<count>x<pad_kib>k-<busybox key>/`: tags `pull-0` … `pull-<count-1>`,
+/// each busybox plus a layer of its own `pad_kib` KiB of random data (so that no two share
+/// content). Safe to call from parallel processes.
+pub fn ensure_pull_layout(count: usize, pad_kib: usize) -> Result<PathBuf> {
+    let meta = fs::metadata(BUSYBOX).with_context(|| {
+        format!("{BUSYBOX} is missing: install busybox-static (scripts/deps.sh)")
+    })?;
+    let root = cache_root().join("pull");
+    let key = format!(
+        "{count}x{pad_kib}k-{}.{}-{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.size()
+    );
+    let layout = root.join(&key);
+    if layout.join("index.json").is_file() {
+        return Ok(layout);
+    }
+    check_static(Path::new(BUSYBOX))?;
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&root)
+        .with_context(|| format!("creating a build dir in {}", root.display()))?;
+    let built = work.path().join("layout");
+    umoci(&["init", "--layout", &built.display().to_string()])?;
+    let mut random = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    for i in 0..count {
+        let rootfs = work.path().join(format!("pull-{i}-rootfs"));
+        fs::create_dir_all(rootfs.join("bin"))?;
+        fs::copy(BUSYBOX, rootfs.join("bin/busybox"))?;
+        let mut pad = fs::File::create(rootfs.join("pad"))?;
+        std::io::copy(
+            &mut std::io::Read::take(&mut random, (pad_kib * 1024) as u64),
+            &mut pad,
+        )
+        .context("writing the padding")?;
+        let image = format!("{}:pull-{i}", built.display());
+        new_image(&image, &rootfs)?;
+        umoci(&["config", "--image", &image, "--config.cmd", "/bin/busybox"])?;
+    }
+    umoci(&["gc", "--layout", &built.display().to_string()])?;
+    // Layouts of other sizes stay: tests and the benchmark use different ones.
+    match fs::rename(&built, &layout) {
+        Ok(()) => {}
+        Err(_) if layout.join("index.json").is_file() => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("moving the built layout to {}", layout.display()));
+        }
+    }
+    Ok(layout)
+}
+
 /// Remove layouts of earlier recipes or busybox builds, and build dirs abandoned by killed
 /// processes (best-effort).
 fn prune_stale(root: &Path, keep: &str) {
@@ -216,7 +272,7 @@ fn prune_stale(root: &Path, keep: &str) {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > Duration::from_secs(3600))
         } else {
-            name != keep
+            name != keep && name != "pull"
         };
         if stale {
             let _ = fs::remove_dir_all(entry.path());

@@ -16,6 +16,8 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cluster;
+pub mod cri_proxy;
 pub mod images;
 pub mod kubelet;
+pub mod registry;
 pub mod testbed;

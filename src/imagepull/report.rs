@@ -1,0 +1,260 @@
+//! Report: the NodeImage status, written as a full `/status` replace with optimistic concurrency
+//! (re-read on conflict), skipped when unchanged, coalesced, and rate limited (0.5 writes/s,
+//! burst 5) so that a fleet of agents cannot flood the API server; and the `PullImageSucceed` /
+//! `PullImageFailed` Events.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::Api;
+use kube::api::PostParams;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::decide::{PullTask, write_is_urgent};
+use crate::api::kruise::{
+    API_VERSION, EVENT_REASON_PULL_IMAGE_FAILED, EVENT_REASON_PULL_IMAGE_SUCCEED, NodeImage,
+    NodeImageStatus,
+};
+use crate::cluster::report::COMPONENT;
+
+/// Status writes per second in the long run, and the burst allowed.
+pub const WRITE_PERIOD: Duration = Duration::from_secs(2);
+pub const WRITE_BURST: u32 = 5;
+/// Progress that is not urgent waits at most this long to be written with later changes.
+pub const COALESCE: Duration = Duration::from_secs(2);
+/// Namespace of Events about the cluster-scoped NodeImage (as client-go records them).
+const CLUSTER_EVENT_NAMESPACE: &str = "default";
+
+/// Writes the latest desired status of NodeImage `name` until `desired` closes. The object is
+/// read before the first write and after a conflict; otherwise the last write's answer gives the
+/// resourceVersion and the status last written (the watch's copies may be older than that).
+pub async fn write_statuses(
+    api: Api<NodeImage>,
+    name: String,
+    mut desired: watch::Receiver<Option<NodeImageStatus>>,
+) {
+    let burst = NonZeroU32::new(WRITE_BURST).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(WRITE_PERIOD)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    let limiter = RateLimiter::direct(quota);
+    // The object as last written or seen; `None`: read it before writing.
+    let mut server: Option<NodeImage> = None;
+    let mut pending_since: Option<Instant> = None;
+    let mut failures = 0u32;
+    loop {
+        let want = desired.borrow_and_update().clone();
+        let Some(want) = want else {
+            pending_since = None;
+            if desired.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let current = match &server {
+            Some(obj) => obj.clone(),
+            None => match api.get_opt(&name).await {
+                Ok(Some(obj)) => {
+                    server = Some(obj.clone());
+                    obj
+                }
+                Ok(None) => {
+                    // Nothing to write to until the NodeImage exists again.
+                    if desired.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = retry_wait(failures);
+                    warn!(nodeimage = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read NodeImage");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            },
+        };
+        if current.status.as_ref() == Some(&want) {
+            pending_since = None;
+            if desired.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !write_is_urgent(&want, current.status.as_ref()) {
+            let since = *pending_since.get_or_insert_with(Instant::now);
+            let due = since + COALESCE;
+            if Instant::now() < due {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    r = desired.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+        }
+        limiter.until_ready().await;
+        // Whatever changed while waiting for the limiter goes out in this write.
+        let want = desired.borrow_and_update().clone().unwrap_or(want);
+        let mut obj = current;
+        obj.status = Some(want);
+        match api
+            .replace_status(&name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(written) => {
+                failures = 0;
+                pending_since = None;
+                let s = written.status.clone().unwrap_or_default();
+                debug!(nodeimage = %name, desired = s.desired, waiting = s.waiting, pulling = s.pulling, succeeded = s.succeeded, failed = s.failed, "NodeImage status written");
+                server = Some(written);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(nodeimage = %name, "NodeImage changed meanwhile; re-reading");
+                server = None;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                info!(nodeimage = %name, "NodeImage is gone; status not written");
+                server = None;
+                desired.borrow_and_update();
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = retry_wait(failures);
+                warn!(nodeimage = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write NodeImage status");
+                server = None;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// 1 s doubling to 30 s.
+fn retry_wait(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+/// Records the puller's Events (core/v1, as kruise-daemon does).
+#[derive(Clone)]
+pub struct Events {
+    client: kube::Client,
+    node: String,
+    /// The NodeImage (name = node; uid once known).
+    node_image: watch::Receiver<Option<NodeImage>>,
+}
+
+impl Events {
+    pub fn new(
+        client: kube::Client,
+        node: String,
+        node_image: watch::Receiver<Option<NodeImage>>,
+    ) -> Self {
+        Self {
+            client,
+            node,
+            node_image,
+        }
+    }
+
+    fn node_image_ref(&self) -> ObjectReference {
+        let uid = self
+            .node_image
+            .borrow()
+            .as_ref()
+            .and_then(|n| n.metadata.uid.clone());
+        ObjectReference {
+            api_version: Some(API_VERSION.into()),
+            kind: Some("NodeImage".into()),
+            name: Some(self.node.clone()),
+            uid,
+            ..Default::default()
+        }
+    }
+
+    /// `Normal PullImageSucceed` on the NodeImage.
+    pub async fn pull_succeeded(&self, task: &PullTask, elapsed: Duration) {
+        let elapsed = humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64));
+        let message = format!("Image {}, elapsed time {elapsed}", task.key);
+        self.record(
+            self.node_image_ref(),
+            "Normal",
+            EVENT_REASON_PULL_IMAGE_SUCCEED,
+            &message,
+        )
+        .await;
+    }
+
+    /// `Warning PullImageFailed` on the NodeImage and on each owning ImagePullJob.
+    pub async fn pull_failed(&self, task: &PullTask, error: &str) {
+        let message = format!("Image {} {error}", task.key);
+        self.record(
+            self.node_image_ref(),
+            "Warning",
+            EVENT_REASON_PULL_IMAGE_FAILED,
+            &message,
+        )
+        .await;
+        for owner in &task.owners {
+            self.record(
+                owner.clone(),
+                "Warning",
+                EVENT_REASON_PULL_IMAGE_FAILED,
+                &message,
+            )
+            .await;
+        }
+    }
+
+    async fn record(&self, object: ObjectReference, type_: &str, reason: &str, message: &str) {
+        let namespace = object
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| CLUSTER_EVENT_NAMESPACE.to_string());
+        let name = object.name.clone().unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = KubeEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: object,
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            type_: Some(type_.into()),
+            source: Some(EventSource {
+                component: Some(COMPONENT.into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some(COMPONENT.into()),
+            reporting_instance: Some(self.node.clone()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        if let Err(e) = Api::<KubeEvent>::namespaced(self.client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await
+        {
+            warn!(error = %e, object = %name, reason, "recording the event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_waits() {
+        let s: Vec<u64> = (1..=8).map(|n| retry_wait(n).as_secs()).collect();
+        assert_eq!(s, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+}

@@ -1,0 +1,259 @@
+//! A recording CRI proxy: a tonic server from k8s-cri's service definitions on a unix socket that
+//! forwards every RuntimeService and ImageService call to the test bed's containerd. It records
+//! each `PullImageRequest`, counts the pulls in flight (and the most at once), and can hold pulls
+//! of chosen images back for a while (a slow registry, without a slow registry).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use k8s_cri::v1::*;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Pulls of images whose reference contains `pattern` wait `delay` before being forwarded, for
+/// the next `times` pulls (all when `None`).
+struct Delay {
+    pattern: String,
+    delay: Duration,
+    times: Option<usize>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    pulls: Mutex<Vec<PullImageRequest>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    delays: Mutex<Vec<Delay>>,
+}
+
+impl Recorder {
+    /// The delay for a pull of `image`, consuming one of its `times`.
+    fn delay_for(&self, image: &str) -> Option<Duration> {
+        let mut delays = self.delays.lock().unwrap();
+        let d = delays
+            .iter_mut()
+            .find(|d| image.contains(&d.pattern) && d.times.is_none_or(|n| n > 0))?;
+        if let Some(n) = &mut d.times {
+            *n -= 1;
+        }
+        Some(d.delay)
+    }
+}
+
+/// Counts a pull as in flight until dropped (also when the client gives up on it).
+struct InFlight(Arc<Recorder>);
+
+impl InFlight {
+    fn new(r: &Arc<Recorder>) -> Self {
+        let now = r.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        r.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(r.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct CriProxy {
+    socket: PathBuf,
+    recorder: Arc<Recorder>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+struct Runtime {
+    rt: RuntimeServiceClient<Channel>,
+}
+
+struct Images {
+    img: ImageServiceClient<Channel>,
+    recorder: Arc<Recorder>,
+}
+
+impl CriProxy {
+    /// Serve on `socket`, forwarding to the runtime at `upstream`. Runs on the caller's runtime
+    /// until dropped.
+    pub fn start(upstream: &Path, socket: &Path) -> Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket)
+            .with_context(|| format!("binding the CRI proxy on {}", socket.display()))?;
+        let channel = nodeward::cri::channel(upstream);
+        let recorder = Arc::new(Recorder::default());
+        let runtime = Runtime {
+            rt: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
+        };
+        let images = Images {
+            img: ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
+            recorder: recorder.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(RuntimeServiceServer::new(runtime).max_decoding_message_size(16 << 20))
+                .add_service(ImageServiceServer::new(images))
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                eprintln!("CRI proxy stopped: {e}");
+            }
+        });
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            recorder,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Every PullImageRequest received so far.
+    pub fn pulls(&self) -> Vec<PullImageRequest> {
+        self.recorder.pulls.lock().unwrap().clone()
+    }
+
+    /// The PullImageRequests for images whose reference contains `pattern`.
+    pub fn pulls_of(&self, pattern: &str) -> Vec<PullImageRequest> {
+        self.pulls()
+            .into_iter()
+            .filter(|p| p.image.as_ref().is_some_and(|i| i.image.contains(pattern)))
+            .collect()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.recorder.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most pulls that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.recorder.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Hold the next `times` pulls (all: `None`) of images containing `pattern` for `delay`.
+    pub fn delay_pulls(&self, pattern: &str, delay: Duration, times: Option<usize>) {
+        self.recorder.delays.lock().unwrap().push(Delay {
+            pattern: pattern.to_string(),
+            delay,
+            times,
+        });
+    }
+}
+
+impl Drop for CriProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Forward unary calls to the upstream client `$client`. Written out in the shape
+/// `#[async_trait]` gives trait methods, since that attribute does not see into macro calls.
+macro_rules! forward {
+    ($client:ident; $($method:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            fn $method<'life0, 'async_trait>(
+                &'life0 self,
+                request: Request<$req>,
+            ) -> Pin<Box<dyn Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+            where
+                'life0: 'async_trait,
+                Self: 'async_trait,
+            {
+                let mut client = self.$client.clone();
+                Box::pin(async move { client.$method(request.into_inner()).await })
+            }
+        )*
+    };
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Runtime {
+    type GetContainerEventsStream = tonic::Streaming<ContainerEventResponse>;
+
+    async fn get_container_events(
+        &self,
+        request: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        self.rt
+            .clone()
+            .get_container_events(request.into_inner())
+            .await
+    }
+
+    forward! { rt;
+        version(VersionRequest) -> VersionResponse;
+        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
+        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
+        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
+        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
+        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
+        create_container(CreateContainerRequest) -> CreateContainerResponse;
+        start_container(StartContainerRequest) -> StartContainerResponse;
+        stop_container(StopContainerRequest) -> StopContainerResponse;
+        remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
+        list_containers(ListContainersRequest) -> ListContainersResponse;
+        container_status(ContainerStatusRequest) -> ContainerStatusResponse;
+        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
+        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
+        exec_sync(ExecSyncRequest) -> ExecSyncResponse;
+        exec(ExecRequest) -> ExecResponse;
+        attach(AttachRequest) -> AttachResponse;
+        port_forward(PortForwardRequest) -> PortForwardResponse;
+        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
+        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
+        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
+        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
+        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
+        status(StatusRequest) -> StatusResponse;
+        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
+        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
+        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+        runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Images {
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        let req = request.into_inner();
+        self.recorder.pulls.lock().unwrap().push(req.clone());
+        let _in_flight = InFlight::new(&self.recorder);
+        let image = req
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if let Some(delay) = self.recorder.delay_for(&image) {
+            tokio::time::sleep(delay).await;
+        }
+        self.img.clone().pull_image(req).await
+    }
+
+    forward! { img;
+        list_images(ListImagesRequest) -> ListImagesResponse;
+        image_status(ImageStatusRequest) -> ImageStatusResponse;
+        remove_image(RemoveImageRequest) -> RemoveImageResponse;
+        image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
+    }
+}
