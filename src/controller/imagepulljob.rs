@@ -11,15 +11,14 @@
 //! (upstream's waited up to 5 min, #1528).
 
 pub mod decide;
-pub mod image_ref;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::{Selector, SelectorExt};
@@ -29,8 +28,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::COMPONENT;
 use super::nodeimage::{self, update_node_image};
+use super::record_event;
 use crate::api::kruise::{
     ANNOTATION_SECRET_MODE, ANNOTATION_SECRET_REFERENCES, ANNOTATION_SECRET_SOURCE_KEY,
     DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE, FINALIZER_DELETION_PROTECTION, ImagePullJob,
@@ -667,45 +666,6 @@ async fn finalize(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
         Err(e) => return Err(Error::kube(format!("remove finalizer of {ns}/{name}"), e)),
     }
     Ok(())
-}
-
-/// Records an Event about `object` (namespace `default` for cluster-scoped objects).
-pub(crate) async fn record_event(
-    client: &kube::Client,
-    object: &ObjectReference,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
-    let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
-    let now = Timestamp::now();
-    let ev = KubeEvent {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", object.name.as_deref().unwrap_or("object"))),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: object.clone(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: None,
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
-        count: Some(1),
-        ..Default::default()
-    };
-    if let Err(e) = Api::<KubeEvent>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        warn!(error = %e, object = ?object.name, reason, "recording the event failed");
-    }
 }
 
 #[cfg(test)]

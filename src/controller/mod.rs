@@ -210,7 +210,15 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
                 info!(pod = %name, namespace = %ns, sidecars = ?names, "sidecar images swapped for the quick-exit image");
                 let msg =
                     format!("nodeward is terminating sidecar {names:?} using in-place update");
-                record_event(client, &fresh, &msg).await;
+                let pod_ref = ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    uid: fresh.uid(),
+                    ..Default::default()
+                };
+                record_event(client, &pod_ref, "Normal", vk_sidecar::EVENT_REASON, &msg).await;
                 return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -220,26 +228,26 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
     anyhow::bail!("gave up after 5 conflicts")
 }
 
-async fn record_event(client: &kube::Client, pod: &Pod, message: &str) {
-    let ns = pod.namespace().unwrap_or_default();
+/// Records an Event about `object` (namespace `default` for cluster-scoped objects).
+pub(crate) async fn record_event(
+    client: &kube::Client,
+    object: &ObjectReference,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
     let now = k8s_openapi::jiff::Timestamp::now();
     let ev = KubeEvent {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", pod.name_any())),
+            generate_name: Some(format!("{}.", object.name.as_deref().unwrap_or("object"))),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(pod.name_any()),
-            namespace: Some(ns.clone()),
-            uid: pod.uid(),
-            ..Default::default()
-        },
-        reason: Some(vk_sidecar::EVENT_REASON.into()),
+        involved_object: object.clone(),
+        reason: Some(reason.into()),
         message: Some(message.into()),
-        type_: Some("Normal".into()),
+        type_: Some(type_.into()),
         source: Some(EventSource {
             component: Some(COMPONENT.into()),
             host: None,
@@ -255,6 +263,6 @@ async fn record_event(client: &kube::Client, pod: &Pod, message: &str) {
         .create(&PostParams::default(), &ev)
         .await
     {
-        warn!(error = %e, pod = %pod.name_any(), "recording the event failed");
+        warn!(error = %e, object = ?object.name, reason, "recording the event failed");
     }
 }

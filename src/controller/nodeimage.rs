@@ -19,7 +19,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::imagepulljob::{Config, Error, record_event, requeue_after};
+use super::imagepulljob::{Config, Error, requeue_after};
+use super::record_event;
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
 use decide::Creation;
 

@@ -38,6 +38,7 @@ impl ImageRef {
     /// Parse a full reference (`nginx`, `nginx:1.25`, `host:5000/a/b@sha256:…`); a missing tag
     /// means `latest`, a digest wins over a tag.
     pub fn parse(reference: &str) -> Result<Self, InvalidReference> {
+        let reference = reference.trim();
         let invalid = |reason: String| InvalidReference {
             reference: reference.to_string(),
             reason,
@@ -55,11 +56,12 @@ impl ImageRef {
             // does not (no dot, colon or `localhost`), and paths must be lowercase.
             return Err(invalid("repository name must be lowercase".into()));
         }
+        // Docker's familiar name drops `library/` of official images only (`library/a/b` stays).
         let name = if registry == DOCKER_HUB {
-            repository
-                .strip_prefix(OFFICIAL_PREFIX)
-                .unwrap_or(&repository)
-                .to_string()
+            match repository.strip_prefix(OFFICIAL_PREFIX) {
+                Some(rest) if !rest.contains('/') => rest.to_string(),
+                _ => repository.clone(),
+            }
         } else {
             format!("{registry}/{repository}")
         };
@@ -151,6 +153,31 @@ mod tests {
         assert_eq!(r.registry_path(), "127.0.0.1:5000/app");
         let r = ImageRef::from_node_image("docker.io/library/nginx", "1").unwrap();
         assert_eq!(r.pull_ref(), "nginx:1");
+    }
+
+    #[test]
+    fn job_images_as_the_manager_normalises_them() {
+        let r = ImageRef::parse(&format!("nginx:1.25@{DIGEST}")).unwrap();
+        assert_eq!(r.tag, DIGEST, "a digest wins over a tag");
+        let r = ImageRef::parse("docker.io/library/team/app:2").unwrap();
+        assert_eq!(
+            r.name, "library/team/app",
+            "only official images lose library/"
+        );
+        for bad in [
+            "",
+            "nginx:",
+            "a b",
+            "::",
+            "UPPER/case",
+            "127.0.0.1:5000/x@sha256:12",
+        ] {
+            let e = ImageRef::parse(bad).unwrap_err();
+            assert!(
+                e.to_string().starts_with("invalid image reference"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 
-use super::image_ref::{self, ImageName};
 use crate::api::kruise::{
     ANNOTATION_SECRET_REFERENCES, API_VERSION, CompletionPolicyType, DEFAULT_PULL_BACKOFF_LIMIT,
     DEFAULT_PULL_TIMEOUT_SECONDS, IMAGE_PULL_JOB_MESSAGE_COMPLETED,
@@ -20,6 +19,7 @@ use crate::api::kruise::{
     NodeImageSpec, NodeImageStatus, ReferenceObject, SandboxConfig,
     image_pull_job_progress_message,
 };
+use crate::imagepull::reference::ImageRef;
 
 /// Kind of the owner references the controller puts on NodeImage tags.
 pub const OWNER_KIND: &str = "ImagePullJob";
@@ -41,8 +41,8 @@ pub fn with_defaults(spec: &ImagePullJobSpec) -> ImagePullJobSpec {
 }
 
 /// Upstream's validating webhook, as a `status.message` on failure.
-pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageName, String> {
-    let image = image_ref::normalize(&spec.image)?;
+pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
+    let image = ImageRef::parse(&spec.image).map_err(|e| e.to_string())?;
     if let Some(sel) = &spec.selector {
         if spec.pod_selector.is_some() {
             return Err("selector and podSelector can not be set at the same time".into());
@@ -117,7 +117,7 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageName, String> {
 /// What one job asks of every NodeImage it targets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobTarget {
-    pub image: ImageName,
+    pub image: ImageRef,
     pub owner: ObjectReference,
     pub pull_policy: ImageTagPullPolicy,
     pub image_pull_policy: ImagePullPolicy,
