@@ -12,6 +12,11 @@ declare -A pkg_for=(
   [busybox]=busybox-static
   [curl]=curl
   [setpriv]=util-linux
+  [rpm]=rpm
+  [lintian]=lintian
+  [systemd-analyze]=systemd
+  [objdump]=binutils
+  [python3]=python3-venv
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -29,3 +34,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
+# Packaging tools (scripts/package-test.sh), cached outside the worktree so reruns are fast.
+tools="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}"
+for tool in cargo-deb cargo-generate-rpm; do
+  [ -x "$tools/bin/$tool" ] || cargo install --locked --quiet --root "$tools" "$tool"
+done
+# Offline Kubernetes schema validation of packaging/kubernetes (tests/manifests.rs).
+venv="${NODEWARD_VENV:-$HOME/.cache/nodeward-venv}"
+[ -x "$venv/bin/kubernetes-validate" ] || {
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet kubernetes-validate
+}

@@ -1,36 +1,38 @@
 #!/usr/bin/env bash
 # Cluster-mode scenarios against a real Kubernetes cluster made with kind (not run in CI here: no
 # Docker engine or apiserver can run on the CI machines). Needs: KUBECONFIG pointing at a kind
-# cluster, kubectl, docker, and a release build (`cargo build --release`).
+# cluster, kubectl, kind and docker.
 #
-# What it does: copies the agent into one kind node and runs it there with the node's kubelet
-# credentials (the NodeRestriction rules allow exactly what the agent needs: watch this node's
-# Pods, patch their status, create Events), runs the controller from here, then plays the upstream
-# sidecar-terminator e2e matrix and the virtual-node image swap, and cleans up.
+# What it does: builds the image from the Containerfile, loads it into the kind nodes, deploys
+# packaging/kubernetes (CRDs, RBAC, agent DaemonSet, controller Deployment) with that image, waits
+# for both to be ready, then plays the upstream sidecar-terminator e2e matrix and the virtual-node
+# image swap, and removes everything. NODEWARD_E2E_HOSTPID=1 deploys the hostPID overlay instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KUBECONFIG:?set KUBECONFIG to a kind cluster}"
-BIN=${NODEWARD_BIN:-target/release/nodeward}
+IMAGE=${NODEWARD_E2E_IMAGE:-nodeward:e2e}
+KIND_CLUSTER=${KIND_CLUSTER:-kind}
 NS=nodeward-e2e
 NODE=${NODEWARD_E2E_NODE:-$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')}
-[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+SOURCE=packaging/kubernetes
+[ "${NODEWARD_E2E_HOSTPID:-0}" = 1 ] && SOURCE=packaging/kubernetes-overlays/hostpid
 
+render() { kubectl kustomize "$SOURCE" | sed "s#image: ghcr.io/nodeward/nodeward:.*#image: $IMAGE#"; }
 cleanup() {
   set +e
   kubectl delete ns "$NS" --wait=false >/dev/null 2>&1
   kubectl delete node vk-e2e >/dev/null 2>&1
-  docker exec "$NODE" pkill -f 'nodeward agent' >/dev/null 2>&1
-  [ -n "${CTRL_PID:-}" ] && kill "$CTRL_PID" 2>/dev/null
+  render | kubectl delete --ignore-not-found -f - >/dev/null 2>&1
 }
 trap cleanup EXIT
 
-echo "==> agent on node $NODE"
-docker cp "$BIN" "$NODE:/usr/local/bin/nodeward"
-docker exec -d "$NODE" sh -c 'NODE_NAME=$(hostname) nodeward agent --kubeconfig /etc/kubernetes/kubelet.conf \
-  --state-dir /var/lib/nodeward --addr :10221 --log-format json >/var/log/nodeward.log 2>&1'
-echo "==> controller (local)"
-"$BIN" controller --kubeconfig "$KUBECONFIG" --lease-namespace default --addr off &
-CTRL_PID=$!
+echo "==> image $IMAGE"
+docker build -q -f Containerfile -t "$IMAGE" . >/dev/null
+kind load docker-image --name "$KIND_CLUSTER" "$IMAGE"
+echo "==> deploy $SOURCE"
+render | kubectl apply -f - >/dev/null
+kubectl -n nodeward-system rollout status daemonset/nodeward-agent --timeout=300s
+kubectl -n nodeward-system rollout status deployment/nodeward-controller --timeout=300s
 kubectl create ns "$NS" >/dev/null
 
 job() { # name policy main-script sidecar-extra-env

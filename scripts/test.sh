@@ -21,4 +21,9 @@ if grep -q nodeward-tb- /proc/self/mountinfo; then
   grep nodeward-tb- /proc/self/mountinfo >&2
   exit 1
 fi
+if [ "${NODEWARD_SKIP_PACKAGE_TEST:-0}" = 1 ]; then
+  echo "test.sh: package test skipped (NODEWARD_SKIP_PACKAGE_TEST=1)"
+else
+  ./scripts/package-test.sh
+fi
 echo "test.sh: all checks passed"

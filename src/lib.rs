@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod cluster;
+pub mod config_file;
 pub mod controller;
 pub mod cri;
 pub mod ctl;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures::StreamExt;
 use nodeward::telemetry::{self, LogFormat};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -102,7 +102,17 @@ struct AgentArgs {
         env = "KRUISE_DAEMON_CONFIG_NS"
     )]
     pull_secret_namespace: String,
+    /// Configuration file (TOML; keys are these long flag names). Precedence: flag > environment >
+    /// file > default. A missing file at the default path is not an error.
+    #[arg(long, default_value = DEFAULT_AGENT_CONFIG, env = "NODEWARD_CONFIG")]
+    config: PathBuf,
+    /// Validate the configuration file and flags, print the result and exit (0 valid, 1 invalid)
+    /// without touching the runtime, the state directory or the cluster.
+    #[arg(long)]
+    check_config: bool,
 }
+
+const DEFAULT_AGENT_CONFIG: &str = "/etc/nodeward/agent.toml";
 
 #[derive(clap::Args)]
 struct ControllerArgs {
@@ -197,8 +207,56 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse the command line, adding the agent's configuration file; returns the file used, if any.
+fn parse_cli(argv: Vec<std::ffi::OsString>) -> anyhow::Result<(Cli, Option<PathBuf>)> {
+    use anyhow::Context as _;
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let (Command::Agent(agent), Some(agent_matches)) =
+        (&cli.command, matches.subcommand_matches("agent"))
+    else {
+        return Ok((cli, None));
+    };
+    let explicit =
+        agent_matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+    let text = match std::fs::read_to_string(&agent.config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok((cli, None)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", agent.config.display())),
+    };
+    let mut cmd = Cli::command();
+    cmd.build();
+    let agent_cmd = cmd
+        .find_subcommand("agent")
+        .context("no agent subcommand")?;
+    let extra = nodeward::config_file::file_args(&text, agent_cmd, agent_matches)
+        .with_context(|| format!("config file {}", agent.config.display()))?;
+    let path = agent.config.clone();
+    let mut argv = argv;
+    argv.extend(extra);
+    let cli =
+        Cli::try_parse_from(argv).with_context(|| format!("config file {}", path.display()))?;
+    Ok((cli, Some(path)))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let checking = argv.iter().any(|a| a == "--check-config");
+    let (cli, config_file) = match parse_cli(argv) {
+        Ok(parsed) => parsed,
+        Err(e) => match e.downcast::<clap::Error>() {
+            // Usage errors keep clap's exit code (2), except for --check-config, which promises 0/1.
+            Ok(clap_err) if !checking || !clap_err.use_stderr() => clap_err.exit(),
+            Ok(clap_err) => {
+                let _ = clap_err.print();
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("nodeward: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match cli.command {
         Command::Crds => {
             use std::io::Write;
@@ -229,6 +287,17 @@ fn main() -> ExitCode {
                 "nodeward controller",
             )
         }
+        Command::Agent(args) if args.check_config => match check_agent_config(&args) {
+            Ok(summary) => {
+                let file = config_file.map_or("none".to_owned(), |p| p.display().to_string());
+                println!("nodeward agent: configuration OK (config file: {file}; {summary})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nodeward agent: invalid configuration: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Agent(args) => {
             telemetry::init(cli.log_format);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -262,11 +331,53 @@ fn run_with(
     }
 }
 
+/// Whether the agent would run in cluster mode with `args`.
+fn cluster_mode(args: &AgentArgs) -> bool {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    !args.standalone && (args.kubeconfig.is_some() || in_cluster)
+}
+
+/// Check what `agent` would reject at start, without side effects; a one-line summary when valid.
+fn check_agent_config(args: &AgentArgs) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let addr = parse_addr_or_off(&args.addr)?;
+    for (what, path) in [
+        ("--state-dir", &args.state_dir),
+        ("--api-socket", &args.api_socket),
+        ("--runtime-dir", &args.runtime_dir),
+        ("--proc-root", &args.proc_root),
+    ] {
+        anyhow::ensure!(
+            path.is_absolute(),
+            "{what} must be an absolute path, got {}",
+            path.display()
+        );
+    }
+    anyhow::ensure!(
+        args.journal_max_events > 0,
+        "--journal-max-events must be positive"
+    );
+    let mode = if cluster_mode(args) {
+        anyhow::ensure!(
+            args.node_name.as_deref().is_some_and(|n| !n.is_empty()),
+            "cluster mode needs this node's name: set NODE_NAME (downward API spec.nodeName) or --node-name"
+        );
+        if let Some(path) = &args.kubeconfig {
+            kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+        }
+        "cluster"
+    } else {
+        "standalone"
+    };
+    let addr = addr.map_or("off".to_owned(), |a| a.to_string());
+    Ok(format!("mode: {mode}; metrics/health: {addr}"))
+}
+
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let (shutdown, handle) = shutdown_signal()?;
     let addr = parse_addr_or_off(&args.addr)?;
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    let cluster_mode = !args.standalone && (args.kubeconfig.is_some() || in_cluster);
+    let cluster_mode = cluster_mode(&args);
     let given_name = args.node_name.filter(|n| !n.is_empty());
     let cluster = if cluster_mode {
         if given_name.is_none() {

@@ -2,6 +2,8 @@
 //! statuses, kernel exit notifications, finished actions). Slow work (CRI calls, waiting on a pidfd,
 //! stopping a container) runs in spawned tasks that report back as events, so the owner never blocks.
 
+mod systemd;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
@@ -123,6 +125,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let health = Health::new();
     health.set_runtime_connected(true);
     metrics.set_runtime_connected(true);
+    let notifier = systemd::Notifier::spawn(health.clone());
     let cri = CriClient::new(crate::cri::channel(&runtime.socket)).with_metrics(metrics.clone());
     let (tx, rx) = mpsc::unbounded_channel();
 
@@ -313,6 +316,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         last_prune: None,
     };
     agent.event_loop(rx, shutdown).await;
+    notifier.stopping();
     let _ = stop_tx.send(true);
     // Let the servers finish in-flight requests and remove the API socket.
     tokio::time::sleep(Duration::from_millis(50)).await;

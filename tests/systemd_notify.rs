@@ -1,0 +1,125 @@
+//! The agent under a service manager's eyes, against the real containerd: READY=1 once it is
+//! connected and synchronised, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1 on SIGTERM — read from
+//! a NOTIFY_SOCKET datagram socket as systemd would. And `--check-config` exit codes.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::agent::{AgentProcess, agent_binary};
+use support::testbed::TestBed;
+
+/// Datagrams received on `sock` until `until` holds for the ones so far or `timeout` passes.
+fn collect(
+    sock: &UnixDatagram,
+    timeout: Duration,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !until(&got) && Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_ready_watchdog_and_stopping() {
+    let tb = TestBed::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let agent = AgentProcess::spawn_in_env(
+        tb,
+        dir.path(),
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .unwrap();
+    let ready = collect(&sock, Duration::from_secs(20), |g| {
+        g.iter().any(|m| m.contains("READY=1"))
+    });
+    assert!(
+        ready.iter().any(|m| m.contains("READY=1")),
+        "no READY=1: {ready:?}"
+    );
+    // The agent logs readiness no later than it tells systemd.
+    agent.wait_ready().await.unwrap();
+    let start = Instant::now();
+    let pings = collect(&sock, Duration::from_secs(3), |g| {
+        g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 5
+    });
+    let n = pings.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(
+        n >= 5,
+        "expected a ping every 200 ms, got {n} in {:?}",
+        start.elapsed()
+    );
+    // 5 pings at 200 ms take about 0.8-1 s; a ping per WATCHDOG_USEC (400 ms) would take 1.6 s+.
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "pings too slow: {:?}",
+        start.elapsed()
+    );
+    let status = agent.stop().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest = collect(&sock, Duration::from_secs(1), |g| {
+        g.iter().any(|m| m == "STOPPING=1")
+    });
+    assert!(
+        rest.iter().any(|m| m == "STOPPING=1"),
+        "no STOPPING=1: {rest:?}"
+    );
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "addr = \"127.0.0.1:0\"\nrelist-interval = \"5s\"\npods-cgroup = [\"a\"]\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "relist-interval = \"5 parsecs\"\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(agent_binary())
+            .args(["agent", "--check-config", "--standalone"])
+            .args(args)
+            .env_remove("NODEWARD_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--config", good.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
+    let out = run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("relist-interval"),
+        "{out:?}"
+    );
+    // A flag overrides the file.
+    let out = run(&["--config", bad.to_str().unwrap(), "--relist-interval", "1s"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(&[
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["--addr", "nonsense"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(1));
+}
