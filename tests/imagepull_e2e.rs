@@ -297,7 +297,10 @@ async fn all_nodes_with_sandbox_config(c: &Cluster, layout: &Path) {
         );
         let pulls = node.proxy.pulls_of(&image);
         assert_eq!(pulls.len(), 1, "{name}: {pulls:?}");
-        assert_eq!(pulls[0].image.as_ref().unwrap().image, format!("{image}:v1"));
+        assert_eq!(
+            pulls[0].image.as_ref().unwrap().image,
+            format!("{image}:v1")
+        );
         let sandbox = pulls[0].sandbox_config.as_ref().expect("a sandbox config");
         assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(
@@ -360,9 +363,14 @@ async fn one_node_with_secret(c: &Cluster, layout: &Path) {
         }),
     )
     .await;
-    let st = c.wait_job("one", "succeeded=1", |st| st.succeeded == 1).await;
+    let st = c
+        .wait_job("one", "succeeded=1", |st| st.succeeded == 1)
+        .await;
     assert_eq!((st.desired, st.failed, st.active), (1, 0, 0), "{st:?}");
-    assert!(st.completion_time.is_none(), "a Never job does not complete");
+    assert!(
+        st.completion_time.is_none(),
+        "a Never job does not complete"
+    );
     assert!(!c.has_tag(NODES[1], &image, "v1").await);
     let copy_name = secret_copy_name(NS, "e2e-cred");
     let copy = c.copies().get(&copy_name).await.unwrap();
@@ -376,7 +384,10 @@ async fn one_node_with_secret(c: &Cluster, layout: &Path) {
     );
     assert!(c.nodes[1].proxy.pulls_of(&image).is_empty());
 
-    c.jobs().delete("one", &DeleteParams::default()).await.unwrap();
+    c.jobs()
+        .delete("one", &DeleteParams::default())
+        .await
+        .unwrap();
     until("job one gone, its tag and secret copy removed", || async {
         let gone = c.jobs().get_opt("one").await.unwrap().is_none()
             && !c.has_tag(NODES[0], &image, "v1").await
@@ -405,6 +416,13 @@ async fn unpullable_image_fails_the_job(c: &Cluster) {
         c.tag_phase(NODES[1], &image, "nope").await,
         Some(ImagePullPhase::Failed)
     );
+    let reference = format!("{image}:nope");
+    assert_eq!(
+        c.nodes[1].proxy.pulls_of(&reference).len(),
+        1,
+        "one attempt"
+    );
+    assert!(c.nodes[0].proxy.pulls_of(&reference).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
