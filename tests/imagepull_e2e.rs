@@ -194,7 +194,18 @@ impl Cluster {
             .is_some_and(|i| i.tags.iter().any(|t| t.tag == tag))
     }
 
+    /// Asserts that no process logged an error, then stops them all.
     async fn stop(self) {
+        let processes =
+            std::iter::once(&self.controller).chain(self.nodes.iter().map(|n| &n.agent));
+        for p in processes {
+            let errors: Vec<_> = p
+                .lines()
+                .into_iter()
+                .filter(|v| v["level"] == "ERROR")
+                .collect();
+            assert!(errors.is_empty(), "errors logged: {errors:#?}");
+        }
         self.controller.stop().await.unwrap();
         for n in &self.nodes {
             n.agent.stop().await.unwrap();
