@@ -964,8 +964,9 @@ impl Agent {
         }
     }
 
-    /// When the pod's main containers finished: the latest main exit, by the runtime's clock when
-    /// known, else when the agent observed it.
+    /// When the pod's main containers finished: the latest main exit, each by the earliest
+    /// evidence of it — the runtime's `finishedAt`, or when the agent saw it (under load the
+    /// runtime may record the exit after the agent already acted on it).
     fn mains_finished_at(&self, uid: &str) -> Option<SystemTime> {
         let facts = self.model.pod_facts(uid)?;
         facts
@@ -974,10 +975,12 @@ impl Agent {
             .filter(|c| c.role == Some(Role::Main))
             .map(|c| {
                 let rec = self.model.container(&c.id)?;
-                if rec.finished_at > 0 {
-                    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(rec.finished_at as u64))
-                } else {
-                    rec.exit_observed.map(|(_, at)| at)
+                let runtime = (rec.finished_at > 0)
+                    .then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(rec.finished_at as u64));
+                let seen = rec.exit_observed.map(|(_, at)| at);
+                match (runtime, seen) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
                 }
             })
             .collect::<Option<Vec<_>>>()?
