@@ -17,6 +17,8 @@ declare -A pkg_for=(
   [systemd-analyze]=systemd
   [objdump]=binutils
   [python3]=python3-venv
+  [musl-gcc]=musl-tools
+  [file]=file
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -34,6 +36,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
+# The packages carry a static musl binary (scripts/package-test.sh).
+rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl ||
+  rustup target add x86_64-unknown-linux-musl
 # Packaging tools (scripts/package-test.sh), cached outside the worktree so reruns are fast.
 tools="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}"
 for tool in cargo-deb cargo-generate-rpm; do
