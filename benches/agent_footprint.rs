@@ -5,19 +5,14 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::env_or;
+
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use support::agent::AgentProcess;
 use support::kubelet::{ContainerSpec, Kubelet, PodHandle, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pod(i: usize) -> PodSpec {
     PodSpec::new(format!("idle-{i}"))

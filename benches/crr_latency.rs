@@ -15,6 +15,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::{env_or, percentile};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,14 +42,6 @@ const NODE: &str = "node-bench";
 /// The floor's pods live on a node no agent serves.
 const FLOOR_NODE: &str = "node-floor";
 const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 fn ms_between(a: SystemTime, b: SystemTime) -> f64 {
     b.duration_since(a)
@@ -255,14 +249,8 @@ async fn floor_round(api: &ApiServer, round: usize, n: usize) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("NODEWARD_BENCH_CRRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let rounds: usize = std::env::var("NODEWARD_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let n = env_or("NODEWARD_BENCH_CRRS", 50) as usize;
+    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -8,6 +8,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::env_or;
+
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -29,13 +31,6 @@ const CONCURRENCY: usize = 2;
 /// Padding per image; with the ~1.9 MiB static busybox about 5 MiB each.
 const PAD_KIB: usize = 3 * 1024;
 const NODE: &str = "bench-node";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);

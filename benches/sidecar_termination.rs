@@ -11,6 +11,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::{env_or, percentile};
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -128,23 +130,9 @@ fn stagger_ms() -> u64 {
         .unwrap_or(50)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("NODEWARD_BENCH_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let rounds: usize = std::env::var("NODEWARD_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let n = env_or("NODEWARD_BENCH_PODS", 20) as usize;
+    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

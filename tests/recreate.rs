@@ -562,14 +562,13 @@ async fn active_deadline_completes_and_fails_unfinished() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = crrs().get_opt("crr-deadline").await.unwrap();
-    if let Some(after) = after {
-        assert_eq!(
-            states(&after),
-            final_states,
-            "the late stop did not overwrite the final states"
-        );
-    }
+    // No TTL: the CRR stays, and its final states must be those the controller wrote.
+    let after = crrs().get("crr-deadline").await.unwrap();
+    assert_eq!(
+        states(&after),
+        final_states,
+        "the late stop did not overwrite the final states"
+    );
     assert_eq!(
         pod.handle.container("sidecar").await.unwrap().restart_count,
         0,

@@ -72,7 +72,12 @@ impl Executor {
                     .await?
                 {
                     Recorded::New(_) => (false, action.decided_at),
-                    Recorded::Pending => (true, action.decided_at),
+                    // Decided by an earlier pass whose stop did not finish: resume it with the
+                    // grace left since that decision.
+                    Recorded::Pending => match self.cfg.journal.lookup(&key) {
+                        Ok(Some(journal::Lookup::Pending(earlier))) => (true, earlier.decided_at),
+                        _ => (true, action.decided_at),
+                    },
                     Recorded::AlreadyDone => {
                         return Ok(state(Phase::Recreating, String::new(), true));
                     }

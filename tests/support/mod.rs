@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod cluster;
 pub mod cri_proxy;
 pub mod images;
