@@ -22,6 +22,7 @@ use crate::node::ExitSource;
 use crate::node::cgroup::{self, CgroupV2};
 use crate::node::model::{Fetch, NodeModel, Role, State};
 use crate::node::pidfd::{self, ContainerPidfd, PidfdError};
+use crate::node::view::NodeView;
 use crate::report::api::{ApiService, Query};
 use crate::report::pb;
 use crate::sidecar::decide::{Decision, Hold, Target, decide};
@@ -172,7 +173,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let _ = std::fs::remove_file(&api_socket);
     });
     let reporter = std::sync::Arc::new(tokio::sync::Notify::new());
-    let decisions = crate::journal::Decisions::new(journal.clone());
+    let commits = crate::journal::Commits::new(journal.clone());
+    let view = NodeView::default();
     if let Some(client) = &cfg.cluster {
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
@@ -201,8 +203,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             runtime: runtime.name.clone(),
             node: cfg.node_name.clone(),
             journal: journal.clone(),
-            decisions: decisions.clone(),
+            commits: commits.clone(),
             metrics: metrics.clone(),
+            view: view.clone(),
         }));
         tokio::spawn(crate::imagepull::run(
             client.clone(),
@@ -281,7 +284,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cri,
         node_name: cfg.node_name.clone(),
         journal,
-        decisions,
+        commits,
         live: live_tx,
         metrics,
         health,
@@ -298,6 +301,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cgroup_tx,
         tx,
         model: NodeModel::default(),
+        view,
         pidfd_watches: HashMap::new(),
         cgroup_watches: HashSet::new(),
         cgroup_trees: HashSet::new(),
@@ -333,8 +337,10 @@ fn describe(r: &Result<String, &String>) -> String {
 /// How often the journal's retention is applied.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// How often a container still being started is read again for its pid (10 ms doubling to 320 ms).
-const MAX_START_REFETCH: u32 = 12;
+/// How often a container still being started is read again for its pid (10 ms doubling to 320 ms,
+/// then every 320 ms: about 12 s, past the default relist interval). A start slowed down by a
+/// busy runtime must not leave the model saying `Created` until the next relist.
+const MAX_START_REFETCH: u32 = 42;
 
 #[derive(PartialEq, Eq)]
 enum Initial {
@@ -347,8 +353,8 @@ struct Agent {
     cri: CriClient,
     node_name: String,
     journal: Journal,
-    /// Group-committed decisions: a burst of stops costs one fsync.
-    decisions: crate::journal::Decisions,
+    /// Group commit of journal writes: a burst of stops costs one fsync.
+    commits: crate::journal::Commits,
     live: broadcast::Sender<pb::Event>,
     metrics: Metrics,
     health: Health,
@@ -366,6 +372,8 @@ struct Agent {
     cgroup_tx: Option<mpsc::UnboundedSender<cgroup::Command>>,
     tx: mpsc::UnboundedSender<Event>,
     model: NodeModel,
+    /// What tasks outside the loop may read of the model, republished after every event.
+    view: NodeView,
     pidfd_watches: HashMap<String, AbortHandle>,
     cgroup_watches: HashSet<String>,
     cgroup_trees: HashSet<PathBuf>,
@@ -454,6 +462,7 @@ impl Agent {
 
     fn handle(&mut self, ev: Event) {
         self.handle_event(ev);
+        self.view.publish(&mut self.model);
         self.metrics.set_watched("pidfd", self.pidfd_watches.len());
         self.metrics
             .set_watched("cgroup", self.cgroup_watches.len());
@@ -875,7 +884,7 @@ impl Agent {
             "action decided"
         );
         let (cri, tx) = (self.cri.clone(), self.tx.clone());
-        let decisions = self.decisions.clone();
+        let commits = self.commits.clone();
         let failpoint = self.failpoint.clone();
         // Upstream v1.9: with ignore-exit-code sidecars, the Job's phase is written before they
         // are stopped, so the kubelet never reports a phase from the sidecar's exit code.
@@ -885,7 +894,7 @@ impl Agent {
             Some((client, patch))
         });
         tokio::spawn(async move {
-            let recorded = decisions
+            let recorded = commits
                 .decide(key.clone(), action.clone())
                 .await
                 .map_err(|e| e.to_string());
@@ -1089,31 +1098,42 @@ impl Agent {
             containers,
             finished_at: SystemTime::now(),
         };
-        // Recording is an fsync: off the event loop.
-        let (journal, live, metrics) = (
+        // Recording is an fsync, shared with concurrent writes: off the event loop.
+        let (journal, commits, live, metrics) = (
             self.journal.clone(),
+            self.commits.clone(),
             self.live.clone(),
             self.metrics.clone(),
         );
         let reporter = self.cluster.is_some().then(|| self.reporter.clone());
         let key = done.key;
-        tokio::task::spawn_blocking(move || {
-            match journal.complete(&key, &outcome) {
+        tokio::spawn(async move {
+            let unreported = match commits.complete(key.clone(), outcome).await {
                 Ok(event) => {
-                    match &reporter {
-                        Some(r) => r.notify_one(),
-                        // Standalone: nothing to deliver upstream.
-                        None => {
-                            let _ = journal.ack_outbox(&[event.seq]);
-                        }
-                    }
                     let _ = live.send(crate::report::api::to_pb(&event));
+                    match &reporter {
+                        Some(r) => {
+                            r.notify_one();
+                            None
+                        }
+                        // Standalone: nothing to deliver upstream.
+                        None => Some(event.seq),
+                    }
                 }
-                Err(e) => warn!(key = %key, error = %e, "journal could not record the outcome"),
-            }
-            if let Ok(stats) = journal.stats() {
-                metrics.set_journal(&stats);
-            }
+                Err(e) => {
+                    warn!(key = %key, error = %e, "journal could not record the outcome");
+                    None
+                }
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(seq) = unreported {
+                    let _ = journal.ack_outbox(&[seq]);
+                }
+                if let Ok(stats) = journal.stats() {
+                    metrics.set_journal(&stats);
+                }
+            })
+            .await;
         });
     }
 

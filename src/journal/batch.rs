@@ -1,29 +1,29 @@
-//! Group commit for decisions: concurrent [`Decisions::decide`] calls are written by one thread
-//! in shared transactions, so a burst of N decisions costs one `fsync`, not N.
+//! Group commit: concurrent [`Commits::decide`] and [`Commits::complete`] calls are written by
+//! one thread in shared transactions, so a burst of N writes costs one `fsync`, not N, and no
+//! caller waits for the write lock behind another's `fsync`.
 
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use super::{Action, Journal, JournalError, Recorded};
+use super::{Action, Event, Journal, JournalError, Outcome, Recorded, Write, Written};
 
-/// Most decisions written in one transaction.
+/// Most writes in one transaction.
 const MAX_BATCH: usize = 256;
 
 struct Request {
-    key: String,
-    action: Action,
-    reply: oneshot::Sender<Result<Recorded, JournalError>>,
+    write: Write,
+    reply: oneshot::Sender<Result<Written, JournalError>>,
 }
 
-/// The batching front of [`Journal::decide`]. Cheap to clone; the commit thread ends when the
-/// last clone is dropped.
+/// The batching front of [`Journal::decide`] and [`Journal::complete`]. Cheap to clone; the
+/// commit thread ends when the last clone is dropped.
 #[derive(Clone)]
-pub struct Decisions {
+pub struct Commits {
     tx: mpsc::Sender<Request>,
 }
 
-impl Decisions {
+impl Commits {
     pub fn new(journal: Journal) -> Self {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
@@ -38,9 +38,24 @@ impl Decisions {
 
     /// [`Journal::decide`], sharing the commit with concurrent callers.
     pub async fn decide(&self, key: String, action: Action) -> Result<Recorded, JournalError> {
+        match self.write(Write::Decide { key, action }).await? {
+            Written::Decided(r) => Ok(r),
+            Written::Completed(_) => Err(JournalError::CommitThreadGone),
+        }
+    }
+
+    /// [`Journal::complete`], sharing the commit with concurrent callers.
+    pub async fn complete(&self, key: String, outcome: Outcome) -> Result<Event, JournalError> {
+        match self.write(Write::Complete { key, outcome }).await? {
+            Written::Completed(r) => r.map(|e| *e),
+            Written::Decided(_) => Err(JournalError::CommitThreadGone),
+        }
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { key, action, reply })
+            .send(Request { write, reply })
             .map_err(|_| JournalError::CommitThreadGone)?;
         rx.await.map_err(|_| JournalError::CommitThreadGone)?
     }
@@ -55,11 +70,8 @@ fn commit_loop(journal: &Journal, rx: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let items: Vec<(String, Action)> = batch
-            .iter()
-            .map(|r| (r.key.clone(), r.action.clone()))
-            .collect();
-        match journal.decide_all(&items) {
+        let writes: Vec<Write> = batch.iter().map(|r| r.write.clone()).collect();
+        match journal.write_all(&writes) {
             Ok(results) => {
                 for (r, res) in batch.into_iter().zip(results) {
                     let _ = r.reply.send(Ok(res));
@@ -68,7 +80,8 @@ fn commit_loop(journal: &Journal, rx: &mpsc::Receiver<Request>) {
             // One bad entry must not fail the others: fall back to one transaction each.
             Err(_) => {
                 for r in batch {
-                    let res = journal.decide(&r.key, &r.action);
+                    let res = journal.write_all(std::slice::from_ref(&r.write));
+                    let res = res.and_then(|mut v| v.pop().ok_or(JournalError::CommitThreadGone));
                     let _ = r.reply.send(res);
                 }
             }

@@ -41,7 +41,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use batch::Decisions;
+pub use batch::Commits;
 pub use model::{
     Action, ContainerOutcome, ContainerRef, Event, KIND_RECREATE_CONTAINER, KIND_STOP_SIDECAR,
     Outcome, PodInfo, RESULT_FAILED, RESULT_SKIPPED, RESULT_STOPPED,
@@ -562,6 +562,135 @@ fn move_aside(path: &Path, dir: &Path) -> Result<PathBuf, JournalError> {
     Ok(to)
 }
 
+/// One write of a batch ([`Journal::write_all`]).
+#[derive(Clone, Debug)]
+pub enum Write {
+    Decide { key: String, action: Action },
+    Complete { key: String, outcome: Outcome },
+}
+
+/// What one [`Write`] did.
+#[derive(Debug)]
+pub enum Written {
+    Decided(Recorded),
+    /// The stored event, or why the key could not be completed.
+    Completed(Result<Box<Event>, JournalError>),
+}
+
+/// The tables of one write transaction, with the sequence counters it advances.
+struct Writer<'t> {
+    done: redb::Table<'t, &'static str, (u64, u64)>,
+    pending: redb::Table<'t, &'static str, &'static [u8]>,
+    events: redb::Table<'t, u64, (u64, &'static [u8])>,
+    outbox: redb::Table<'t, u64, &'static [u8]>,
+    meta: redb::Table<'t, &'static str, u64>,
+    last_decision: u64,
+    last_event: u64,
+    changed: bool,
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, JournalError> {
+        const OP: &str = "write";
+        let meta = txn.open_table(META).map_err(storage(OP))?;
+        let counter = |key| -> Result<u64, JournalError> {
+            Ok(meta
+                .get(key)
+                .map_err(storage(OP))?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        let (last_decision, last_event) = (counter(META_LAST_DECISION)?, counter(META_LAST_EVENT)?);
+        Ok(Self {
+            done: txn.open_table(DONE).map_err(storage(OP))?,
+            pending: txn.open_table(PENDING).map_err(storage(OP))?,
+            events: txn.open_table(EVENTS).map_err(storage(OP))?,
+            outbox: txn.open_table(OUTBOX).map_err(storage(OP))?,
+            meta,
+            last_decision,
+            last_event,
+            changed: false,
+        })
+    }
+
+    fn decide(&mut self, key: &str, action: &Action) -> Result<Recorded, JournalError> {
+        const OP: &str = "decide";
+        if self.done.get(key).map_err(storage(OP))?.is_some() {
+            return Ok(Recorded::AlreadyDone);
+        }
+        if self.pending.get(key).map_err(storage(OP))?.is_some() {
+            return Ok(Recorded::Pending);
+        }
+        let record = PendingRecord {
+            decision: self.last_decision + 1,
+            action: action.clone(),
+        };
+        let bytes = encode("action", key, &record)?;
+        self.pending
+            .insert(key, bytes.as_slice())
+            .map_err(storage(OP))?;
+        self.last_decision = record.decision;
+        self.changed = true;
+        Ok(Recorded::New(record.decision))
+    }
+
+    /// `Ok(Err(_))`: the key is not pending (nothing written).
+    fn complete(
+        &mut self,
+        key: &str,
+        outcome: &Outcome,
+    ) -> Result<Result<Event, JournalError>, JournalError> {
+        const OP: &str = "complete";
+        let record: PendingRecord = match self.pending.get(key).map_err(storage(OP))? {
+            Some(v) => decode("pending action", key, v.value())?,
+            None => {
+                let known = self.done.get(key).map_err(storage(OP))?.is_some();
+                return Ok(Err(if known {
+                    JournalError::AlreadyCompleted { key: key.into() }
+                } else {
+                    JournalError::NotPending { key: key.into() }
+                }));
+            }
+        };
+        self.pending.remove(key).map_err(storage(OP))?;
+        let seq = self.last_event + 1;
+        let event = Event {
+            seq,
+            key: key.to_string(),
+            action: record.action,
+            outcome: outcome.clone(),
+        };
+        let bytes = encode("event", key, &event)?;
+        // Return the event as stored (times rounded to ms), equal to what outbox() returns.
+        let event: Event = decode("event", key, &bytes)?;
+        let now = to_millis(SystemTime::now());
+        self.events
+            .insert(seq, (now, bytes.as_slice()))
+            .map_err(storage(OP))?;
+        self.outbox
+            .insert(seq, bytes.as_slice())
+            .map_err(storage(OP))?;
+        self.done.insert(key, (seq, now)).map_err(storage(OP))?;
+        self.last_event = seq;
+        self.changed = true;
+        Ok(Ok(event))
+    }
+
+    /// Store the advanced counters.
+    fn close(&mut self) -> Result<(), JournalError> {
+        const OP: &str = "write";
+        if self.changed {
+            self.meta
+                .insert(META_LAST_DECISION, self.last_decision)
+                .map_err(storage(OP))?;
+            self.meta
+                .insert(META_LAST_EVENT, self.last_event)
+                .map_err(storage(OP))?;
+        }
+        Ok(())
+    }
+}
+
 impl Journal {
     /// Open or create `<state_dir>/journal.redb` (creating `state_dir` with mode 0700 if missing).
     ///
@@ -670,80 +799,7 @@ impl Journal {
     ///
     /// For a known key, the stored action is kept and `action` is ignored.
     pub fn decide(&self, key: &str, action: &Action) -> Result<Recorded, JournalError> {
-        const OP: &str = "decide";
-        let txn = self.begin_write(OP)?;
-        let recorded = {
-            let done = txn.open_table(DONE).map_err(storage(OP))?;
-            let mut pending = txn.open_table(PENDING).map_err(storage(OP))?;
-            if done.get(key).map_err(storage(OP))?.is_some() {
-                Recorded::AlreadyDone
-            } else if pending.get(key).map_err(storage(OP))?.is_some() {
-                Recorded::Pending
-            } else {
-                let mut meta = txn.open_table(META).map_err(storage(OP))?;
-                let seq = meta
-                    .get(META_LAST_DECISION)
-                    .map_err(storage(OP))?
-                    .map(|v| v.value())
-                    .unwrap_or(0)
-                    + 1;
-                let record = PendingRecord {
-                    decision: seq,
-                    action: action.clone(),
-                };
-                let bytes = encode("action", key, &record)?;
-                pending.insert(key, bytes.as_slice()).map_err(storage(OP))?;
-                meta.insert(META_LAST_DECISION, seq).map_err(storage(OP))?;
-                Recorded::New(seq)
-            }
-        };
-        match recorded {
-            Recorded::New(_) => txn.commit().map_err(storage(OP))?,
-            Recorded::Pending | Recorded::AlreadyDone => txn.abort().map_err(storage(OP))?,
-        }
-        Ok(recorded)
-    }
-
-    /// [`decide`](Self::decide) for many keys in one transaction: one `fsync` for the lot.
-    /// Results are in input order. Fails as a whole when the transaction fails.
-    pub fn decide_all(&self, items: &[(String, Action)]) -> Result<Vec<Recorded>, JournalError> {
-        const OP: &str = "decide";
-        let txn = self.begin_write(OP)?;
-        let mut out = Vec::with_capacity(items.len());
-        {
-            let done = txn.open_table(DONE).map_err(storage(OP))?;
-            let mut pending = txn.open_table(PENDING).map_err(storage(OP))?;
-            let mut meta = txn.open_table(META).map_err(storage(OP))?;
-            let mut seq = meta
-                .get(META_LAST_DECISION)
-                .map_err(storage(OP))?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            for (key, action) in items {
-                let key = key.as_str();
-                if done.get(key).map_err(storage(OP))?.is_some() {
-                    out.push(Recorded::AlreadyDone);
-                } else if pending.get(key).map_err(storage(OP))?.is_some() {
-                    out.push(Recorded::Pending);
-                } else {
-                    seq += 1;
-                    let record = PendingRecord {
-                        decision: seq,
-                        action: action.clone(),
-                    };
-                    let bytes = encode("action", key, &record)?;
-                    pending.insert(key, bytes.as_slice()).map_err(storage(OP))?;
-                    out.push(Recorded::New(seq));
-                }
-            }
-            meta.insert(META_LAST_DECISION, seq).map_err(storage(OP))?;
-        }
-        if out.iter().any(|r| matches!(r, Recorded::New(_))) {
-            txn.commit().map_err(storage(OP))?;
-        } else {
-            txn.abort().map_err(storage(OP))?;
-        }
-        Ok(out)
+        self.write_one(|w| w.decide(key, action))
     }
 
     /// Record the outcome of a pending action. In one transaction: the action leaves the pending
@@ -753,54 +809,46 @@ impl Journal {
     /// Fails with [`JournalError::NotPending`] for a key never decided, and with
     /// [`JournalError::AlreadyCompleted`] for one completed before.
     pub fn complete(&self, key: &str, outcome: &Outcome) -> Result<Event, JournalError> {
-        const OP: &str = "complete";
+        self.write_one(|w| w.complete(key, outcome))?
+    }
+
+    /// Many [`decide`](Self::decide)s and [`complete`](Self::complete)s in one transaction, in
+    /// order: one `fsync` for the lot. Results are in input order; a completion's own refusal
+    /// (not pending) is its result, any other failure fails the whole transaction.
+    pub fn write_all(&self, writes: &[Write]) -> Result<Vec<Written>, JournalError> {
+        self.write_one(|w| {
+            writes
+                .iter()
+                .map(|write| match write {
+                    Write::Decide { key, action } => w.decide(key, action).map(Written::Decided),
+                    Write::Complete { key, outcome } => w
+                        .complete(key, outcome)
+                        .map(|r| Written::Completed(r.map(Box::new))),
+                })
+                .collect()
+        })
+    }
+
+    /// Run `f` in a write transaction, committed when it changed something.
+    fn write_one<T>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        const OP: &str = "write";
         let txn = self.begin_write(OP)?;
-        let event = {
-            let mut pending = txn.open_table(PENDING).map_err(storage(OP))?;
-            let mut done = txn.open_table(DONE).map_err(storage(OP))?;
-            let record: PendingRecord = match pending.remove(key).map_err(storage(OP))? {
-                Some(v) => decode("pending action", key, v.value())?,
-                None => {
-                    let known = done.get(key).map_err(storage(OP))?.is_some();
-                    return Err(if known {
-                        JournalError::AlreadyCompleted { key: key.into() }
-                    } else {
-                        JournalError::NotPending { key: key.into() }
-                    });
-                }
-            };
-            let mut meta = txn.open_table(META).map_err(storage(OP))?;
-            let seq = meta
-                .get(META_LAST_EVENT)
-                .map_err(storage(OP))?
-                .map(|v| v.value())
-                .unwrap_or(0)
-                + 1;
-            let event = Event {
-                seq,
-                key: key.to_string(),
-                action: record.action,
-                outcome: outcome.clone(),
-            };
-            let bytes = encode("event", key, &event)?;
-            // Return the event as stored (times rounded to ms), equal to what outbox() returns.
-            let event: Event = decode("event", key, &bytes)?;
-            let now = to_millis(SystemTime::now());
-            txn.open_table(EVENTS)
-                .map_err(storage(OP))?
-                .insert(seq, (now, bytes.as_slice()))
-                .map_err(storage(OP))?;
-            txn.open_table(OUTBOX)
-                .map_err(storage(OP))?
-                .insert(seq, bytes.as_slice())
-                .map_err(storage(OP))?;
-            done.insert(key, (seq, now)).map_err(storage(OP))?;
-            meta.insert(META_LAST_EVENT, seq).map_err(storage(OP))?;
-            event
+        let (out, changed, last_event) = {
+            let mut w = Writer::open(&txn)?;
+            let out = f(&mut w)?;
+            w.close()?;
+            (out, w.changed, w.last_event)
         };
-        txn.commit().map_err(storage(OP))?;
-        self.inner.last_seq.fetch_max(event.seq, Ordering::AcqRel);
-        Ok(event)
+        if changed {
+            txn.commit().map_err(storage(OP))?;
+            self.inner.last_seq.fetch_max(last_event, Ordering::AcqRel);
+        } else {
+            txn.abort().map_err(storage(OP))?;
+        }
+        Ok(out)
     }
 
     /// Decided actions without an outcome, oldest decision first.
@@ -821,20 +869,30 @@ impl Journal {
 
     /// Where `key` stands: decided and not completed (with its action), completed, or unknown.
     pub fn lookup(&self, key: &str) -> Result<Option<Lookup>, JournalError> {
+        Ok(self.lookup_all(&[key])?.pop().flatten())
+    }
+
+    /// [`lookup`](Self::lookup) for several keys in one read transaction. Reads never wait for
+    /// a commit and make no `fsync`; they are cheap enough for async code.
+    pub fn lookup_all(&self, keys: &[&str]) -> Result<Vec<Option<Lookup>>, JournalError> {
         const OP: &str = "lookup";
         let txn = self.inner.db.begin_read().map_err(storage(OP))?;
         let done = txn.open_table(DONE).map_err(storage(OP))?;
-        if done.get(key).map_err(storage(OP))?.is_some() {
-            return Ok(Some(Lookup::Done));
-        }
         let pending = txn.open_table(PENDING).map_err(storage(OP))?;
-        match pending.get(key).map_err(storage(OP))? {
-            Some(v) => {
-                let record: PendingRecord = decode("pending action", key, v.value())?;
-                Ok(Some(Lookup::Pending(record.action)))
-            }
-            None => Ok(None),
-        }
+        keys.iter()
+            .map(|&key| {
+                if done.get(key).map_err(storage(OP))?.is_some() {
+                    return Ok(Some(Lookup::Done));
+                }
+                match pending.get(key).map_err(storage(OP))? {
+                    Some(v) => {
+                        let record: PendingRecord = decode("pending action", key, v.value())?;
+                        Ok(Some(Lookup::Pending(record.action)))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .collect()
     }
 
     /// An outcome is recorded for `key` (within the done-key retention of 2 × `max_age`).

@@ -1,5 +1,5 @@
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 
 use super::*;
@@ -731,8 +731,22 @@ fn open_attempts_that_crashed_move_the_journal_aside() {
     assert!(!marker.exists());
 }
 
+fn decide(key: &str, pod: &str) -> Write {
+    Write::Decide {
+        key: key.into(),
+        action: action(pod),
+    }
+}
+
+fn complete(key: &str) -> Write {
+    Write::Complete {
+        key: key.into(),
+        outcome: outcome(),
+    }
+}
+
 #[test]
-fn decide_all_is_decide_for_many_in_one_commit() {
+fn write_all_is_decide_and_complete_for_many_in_one_commit() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = open(dir.path());
     assert!(matches!(
@@ -744,48 +758,87 @@ fn decide_all_is_decide_for_many_in_one_commit() {
         j.decide("b", &action("p2")).unwrap(),
         Recorded::New(_)
     ));
-    let items = vec![
-        ("a".to_string(), action("p1")),
-        ("b".to_string(), action("p2")),
-        ("c".to_string(), action("p3")),
-        ("d".to_string(), action("p4")),
-    ];
-    let got = j.decide_all(&items).unwrap();
-    assert_eq!(got[0], Recorded::AlreadyDone);
-    assert_eq!(got[1], Recorded::Pending);
-    let (Recorded::New(c), Recorded::New(d)) = (got[2], got[3]) else {
+    let seq_before = j.last_seq();
+    let got = j
+        .write_all(&[
+            decide("a", "p1"),
+            decide("b", "p2"),
+            decide("c", "p3"),
+            decide("d", "p4"),
+            complete("c"),
+            complete("zz"),
+            complete("a"),
+        ])
+        .unwrap();
+    assert!(matches!(got[0], Written::Decided(Recorded::AlreadyDone)));
+    assert!(matches!(got[1], Written::Decided(Recorded::Pending)));
+    let (Written::Decided(Recorded::New(c)), Written::Decided(Recorded::New(d))) =
+        (&got[2], &got[3])
+    else {
         panic!("{got:?}")
     };
-    assert!(d == c + 1);
+    assert_eq!(*d, c + 1);
+    let Written::Completed(Ok(event)) = &got[4] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((event.key.as_str(), event.seq), ("c", seq_before + 1));
+    assert!(matches!(
+        got[5],
+        Written::Completed(Err(JournalError::NotPending { .. }))
+    ));
+    assert!(matches!(
+        got[6],
+        Written::Completed(Err(JournalError::AlreadyCompleted { .. }))
+    ));
+    assert_eq!(j.last_seq(), seq_before + 1);
     let keys: Vec<String> = j.pending().unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, vec!["b", "c", "d"], "oldest decision first");
+    assert_eq!(keys, vec!["b", "d"], "oldest decision first");
     assert_eq!(
-        j.lookup("c").unwrap(),
-        Some(Lookup::Pending(action_like(
-            &j.pending().unwrap()[1].1,
-            "p3"
-        )))
+        j.lookup_all(&["c", "d", "zz"]).unwrap(),
+        vec![
+            Some(Lookup::Done),
+            Some(Lookup::Pending(action_like(
+                &j.pending().unwrap()[1].1,
+                "p4"
+            ))),
+            None
+        ]
     );
     assert_eq!(j.lookup("a").unwrap(), Some(Lookup::Done));
-    assert_eq!(j.lookup("zz").unwrap(), None);
+    // Nothing to write: no commit, counters unchanged.
+    assert!(matches!(
+        j.write_all(&[decide("b", "p2")]).unwrap()[0],
+        Written::Decided(Recorded::Pending)
+    ));
+    assert_eq!(j.last_seq(), seq_before + 1);
 }
 
 #[test]
-fn concurrent_decisions_share_commits() {
+fn concurrent_writes_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let (j, _) = open(dir.path());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let decisions = Decisions::new(j.clone());
-    let results =
-        rt.block_on(futures::future::join_all((0..50).map(|i| {
-            decisions.decide(format!("k{i}"), action(&format!("p{i}")))
-        })));
+    let commits = Commits::new(j.clone());
+    let results = rt.block_on(futures::future::join_all(
+        (0..50).map(|i| commits.decide(format!("k{i}"), action(&format!("p{i}")))),
+    ));
     assert!(results.iter().all(|r| matches!(r, Ok(Recorded::New(_)))));
     let again = rt
-        .block_on(decisions.decide("k7".into(), action("p7")))
+        .block_on(commits.decide("k7".into(), action("p7")))
         .unwrap();
     assert_eq!(again, Recorded::Pending);
     assert_eq!(j.pending().unwrap().len(), 50);
+    let done = rt.block_on(futures::future::join_all(
+        (0..50).map(|i| commits.complete(format!("k{i}"), outcome())),
+    ));
+    let mut seqs: Vec<u64> = done.into_iter().map(|r| r.unwrap().seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
+    assert!(j.pending().unwrap().is_empty());
+    assert!(matches!(
+        rt.block_on(commits.complete("k7".into(), outcome())),
+        Err(JournalError::AlreadyCompleted { .. })
+    ));
 }

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod model;
 pub mod pidfd;
+pub mod view;
 
 /// Where an exit was first noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

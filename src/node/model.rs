@@ -156,6 +156,8 @@ pub struct NodeModel {
     containers: HashMap<String, ContainerRecord>,
     sandbox_pod: HashMap<String, String>,
     specs: HashMap<String, PodSpecFacts>,
+    /// Pods whose containers changed since [`NodeModel::take_changed`].
+    changed: BTreeSet<String>,
 }
 
 impl NodeModel {
@@ -292,6 +294,7 @@ impl NodeModel {
             }
             diff.removed.push(id);
         }
+        self.changed.extend(diff.changed_pods.iter().cloned());
         diff
     }
 
@@ -329,7 +332,11 @@ impl NodeModel {
                 rec.pid = info.pid;
             }
         }
-        (before != (rec.state, rec.role)).then(|| rec.pod_uid.clone())
+        let changed = (before != (rec.state, rec.role)).then(|| rec.pod_uid.clone());
+        if let Some(uid) = &changed {
+            self.changed.insert(uid.clone());
+        }
+        changed
     }
 
     /// The kernel reported that the container's processes are gone. Returns the pod uid if this is news.
@@ -340,7 +347,26 @@ impl NodeModel {
         }
         rec.state = State::Exited { code: None };
         rec.exit_observed = Some((source, at));
+        self.changed.insert(rec.pod_uid.clone());
         Some(rec.pod_uid.clone())
+    }
+
+    /// The pods whose containers changed (appeared, went away, changed state) since the last
+    /// call; a pod that went away is among them.
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The latest attempt of each container name of a pod, as the runtime lists them (no spec).
+    pub fn latest(&self, uid: &str) -> Vec<&ContainerRecord> {
+        let mut latest: HashMap<&str, &ContainerRecord> = HashMap::new();
+        for c in self.containers.values().filter(|c| c.pod_uid == uid) {
+            let e = latest.entry(c.meta.name.as_str()).or_insert(c);
+            if (c.meta.restart_count, c.created_at) > (e.meta.restart_count, e.created_at) {
+                *e = c;
+            }
+        }
+        latest.into_values().collect()
     }
 
     /// Record (or replace) what the Pod object says about a pod. Returns whether it changed.
@@ -362,13 +388,11 @@ impl NodeModel {
     /// main container the runtime has not created yet counts as not exited.
     pub fn pod_facts(&self, uid: &str) -> Option<PodFacts> {
         let pod = self.pods.get(uid)?;
-        let mut latest: HashMap<&str, &ContainerRecord> = HashMap::new();
-        for c in self.containers.values().filter(|c| c.pod_uid == uid) {
-            let e = latest.entry(c.meta.name.as_str()).or_insert(c);
-            if (c.meta.restart_count, c.created_at) > (e.meta.restart_count, e.created_at) {
-                *e = c;
-            }
-        }
+        let latest: HashMap<&str, &ContainerRecord> = self
+            .latest(uid)
+            .into_iter()
+            .map(|c| (c.meta.name.as_str(), c))
+            .collect();
         if let Some(spec) = self.specs.get(uid) {
             let mut containers: Vec<ContainerFacts> = spec
                 .containers
@@ -714,5 +738,61 @@ mod tests {
             m.container("m0").unwrap().exit_observed.map(|(s, _)| s),
             Some(ExitSource::Relist)
         );
+    }
+
+    #[test]
+    fn view_follows_the_pods_that_changed() {
+        use crate::node::view::NodeView;
+        let (mut m, view) = (NodeModel::default(), NodeView::default());
+        let t = SystemTime::now();
+        let sbs = [sandbox("sb1", "u1", None), sandbox("sb2", "u2", None)];
+        let cs = [
+            container("a0", "sb1", "u1", "app", ContainerState::ContainerExited, 0),
+            container(
+                "a1",
+                "sb1",
+                "u1",
+                "app",
+                ContainerState::ContainerCreated,
+                1,
+            ),
+            container(
+                "b0",
+                "sb2",
+                "u2",
+                "web",
+                ContainerState::ContainerRunning,
+                0,
+            ),
+        ];
+        m.apply_snapshot(&sbs, &cs, t);
+        view.publish(&mut m);
+        let u1 = view.pod("u1").expect("u1 published");
+        assert_eq!(u1.len(), 1, "latest attempt per name only");
+        assert_eq!(
+            (u1[0].id.as_str(), u1[0].state, u1[0].restart_count),
+            ("a1", State::Created, 1)
+        );
+        assert_eq!(u1[0].sandbox_id, "sb1");
+        assert!(view.pod("u2").is_some());
+        assert!(
+            m.take_changed().is_empty(),
+            "publishing consumed the changes"
+        );
+
+        // A status read that starts it, then the kernel's exit: republished each time.
+        m.apply_status(&status("a1", ContainerState::ContainerRunning, 0), None);
+        view.publish(&mut m);
+        assert_eq!(view.pod("u1").unwrap()[0].state, State::Running);
+        m.mark_exited("a1", ExitSource::Cgroup, t);
+        view.publish(&mut m);
+        assert!(view.pod("u1").unwrap()[0].state.is_exited());
+        let before = view.pod("u2").unwrap();
+
+        // Pod u1 goes away; u2 is untouched (not copied again).
+        m.apply_snapshot(&sbs[1..], &cs[2..], t);
+        view.publish(&mut m);
+        assert!(view.pod("u1").is_none());
+        assert!(std::sync::Arc::ptr_eq(&before, &view.pod("u2").unwrap()));
     }
 }

@@ -2,7 +2,7 @@
 //! preStop bounded by the grace, then CRI `StopContainer` with the rest of the grace (at least
 //! 2 s). The kubelet sees the exit and starts the container again.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -33,6 +33,7 @@ impl Executor {
         i: usize,
         pod: &PodContainers,
         pending: Option<journal::Action>,
+        woken: Instant,
     ) -> Result<State, SyncError> {
         let spec = &crr.spec.containers[i];
         let name = spec.name.clone();
@@ -65,12 +66,7 @@ impl Executor {
                     reason: format!("ContainerRecreateRequest {}", name_of(crr)),
                     inputs: json!({"crr": name_of(crr), "grace_seconds": grace.as_secs()}),
                 };
-                match self
-                    .cfg
-                    .decisions
-                    .decide(key.clone(), action.clone())
-                    .await?
-                {
+                match self.cfg.commits.decide(key.clone(), action.clone()).await? {
                     Recorded::New(_) => (false, action.decided_at),
                     // Decided by an earlier pass whose stop did not finish: resume it with the
                     // grace left since that decision.
@@ -93,8 +89,11 @@ impl Executor {
                 "Stopping container {name} by ContainerRecreateRequest {}",
                 crr.name_any()
             );
+            let since_event = woken.elapsed();
             info!(crr = %name_of(crr), pod = %crr.spec.pod_name, container = %name, container_id = %raw.id,
-                grace_s = grace.as_secs(), "stopping container for CRR");
+                grace_s = grace.as_secs(), since_event_ms = since_event.as_secs_f64() * 1e3,
+                "stopping container for CRR");
+            self.cfg.metrics.crr_stop_latency(since_event.as_secs_f64());
             self.event(crr, &name, EventType::Normal, "Killing", message);
             match spec.pre_stop.as_ref() {
                 Some(hook) if !grace.is_zero() => {
@@ -146,8 +145,7 @@ impl Executor {
             }],
             finished_at: SystemTime::now(),
         };
-        let j = self.cfg.journal.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || j.complete(&key, &done)).await? {
+        if let Err(e) = self.cfg.commits.complete(key, done).await {
             warn!(error = %e, "recording the stop in the journal failed");
         }
         Ok(new_state)

@@ -15,7 +15,7 @@ mod kill;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -31,16 +31,19 @@ use tracing::{debug, info, warn};
 
 use crate::api::kruise::{
     CRR_ACTIVE_VALUE, ContainerRecreateRequest, ContainerRecreateRequestContainerRecreateState,
-    ContainerRecreateRequestPhase as Phase, LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME,
+    ContainerRecreateRequestPhase as Phase, ContainerRecreateRequestSyncContainerStatus,
+    LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME,
 };
 use crate::api::well_known as wk;
 use crate::cri::CriClient;
 use crate::journal::{self, Journal, Lookup};
+use crate::node::view::{ContainerView, NodeView};
 use crate::telemetry::metrics::Metrics;
 use decide::{Gate, Next, RuntimeContainer};
 
 type Crr = ContainerRecreateRequest;
 type State = ContainerRecreateRequestContainerRecreateState;
+type SyncStatus = ContainerRecreateRequestSyncContainerStatus;
 
 /// Event source of the agent's CRR Events.
 pub const COMPONENT: &str = "nodeward-agent";
@@ -55,9 +58,12 @@ pub struct Config {
     pub runtime: String,
     pub node: String,
     pub journal: Journal,
-    /// Group-committed journal decisions (shared with the sidecar terminator).
-    pub decisions: journal::Decisions,
+    /// Group commit of journal writes (shared with the sidecar terminator).
+    pub commits: journal::Commits,
     pub metrics: Metrics,
+    /// The agent's node model: the first stop of a CRR is decided from it, without asking the
+    /// runtime.
+    pub view: NodeView,
 }
 
 /// CRRs are handled per pod, one at a time (upstream's queue key `<ns>/<podName>`).
@@ -95,8 +101,6 @@ enum SyncError {
     Cri(#[from] crate::cri::CriError),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
-    #[error("journal task: {0}")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 /// How long a pass waits before the pod is looked at again (`None`: until the next event).
@@ -145,24 +149,24 @@ pub async fn run(cfg: Config) {
             ev = stream.next() => match ev {
                 None => break,
                 Some(Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => {
-                    queue.add(PodKey::of(&c));
+                    queue.add(PodKey::of(&c), Instant::now());
                 }
                 Some(Ok(watcher::Event::Delete(c))) => {
                     queue.exec.forget(&c);
                     // The pod's next CRR may start now (upstream leaves it Pending: #1626).
-                    queue.add(PodKey::of(&c));
+                    queue.add(PodKey::of(&c), Instant::now());
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     let keys: HashSet<PodKey> =
                         queue.exec.store.state().iter().map(|c| PodKey::of(c)).collect();
                     for k in keys {
-                        queue.add(k);
+                        queue.add(k, Instant::now());
                     }
                 }
                 Some(Ok(watcher::Event::Init)) => {}
                 Some(Err(e)) => warn!(error = %e, "CRR watch interrupted; retrying"),
             },
-            Some(key) = queue.wake_rx.recv() => queue.add(key),
+            Some(key) = queue.wake_rx.recv() => queue.add(key, Instant::now()),
             Some((key, res)) = queue.done_rx.recv() => queue.finished(key, res),
         }
     }
@@ -173,7 +177,8 @@ pub async fn run(cfg: Config) {
 struct Queue {
     exec: Arc<Executor>,
     busy: HashSet<PodKey>,
-    dirty: HashSet<PodKey>,
+    /// Keys changed during their pass, with when the first change came.
+    dirty: HashMap<PodKey, Instant>,
     failures: HashMap<PodKey, u32>,
     wake_tx: mpsc::UnboundedSender<PodKey>,
     wake_rx: mpsc::UnboundedReceiver<PodKey>,
@@ -188,7 +193,7 @@ impl Queue {
         Self {
             exec,
             busy: HashSet::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             failures: HashMap::new(),
             wake_tx,
             wake_rx,
@@ -197,15 +202,16 @@ impl Queue {
         }
     }
 
-    fn add(&mut self, key: PodKey) {
+    /// Sync `key` now, or after its current pass; `woken` is when the reason to came.
+    fn add(&mut self, key: PodKey, woken: Instant) {
         if self.busy.contains(&key) {
-            self.dirty.insert(key);
+            self.dirty.entry(key).or_insert(woken);
             return;
         }
         self.busy.insert(key.clone());
         let (exec, done) = (self.exec.clone(), self.done_tx.clone());
         tokio::spawn(async move {
-            let res = exec.sync(&key).await;
+            let res = exec.sync(&key, woken).await;
             let _ = done.send((key, res));
         });
     }
@@ -221,11 +227,12 @@ impl Queue {
     fn finished(&mut self, key: PodKey, res: Result<Requeue, SyncError>) {
         self.busy.remove(&key);
         let again = self.dirty.remove(&key);
+        let now = Instant::now();
         match res {
             Ok(requeue) => {
                 self.failures.remove(&key);
                 match requeue {
-                    Some(d) if d.is_zero() => return self.add(key),
+                    Some(d) if d.is_zero() => return self.add(key, again.unwrap_or(now)),
                     Some(d) => self.later(key.clone(), d),
                     None => {}
                 }
@@ -240,8 +247,8 @@ impl Queue {
                 self.later(key.clone(), backoff);
             }
         }
-        if again {
-            self.add(key);
+        if let Some(woken) = again {
+            self.add(key, woken);
         }
     }
 }
@@ -396,12 +403,12 @@ impl Executor {
     }
 
     /// One pass over a pod's CRRs.
-    async fn sync(&self, key: &PodKey) -> Result<Requeue, SyncError> {
+    async fn sync(&self, key: &PodKey, woken: Instant) -> Result<Requeue, SyncError> {
         let crrs = self.crrs_of(key);
         let refs: Vec<&Crr> = crrs.iter().map(Arc::as_ref).collect();
         let (picked, mark) = decide::pick(&refs);
         let result = match picked {
-            Some(i) => self.run_one(crrs[i].clone()).await,
+            Some(i) => self.run_one(crrs[i].clone(), woken).await,
             None => Ok(None),
         };
         // Off the stop's path: the others of the pod are told they wait.
@@ -417,7 +424,7 @@ impl Executor {
 
     /// Act on the pod's running CRR. Nothing is written to the API before a stop: the journal
     /// records it, and one status write after reports the phase and the states together.
-    async fn run_one(&self, mut crr: Arc<Crr>) -> Result<Requeue, SyncError> {
+    async fn run_one(&self, mut crr: Arc<Crr>, woken: Instant) -> Result<Requeue, SyncError> {
         let wants_unready = crr
             .spec
             .strategy
@@ -455,11 +462,14 @@ impl Executor {
                 )
                 .await;
         };
-        let pod = self.pod_containers(&crr, &pod_uid).await?;
         let synced = crr.sync_container_statuses().unwrap_or_else(|e| {
             warn!(crr = %name_of(&crr), error = %e, "unreadable sync-container-statuses annotation; ignored");
             Vec::new()
         });
+        let pod = match self.untouched(&crr, &pod_uid, &synced) {
+            Some(pod) => pod,
+            None => self.pod_containers(&crr, &pod_uid).await?,
+        };
         let journal = self.journal_facts(&crr, &pod).await?;
         let mut states =
             decide::container_states(&crr, &pod.newest, &synced, &journal.killed, now());
@@ -468,7 +478,7 @@ impl Executor {
             Next::Kill(i) => {
                 let name = states[i].name.clone();
                 let pending = journal.pending.get(&name).cloned();
-                states[i] = self.kill(&crr, i, &pod, pending).await?;
+                states[i] = self.kill(&crr, i, &pod, pending, woken).await?;
                 self.write_progress(&crr, &states).await?;
                 Ok(Some(Duration::ZERO))
             }
@@ -494,6 +504,45 @@ impl Executor {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The pod's containers from the node view when they are as the CRR found them: the newest
+    /// instance of every container it names is the one of its statusContext, not exited, and the Pod status the
+    /// controller synced names no other. That is a new CRR, whose first stop a runtime round
+    /// trip would only delay; anything else is read from the runtime.
+    fn untouched(&self, crr: &Crr, pod_uid: &str, synced: &[SyncStatus]) -> Option<PodContainers> {
+        let view = self.cfg.view.pod(pod_uid)?;
+        let id_of = |c: &ContainerView| format!("{}://{}", self.cfg.runtime, c.id);
+        for spec in &crr.spec.containers {
+            let ctx = spec.status_context.as_ref()?;
+            let c = view.iter().find(|c| c.name == spec.name)?;
+            let moved_on = synced.iter().any(|s| {
+                s.name == spec.name
+                    && !s.container_id.is_empty()
+                    && s.container_id != ctx.container_id
+            });
+            if c.state.is_exited() || id_of(c) != ctx.container_id || moved_on {
+                return None;
+            }
+        }
+        let mut pod = PodContainers::default();
+        for c in view.iter() {
+            pod.raw.insert(
+                c.name.clone(),
+                RawContainer {
+                    id: c.id.clone(),
+                    sandbox: c.sandbox_id.clone(),
+                },
+            );
+            pod.newest.push(RuntimeContainer {
+                name: c.name.clone(),
+                id: id_of(c),
+                exited: c.state.is_exited(),
+                restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
+                started_at: None,
+            });
+        }
+        Some(pod)
     }
 
     /// The pod's containers from the runtime, newest instance per name.
@@ -567,43 +616,42 @@ impl Executor {
         pod: &PodContainers,
     ) -> Result<JournalFacts, SyncError> {
         let uid = crr.uid().unwrap_or_default();
-        let names: Vec<String> = crr.spec.containers.iter().map(|c| c.name.clone()).collect();
-        let live: HashMap<String, String> = pod
-            .newest
+        let keys: Vec<(&str, String)> = crr
+            .spec
+            .containers
             .iter()
-            .filter(|r| !r.exited)
-            .filter_map(|r| Some((r.name.clone(), pod.raw.get(&r.name)?.id.clone())))
+            .map(|c| (c.name.as_str(), kill_key(&uid, &c.name)))
             .collect();
-        let journal = self.cfg.journal.clone();
-        let facts = tokio::task::spawn_blocking(move || -> Result<JournalFacts, SyncError> {
-            let mut facts = JournalFacts::default();
-            for name in names {
-                let key = kill_key(&uid, &name);
-                match journal.lookup(&key)? {
-                    None => {}
-                    Some(Lookup::Done) => {
-                        facts.killed.insert(name);
-                    }
-                    Some(Lookup::Pending(action)) => {
-                        facts.killed.insert(name.clone());
-                        let target = action.containers.first().map(|c| c.id.clone());
-                        if target.is_some() && target.as_ref() == live.get(&name) {
-                            facts.pending.insert(name, action);
-                        } else {
-                            let outcome = journal::Outcome {
-                                result: journal::RESULT_STOPPED.into(),
-                                message: "stopped before the agent restarted".into(),
-                                finished_at: SystemTime::now(),
-                                ..Default::default()
-                            };
-                            journal.complete(&key, &outcome)?;
-                        }
+        let found = self
+            .cfg
+            .journal
+            .lookup_all(&keys.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())?;
+        let mut facts = JournalFacts::default();
+        for ((name, key), found) in keys.into_iter().zip(found) {
+            match found {
+                None => {}
+                Some(Lookup::Done) => {
+                    facts.killed.insert(name.to_string());
+                }
+                Some(Lookup::Pending(action)) => {
+                    facts.killed.insert(name.to_string());
+                    let target = action.containers.first().map(|c| c.id.as_str());
+                    let live = pod.raw.get(name).map(|r| r.id.as_str());
+                    let running = pod.newest.iter().any(|r| r.name == name && !r.exited);
+                    if target.is_some() && target == live && running {
+                        facts.pending.insert(name.to_string(), action);
+                    } else {
+                        let outcome = journal::Outcome {
+                            result: journal::RESULT_STOPPED.into(),
+                            message: "stopped before the agent restarted".into(),
+                            finished_at: SystemTime::now(),
+                            ..Default::default()
+                        };
+                        self.cfg.commits.complete(key, outcome).await?;
                     }
                 }
             }
-            Ok(facts)
-        })
-        .await??;
+        }
         Ok(facts)
     }
 

@@ -102,6 +102,7 @@ struct Inner {
     image_pulls: Family<ResultLabel, Counter>,
     image_pull_duration: Histogram,
     image_pulls_in_flight: Gauge,
+    crr_stop_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -215,6 +216,13 @@ impl Metrics {
             Unit::Seconds,
             image_pull_duration.clone(),
         );
+        let crr_stop_latency = latency_histogram();
+        registry.register_with_unit(
+            "crr_stop_latency",
+            "Time from the watch event or timer that started a CRR executor pass to the start of a container stop (journal recorded, Killing event; the preStop hook and StopContainer follow)",
+            Unit::Seconds,
+            crr_stop_latency.clone(),
+        );
         let image_pulls_in_flight = Gauge::default();
         registry.register(
             "image_pulls_in_flight",
@@ -247,6 +255,7 @@ impl Metrics {
                 image_pulls,
                 image_pull_duration,
                 image_pulls_in_flight,
+                crr_stop_latency,
             }),
         };
         // Export the known series at 0 from the start, so that rate() works on the first event.
@@ -294,6 +303,11 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// The time from the event that started a CRR executor pass to the start of a stop.
+    pub fn crr_stop_latency(&self, secs: f64) {
+        self.inner.crr_stop_latency.observe(secs);
     }
 
     /// A termination latency in seconds for `stage` ("exit_to_stop", "exit_to_sidecar_exit").

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -39,6 +39,8 @@ pub struct Error {
 
 struct Ctx {
     client: kube::Client,
+    /// Pods as the watch last delivered them (updated before the event that wakes a CRR).
+    pods: Store<Pod>,
 }
 
 fn name_of(crr: &Crr) -> String {
@@ -65,15 +67,14 @@ pub async fn run(client: kube::Client) {
     let crrs: Api<Crr> = Api::all(client.clone());
     let controller = Controller::new(crrs, watcher::Config::default());
     let store = controller.store();
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-    });
+    let (pods, writer) = reflector::store();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let ctx = Arc::new(Ctx { client, pods });
     controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod| crrs_for_pod(&store, &pod),
-        )
+        .watches_stream(pod_events, move |pod| crrs_for_pod(&store, &pod))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -96,15 +97,23 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let crr = name_of(&crr);
         move |source| Error { crr, what, source }
     };
+    // From the cache, as upstream's webhook and manager read it; a Pod created just before the
+    // CRR and not seen yet is read from the API.
     let pod = if crr.spec.pod_name.is_empty() {
         None
+    } else if let Some(pod) = ctx
+        .pods
+        .get(&ObjectRef::new(&crr.spec.pod_name).within(&ns))
+    {
+        Some(pod)
     } else {
         pods.get_opt(&crr.spec.pod_name)
             .await
             .map_err(err("reading the Pod"))?
+            .map(Arc::new)
     };
     if decide::needs_defaulting(&crr) {
-        match decide::default_crr(&crr, pod.as_ref()) {
+        match decide::default_crr(&crr, pod.as_deref()) {
             Defaulting::Apply(next) => {
                 api.replace(&crr.name_any(), &PostParams::default(), &next)
                     .await
@@ -120,7 +129,7 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
         return Ok(Action::await_change());
     }
-    let plan = decide::lifecycle(&crr, pod.as_ref(), SystemTime::now());
+    let plan = decide::lifecycle(&crr, pod.as_deref(), SystemTime::now());
     for step in plan.steps {
         match step {
             Step::ReleaseUnready => {
