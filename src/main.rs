@@ -280,7 +280,7 @@ fn main() -> ExitCode {
             "nodeward ctl",
         ),
         Command::Controller(args) => {
-            telemetry::init(cli.log_format);
+            let _logs = telemetry::init(cli.log_format);
             run_with(
                 tokio::runtime::Builder::new_multi_thread(),
                 controller(args),
@@ -299,7 +299,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Agent(args) => {
-            telemetry::init(cli.log_format);
+            let _logs = telemetry::init(cli.log_format);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.worker_threads(2);
             run_with(rt, agent(*args), "nodeward")

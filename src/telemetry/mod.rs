@@ -3,6 +3,7 @@
 pub mod http;
 pub mod metrics;
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -11,14 +12,24 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global subscriber. Logs go to stderr; `RUST_LOG` overrides the default `info`.
-pub fn init(format: LogFormat) {
+/// Install the global subscriber. Logs go to stderr through a writer thread, so a slow reader
+/// (a full pipe, a busy journald) never stalls a task that logs on its way to a stop; the line's
+/// timestamp is still taken when it is logged. `RUST_LOG` overrides the default `info`. Keep the
+/// returned guard until exit: dropping it flushes the lines still queued.
+#[must_use = "dropping the guard stops logging"]
+pub fn init(format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Not lossy: past the queue's 128k lines a caller waits rather than a line being lost.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
