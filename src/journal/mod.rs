@@ -17,8 +17,9 @@
 //! ([`OpenReport::moved_aside`]). The only refusals are a state directory that cannot be created
 //! or written, a full disk, and a journal locked by another live process ([`JournalError::Locked`]).
 //!
-//! All methods block on disk I/O (an `fsync` per commit); call them from `spawn_blocking` or a
-//! dedicated thread in async code.
+//! Writes block on disk I/O (an `fsync` per commit): in async code go through [`Commits`], whose
+//! thread shares one commit among concurrent writes, or `spawn_blocking`. Reads
+//! ([`Journal::lookup_all`]) never wait for a commit and make no `fsync`.
 
 mod batch;
 mod model;
