@@ -31,31 +31,56 @@ fn cache_root() -> PathBuf {
 /// unchanged. Safe to call from parallel processes: each builds under a private name and the
 /// first to rename its result into place wins.
 pub fn ensure_layout() -> Result<PathBuf> {
+    let root = cache_root();
+    let key = format!("{RECIPE}-{}", busybox_key()?);
+    cached_layout(&root, &key, Prune::Others, build_layout)
+}
+
+/// What a fresh build removes of the layouts beside it.
+#[derive(PartialEq)]
+enum Prune {
+    /// Layouts of earlier recipes or busybox builds.
+    Others,
+    Nothing,
+}
+
+/// `<busybox mtime>.<nanos>-<size>`: cached layouts are rebuilt when busybox changes.
+fn busybox_key() -> Result<String> {
     let meta = fs::metadata(BUSYBOX).with_context(|| {
         format!("{BUSYBOX} is missing: install busybox-static (scripts/deps.sh)")
     })?;
-    let key = format!(
-        "{RECIPE}-{}.{}-{}",
+    Ok(format!(
+        "{}.{}-{}",
         meta.mtime(),
         meta.mtime_nsec(),
         meta.size()
-    );
-    let root = cache_root();
-    let layout = root.join(&key);
+    ))
+}
+
+/// `root/key`, built by `build(layout, work dir)` unless it exists. Parallel processes each
+/// build under a private name; the first to rename its result into place wins.
+fn cached_layout(
+    root: &Path,
+    key: &str,
+    prune: Prune,
+    build: impl FnOnce(&Path, &Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let layout = root.join(key);
     if layout.join("index.json").is_file() {
         return Ok(layout);
     }
     check_static(Path::new(BUSYBOX))?;
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let work = tempfile::Builder::new()
         .prefix(".build-")
-        .tempdir_in(&root)
+        .tempdir_in(root)
         .with_context(|| format!("creating a build dir in {}", root.display()))?;
     let built = work.path().join("layout");
-    build_layout(&built, work.path())
+    build(&built, work.path())
         .with_context(|| format!("building test bed images in {}", work.path().display()))?;
     match fs::rename(&built, &layout) {
-        Ok(()) => prune_stale(&root, &key),
+        Ok(()) if prune == Prune::Others => prune_stale(root, key),
+        Ok(()) => {}
         // Another process finished first; its layout is as good as ours.
         Err(_) if layout.join("index.json").is_file() => {}
         Err(e) => {
@@ -204,54 +229,32 @@ fn umoci(args: &[&str]) -> Result<()> {
 /// each busybox plus a layer of its own `pad_kib` KiB of random data (so that no two share
 /// content). Safe to call from parallel processes.
 pub fn ensure_pull_layout(count: usize, pad_kib: usize) -> Result<PathBuf> {
-    let meta = fs::metadata(BUSYBOX).with_context(|| {
-        format!("{BUSYBOX} is missing: install busybox-static (scripts/deps.sh)")
-    })?;
-    let root = cache_root().join("pull");
-    let key = format!(
-        "{count}x{pad_kib}k-{}.{}-{}",
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.size()
-    );
-    let layout = root.join(&key);
-    if layout.join("index.json").is_file() {
-        return Ok(layout);
-    }
-    check_static(Path::new(BUSYBOX))?;
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".build-")
-        .tempdir_in(&root)
-        .with_context(|| format!("creating a build dir in {}", root.display()))?;
-    let built = work.path().join("layout");
-    umoci(&["init", "--layout", &built.display().to_string()])?;
-    let mut random = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
-    for i in 0..count {
-        let rootfs = work.path().join(format!("pull-{i}-rootfs"));
-        fs::create_dir_all(rootfs.join("bin"))?;
-        fs::copy(BUSYBOX, rootfs.join("bin/busybox"))?;
-        let mut pad = fs::File::create(rootfs.join("pad"))?;
-        std::io::copy(
-            &mut std::io::Read::take(&mut random, (pad_kib * 1024) as u64),
-            &mut pad,
-        )
-        .context("writing the padding")?;
-        let image = format!("{}:pull-{i}", built.display());
-        new_image(&image, &rootfs)?;
-        umoci(&["config", "--image", &image, "--config.cmd", "/bin/busybox"])?;
-    }
-    umoci(&["gc", "--layout", &built.display().to_string()])?;
+    let key = format!("{count}x{pad_kib}k-{}", busybox_key()?);
     // Layouts of other sizes stay: tests and the benchmark use different ones.
-    match fs::rename(&built, &layout) {
-        Ok(()) => {}
-        Err(_) if layout.join("index.json").is_file() => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("moving the built layout to {}", layout.display()));
-        }
-    }
-    Ok(layout)
+    cached_layout(
+        &cache_root().join("pull"),
+        &key,
+        Prune::Nothing,
+        |built, work| {
+            umoci(&["init", "--layout", &built.display().to_string()])?;
+            let mut random = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+            for i in 0..count {
+                let rootfs = work.join(format!("pull-{i}-rootfs"));
+                fs::create_dir_all(rootfs.join("bin"))?;
+                fs::copy(BUSYBOX, rootfs.join("bin/busybox"))?;
+                let mut pad = fs::File::create(rootfs.join("pad"))?;
+                std::io::copy(
+                    &mut std::io::Read::take(&mut random, (pad_kib * 1024) as u64),
+                    &mut pad,
+                )
+                .context("writing the padding")?;
+                let image = format!("{}:pull-{i}", built.display());
+                new_image(&image, &rootfs)?;
+                umoci(&["config", "--image", &image, "--config.cmd", "/bin/busybox"])?;
+            }
+            umoci(&["gc", "--layout", &built.display().to_string()])
+        },
+    )
 }
 
 /// Remove layouts of earlier recipes or busybox builds, and build dirs abandoned by killed

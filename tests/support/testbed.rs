@@ -28,7 +28,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tonic::transport::Channel;
 
-use super::images;
+use super::{images, registry};
 
 /// How long containerd may take to answer CRI after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -328,7 +328,11 @@ impl TestBed {
             .await
             .context("the image build task failed")??;
         self.start_registry().await?;
-        try_join_all(images::IMAGES.map(|name| self.push(&layout, name))).await?;
+        try_join_all(images::IMAGES.map(|name| {
+            let (layout, dest) = (&layout, self.image(name));
+            async move { registry::push(layout, name, &dest, None).await }
+        }))
+        .await?;
         fs::write(self.dir.join("containerd.toml"), self.containerd_config())
             .context("writing containerd.toml")?;
         self.start_containerd().await?;
@@ -402,32 +406,6 @@ impl TestBed {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    async fn push(&self, layout: &Path, name: &str) -> Result<()> {
-        let src = format!("oci:{}:{name}", layout.display());
-        let dest = format!("docker://{}", self.image(name));
-        let out = tokio::process::Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-            ])
-            .arg(&src)
-            .arg(&dest)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("running skopeo")?;
-        if !out.status.success() {
-            bail!(
-                "skopeo copy {src} {dest} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
     }
 
     fn spawn_containerd(&self) -> Result<Child> {
