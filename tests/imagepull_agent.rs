@@ -176,30 +176,15 @@ impl Node {
     fn spawn_agent(&mut self, extra: &[&str]) {
         let tb = TestBed::shared();
         let kc = kubeconfig();
-        let socket = self.proxy.socket().to_path_buf();
         let state = self.state.join("agent");
-        let mut args: Vec<String> = [
-            "--cri-socket",
-            socket.to_str().unwrap(),
-            "--pods-cgroup",
-            tb.cgroup_parent().trim_start_matches('/'),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--api-socket",
-            state.join("agent.sock").to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
+        let mut args = vec![
             "--kubeconfig",
             kc.to_str().unwrap(),
             "--node-name",
             &self.name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.agent = Some(AgentProcess::spawn_args(&args).unwrap());
+        ];
+        args.extend_from_slice(extra);
+        self.agent = Some(AgentProcess::spawn_on(tb, self.proxy.socket(), &state, &args).unwrap());
     }
 
     fn agent(&self) -> &AgentProcess {

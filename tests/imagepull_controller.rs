@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +25,7 @@ use nodeward::controller::imagepulljob::{self, Config};
 use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
+use support::wait::until;
 use tokio::task::JoinHandle;
 
 const NS: &str = "default";
@@ -373,25 +373,6 @@ fn recount(status: &mut NodeImageStatus, ni: &NodeImage) {
     status.failed = count(ImagePullPhase::Failed);
     status.pulling = count(ImagePullPhase::Pulling);
     status.waiting = count(ImagePullPhase::Waiting);
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, for at most `secs` seconds.
-async fn until<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn status(j: &ImagePullJob) -> nodeward::api::kruise::ImagePullJobStatus {

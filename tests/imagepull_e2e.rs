@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use support::apiserver::ApiServer;
 use support::cri_proxy::CriProxy;
 use support::registry::{self, Registry};
 use support::testbed::TestBed;
+use support::wait::until;
 
 const NS: &str = "default";
 const DAEMON_NS: &str = "kruise-daemon-config";
@@ -96,7 +96,7 @@ impl Cluster {
         }
         let node_images = cluster.node_images();
         for name in NODES {
-            until(&format!("NodeImage {name} created"), || async {
+            until(&format!("NodeImage {name} created"), WAIT_SECS, || async {
                 node_images.get_opt(name).await.unwrap()
             })
             .await;
@@ -238,42 +238,19 @@ fn spawn_node(dir: &Path, kubeconfig: &Path, name: &str) -> NodeAgent {
     let state = dir.join(name);
     std::fs::create_dir_all(&state).unwrap();
     let proxy = CriProxy::start(&tb.socket(), &state.join("cri-proxy.sock")).unwrap();
-    let agent = AgentProcess::spawn_args(&[
-        "--cri-socket",
-        proxy.socket().to_str().unwrap(),
-        "--pods-cgroup",
-        tb.cgroup_parent().trim_start_matches('/'),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--api-socket",
-        state.join("agent.sock").to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        name,
-    ])
+    let agent = AgentProcess::spawn_on(
+        tb,
+        proxy.socket(),
+        &state,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            name,
+        ],
+    )
     .unwrap();
     NodeAgent { proxy, agent }
-}
-
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(WAIT_SECS);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Scenario 1: an Always job on every node, with sandboxConfig metadata.
@@ -399,12 +376,16 @@ async fn one_node_with_secret(c: &Cluster, layout: &Path) {
         .delete("one", &DeleteParams::default())
         .await
         .unwrap();
-    until("job one gone, its tag and secret copy removed", || async {
-        let gone = c.jobs().get_opt("one").await.unwrap().is_none()
-            && !c.has_tag(NODES[0], &image, "v1").await
-            && c.copies().get_opt(&copy_name).await.unwrap().is_none();
-        gone.then_some(())
-    })
+    until(
+        "job one gone, its tag and secret copy removed",
+        WAIT_SECS,
+        || async {
+            let gone = c.jobs().get_opt("one").await.unwrap().is_none()
+                && !c.has_tag(NODES[0], &image, "v1").await
+                && c.copies().get_opt(&copy_name).await.unwrap().is_none();
+            gone.then_some(())
+        },
+    )
     .await;
 }
 

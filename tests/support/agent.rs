@@ -51,11 +51,31 @@ impl AgentProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(tb, &tb.socket(), state, extra, env)
+    }
+
+    /// Like [`spawn_in`](Self::spawn_in) speaking CRI on `cri_socket` (e.g. a recording proxy).
+    pub fn spawn_on(
+        tb: &TestBed,
+        cri_socket: &Path,
+        state: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(tb, cri_socket, state, extra, &[])
+    }
+
+    fn spawn_with(
+        tb: &TestBed,
+        cri_socket: &Path,
+        state: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());
         cmd.envs(env.iter().copied());
         cmd.arg("agent")
             .arg("--cri-socket")
-            .arg(tb.socket())
+            .arg(cri_socket)
             .arg("--pods-cgroup")
             .arg(tb.cgroup_parent().trim_start_matches('/'))
             .arg("--state-dir")

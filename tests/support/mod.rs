@@ -22,3 +22,4 @@ pub mod images;
 pub mod kubelet;
 pub mod registry;
 pub mod testbed;
+pub mod wait;
