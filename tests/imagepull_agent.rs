@@ -20,7 +20,7 @@ use nodeward::api::kruise::{
 };
 use support::agent::AgentProcess;
 use support::apiserver::{ApiServer, RequestMatcher};
-use support::cri_proxy::CriProxy;
+use support::cri_proxy::{self, CriProxy};
 use support::registry::{self, Registry};
 use support::testbed::TestBed;
 
@@ -361,19 +361,7 @@ async fn pull_succeeds_and_sandbox_config_reaches_the_runtime() {
     let req = &pulls[0];
     assert_eq!(req.image.as_ref().unwrap().image, format!("{key}:v1"));
     assert!(req.auth.is_none());
-    let sandbox = req.sandbox_config.as_ref().expect("a sandbox config");
-    assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
-    assert_eq!(
-        sandbox.annotations.get("team").map(String::as_str),
-        Some("x")
-    );
-    assert_eq!(
-        sandbox
-            .annotations
-            .get("apps.kruise.io/pulling-image-by")
-            .map(String::as_str),
-        Some("nodeward")
-    );
+    cri_proxy::assert_sandbox_forwarded(req);
     let deadline = Instant::now() + Duration::from_secs(10);
     while events("default", "PullImageSucceed", &node.name)
         .await

@@ -21,7 +21,7 @@ use nodeward::controller::imagepulljob::decide::secret_copy_name;
 use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
-use support::cri_proxy::CriProxy;
+use support::cri_proxy::{self, CriProxy};
 use support::registry::{self, Registry};
 use support::testbed::TestBed;
 use support::wait::until;
@@ -289,19 +289,7 @@ async fn all_nodes_with_sandbox_config(c: &Cluster, layout: &Path) {
             pulls[0].image.as_ref().unwrap().image,
             format!("{image}:v1")
         );
-        let sandbox = pulls[0].sandbox_config.as_ref().expect("a sandbox config");
-        assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
-        assert_eq!(
-            sandbox.annotations.get("team").map(String::as_str),
-            Some("x")
-        );
-        assert_eq!(
-            sandbox
-                .annotations
-                .get("apps.kruise.io/pulling-image-by")
-                .map(String::as_str),
-            Some("nodeward")
-        );
+        cri_proxy::assert_sandbox_forwarded(&pulls[0]);
     }
 }
 

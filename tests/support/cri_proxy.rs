@@ -257,3 +257,21 @@ impl ImageService for Images {
         image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
     }
 }
+
+/// Assert that a recorded pull carried the NodeImage's `sandboxConfig` the tests use (label
+/// `app=web`, annotation `team=x`) and the agent's `apps.kruise.io/pulling-image-by` annotation.
+pub fn assert_sandbox_forwarded(req: &k8s_cri::v1::PullImageRequest) {
+    let sandbox = req.sandbox_config.as_ref().expect("a sandbox config");
+    assert_eq!(sandbox.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(
+        sandbox.annotations.get("team").map(String::as_str),
+        Some("x")
+    );
+    assert_eq!(
+        sandbox
+            .annotations
+            .get("apps.kruise.io/pulling-image-by")
+            .map(String::as_str),
+        Some("nodeward")
+    );
+}
