@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -167,6 +168,8 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         field_manager: q.get("fieldManager").map(str::to_owned),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
         status: 0,
+        received: SystemTime::now(),
+        answered: SystemTime::UNIX_EPOCH,
     };
     let response = if server.unavailable.load(Ordering::SeqCst) {
         error_response(&ApiError::from_code(
@@ -193,7 +196,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
                 &parts.headers,
                 route,
                 &q,
-                &record,
+                &mut record,
                 bytes,
             )
             .await
@@ -201,6 +204,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         }
     };
     record.status = response.status().as_u16();
+    record.answered = SystemTime::now();
     server.log_request(record);
     response
 }
@@ -269,7 +273,7 @@ async fn serve(
     headers: &HeaderMap,
     route: Route,
     q: &Query,
-    record: &RequestRecord,
+    record: &mut RequestRecord,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let aggregated =
@@ -339,7 +343,7 @@ async fn serve_resource(
     headers: &HeaderMap,
     r: ResRoute,
     q: &Query,
-    record: &RequestRecord,
+    record: &mut RequestRecord,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let res = server
@@ -412,10 +416,9 @@ async fn serve_resource(
                 manager: manager(q, record, false),
                 dry_run: dry_run(q, None),
             };
-            Ok(object_response(
-                201,
-                &server.create(&res, ns.as_deref(), body, &ctx, None)?,
-            ))
+            let stored = server.create(&res, ns.as_deref(), body, &ctx, None)?;
+            record.name = stored.value["metadata"]["name"].as_str().map(str::to_owned);
+            Ok(object_response(201, &stored))
         }
         ("PUT", Some(name)) => {
             let body = parse_json(&bytes, headers)?;

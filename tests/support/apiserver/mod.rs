@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
@@ -113,11 +113,16 @@ pub struct RequestRecord {
     pub resource: String,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
+    /// The object's name; for a create, the created object's (as in an audit event's objectRef).
     pub name: Option<String>,
     pub field_manager: Option<String>,
     pub user_agent: Option<String>,
     /// The HTTP status answered.
     pub status: u16,
+    /// When the request arrived.
+    pub received: SystemTime,
+    /// When the answer was ready (for a write: after it was stored and sent to the watchers).
+    pub answered: SystemTime,
 }
 
 impl RequestRecord {
