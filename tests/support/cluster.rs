@@ -122,7 +122,7 @@ pub fn phase(policy: RestartPolicy, containers: &[ContainerInfo], expected: usiz
 
 impl ClusterPod {
     /// Create the Pod object on `node`, then run it through the CRI fixture with the uid the API
-    /// server gave it, and mirror its status every 100 ms.
+    /// server gave it, and mirror its status at each of the fixture's relists (every 100 ms).
     pub async fn run(
         tb: &'static TestBed,
         client: kube::Client,
@@ -142,41 +142,39 @@ impl ClusterPod {
         let policy = spec.restart_policy;
         let expected = spec.containers.len();
         let handle = Kubelet::run_pod(tb, spec).await?;
-        let status_source = handle.status_source();
+        let mut status_source = handle.status_source(tb);
         let mirror_api = api.clone();
         let mirror_name = name.clone();
         let mirror = tb.background().spawn(async move {
+            // Like the kubelet's status manager: write on a change only, after reading the Pod.
             let mut last = Value::Null;
-            loop {
-                if let Ok(containers) = status_source.containers().await {
-                    let current = mirror_api.get_status(&mirror_name).await.ok();
-                    let api_phase = current
-                        .as_ref()
-                        .and_then(|p| p.status.as_ref())
-                        .and_then(|s| s.phase.clone())
-                        .unwrap_or_default();
-                    // The kubelet never moves a pod out of a terminal phase.
-                    let phase = if api_phase == "Succeeded" || api_phase == "Failed" {
-                        api_phase
-                    } else {
-                        phase(policy, &containers, expected).to_string()
-                    };
-                    let status = json!({
-                        "phase": phase,
-                        "containerStatuses": containers.iter().map(container_status).collect::<Vec<_>>(),
-                    });
-                    if status != last {
-                        let patch = json!({"status": status});
-                        if mirror_api
-                            .patch_status(&mirror_name, &PatchParams::default(), &Patch::Merge(&patch))
-                            .await
-                            .is_ok()
-                        {
-                            last = status;
-                        }
-                    }
+            while let Some(containers) = status_source.next().await {
+                let status = json!({
+                    "phase": phase(policy, &containers, expected),
+                    "containerStatuses": containers.iter().map(container_status).collect::<Vec<_>>(),
+                });
+                if status == last {
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Ok(current) = mirror_api.get_status(&mirror_name).await else {
+                    continue;
+                };
+                let api_phase = current
+                    .status
+                    .and_then(|s| s.phase)
+                    .unwrap_or_default();
+                let mut patch = json!({"status": status});
+                // The kubelet never moves a pod out of a terminal phase.
+                if api_phase == "Succeeded" || api_phase == "Failed" {
+                    patch["status"]["phase"] = json!(api_phase);
+                }
+                if mirror_api
+                    .patch_status(&mirror_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .is_ok()
+                {
+                    last = status;
+                }
             }
         });
         Ok(ClusterPod {

@@ -13,22 +13,26 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, KeyValue,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest,
+    KeyValue, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
     PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,
 };
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::testbed::{TestBed, cri_call};
 
-/// How often the restart loop looks at the pod's containers.
-const RESTART_POLL: Duration = Duration::from_millis(100);
+/// How often the fixture's relist reads the node's containers by default: quicker than the
+/// kubelet to keep tests short, once per node like the kubelet.
+pub const RELIST_PERIOD: Duration = Duration::from_millis(100);
+/// The kubelet's generic PLEG relist period (`pkg/kubelet/kubelet.go`, `genericPlegRelistPeriod`).
+pub const KUBELET_RELIST_PERIOD: Duration = Duration::from_secs(1);
 /// How often [`PodHandle::wait_until`] looks.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 /// How long dropping a [`PodHandle`] waits for the pod's removal.
@@ -352,7 +356,8 @@ impl Kubelet {
                 .with_context(|| format!("pod {pod}: container {}", container.name))?;
         }
         if pod_ctx.spec.restart_policy != RestartPolicy::Never {
-            handle.restarter = Some(bed.background().spawn(restart_loop(pod_ctx)));
+            let relist = bed.relist();
+            handle.restarter = Some(bed.background().spawn(restart_loop(pod_ctx, relist)));
         }
         Ok(handle)
     }
@@ -363,57 +368,122 @@ impl Kubelet {
 #[derive(Clone)]
 pub struct StatusSource {
     ctx: Arc<PodContext>,
+    relist: watch::Receiver<Arc<Relist>>,
+    since: Instant,
+    /// Made on first use, on the runtime that polls this source (a client is bound to the
+    /// runtime it was made on).
+    cri: Option<RuntimeServiceClient<Channel>>,
+    /// ContainerStatus answers by container ID and listed state: they change with the state only.
+    statuses: HashMap<(String, i32), ContainerStatus>,
 }
 
 impl StatusSource {
-    pub async fn containers(&self) -> Result<Vec<ContainerInfo>> {
-        containers_of(&self.ctx, &mut self.ctx.cri()).await
+    /// The pod's latest containers as the next relist (sent after this source was made) saw
+    /// them; asks the runtime only for the status of a container whose state changed. A relist
+    /// whose statuses cannot be read (a container removed meanwhile) is skipped; `None` once the
+    /// test bed's relist has ended.
+    pub async fn next(&mut self) -> Option<Vec<ContainerInfo>> {
+        loop {
+            self.relist.changed().await.ok()?;
+            let relist = self.relist.borrow_and_update().clone();
+            if relist.listed_at < self.since {
+                continue;
+            }
+            if let Ok(infos) = self.read(&relist).await {
+                return Some(infos);
+            }
+        }
     }
+
+    async fn read(&mut self, relist: &Relist) -> Result<Vec<ContainerInfo>> {
+        let mut statuses = HashMap::new();
+        let mut infos = Vec::new();
+        for (spec, instance) in latest_of(&self.ctx, relist.instances(&self.ctx.sandbox_id)) {
+            let key = (instance.id.clone(), instance.state as i32);
+            let status = match self.statuses.remove(&key) {
+                Some(status) => status,
+                None => {
+                    let cri = self.cri.get_or_insert_with(|| self.ctx.cri());
+                    container_status(cri, &instance.id).await?
+                }
+            };
+            infos.push(info_of(&self.ctx, spec, instance, &status));
+            statuses.insert(key, status);
+        }
+        self.statuses = statuses;
+        Ok(infos)
+    }
+}
+
+/// The latest instance of each of the pod's containers, in the spec's order.
+fn latest_of<'a>(
+    ctx: &'a PodContext,
+    instances: &'a [Instance],
+) -> impl Iterator<Item = (&'a ContainerSpec, &'a Instance)> {
+    ctx.spec.containers.iter().filter_map(|spec| {
+        instances
+            .iter()
+            .filter(|i| i.name == spec.name)
+            .max_by_key(|i| i.attempt)
+            .map(|i| (spec, i))
+    })
+}
+
+async fn container_status(
+    cri: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<ContainerStatus> {
+    cri_call(
+        "ContainerStatus",
+        cri.container_status(ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: false,
+        }),
+    )
+    .await?
+    .status
+    .context("ContainerStatus without status")
 }
 
 async fn containers_of(
     ctx: &PodContext,
     cri: &mut RuntimeServiceClient<Channel>,
 ) -> Result<Vec<ContainerInfo>> {
-    let latest = latest_instances(cri, &ctx.sandbox_id).await?;
+    let instances = list_instances(cri, &ctx.sandbox_id).await?;
     let mut infos = Vec::new();
-    for spec in &ctx.spec.containers {
-        let Some(instance) = latest.get(&spec.name) else {
-            continue;
-        };
-        let status = cri_call(
-            "ContainerStatus",
-            cri.container_status(ContainerStatusRequest {
-                container_id: instance.id.clone(),
-                verbose: false,
-            }),
-        )
-        .await?
-        .status
-        .context("ContainerStatus without status")?;
-        let attempt = instance.attempt;
-        let ready = status.state == ContainerState::ContainerRunning as i32
-            && !ctx.post_starting.lock().unwrap().contains(&status.id);
-        infos.push(ContainerInfo {
-            name: spec.name.clone(),
-            id: status.id,
-            attempt,
-            restart_count: status
-                .annotations
-                .get("io.kubernetes.container.restartCount")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(attempt),
-            state: ContainerState::try_from(status.state)
-                .unwrap_or(ContainerState::ContainerUnknown),
-            ready,
-            exit_code: status.exit_code,
-            reason: status.reason,
-            created_at: status.created_at,
-            started_at: status.started_at,
-            finished_at: status.finished_at,
-        });
+    for (spec, instance) in latest_of(ctx, &instances) {
+        let status = container_status(cri, &instance.id).await?;
+        infos.push(info_of(ctx, spec, instance, &status));
     }
     Ok(infos)
+}
+
+fn info_of(
+    ctx: &PodContext,
+    spec: &ContainerSpec,
+    instance: &Instance,
+    status: &ContainerStatus,
+) -> ContainerInfo {
+    let attempt = instance.attempt;
+    let ready = status.state == ContainerState::ContainerRunning as i32
+        && !ctx.post_starting.lock().unwrap().contains(&status.id);
+    ContainerInfo {
+        name: spec.name.clone(),
+        id: status.id.clone(),
+        attempt,
+        restart_count: status
+            .annotations
+            .get("io.kubernetes.container.restartCount")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(attempt),
+        state: ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown),
+        ready,
+        exit_code: status.exit_code,
+        reason: status.reason.clone(),
+        created_at: status.created_at,
+        started_at: status.started_at,
+        finished_at: status.finished_at,
+    }
 }
 
 struct PodContext {
@@ -482,9 +552,14 @@ impl PodHandle {
     }
 
     /// A cheap handle that reads this pod's container states (for status mirrors).
-    pub fn status_source(&self) -> StatusSource {
+    /// The pod's containers from the fixture's node-wide relist, for a status mirror.
+    pub fn status_source(&self, bed: &TestBed) -> StatusSource {
         StatusSource {
             ctx: self.ctx.clone(),
+            relist: bed.relist(),
+            since: Instant::now(),
+            cri: None,
+            statuses: HashMap::new(),
         }
     }
 
@@ -597,59 +672,116 @@ async fn remove_pod(ctx: &PodContext, restarter: Option<JoinHandle<()>>) -> Resu
     }
 }
 
-/// The kubelet's restart role, polling: restart the latest instance of each container once it
-/// has exited and the policy says so. Runs on the test bed's background runtime.
-async fn restart_loop(ctx: Arc<PodContext>) {
+/// One ListContainers of the whole node, as the kubelet's PLEG relists: every pod's restart loop
+/// and status mirror read it instead of each asking the runtime.
+pub struct Relist {
+    /// When the request was sent: a change made after it may be missing.
+    listed_at: Instant,
+    /// Sandbox ID -> its container instances.
+    by_sandbox: HashMap<String, Vec<Instance>>,
+}
+
+impl Relist {
+    /// Start relisting `bed`'s containers every `period` on its background runtime, for as long
+    /// as the runtime lives.
+    pub(super) fn start(bed: &TestBed, period: Duration) -> watch::Receiver<Arc<Relist>> {
+        let (tx, rx) = watch::channel(Arc::new(Relist {
+            listed_at: Instant::now(),
+            by_sandbox: HashMap::new(),
+        }));
+        let socket = bed.socket();
+        bed.background().spawn(async move {
+            // Made here: a client is bound to the runtime it was made on.
+            let mut cri = RuntimeServiceClient::new(nodeward::cri::channel(&socket));
+            let mut last_error: Option<String> = None;
+            loop {
+                let listed_at = Instant::now();
+                match list_instances(&mut cri, "").await {
+                    Ok(instances) => {
+                        last_error = None;
+                        let mut by_sandbox: HashMap<String, Vec<Instance>> = HashMap::new();
+                        for i in instances {
+                            by_sandbox.entry(i.sandbox_id.clone()).or_default().push(i);
+                        }
+                        if tx
+                            .send(Arc::new(Relist {
+                                listed_at,
+                                by_sandbox,
+                            }))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // containerd may be stopped on purpose by the test; say so once per new error.
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            eprintln!("kubelet fixture: relist: {msg}");
+                            last_error = Some(msg);
+                        }
+                    }
+                }
+                tokio::time::sleep(period).await;
+            }
+        });
+        rx
+    }
+
+    fn instances(&self, sandbox_id: &str) -> &[Instance] {
+        self.by_sandbox.get(sandbox_id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The kubelet's restart role: at each relist, restart the latest instance of each container
+/// once it has exited and the policy says so. Runs on the test bed's background runtime.
+async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Relist>>) {
     let mut cri = ctx.cri();
-    let mut last_error: Option<String> = None;
-    loop {
-        tokio::time::sleep(RESTART_POLL).await;
+    // A relist sent before our last restart may still show the instance it replaced.
+    let mut acted_at = Instant::now();
+    while relist.changed().await.is_ok() {
         if ctx.removing.load(Ordering::SeqCst) {
             return;
         }
-        match restart_exited(&mut cri, &ctx).await {
-            Ok(()) => last_error = None,
+        let snapshot = relist.borrow_and_update().clone();
+        if snapshot.listed_at < acted_at {
+            continue;
+        }
+        match restart_exited(&mut cri, &ctx, snapshot.instances(&ctx.sandbox_id)).await {
+            Ok(false) => {}
+            Ok(true) => acted_at = Instant::now(),
             Err(e) => {
-                // containerd may be stopped on purpose by the test; say so once per new error.
-                let msg = format!("{e:#}");
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    eprintln!("kubelet fixture: pod {}: {msg}", ctx.pod());
-                    last_error = Some(msg);
-                }
+                acted_at = Instant::now();
+                eprintln!("kubelet fixture: pod {}: {e:#}", ctx.pod());
             }
         }
     }
 }
 
-async fn restart_exited(cri: &mut RuntimeServiceClient<Channel>, ctx: &PodContext) -> Result<()> {
-    let instances = all_instances(cri, &ctx.sandbox_id).await?;
-    for spec in &ctx.spec.containers {
-        let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.name == spec.name).collect();
-        mine.sort_by_key(|i| i.attempt);
-        let Some(latest) = mine.pop() else {
-            continue;
-        };
+/// Restart what needs it; whether anything was written to the runtime.
+async fn restart_exited(
+    cri: &mut RuntimeServiceClient<Channel>,
+    ctx: &PodContext,
+    instances: &[Instance],
+) -> Result<bool> {
+    let mut acted = false;
+    for (spec, latest) in latest_of(ctx, instances) {
         if latest.state != ContainerState::ContainerExited {
             continue;
         }
-        let status = cri_call(
-            "ContainerStatus",
-            cri.container_status(ContainerStatusRequest {
-                container_id: latest.id.clone(),
-                verbose: false,
-            }),
-        )
-        .await?
-        .status
-        .context("ContainerStatus without status")?;
+        let status = container_status(cri, &latest.id).await?;
         if !ctx.spec.restart_policy.restarts(status.exit_code) {
             continue;
         }
         if ctx.removing.load(Ordering::SeqCst) {
-            return Ok(());
+            return Ok(acted);
         }
+        acted = true;
         // Like the kubelet's container GC, keep only the last exited instance.
-        for old in mine {
+        for old in instances
+            .iter()
+            .filter(|i| i.name == spec.name && i.id != latest.id)
+        {
             cri_call(
                 "RemoveContainer",
                 cri.remove_container(RemoveContainerRequest {
@@ -662,18 +794,20 @@ async fn restart_exited(cri: &mut RuntimeServiceClient<Channel>, ctx: &PodContex
             .await
             .with_context(|| format!("restarting container {}", spec.name))?;
     }
-    Ok(())
+    Ok(acted)
 }
 
 /// One container instance as ListContainers reports it.
 struct Instance {
     id: String,
+    sandbox_id: String,
     name: String,
     attempt: u32,
     state: ContainerState,
 }
 
-async fn all_instances(
+/// The container instances of one sandbox, or of the whole node when `sandbox_id` is empty.
+async fn list_instances(
     cri: &mut RuntimeServiceClient<Channel>,
     sandbox_id: &str,
 ) -> Result<Vec<Instance>> {
@@ -694,6 +828,7 @@ async fn all_instances(
             let meta = c.metadata?;
             Some(Instance {
                 id: c.id,
+                sandbox_id: c.pod_sandbox_id,
                 name: meta.name,
                 attempt: meta.attempt,
                 state: ContainerState::try_from(c.state)
@@ -701,23 +836,6 @@ async fn all_instances(
             })
         })
         .collect())
-}
-
-/// The highest attempt of each container name.
-async fn latest_instances(
-    cri: &mut RuntimeServiceClient<Channel>,
-    sandbox_id: &str,
-) -> Result<HashMap<String, Instance>> {
-    let mut latest: HashMap<String, Instance> = HashMap::new();
-    for instance in all_instances(cri, sandbox_id).await? {
-        if latest
-            .get(&instance.name)
-            .is_none_or(|known| known.attempt < instance.attempt)
-        {
-            latest.insert(instance.name.clone(), instance);
-        }
-    }
-    Ok(latest)
 }
 
 async fn ensure_image(bed: &TestBed, image: &str) -> Result<()> {

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -25,9 +25,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, watch};
 use tonic::transport::Channel;
 
+use super::kubelet::{RELIST_PERIOD, Relist};
 use super::{images, registry};
 
 /// How long containerd may take to answer CRI after it is started.
@@ -50,6 +51,8 @@ pub struct TestBed {
     background: Mutex<Option<Runtime>>,
     background_handle: Handle,
     shut_down: AtomicBool,
+    /// The kubelet fixture's node-wide container relist, started by the first pod.
+    relist: OnceLock<watch::Receiver<Arc<Relist>>>,
     /// Tests sharing a test bed hold it shared; one stopping or restarting containerd holds it
     /// exclusively.
     access: RwLock<()>,
@@ -101,6 +104,7 @@ impl TestBed {
             background_handle: background.handle().clone(),
             background: Mutex::new(Some(background)),
             shut_down: AtomicBool::new(false),
+            relist: OnceLock::new(),
             access: RwLock::new(()),
         };
         // On error `bed` is dropped, which tears down whatever was started.
@@ -204,6 +208,26 @@ impl TestBed {
     /// as the test bed.
     pub fn background(&self) -> Handle {
         self.background_handle.clone()
+    }
+
+    /// The kubelet fixture's relist of this node's containers (started on first use, every
+    /// [`RELIST_PERIOD`] unless [`TestBed::start_relist`] said otherwise).
+    pub fn relist(&self) -> watch::Receiver<Arc<Relist>> {
+        self.relist
+            .get_or_init(|| Relist::start(self, RELIST_PERIOD))
+            .clone()
+    }
+
+    /// Start the kubelet fixture's relist with this period; fails once it runs (the first pod
+    /// starts it).
+    pub fn start_relist(&self, period: Duration) -> Result<()> {
+        let mut started = false;
+        self.relist.get_or_init(|| {
+            started = true;
+            Relist::start(self, period)
+        });
+        ensure!(started, "the kubelet fixture's relist already runs");
+        Ok(())
     }
 
     /// Hold while using a shared test bed in a way that a containerd restart by another test
