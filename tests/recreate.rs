@@ -833,6 +833,47 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
     pod.remove().await.unwrap();
 }
 
+/// kill -9 right after a plain stop (no preStop, not forced) was sent, whose journal record is
+/// written alongside StopContainer rather than before it, while the container is still stopping
+/// (it takes 2 s on SIGTERM): the restarted agent either resumes the recorded stop or, if the
+/// record was lost, stops the same instance again; either way the container exits and is
+/// restarted exactly once and the CRR completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_kill9_after_a_plain_stop_stops_once() {
+    ready().await;
+    const K9_NODE: &str = "node-crr-k9-plain";
+    let tb = TestBed::shared();
+    let kc = kubeconfig();
+    let state_dir = tb.dir().join("agent-crr-k9-plain");
+    let args = ["--kubeconfig", kc.as_str(), "--node-name", K9_NODE];
+    let first = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
+    first.wait_ready().await.unwrap();
+    let app = ContainerSpec::sh("app", "trap 'sleep 2; exit 0' TERM; sleep 100000 & wait");
+    let pod = ClusterPod::run(
+        tb,
+        api().client(),
+        K9_NODE,
+        PodSpec::new("crr-k9-plain").container(app),
+    )
+    .await
+    .unwrap();
+    wait_pod_running(&pod).await;
+    let before = pod.handle.container("app").await.unwrap().id;
+    create("crr-k9-plain", "crr-k9-plain", &["app"], json!({})).await;
+    wait_log(&first, "stopping container for CRR", "crr-k9-plain", "app").await;
+    first.kill9();
+    let second = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
+    second.wait_ready().await.unwrap();
+    let done = wait_crr("crr-k9-plain", "Completed", Duration::from_secs(40), completed).await;
+    assert_eq!(phase(&done), Some(Phase::Completed));
+    assert_eq!(states(&done)[0].phase, Phase::Succeeded);
+    let after = pod.handle.container("app").await.unwrap();
+    assert_ne!(after.id, before, "recreated");
+    assert_eq!(after.restart_count, 1, "stopped exactly once");
+    second.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
 /// A CRR as kruise-manager's SidecarTerminator creates it for a finished Job pod
 /// (`sidecar-termination-<pod uid>`, forceRecreate, failurePolicy Ignore, owned by the Pod) is
 /// accepted and executed; with restart policy Never the stop is final.

@@ -48,8 +48,16 @@ impl Executor {
         };
         let key = kill_key(&crr.uid().unwrap_or_default(), &name);
         let grace = super::decide::grace(crr);
-        let (resumed, decided_at) = match pending {
-            Some(a) => (true, a.decided_at),
+        let has_pre_stop = spec.pre_stop.is_some() && !grace.is_zero();
+        let force = crr.spec.strategy.as_ref().is_some_and(|s| s.force_recreate);
+        // The decision must be durable before a side effect that a restarted agent could repeat:
+        // a preStop hook, or a forced kill (which a lost decision would repeat on the new
+        // instance). A plain stop is idempotent: after a crash the state table sees the instance
+        // replaced or exited, or stops the same one again, so its record is written alongside
+        // the stop instead of in front of it (one fsync less on the stop path).
+        let record_first = has_pre_stop || force;
+        let (resumed, decided_at, alongside) = match pending {
+            Some(a) => (true, a.decided_at, None),
             None => {
                 let action = journal::Action {
                     kind: journal::KIND_RECREATE_CONTAINER.into(),
@@ -66,16 +74,23 @@ impl Executor {
                     reason: format!("ContainerRecreateRequest {}", name_of(crr)),
                     inputs: json!({"crr": name_of(crr), "grace_seconds": grace.as_secs()}),
                 };
-                match self.cfg.commits.decide(key.clone(), action.clone()).await? {
-                    Recorded::New(_) => (false, action.decided_at),
-                    // Decided by an earlier pass whose stop did not finish: resume it with the
-                    // grace left since that decision.
-                    Recorded::Pending => match self.cfg.journal.lookup(&key) {
-                        Ok(Some(journal::Lookup::Pending(earlier))) => (true, earlier.decided_at),
-                        _ => (true, action.decided_at),
-                    },
-                    Recorded::AlreadyDone => {
-                        return Ok(state(Phase::Recreating, String::new(), true));
+                let decided_at = action.decided_at;
+                if !record_first {
+                    (false, decided_at, Some(action))
+                } else {
+                    match self.cfg.commits.decide(key.clone(), action).await? {
+                        Recorded::New(_) => (false, decided_at, None),
+                        // Decided by an earlier pass whose stop did not finish: resume it with
+                        // the grace left since that decision.
+                        Recorded::Pending => match self.cfg.journal.lookup(&key) {
+                            Ok(Some(journal::Lookup::Pending(earlier))) => {
+                                (true, earlier.decided_at, None)
+                            }
+                            _ => (true, decided_at, None),
+                        },
+                        Recorded::AlreadyDone => {
+                            return Ok(state(Phase::Recreating, String::new(), true));
+                        }
                     }
                 }
             }
@@ -113,7 +128,20 @@ impl Executor {
         };
         let min = Duration::from_secs(MINIMUM_GRACE_SECONDS as u64);
         let stop_grace = grace.saturating_sub(since(decided_at)).max(min);
-        let (new_state, outcome) = match self.cfg.cri.stop_container(&raw.id, stop_grace).await {
+        let stop = self.cfg.cri.stop_container(&raw.id, stop_grace);
+        let stopped = match alongside {
+            None => stop.await,
+            Some(action) => {
+                let (recorded, stopped) =
+                    tokio::join!(self.cfg.commits.decide(key.clone(), action), stop);
+                if let Err(e) = recorded {
+                    warn!(crr = %name_of(crr), container = %name, error = %e,
+                        "recording the stop decision in the journal failed");
+                }
+                stopped
+            }
+        };
+        let (new_state, outcome) = match stopped {
             Ok(()) => (
                 state(Phase::Recreating, String::new(), true),
                 journal::RESULT_STOPPED,
