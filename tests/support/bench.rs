@@ -16,3 +16,22 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// Set the nice value of every thread of process `pid` (threads started later inherit it from
+/// the thread that starts them), with util-linux `renice`.
+pub fn renice(pid: u32, nice: i32) -> anyhow::Result<()> {
+    let mut tids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        tids.push(task?.file_name());
+    }
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&tids)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "renice -n {nice} of process {pid}: {status}"
+    );
+    Ok(())
+}
