@@ -864,7 +864,13 @@ async fn agent_kill9_after_a_plain_stop_stops_once() {
     first.kill9();
     let second = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
     second.wait_ready().await.unwrap();
-    let done = wait_crr("crr-k9-plain", "Completed", Duration::from_secs(40), completed).await;
+    let done = wait_crr(
+        "crr-k9-plain",
+        "Completed",
+        Duration::from_secs(40),
+        completed,
+    )
+    .await;
     assert_eq!(phase(&done), Some(Phase::Completed));
     assert_eq!(states(&done)[0].phase, Phase::Succeeded);
     let after = pod.handle.container("app").await.unwrap();
