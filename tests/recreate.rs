@@ -21,6 +21,7 @@ use support::apiserver::ApiServer;
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
+use support::wait::until;
 
 const NODE: &str = "node-crr";
 /// Exits at once on SIGTERM.
@@ -891,13 +892,14 @@ async fn sidecar_terminator_crr_from_kruise_manager() {
         .container(ContainerSpec::sh("main", "exit 0"))
         .container(ContainerSpec::sh("sidecar", POLITE));
     let pod = run_pod(spec).await;
-    pod.handle
-        .wait_until(
-            |s| s.container("main").is_some_and(|c| c.is_exited()),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    // kruise-manager acts on the Pod object: main terminated, the sidecar's ID in the status.
+    until("main terminated in the Pod status", 10, || async {
+        let statuses = pod.object().await.ok()?.status?.container_statuses?;
+        let main = statuses.iter().find(|s| s.name == "main")?;
+        let sidecar = statuses.iter().find(|s| s.name == "sidecar")?;
+        (main.state.as_ref()?.terminated.is_some() && sidecar.container_id.is_some()).then_some(())
+    })
+    .await;
     let name = format!("sidecar-termination-{}", pod.uid());
     let crr: Crr = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1",
