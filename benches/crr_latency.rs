@@ -18,12 +18,12 @@
 //! The same is measured against a floor, side by side: the bench itself watches the defaulted
 //! CRRs and calls StopContainer at once (no status writes, no journal).
 //!
-//! Conditions: the agent runs at nice -10, as the systemd unit starts it (`Nice=-10`); the API
-//! server double and the controller, which run on control-plane machines in a cluster, also run
-//! at nice -10 here (the bench process, which also holds the floor's stopper and the kubelet
-//! fixture, included) so that the runc processes of the N stops and restarts on these 2 cores do
-//! not stand for load they would not see (`NODEWARD_BENCH_NICE`, 0 for all at the same priority).
-//! The CRRs are created 3 s after the last pod was seen ready (the node settled after
+//! Conditions: the agent runs at nice -10, as the systemd unit starts it (`Nice=-10`), and so do
+//! the bench's floor stopper and kubelet fixture (`NODEWARD_BENCH_AGENT_NICE`). The API server
+//! double and the controller, which run on control-plane machines in a cluster, run at nice -20
+//! (`NODEWARD_BENCH_CONTROL_PLANE_NICE`): on these 2 cores they share the CPU with the runc
+//! processes of the N stops and restarts, which they would not see off the node. Set both to 0
+//! for everything at one priority. The CRRs are created 3 s after the last pod was seen ready (the node settled after
 //! starting N pods); the kubelet fixture relists the node's containers every second, as the
 //! kubelet's generic PLEG does (`NODEWARD_BENCH_RELIST_MS`; tests use 100 ms), so it restarts the
 //! stopped containers 0–1 s after their exit.
@@ -51,7 +51,7 @@ use nodeward::api::kruise::{ContainerRecreateRequest, ContainerRecreateRequestPh
 use nodeward::cri::CriClient;
 use serde_json::json;
 use support::agent::AgentProcess;
-use support::apiserver::ApiServer;
+use support::apiserver::{APISERVER_THREAD, ApiServer};
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, KUBELET_RELIST_PERIOD, PodSpec};
 use support::testbed::TestBed;
@@ -208,16 +208,18 @@ impl Timeline {
         })
     }
 
-    /// Milliseconds from each CRR's creation in the API to its time in `at`.
+    /// Milliseconds from each of this round's CRRs' creation in the API to its time in `at`.
     fn since_created(&self, at: &HashMap<String, SystemTime>) -> Vec<f64> {
-        at.iter()
-            .map(|(n, t)| ms_between(self.created[n], *t))
-            .collect()
+        Self::since(&self.created, at)
     }
 
     fn since_requested(&self, at: &HashMap<String, SystemTime>) -> Vec<f64> {
+        Self::since(&self.requested, at)
+    }
+
+    fn since(from: &HashMap<String, SystemTime>, at: &HashMap<String, SystemTime>) -> Vec<f64> {
         at.iter()
-            .map(|(n, t)| ms_between(self.requested[n], *t))
+            .filter_map(|(n, t)| Some(ms_between(*from.get(n)?, *t)))
             .collect()
     }
 }
@@ -373,10 +375,14 @@ async fn floor_round(api: &ApiServer, round: usize, n: usize) -> anyhow::Result<
 fn main() -> anyhow::Result<()> {
     let n = env_or("NODEWARD_BENCH_CRRS", 50) as usize;
     let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1) as usize;
-    let nice = std::env::var("NODEWARD_BENCH_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-10);
+    let nice = |name: &str, default: i32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let agent_nice = nice("NODEWARD_BENCH_AGENT_NICE", -10);
+    let control_plane_nice = nice("NODEWARD_BENCH_CONTROL_PLANE_NICE", -20);
     let relist = Duration::from_millis(env_or(
         "NODEWARD_BENCH_RELIST_MS",
         KUBELET_RELIST_PERIOD.as_millis() as u64,
@@ -385,7 +391,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     eprintln!(
-        "crr_latency: {n} pods with one CRR each x {rounds} round(s), nice {nice}, relist {relist:?}"
+        "crr_latency: {n} pods with one CRR each x {rounds} round(s), agent nice {agent_nice}, control plane nice {control_plane_nice}, relist {relist:?}"
     );
     rt.block_on(async {
         let tb = TestBed::shared();
@@ -404,9 +410,11 @@ fn main() -> anyhow::Result<()> {
                 v["message"] == "became the leader; starting reconcilers"
             })
             .await?;
-        for pid in [std::process::id(), agent.pid(), controller.pid()] {
-            renice(pid, nice)?;
-        }
+        let me = std::process::id();
+        renice(agent.pid(), agent_nice, |_| true)?;
+        renice(me, agent_nice, |thread| thread != APISERVER_THREAD)?;
+        renice(me, control_plane_nice, |thread| thread == APISERVER_THREAD)?;
+        renice(controller.pid(), control_plane_nice, |_| true)?;
         let (mut agent_samples, mut floor) = (Samples::default(), Samples::default());
         for round in 0..rounds {
             agent_samples.extend(agent_round(&api, &agent, round, n).await?);

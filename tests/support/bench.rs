@@ -17,12 +17,19 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Set the nice value of every thread of process `pid` (threads started later inherit it from
-/// the thread that starts them), with util-linux `renice`.
-pub fn renice(pid: u32, nice: i32) -> anyhow::Result<()> {
+/// Set the nice value of the threads of process `pid` whose name (`comm`) passes `pick` (threads
+/// started later inherit it from the thread that starts them), with util-linux `renice`.
+pub fn renice(pid: u32, nice: i32, pick: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let mut tids = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        tids.push(task?.file_name());
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if pick(comm.trim_end()) {
+            tids.push(task.file_name());
+        }
+    }
+    if tids.is_empty() {
+        return Ok(());
     }
     let status = std::process::Command::new("renice")
         .args(["-n", &nice.to_string(), "-p"])

@@ -217,6 +217,9 @@ impl RequestMatcher {
     }
 }
 
+/// The name of the API server's runtime threads.
+pub const APISERVER_THREAD: &str = "fake-apiserver";
+
 /// A running fake API server. Dropping it stops it (open connections are closed).
 pub struct ApiServer {
     server: Arc<Server>,
@@ -233,7 +236,7 @@ impl ApiServer {
     pub async fn start_with(opts: ApiServerOptions) -> Result<ApiServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(opts.worker_threads.max(1))
-            .thread_name("fake-apiserver")
+            .thread_name(APISERVER_THREAD)
             .enable_all()
             .build()
             .context("building the API server's runtime")?;
