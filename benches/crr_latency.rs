@@ -403,7 +403,13 @@ fn main() -> anyhow::Result<()> {
         let agent = AgentProcess::spawn(tb, &["--kubeconfig", &kc, "--node-name", NODE])?;
         agent.wait_ready().await?;
         let controller = AgentProcess::spawn_nodeward(&[
-            "controller", "--kubeconfig", &kc, "--lease-namespace", "default", "--addr", "off",
+            "controller",
+            "--kubeconfig",
+            &kc,
+            "--lease-namespace",
+            "default",
+            "--addr",
+            "off",
         ])?;
         controller
             .wait_for("leader", Duration::from_secs(30), |v| {
@@ -422,27 +428,30 @@ fn main() -> anyhow::Result<()> {
         }
         agent_samples.sort();
         floor.sort();
-        let p = percentile;
-        let a = &agent_samples;
-        let (s99, f99) = (p(&a.to_stop, 99.0), p(&floor.to_stop, 99.0));
-        println!(
-            "RESULT crr_latency crrs={} watch_to_stop_p50_ms={:.1} watch_to_stop_p99_ms={s99:.1} create_to_completed_p50_ms={:.1} create_to_completed_p99_ms={:.1} agent_p50_ms={:.1} agent_p99_ms={:.1} defaulted_p50_ms={:.1} defaulted_p99_ms={:.1} delivered_p50_ms={:.1} delivered_p99_ms={:.1} request_to_stop_p99_ms={:.1} floor_p50_ms={:.1} floor_p99_ms={f99:.1} floor_defaulted_p99_ms={:.1} floor_request_to_stop_p99_ms={:.1} ratio_p99={:.2}",
-            a.to_stop.len(),
-            p(&a.to_stop, 50.0),
-            p(&a.to_completed, 50.0),
-            p(&a.to_completed, 99.0),
-            p(&a.in_agent, 50.0),
-            p(&a.in_agent, 99.0),
-            p(&a.defaulted, 50.0),
-            p(&a.defaulted, 99.0),
-            p(&a.delivered, 50.0),
-            p(&a.delivered, 99.0),
-            p(&a.request_to_stop, 99.0),
-            p(&floor.to_stop, 50.0),
-            p(&floor.defaulted, 99.0),
-            p(&floor.request_to_stop, 99.0),
-            s99 / f99,
-        );
+        let (a, f) = (&agent_samples, &floor);
+        let fields: [(&str, &[f64], f64); 15] = [
+            ("watch_to_stop_p50_ms", &a.to_stop, 50.0),
+            ("watch_to_stop_p99_ms", &a.to_stop, 99.0),
+            ("create_to_completed_p50_ms", &a.to_completed, 50.0),
+            ("create_to_completed_p99_ms", &a.to_completed, 99.0),
+            ("agent_p50_ms", &a.in_agent, 50.0),
+            ("agent_p99_ms", &a.in_agent, 99.0),
+            ("defaulted_p50_ms", &a.defaulted, 50.0),
+            ("defaulted_p99_ms", &a.defaulted, 99.0),
+            ("delivered_p50_ms", &a.delivered, 50.0),
+            ("delivered_p99_ms", &a.delivered, 99.0),
+            ("request_to_stop_p99_ms", &a.request_to_stop, 99.0),
+            ("floor_p50_ms", &f.to_stop, 50.0),
+            ("floor_p99_ms", &f.to_stop, 99.0),
+            ("floor_defaulted_p99_ms", &f.defaulted, 99.0),
+            ("floor_request_to_stop_p99_ms", &f.request_to_stop, 99.0),
+        ];
+        let mut line = format!("RESULT crr_latency crrs={}", a.to_stop.len());
+        for (name, values, pct) in fields {
+            line.push_str(&format!(" {name}={:.1}", percentile(values, pct)));
+        }
+        let ratio = percentile(&a.to_stop, 99.0) / percentile(&f.to_stop, 99.0);
+        println!("{line} ratio_p99={ratio:.2}");
         agent.stop().await?;
         controller.stop().await?;
         tb.shutdown().await?;

@@ -784,38 +784,66 @@ async fn bad_requests_complete_with_a_message() {
     pod.remove().await.unwrap();
 }
 
+/// A pod on a node of its own, served by an agent whose state directory outlives a `kill -9`.
+struct Kill9 {
+    first: AgentProcess,
+    pod: ClusterPod,
+    state_dir: std::path::PathBuf,
+    args: Vec<String>,
+}
+
+impl Kill9 {
+    /// Pod `name` with `app` on node `node-<name>`, running, with its agent ready.
+    async fn start(name: &str, app: ContainerSpec) -> Kill9 {
+        ready().await;
+        let tb = TestBed::shared();
+        let node = format!("node-{name}");
+        let state_dir = tb.dir().join(format!("agent-{name}"));
+        let args = vec![
+            "--kubeconfig".to_owned(),
+            kubeconfig(),
+            "--node-name".to_owned(),
+            node.clone(),
+        ];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let first = AgentProcess::spawn_in(tb, &state_dir, &argv).unwrap();
+        first.wait_ready().await.unwrap();
+        let pod = ClusterPod::run(tb, api().client(), &node, PodSpec::new(name).container(app))
+            .await
+            .unwrap();
+        wait_pod_running(&pod).await;
+        Kill9 {
+            first,
+            pod,
+            state_dir,
+            args,
+        }
+    }
+
+    /// `kill -9` the first agent and start another on the same state; ready.
+    async fn restart(&self) -> AgentProcess {
+        self.first.kill9();
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let second = AgentProcess::spawn_in(TestBed::shared(), &self.state_dir, &argv).unwrap();
+        second.wait_ready().await.unwrap();
+        second
+    }
+}
+
 /// kill -9 while the agent runs a preStop hook: the restarted agent finishes that stop (without
 /// running the hook again), the container is restarted exactly once and the CRR completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
-    ready().await;
-    const K9_NODE: &str = "node-crr-k9";
-    let tb = TestBed::shared();
-    let kc = kubeconfig();
-    let state_dir = tb.dir().join("agent-crr-k9");
-    let args = ["--kubeconfig", kc.as_str(), "--node-name", K9_NODE];
-    let first = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
-    first.wait_ready().await.unwrap();
     let app = ContainerSpec::sh("app", POLITE).pre_stop_exec(["sleep", "3"]);
-    let pod = ClusterPod::run(
-        tb,
-        api().client(),
-        K9_NODE,
-        PodSpec::new("crr-k9").container(app),
-    )
-    .await
-    .unwrap();
-    wait_pod_running(&pod).await;
+    let k9 = Kill9::start("crr-k9", app).await;
     create("crr-k9", "crr-k9", &["app"], json!({})).await;
-    wait_log(&first, "stopping container for CRR", "crr-k9", "app").await;
+    wait_log(&k9.first, "stopping container for CRR", "crr-k9", "app").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    first.kill9();
-    let second = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
-    second.wait_ready().await.unwrap();
+    let second = k9.restart().await;
     let done = wait_crr("crr-k9", "Completed", Duration::from_secs(40), completed).await;
     assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
     assert_eq!(
-        pod.handle.container("app").await.unwrap().restart_count,
+        k9.pod.handle.container("app").await.unwrap().restart_count,
         1,
         "stopped exactly once"
     );
@@ -831,7 +859,7 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
         "no second kill"
     );
     second.stop().await.unwrap();
-    pod.remove().await.unwrap();
+    k9.pod.remove().await.unwrap();
 }
 
 /// kill -9 right after a plain stop (no preStop, not forced) was sent, whose journal record is
@@ -841,30 +869,18 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
 /// restarted exactly once and the CRR completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_kill9_after_a_plain_stop_stops_once() {
-    ready().await;
-    const K9_NODE: &str = "node-crr-k9-plain";
-    let tb = TestBed::shared();
-    let kc = kubeconfig();
-    let state_dir = tb.dir().join("agent-crr-k9-plain");
-    let args = ["--kubeconfig", kc.as_str(), "--node-name", K9_NODE];
-    let first = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
-    first.wait_ready().await.unwrap();
     let app = ContainerSpec::sh("app", "trap 'sleep 2; exit 0' TERM; sleep 100000 & wait");
-    let pod = ClusterPod::run(
-        tb,
-        api().client(),
-        K9_NODE,
-        PodSpec::new("crr-k9-plain").container(app),
-    )
-    .await
-    .unwrap();
-    wait_pod_running(&pod).await;
-    let before = pod.handle.container("app").await.unwrap().id;
+    let k9 = Kill9::start("crr-k9-plain", app).await;
+    let before = k9.pod.handle.container("app").await.unwrap().id;
     create("crr-k9-plain", "crr-k9-plain", &["app"], json!({})).await;
-    wait_log(&first, "stopping container for CRR", "crr-k9-plain", "app").await;
-    first.kill9();
-    let second = AgentProcess::spawn_in(tb, &state_dir, &args).unwrap();
-    second.wait_ready().await.unwrap();
+    wait_log(
+        &k9.first,
+        "stopping container for CRR",
+        "crr-k9-plain",
+        "app",
+    )
+    .await;
+    let second = k9.restart().await;
     let done = wait_crr(
         "crr-k9-plain",
         "Completed",
@@ -874,11 +890,11 @@ async fn agent_kill9_after_a_plain_stop_stops_once() {
     .await;
     assert_eq!(phase(&done), Some(Phase::Completed));
     assert_eq!(states(&done)[0].phase, Phase::Succeeded);
-    let after = pod.handle.container("app").await.unwrap();
+    let after = k9.pod.handle.container("app").await.unwrap();
     assert_ne!(after.id, before, "recreated");
     assert_eq!(after.restart_count, 1, "stopped exactly once");
     second.stop().await.unwrap();
-    pod.remove().await.unwrap();
+    k9.pod.remove().await.unwrap();
 }
 
 /// A CRR as kruise-manager's SidecarTerminator creates it for a finished Job pod
