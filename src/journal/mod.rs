@@ -1,8 +1,8 @@
 //! Durable action log and outbox, kept in one redb file (`<state_dir>/journal.redb`).
 //!
-//! The agent records a decided action ([`Journal::decide`]) before it acts, and the outcome
-//! ([`Journal::complete`]) after. Every commit is made with [`redb::Durability::Immediate`], so
-//! after a `kill -9` at any point:
+//! The agent records a decided action ([`Journal::decide`]) before it acts (or, for an idempotent
+//! act such as a plain CRR stop, while it acts), and the outcome ([`Journal::complete`]) after.
+//! Every commit is made with [`redb::Durability::Immediate`], so after a `kill -9` at any point:
 //! * an action that was decided but not completed is returned by [`Journal::pending`] and is
 //!   re-issued by the caller (stopping a container is idempotent);
 //! * an action whose outcome was recorded is reported as [`Recorded::AlreadyDone`] and is never

@@ -16,8 +16,6 @@ pub struct ContainerView {
     pub state: State,
     /// The kubelet's restart count annotation.
     pub restart_count: u32,
-    /// Unix nanos.
-    pub created_at: i64,
 }
 
 /// Cheap to clone; all clones share the same data.
@@ -55,7 +53,6 @@ impl NodeView {
                     sandbox_id: c.sandbox_id.clone(),
                     state: c.state,
                     restart_count: c.meta.restart_count,
-                    created_at: c.created_at,
                 })
                 .collect();
             pods.insert(uid, containers);

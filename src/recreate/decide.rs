@@ -133,7 +133,8 @@ pub fn check_runtime(crr: &ContainerRecreateRequest, runtime: &str) -> Result<()
 
 /// The new state of every spec container (upstream v1.9's state table, first match wins).
 /// `killed` names the containers this agent has stopped for this CRR according to its journal:
-/// they count as `isKilled` even when a crash lost the status write.
+/// they count as `isKilled` even when a crash lost the status write (a plain stop's record may
+/// be lost with it; its container is then judged by its instance alone).
 pub fn container_states(
     crr: &ContainerRecreateRequest,
     runtime: &[RuntimeContainer],

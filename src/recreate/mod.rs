@@ -5,9 +5,10 @@
 //! Differences from kruise-daemon, all wire-compatible:
 //! * one pass goes from `Recreating` to the first kill without waiting for the watch to echo each
 //!   write, and the next CRR of a pod starts as soon as one completes (upstream #1626);
-//! * each kill is recorded in the journal before it starts, so after a `kill -9` a stop in flight
-//!   is finished (without running preStop again) instead of repeated, and `isKilled` survives a
-//!   lost status write;
+//! * a kill with a preStop hook or a forced kill is recorded in the journal before it starts, so
+//!   after a `kill -9` a stop in flight is finished (without running preStop again) instead of
+//!   repeated, and `isKilled` survives a lost status write; a plain stop, which is idempotent, is
+//!   recorded while StopContainer runs;
 //! * an `httpGet` preStop is sent to the pod IP from the CRI sandbox status.
 
 pub mod decide;
@@ -466,11 +467,18 @@ impl Executor {
             warn!(crr = %name_of(&crr), error = %e, "unreadable sync-container-statuses annotation; ignored");
             Vec::new()
         });
-        let pod = match self.untouched(&crr, &pod_uid, &synced) {
+        let records = self.journal_records(&crr)?;
+        // The node view serves a first stop only: after one, a view not yet caught up with the
+        // exit would still show the stopped instance running.
+        let first_stop = records.iter().all(|(_, _, found)| found.is_none());
+        let pod = match first_stop
+            .then(|| self.untouched(&crr, &pod_uid, &synced))
+            .flatten()
+        {
             Some(pod) => pod,
             None => self.pod_containers(&crr, &pod_uid).await?,
         };
-        let journal = self.journal_facts(&crr, &pod).await?;
+        let journal = self.journal_facts(records, &pod).await?;
         let mut states =
             decide::container_states(&crr, &pod.newest, &synced, &journal.killed, now());
         let step = decide::next(&crr, &mut states, &pod.newest, now());
@@ -608,38 +616,53 @@ impl Executor {
         Ok(pod)
     }
 
-    /// What the journal knows about this CRR's kills. A kill recorded as decided whose container
-    /// has since exited or been replaced did happen before a crash: it is completed now.
-    async fn journal_facts(
+    /// The journal's record of each of the CRR's kills: (container, key, record).
+    fn journal_records(
         &self,
         crr: &Crr,
-        pod: &PodContainers,
-    ) -> Result<JournalFacts, SyncError> {
+    ) -> Result<Vec<(String, String, Option<Lookup>)>, SyncError> {
         let uid = crr.uid().unwrap_or_default();
-        let keys: Vec<(&str, String)> = crr
+        let keys: Vec<String> = crr
             .spec
             .containers
             .iter()
-            .map(|c| (c.name.as_str(), kill_key(&uid, &c.name)))
+            .map(|c| kill_key(&uid, &c.name))
             .collect();
         let found = self
             .cfg
             .journal
-            .lookup_all(&keys.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())?;
+            .lookup_all(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(crr
+            .spec
+            .containers
+            .iter()
+            .zip(keys)
+            .zip(found)
+            .map(|((c, key), found)| (c.name.clone(), key, found))
+            .collect())
+    }
+
+    /// What the journal's records tell about this CRR's kills. A kill recorded as decided whose
+    /// container has since exited or been replaced did happen before a crash: it is completed now.
+    async fn journal_facts(
+        &self,
+        records: Vec<(String, String, Option<Lookup>)>,
+        pod: &PodContainers,
+    ) -> Result<JournalFacts, SyncError> {
         let mut facts = JournalFacts::default();
-        for ((name, key), found) in keys.into_iter().zip(found) {
+        for (name, key, found) in records {
             match found {
                 None => {}
                 Some(Lookup::Done) => {
-                    facts.killed.insert(name.to_string());
+                    facts.killed.insert(name);
                 }
                 Some(Lookup::Pending(action)) => {
-                    facts.killed.insert(name.to_string());
+                    facts.killed.insert(name.clone());
                     let target = action.containers.first().map(|c| c.id.as_str());
-                    let live = pod.raw.get(name).map(|r| r.id.as_str());
+                    let live = pod.raw.get(&name).map(|r| r.id.as_str());
                     let running = pod.newest.iter().any(|r| r.name == name && !r.exited);
                     if target.is_some() && target == live && running {
-                        facts.pending.insert(name.to_string(), action);
+                        facts.pending.insert(name, action);
                     } else {
                         let outcome = journal::Outcome {
                             result: journal::RESULT_STOPPED.into(),

@@ -219,7 +219,7 @@ impl Metrics {
         let crr_stop_latency = latency_histogram();
         registry.register_with_unit(
             "crr_stop_latency",
-            "Time from the watch event or timer that started a CRR executor pass to the start of a container stop (journal recorded, Killing event; the preStop hook and StopContainer follow)",
+            "Time from the watch event or timer that started a CRR executor pass to the start of a container stop (decision made, Killing event sent; the preStop hook and StopContainer follow)",
             Unit::Seconds,
             crr_stop_latency.clone(),
         );
