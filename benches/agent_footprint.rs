@@ -27,7 +27,7 @@ fn pod(i: usize) -> PodSpec {
 }
 
 fn main() -> anyhow::Result<()> {
-    let pods = env_or("NODEWARD_BENCH_PODS", 125) as usize;
+    let pods = env_or("NODEWARD_BENCH_PODS", 125usize);
     let idle = Duration::from_secs(env_or("NODEWARD_BENCH_IDLE_S", 60));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

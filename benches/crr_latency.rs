@@ -181,10 +181,8 @@ impl Timeline {
     fn read(api: &ApiServer, requested: HashMap<String, SystemTime>) -> anyhow::Result<Timeline> {
         let (mut created, mut defaulted) = (HashMap::new(), HashMap::new());
         for r in api.requests() {
-            let Some(name) = r
-                .name
-                .filter(|n| r.resource == "containerrecreaterequests" && requested.contains_key(n))
-            else {
+            let ours = r.resource == "containerrecreaterequests" && (200..300).contains(&r.status);
+            let Some(name) = r.name.filter(|n| ours && requested.contains_key(n)) else {
                 continue;
             };
             match (r.verb.as_str(), r.subresource) {
@@ -373,16 +371,10 @@ async fn floor_round(api: &ApiServer, round: usize, n: usize) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
-    let n = env_or("NODEWARD_BENCH_CRRS", 50) as usize;
-    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1) as usize;
-    let nice = |name: &str, default: i32| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let agent_nice = nice("NODEWARD_BENCH_AGENT_NICE", -10);
-    let control_plane_nice = nice("NODEWARD_BENCH_CONTROL_PLANE_NICE", -20);
+    let n = env_or("NODEWARD_BENCH_CRRS", 50usize);
+    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1usize);
+    let agent_nice: i32 = env_or("NODEWARD_BENCH_AGENT_NICE", -10);
+    let control_plane_nice: i32 = env_or("NODEWARD_BENCH_CONTROL_PLANE_NICE", -20);
     let relist = Duration::from_millis(env_or(
         "NODEWARD_BENCH_RELIST_MS",
         KUBELET_RELIST_PERIOD.as_millis() as u64,

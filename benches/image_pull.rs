@@ -141,7 +141,7 @@ async fn direct_round(tb: &TestBed, keys: &[String]) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 5).max(1);
+    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 5u64).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -131,8 +131,8 @@ fn stagger_ms() -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n = env_or("NODEWARD_BENCH_PODS", 20) as usize;
-    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1) as usize;
+    let n = env_or("NODEWARD_BENCH_PODS", 20usize);
+    let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

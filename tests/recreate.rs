@@ -788,7 +788,6 @@ async fn bad_requests_complete_with_a_message() {
 struct Kill9 {
     first: AgentProcess,
     pod: ClusterPod,
-    state_dir: std::path::PathBuf,
     args: Vec<String>,
 }
 
@@ -812,19 +811,15 @@ impl Kill9 {
             .await
             .unwrap();
         wait_pod_running(&pod).await;
-        Kill9 {
-            first,
-            pod,
-            state_dir,
-            args,
-        }
+        Kill9 { first, pod, args }
     }
 
     /// `kill -9` the first agent and start another on the same state; ready.
     async fn restart(&self) -> AgentProcess {
         self.first.kill9();
         let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let second = AgentProcess::spawn_in(TestBed::shared(), &self.state_dir, &argv).unwrap();
+        let state_dir = self.first.state_dir().expect("spawned with a state dir");
+        let second = AgentProcess::spawn_in(TestBed::shared(), state_dir, &argv).unwrap();
         second.wait_ready().await.unwrap();
         second
     }
@@ -865,10 +860,10 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
 /// kill -9 right after a plain stop (no preStop, not forced) was sent, whose journal record is
 /// written alongside StopContainer rather than before it, while the container is still stopping
 /// (it takes 2 s on SIGTERM): the restarted agent either resumes the recorded stop or, if the
-/// record was lost, stops the same instance again; either way the container exits and is
-/// restarted exactly once and the CRR completes.
+/// record was lost, stops the same instance again (never the new one); either way the container
+/// exits and is restarted exactly once and the CRR completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_kill9_after_a_plain_stop_stops_once() {
+async fn agent_kill9_after_a_plain_stop_restarts_once() {
     let app = ContainerSpec::sh("app", "trap 'sleep 2; exit 0' TERM; sleep 100000 & wait");
     let k9 = Kill9::start("crr-k9-plain", app).await;
     let before = k9.pod.handle.container("app").await.unwrap().id;
@@ -888,11 +883,17 @@ async fn agent_kill9_after_a_plain_stop_stops_once() {
         completed,
     )
     .await;
-    assert_eq!(phase(&done), Some(Phase::Completed));
-    assert_eq!(states(&done)[0].phase, Phase::Succeeded);
+    assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
+    for line in second.messages("stopping container for CRR") {
+        assert_eq!(
+            line["container_id"],
+            before.as_str(),
+            "only the old instance is stopped"
+        );
+    }
     let after = k9.pod.handle.container("app").await.unwrap();
     assert_ne!(after.id, before, "recreated");
-    assert_eq!(after.restart_count, 1, "stopped exactly once");
+    assert_eq!(after.restart_count, 1, "restarted exactly once");
     second.stop().await.unwrap();
     k9.pod.remove().await.unwrap();
 }
@@ -908,12 +909,13 @@ async fn sidecar_terminator_crr_from_kruise_manager() {
         .container(ContainerSpec::sh("main", "exit 0"))
         .container(ContainerSpec::sh("sidecar", POLITE));
     let pod = run_pod(spec).await;
-    // kruise-manager acts on the Pod object: main terminated, the sidecar's ID in the status.
+    // kruise-manager acts on the Pod object: main terminated, the sidecar running in the status.
     until("main terminated in the Pod status", 10, || async {
         let statuses = pod.object().await.ok()?.status?.container_statuses?;
         let main = statuses.iter().find(|s| s.name == "main")?;
         let sidecar = statuses.iter().find(|s| s.name == "sidecar")?;
-        (main.state.as_ref()?.terminated.is_some() && sidecar.container_id.is_some()).then_some(())
+        let running = sidecar.state.as_ref()?.running.is_some();
+        (main.state.as_ref()?.terminated.is_some() && running).then_some(())
     })
     .await;
     let name = format!("sidecar-termination-{}", pod.uid());

@@ -1,7 +1,7 @@
 //! Small helpers shared by the benchmarks.
 
 /// A whole number from the environment, else `default`.
-pub fn env_or(name: &str, default: u64) -> u64 {
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

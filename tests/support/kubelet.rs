@@ -363,9 +363,7 @@ impl Kubelet {
     }
 }
 
-/// What a pod's fixture tasks share.
 /// Reads a pod's container states; outlives neither the pod's CRI objects nor the test bed.
-#[derive(Clone)]
 pub struct StatusSource {
     ctx: Arc<PodContext>,
     relist: watch::Receiver<Arc<Relist>>,
@@ -551,7 +549,6 @@ impl PodHandle {
         })
     }
 
-    /// A cheap handle that reads this pod's container states (for status mirrors).
     /// The pod's containers from the fixture's node-wide relist, for a status mirror.
     pub fn status_source(&self, bed: &TestBed) -> StatusSource {
         StatusSource {
@@ -739,6 +736,7 @@ async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Reli
     let mut cri = ctx.cri();
     // A relist sent before our last restart may still show the instance it replaced.
     let mut acted_at = Instant::now();
+    let mut last_error: Option<String> = None;
     while relist.changed().await.is_ok() {
         if ctx.removing.load(Ordering::SeqCst) {
             return;
@@ -748,11 +746,19 @@ async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Reli
             continue;
         }
         match restart_exited(&mut cri, &ctx, snapshot.instances(&ctx.sandbox_id)).await {
-            Ok(false) => {}
-            Ok(true) => acted_at = Instant::now(),
+            Ok(false) => last_error = None,
+            Ok(true) => {
+                acted_at = Instant::now();
+                last_error = None;
+            }
             Err(e) => {
                 acted_at = Instant::now();
-                eprintln!("kubelet fixture: pod {}: {e:#}", ctx.pod());
+                // Say so once per new error (e.g. a container stuck starting).
+                let msg = format!("{e:#}");
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    eprintln!("kubelet fixture: pod {}: {msg}", ctx.pod());
+                    last_error = Some(msg);
+                }
             }
         }
     }
@@ -769,9 +775,12 @@ async fn restart_exited(
         if latest.state != ContainerState::ContainerExited {
             continue;
         }
-        let status = container_status(cri, &latest.id).await?;
-        if !ctx.spec.restart_policy.restarts(status.exit_code) {
-            continue;
+        // Only the exit code decides, and only when the policy is not Always.
+        if ctx.spec.restart_policy != RestartPolicy::Always {
+            let status = container_status(cri, &latest.id).await?;
+            if !ctx.spec.restart_policy.restarts(status.exit_code) {
+                continue;
+            }
         }
         if ctx.removing.load(Ordering::SeqCst) {
             return Ok(acted);
