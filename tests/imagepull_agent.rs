@@ -7,6 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -41,12 +42,27 @@ fn kubeconfig() -> PathBuf {
     .clone()
 }
 
+/// Images in the layout: more than all tests of this file push together.
+const LAYOUT_IMAGES: usize = 32;
+
 /// Small distinct images (64 KiB padding each).
 fn layout() -> PathBuf {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT
-        .get_or_init(|| support::images::ensure_pull_layout(8, 64).expect("pull images"))
+        .get_or_init(|| {
+            support::images::ensure_pull_layout(LAYOUT_IMAGES, 64).expect("pull images")
+        })
         .clone()
+}
+
+/// A layout tag no other test of this process pushes. The tests share one containerd, and CRI
+/// `RemoveImage` drops every name of an image: two tests pushing the same content under different
+/// names would remove each other's pulls.
+fn unshared_image() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let i = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(i < LAYOUT_IMAGES, "raise LAYOUT_IMAGES");
+    format!("pull-{i}")
 }
 
 /// Push `n` distinct images to the test bed's registry as `<prefix>-<i>:v1`; returns their
@@ -56,7 +72,7 @@ async fn push_images(prefix: &str, n: usize) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 0..n {
         let key = format!("127.0.0.1:{}/{prefix}-{i}", tb.registry_port());
-        registry::push(&layout(), &format!("pull-{i}"), &format!("{key}:v1"), None)
+        registry::push(&layout(), &unshared_image(), &format!("{key}:v1"), None)
             .await
             .unwrap();
         keys.push(key);
@@ -447,8 +463,8 @@ async fn pull_secrets_dockerconfigjson_dockercfg_and_namespace_restriction() {
     )
     .await
     .unwrap();
-    for (i, name) in ["json", "cfg", "other-ns"].iter().enumerate() {
-        reg.push(&layout(), &format!("pull-{i}"), &format!("{name}:v1"))
+    for name in ["json", "cfg", "other-ns"] {
+        reg.push(&layout(), &unshared_image(), &format!("{name}:v1"))
             .await
             .unwrap();
     }
@@ -527,7 +543,9 @@ async fn wrong_credentials_fail_without_anonymous_fallback() {
     let reg = Registry::start(&tb.dir().join("registry-wrong"), Some(("puller", "right")))
         .await
         .unwrap();
-    reg.push(&layout(), "pull-0", "locked:v1").await.unwrap();
+    reg.push(&layout(), &unshared_image(), "locked:v1")
+        .await
+        .unwrap();
     let json = format!(
         r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{}"}}}}}}"#,
         reg.port(),
@@ -581,7 +599,9 @@ async fn registry_down_then_up_backs_off_and_succeeds() {
     let reg = Registry::start(&tb.dir().join("registry-flaky"), None)
         .await
         .unwrap();
-    reg.push(&layout(), "pull-1", "flaky:v1").await.unwrap();
+    reg.push(&layout(), &unshared_image(), "flaky:v1")
+        .await
+        .unwrap();
     reg.down();
     let key = reg.image("flaky");
     let node = Node::start("ip-flaky", &[]).await;
