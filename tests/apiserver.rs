@@ -937,7 +937,12 @@ async fn watch_from_expired_resource_version_relists() {
         }
     }
     // Hold re-watches off, end the watch, write and compact meanwhile, then let it resume
-    // from its (now expired) resourceVersion.
+    // from its (now expired) resourceVersion. The watcher's watch must be open first (InitDone
+    // comes before it is sent), or no watch ends.
+    eventually("the watcher's watch", || async {
+        server.open_watches() == 1
+    })
+    .await;
     let watches = RequestMatcher::any().verb("watch").resource("pods");
     server.fail_next(watches.clone(), 500, usize::MAX);
     let lists_before = server.count_requests(&RequestMatcher::any().verb("list").resource("pods"));

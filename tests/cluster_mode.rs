@@ -256,6 +256,32 @@ async fn api_outage_does_not_delay_termination_and_reports_once_after() {
     pod.remove().await.unwrap();
 }
 
+/// The node side starts without the API (what systemd's READY=1 waits for); `/readyz` waits for
+/// the first list of each watch too, and says which are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_api() {
+    let _serial = SERIAL.lock().await;
+    api().set_unavailable(true);
+    let agent = cluster_agent();
+    let started = agent.wait_ready().await;
+    let during_outage = agent.http_get("/readyz").await;
+    api().set_unavailable(false);
+    started.unwrap();
+    assert_eq!(
+        during_outage.unwrap(),
+        (
+            503,
+            "first list not done: Pods, ContainerRecreateRequests, NodeImage".into()
+        )
+    );
+    support::wait::until("/readyz 200 after the outage", 30, || async {
+        let (status, _) = agent.http_get("/readyz").await.unwrap();
+        (status == 200).then_some(())
+    })
+    .await;
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_swaps_sidecar_image_on_virtual_node() {
     let _serial = SERIAL.lock().await;

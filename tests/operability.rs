@@ -341,7 +341,6 @@ async fn metrics_parse_as_prometheus_text() {
     let tb = TestBed::shared();
     let agent = AgentProcess::spawn(tb, &[]).unwrap();
     agent.wait_ready().await.unwrap();
-    let addr = agent.metrics_addr().await.unwrap();
     let pod = Kubelet::run_pod(tb, job("metrics-pod", "sleep 1", POLITE, 30))
         .await
         .unwrap();
@@ -349,22 +348,13 @@ async fn metrics_parse_as_prometheus_text() {
         .wait_stopped(pod.uid(), "proxy", Duration::from_secs(20))
         .await
         .unwrap();
-    let get = |path: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{addr}{path}"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    assert!(get("/healthz").ends_with("\n200"));
-    assert!(get("/readyz").ends_with("\n200"));
-    let body = get("/metrics");
-    let body = body.rsplit_once('\n').unwrap().0;
+    assert_eq!(
+        agent.http_get("/healthz").await.unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(agent.http_get("/readyz").await.unwrap(), (200, "ok".into()));
+    let (status, body) = agent.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
     let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
         scrape

@@ -182,6 +182,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             client.clone(),
             cfg.node_name.clone(),
             pod_tx,
+            health.expect_list("Pods"),
         ));
         let fwd = tx.clone();
         tokio::spawn(async move {
@@ -206,6 +207,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             commits: commits.clone(),
             metrics: metrics.clone(),
             view: view.clone(),
+            first_list: health.expect_list("ContainerRecreateRequests"),
         }));
         tokio::spawn(crate::imagepull::run(
             client.clone(),
@@ -215,6 +217,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 node_name: cfg.node_name.clone(),
                 secret_namespace: cfg.pull_secret_namespace.clone(),
                 max_concurrent_pulls: cfg.max_concurrent_pulls,
+                first_list: health.expect_list("NodeImage"),
             },
         ));
     }

@@ -23,7 +23,7 @@ impl Notifier {
     pub fn spawn(health: Health) -> Self {
         let watchdog = sd_notify::watchdog_enabled();
         let task = tokio::spawn(async move {
-            while !health.ready() {
+            while !health.node_ready() {
                 tokio::time::sleep(READY_POLL).await;
             }
             send(&[

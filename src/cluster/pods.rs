@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::api::well_known as wk;
 use crate::cri::kubelet::{PodRef, RestartPolicy};
 use crate::node::model::{PodSpecFacts, Role};
+use crate::telemetry::http::Listed;
 
 /// A change to this node's Pods.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,31 +94,44 @@ pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
 }
 
 /// Watch this node's Pods until `updates` closes. The watcher relists and resumes on its own
-/// after API outages (with backoff), so no pod is missed.
-pub async fn watch(client: kube::Client, node: String, updates: mpsc::UnboundedSender<PodUpdate>) {
+/// after API outages (with backoff), so no pod is missed. `first_list` is marked done once the
+/// first list has been sent.
+pub async fn watch(
+    client: kube::Client,
+    node: String,
+    updates: mpsc::UnboundedSender<PodUpdate>,
+    first_list: Listed,
+) {
     use kube::runtime::WatchStreamExt;
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let stream = watcher(api, cfg).default_backoff();
     futures::pin_mut!(stream);
-    let mut listed: Vec<String> = Vec::new();
+    let mut uids: Vec<String> = Vec::new();
     while let Some(ev) = stream.next().await {
         let update = match ev {
             Ok(watcher::Event::Apply(pod)) => {
                 facts(&pod).map(|(pod, phase, spec)| PodUpdate::Upsert { pod, phase, spec })
             }
             Ok(watcher::Event::InitApply(pod)) => facts(&pod).map(|(pod, phase, spec)| {
-                listed.push(pod.uid.clone());
+                uids.push(pod.uid.clone());
                 PodUpdate::Upsert { pod, phase, spec }
             }),
             Ok(watcher::Event::Delete(pod)) => pod.uid().map(|uid| PodUpdate::Remove { uid }),
             Ok(watcher::Event::Init) => {
-                listed.clear();
+                uids.clear();
                 None
             }
-            Ok(watcher::Event::InitDone) => Some(PodUpdate::Resync {
-                uids: std::mem::take(&mut listed),
-            }),
+            Ok(watcher::Event::InitDone) => {
+                let resync = PodUpdate::Resync {
+                    uids: std::mem::take(&mut uids),
+                };
+                if updates.send(resync).is_err() {
+                    return;
+                }
+                first_list.done();
+                None
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "pod watch interrupted; retrying");
                 None

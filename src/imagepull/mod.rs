@@ -28,6 +28,7 @@ use crate::api::kruise::{
     ImageTagStatus, KRUISE_DAEMON_CONFIG_NAMESPACE, NodeImage, NodeImageSpec, NodeImageStatus,
 };
 use crate::cri::CriClient;
+use crate::telemetry::http::Listed;
 use crate::telemetry::metrics::Metrics;
 use decide::TagKey;
 use worker::{Puller, Update};
@@ -46,6 +47,8 @@ pub struct Config {
     pub secret_namespace: String,
     /// Pulls running at once on this node.
     pub max_concurrent_pulls: usize,
+    /// Marked done after the first list of this node's NodeImage.
+    pub first_list: Listed,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             node_name: String::new(),
             secret_namespace: KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
             max_concurrent_pulls: DEFAULT_MAX_CONCURRENT_PULLS,
+            first_list: Listed::default(),
         }
     }
 }
@@ -207,6 +211,7 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
                             observed_tx.send_replace(None);
                             state.deleted();
                         }
+                        cfg.first_list.done();
                     }
                     Ok(watcher::Event::Delete(_)) => {
                         observed_tx.send_replace(None);

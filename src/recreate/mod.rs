@@ -39,6 +39,7 @@ use crate::api::well_known as wk;
 use crate::cri::CriClient;
 use crate::journal::{self, Journal, Lookup};
 use crate::node::view::{ContainerView, NodeView};
+use crate::telemetry::http::Listed;
 use crate::telemetry::metrics::Metrics;
 use decide::{Gate, Next, RuntimeContainer};
 
@@ -65,6 +66,8 @@ pub struct Config {
     /// The agent's node model: the first stop of a CRR is decided from it, without asking the
     /// runtime.
     pub view: NodeView,
+    /// Marked done after the first list of this node's CRRs.
+    pub first_list: Listed,
 }
 
 /// CRRs are handled per pod, one at a time (upstream's queue key `<ns>/<podName>`).
@@ -163,6 +166,7 @@ pub async fn run(cfg: Config) {
                     for k in keys {
                         queue.add(k, Instant::now());
                     }
+                    queue.exec.cfg.first_list.done();
                 }
                 Some(Ok(watcher::Event::Init)) => {}
                 Some(Err(e)) => warn!(error = %e, "CRR watch interrupted; retrying"),

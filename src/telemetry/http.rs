@@ -1,10 +1,11 @@
 //! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness) and `/readyz`
-//! (readiness: the runtime is connected and the initial sync is done).
+//! (readiness: the runtime is connected, the initial sync is done, and in cluster mode every API
+//! watch has completed its first list).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +25,24 @@ pub struct Health {
 struct HealthFlags {
     runtime_connected: AtomicBool,
     synced: AtomicBool,
+    /// API watches readiness waits for, in registration order.
+    watches: Mutex<Vec<(&'static str, Listed)>>,
+}
+
+/// One API watch that readiness waits for; [`Listed::done`] once its first list is complete.
+/// Later interruptions (an API outage) do not make the agent unready again: it keeps working
+/// on what it knows, and the watch relists by itself.
+#[derive(Clone, Debug, Default)]
+pub struct Listed(Arc<AtomicBool>);
+
+impl Listed {
+    pub fn done(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Health {
@@ -42,12 +61,28 @@ impl Health {
         self.inner.synced.store(synced, Ordering::Release);
     }
 
+    /// Make readiness wait for the first list of the watch of `what` (e.g. `Pods`).
+    pub fn expect_list(&self, what: &'static str) -> Listed {
+        let listed = Listed::default();
+        self.inner
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((what, listed.clone()));
+        listed
+    }
+
     pub fn ready(&self) -> bool {
         self.not_ready_reason().is_none()
     }
 
-    /// Why the agent is not ready, or `None` when it is.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
+    /// Ready on the node alone: the runtime is connected and the initial sync done. What
+    /// systemd's `READY=1` means: the agent must start while the API server is unreachable.
+    pub fn node_ready(&self) -> bool {
+        self.node_not_ready_reason().is_none()
+    }
+
+    fn node_not_ready_reason(&self) -> Option<&'static str> {
         if !self.inner.runtime_connected.load(Ordering::Acquire) {
             Some("runtime not connected")
         } else if !self.inner.synced.load(Ordering::Acquire) {
@@ -55,6 +90,20 @@ impl Health {
         } else {
             None
         }
+    }
+
+    /// Why the agent is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(reason) = self.node_not_ready_reason() {
+            return Some(reason.into());
+        }
+        let watches = self.inner.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting: Vec<&str> = watches
+            .iter()
+            .filter(|(_, l)| !l.is_done())
+            .map(|(what, _)| *what)
+            .collect();
+        (!waiting.is_empty()).then(|| format!("first list not done: {}", waiting.join(", ")))
     }
 }
 
@@ -100,9 +149,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     match state.health.not_ready_reason() {
-        None => (StatusCode::OK, "ok"),
+        None => (StatusCode::OK, "ok".into()),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
@@ -199,6 +248,18 @@ mod tests {
         assert!(health.ready());
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
+        let (pods, crrs) = (health.expect_list("Pods"), health.expect_list("CRRs"));
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "first list not done: Pods, CRRs")
+        );
+        pods.done();
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (503, "first list not done: CRRs"));
+        assert!(health.node_ready());
+        crrs.done();
+        assert!(health.ready());
 
         metrics.sidecar_terminated("failed");
         let (status, head, body) = get(addr, "/metrics").await;

@@ -112,6 +112,20 @@ impl AgentProcess {
             .context("addr field")
     }
 
+    /// GET `path` from the agent's metrics/health listener (with curl): status code and body.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://{}{path}", self.metrics_addr().await?);
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &url])
+            .output()
+            .context("running curl")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text
+            .rsplit_once('\n')
+            .context("curl output without a status")?;
+        Ok((code.parse().context("status code")?, body.to_string()))
+    }
+
     /// Start `nodeward <args…> --log-format json` (any subcommand, e.g. the controller).
     pub fn spawn_nodeward(args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());

@@ -196,6 +196,9 @@ pub(crate) fn watch(
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
         ),
     };
+    // Subscribed before the watch counts as open: `close_watches` after `open_watches` saw it
+    // ends it.
+    let epoch = server.epoch.subscribe();
     let (tx, rx) = mpsc::channel(server.opts.watch_buffer.max(1));
     let filter = Arc::new(filter);
     let mut backlog = VecDeque::new();
@@ -257,7 +260,7 @@ pub(crate) fn watch(
         bookmarks: every,
         next_bookmark: later(now, every.unwrap_or(Duration::from_secs(60))),
         last_rv: start_rv,
-        epoch: server.epoch.subscribe(),
+        epoch,
         done: false,
         meta_only,
     };
