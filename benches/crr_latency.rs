@@ -54,6 +54,7 @@ use support::agent::AgentProcess;
 use support::apiserver::{APISERVER_THREAD, ApiServer};
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, KUBELET_RELIST_PERIOD, PodSpec};
+use support::rbac;
 use support::testbed::TestBed;
 
 type Crr = ContainerRecreateRequest;
@@ -389,17 +390,21 @@ fn main() -> anyhow::Result<()> {
         let tb = TestBed::shared();
         tb.start_relist(relist)?;
         let api = ApiServer::start().await?;
-        let kc = tb.dir().join("kubeconfig-bench");
-        api.write_kubeconfig(&kc)?;
-        let kc = kc.display().to_string();
-        let agent = AgentProcess::spawn(tb, &["--kubeconfig", &kc, "--node-name", NODE])?;
+        // The agent and the controller act as their service accounts, under the packaged RBAC.
+        let kubeconfig = |sa: &str| -> anyhow::Result<String> {
+            let path = tb.dir().join(format!("kubeconfig-bench-{sa}"));
+            api.write_kubeconfig_as(&path, Some(sa))?;
+            Ok(path.display().to_string())
+        };
+        let (agent_kc, controller_kc) = (kubeconfig(rbac::AGENT)?, kubeconfig(rbac::CONTROLLER)?);
+        let agent = AgentProcess::spawn(tb, &["--kubeconfig", &agent_kc, "--node-name", NODE])?;
         agent.wait_ready().await?;
         let controller = AgentProcess::spawn_nodeward(&[
             "controller",
             "--kubeconfig",
-            &kc,
+            &controller_kc,
             "--lease-namespace",
-            "default",
+            rbac::NAMESPACE,
             "--addr",
             "off",
         ])?;

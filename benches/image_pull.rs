@@ -23,6 +23,7 @@ use nodeward::api::kruise::{
 };
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
+use support::rbac;
 use support::registry;
 use support::testbed::{TestBed, cri_call};
 
@@ -150,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         let tb = TestBed::shared();
         let api = ApiServer::start().await?;
         let kubeconfig = tb.dir().join("bench-kubeconfig");
-        api.write_kubeconfig(&kubeconfig)?;
+        api.write_kubeconfig_as(&kubeconfig, Some(rbac::AGENT))?;
         let layout =
             tokio::task::spawn_blocking(|| support::images::ensure_pull_layout(IMAGES, PAD_KIB))
                 .await??;

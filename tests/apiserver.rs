@@ -1930,3 +1930,64 @@ async fn bad_input_answers_status() {
             .is_ok()
     );
 }
+
+/// A service account's kubeconfig is held to the packaged RBAC: the agent may read Pods and
+/// patch their status but not update them, and reads Secrets only in kruise-daemon-config.
+#[tokio::test]
+async fn service_account_tokens_are_held_to_the_packaged_rbac() {
+    let server = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig_as(&path, Some(support::rbac::AGENT))
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let agent = Client::try_from(config).unwrap();
+    let pp = PostParams::default();
+    let admin: Api<Pod> = Api::default_namespaced(server.client());
+    let created = admin
+        .create(&pp, &pod("rbac", None, json!({})))
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = Api::default_namespaced(agent.clone());
+    assert_eq!(pods.get("rbac").await.unwrap().name_any(), "rbac");
+    pods.patch_status(
+        "rbac",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    server.assert_no_denials();
+    match pods.replace("rbac", &pp, &created).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+            assert!(
+                s.message.contains(
+                    "User \"system:serviceaccount:nodeward-system:nodeward-agent\" cannot update"
+                ),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let secrets = |ns| Api::<k8s_openapi::api::core::v1::Secret>::namespaced(agent.clone(), ns);
+    assert!(matches!(
+        secrets("default").list(&ListParams::default()).await,
+        Err(kube::Error::Api(s)) if s.code == 403
+    ));
+    let denied =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.assert_no_denials()))
+            .unwrap_err();
+    let denied = denied.downcast_ref::<String>().unwrap();
+    assert!(
+        denied.contains("update /api/v1/namespaces/default/pods/rbac")
+            && denied.contains("list /api/v1/namespaces/default/secrets"),
+        "{denied}"
+    );
+}

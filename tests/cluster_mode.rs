@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -17,6 +16,7 @@ use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
+use support::rbac;
 use support::testbed::TestBed;
 use tokio::sync::Mutex;
 
@@ -29,18 +29,19 @@ fn api() -> &'static ApiServer {
     ApiServer::shared()
 }
 
-fn kubeconfig() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let p = TestBed::shared().dir().join("kubeconfig");
-        api().write_kubeconfig(&p).expect("kubeconfig");
-        p
-    })
-    .clone()
+/// A kubeconfig acting as one of the packaged service accounts (the server enforces its RBAC).
+fn kubeconfig(service_account: &str) -> PathBuf {
+    let p = TestBed::shared()
+        .dir()
+        .join(format!("kubeconfig-{service_account}"));
+    api()
+        .write_kubeconfig_as(&p, Some(service_account))
+        .expect("kubeconfig");
+    p
 }
 
 fn cluster_agent() -> AgentProcess {
-    let kc = kubeconfig();
+    let kc = kubeconfig(rbac::AGENT);
     AgentProcess::spawn(
         TestBed::shared(),
         &["--kubeconfig", kc.to_str().unwrap(), "--node-name", NODE],
@@ -130,6 +131,7 @@ async fn never_job_sidecar_stopped_and_reported() {
     assert_eq!(sidecar_events(pod.uid()).await.len(), 1);
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +170,7 @@ async fn onfailure_failed_main_leaves_sidecar() {
     assert!(!has_condition(&pod.object().await.unwrap()));
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +216,7 @@ async fn ignore_exit_code_sidecar_sets_job_phase() {
     assert_eq!(obj.status.unwrap().phase.as_deref(), Some("Succeeded"));
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +258,7 @@ async fn api_outage_does_not_delay_termination_and_reports_once_after() {
     );
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// The node side starts without the API (what systemd's READY=1 waits for); `/readyz` waits for
@@ -280,12 +285,13 @@ async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_ap
     })
     .await;
     agent.stop().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_swaps_sidecar_image_on_virtual_node() {
     let _serial = SERIAL.lock().await;
-    let kc = kubeconfig();
+    let kc = kubeconfig(rbac::CONTROLLER);
     let client = api().client();
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
@@ -298,7 +304,7 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
         "--kubeconfig",
         kc.to_str().unwrap(),
         "--lease-namespace",
-        "default",
+        rbac::NAMESPACE,
         "--addr",
         "off",
     ])
@@ -349,19 +355,20 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
     );
     ctrl.stop().await.unwrap();
     pods.delete("vk-job", &Default::default()).await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_leader_failover() {
     let _serial = SERIAL.lock().await;
-    let kc = kubeconfig();
+    let kc = kubeconfig(rbac::CONTROLLER);
     let start = |id: &str| {
         AgentProcess::spawn_nodeward(&[
             "controller",
             "--kubeconfig",
             kc.to_str().unwrap(),
             "--lease-namespace",
-            "default",
+            rbac::NAMESPACE,
             "--lease-name",
             "failover-test",
             "--lease-duration",
@@ -416,4 +423,5 @@ async fn controller_leader_failover() {
     .await
     .unwrap();
     c.stop().await.unwrap();
+    api().assert_no_denials();
 }

@@ -22,6 +22,7 @@ use nodeward::api::kruise::{
 use support::agent::AgentProcess;
 use support::apiserver::{ApiServer, RequestMatcher};
 use support::cri_proxy::{self, CriProxy};
+use support::rbac;
 use support::registry::{self, Registry};
 use support::testbed::TestBed;
 
@@ -32,11 +33,14 @@ fn api() -> &'static ApiServer {
     ApiServer::shared()
 }
 
+/// The agent's kubeconfig: its service account, under the packaged RBAC.
 fn kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let p = TestBed::shared().dir().join("imagepull-kubeconfig");
-        api().write_kubeconfig(&p).expect("kubeconfig");
+        api()
+            .write_kubeconfig_as(&p, Some(rbac::AGENT))
+            .expect("kubeconfig");
         p
     })
     .clone()
@@ -402,6 +406,7 @@ async fn pull_succeeds_and_sandbox_config_reaches_the_runtime() {
         "unchanged status re-written"
     );
     remove_image(&format!("{key}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,6 +457,7 @@ async fn if_not_present_skips_always_repulls_and_version_bump_repulls() {
     assert_eq!(node.proxy.pulls_of(present).len(), 0);
     remove_image(&format!("{present}:v1")).await;
     remove_image(&format!("{always}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,6 +541,7 @@ async fn pull_secrets_dockerconfigjson_dockercfg_and_namespace_restriction() {
     for key in [&json_key, &cfg_key, &public[0]] {
         remove_image(&format!("{key}:v1")).await;
     }
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,6 +598,7 @@ async fn wrong_credentials_fail_without_anonymous_fallback() {
         assert!(Instant::now() < deadline, "no PullImageFailed events");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,6 +636,7 @@ async fn registry_down_then_up_backs_off_and_succeeds() {
         "backoff 1 s then 2 s"
     );
     remove_image(&format!("{key}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -662,6 +671,7 @@ async fn per_attempt_timeout_then_retry_succeeds() {
     assert!(retried, "{:?}", node.agent().raw_lines());
     assert_eq!(node.proxy.in_flight(), 0);
     remove_image(&format!("{key}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -700,6 +710,7 @@ async fn active_deadline_fails_a_stuck_pull() {
         assert!(Instant::now() < deadline, "pull still in flight");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,6 +750,7 @@ async fn agent_killed_mid_pull_resumes_without_repulling_completed_tags() {
     assert_eq!(node.proxy.pulls_of(slow).len(), 2);
     remove_image(&format!("{quick}:v1")).await;
     remove_image(&format!("{slow}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -764,6 +776,7 @@ async fn unparsable_reference_fails_with_a_clear_message() {
         .await;
     assert_eq!(node.proxy.pulls().len(), 1);
     remove_image(&format!("{}:v1", keys[0])).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,6 +814,7 @@ async fn removing_a_tag_stops_its_worker() {
         "no stop logged"
     );
     remove_image(&format!("{kept}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,6 +839,7 @@ async fn two_nodes_sharing_a_runtime_both_succeed() {
         (1, 1)
     );
     remove_image(&format!("{key}:v1")).await;
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -865,6 +880,7 @@ async fn concurrency_cap_and_status_write_rate() {
     for key in &keys {
         remove_image(&format!("{key}:v1")).await;
     }
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,4 +907,5 @@ async fn status_write_conflicts_are_re_read_and_retried() {
         .len();
     assert_eq!(rereads, 2);
     remove_image(&format!("{key}:v1")).await;
+    api().assert_no_denials();
 }

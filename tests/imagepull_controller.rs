@@ -25,6 +25,7 @@ use nodeward::controller::imagepulljob::{self, Config};
 use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
+use support::rbac;
 use support::wait::until;
 use tokio::task::JoinHandle;
 
@@ -916,7 +917,9 @@ async fn controller_binary_runs_image_pull_reconcilers() {
     let server = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    server
+        .write_kubeconfig_as(&kubeconfig, Some(rbac::CONTROLLER))
+        .unwrap();
     let mut e = Env {
         client: server.client(),
         server,
@@ -929,7 +932,7 @@ async fn controller_binary_runs_image_pull_reconcilers() {
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
         "--lease-namespace",
-        "default",
+        rbac::NAMESPACE,
         "--addr",
         "off",
         "--nodeimage-creation-delay",
@@ -956,5 +959,6 @@ async fn controller_binary_runs_image_pull_reconcilers() {
         vec!["fake"],
         "response timeout from the flag"
     );
+    e.server.assert_no_denials();
     ctrl.stop().await.unwrap();
 }

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use support::cri_proxy::{self, CriProxy};
+use support::rbac;
 use support::registry::{self, Registry};
 use support::testbed::TestBed;
 use support::wait::until;
@@ -52,8 +53,17 @@ impl Cluster {
         let server = ApiServer::start().await.unwrap();
         let client = server.client();
         let dir = tempfile::tempdir_in(tb.dir()).unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
+        // The controller and the agents act as their service accounts, under the packaged RBAC.
+        let (controller_kc, agent_kc) = (
+            dir.path().join("kubeconfig-controller"),
+            dir.path().join("kubeconfig-agent"),
+        );
+        server
+            .write_kubeconfig_as(&controller_kc, Some(rbac::CONTROLLER))
+            .unwrap();
+        server
+            .write_kubeconfig_as(&agent_kc, Some(rbac::AGENT))
+            .unwrap();
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(DAEMON_NS.into()),
@@ -71,9 +81,9 @@ impl Cluster {
         let controller = AgentProcess::spawn_nodeward(&[
             "controller",
             "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
+            controller_kc.to_str().unwrap(),
             "--lease-namespace",
-            NS,
+            rbac::NAMESPACE,
             "--addr",
             "off",
             "--nodeimage-creation-delay",
@@ -82,7 +92,7 @@ impl Cluster {
         .unwrap();
         let nodes = NODES
             .iter()
-            .map(|name| spawn_node(dir.path(), &kubeconfig, name))
+            .map(|name| spawn_node(dir.path(), &agent_kc, name))
             .collect();
         let cluster = Cluster {
             server,
@@ -194,8 +204,10 @@ impl Cluster {
             .is_some_and(|i| i.tags.iter().any(|t| t.tag == tag))
     }
 
-    /// Asserts that no process logged an error, then stops them all.
+    /// Asserts that no process logged an error and the packaged RBAC allowed every call, then
+    /// stops them all.
     async fn stop(self) {
+        self.server.assert_no_denials();
         let processes =
             std::iter::once(&self.controller).chain(self.nodes.iter().map(|n| &n.agent));
         for p in processes {

@@ -2,13 +2,19 @@
 //! Kubernetes OpenAPI schemas offline (kubernetes-validate, installed by scripts/deps.sh); the
 //! DaemonSet and Deployment keep the promised shape; and the RBAC allows every API call the agent
 //! and the controller make (a reviewed table, below) and nothing the table marks as forbidden.
+//! The integration tests hold the real calls to the same RBAC: the agent and controller
+//! processes use service-account kubeconfigs, which the in-memory API server authorizes with
+//! `support::rbac` (`ApiServer::assert_no_denials`).
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
+use support::rbac::{self, Attributes, Rbac};
 
 const K8S: &str = "packaging/kubernetes";
 
@@ -261,7 +267,7 @@ fn controller_deployment_shape() {
 
 // ---- RBAC ----
 
-const NS: &str = "nodeward-system";
+const NS: &str = rbac::NAMESPACE;
 const CONFIG_NS: &str = "kruise-daemon-config";
 const KRUISE: &str = "apps.kruise.io";
 
@@ -433,79 +439,29 @@ const CONTROLLER_FORBIDDEN: &[Call] = &[
     ("update", "", "nodes", None),
 ];
 
-/// RBAC documents of packaging/kubernetes/*rbac*.yaml.
-fn rbac_docs() -> Vec<Value> {
-    let dir = root().join(K8S);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("rbac"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty());
-    files
-        .iter()
-        .flat_map(|f| {
-            docs(
-                &Path::new(K8S)
-                    .join(f.file_name().unwrap())
-                    .to_string_lossy(),
-            )
-        })
-        .collect()
-}
-
-fn contains(list: &Value, want: &str) -> bool {
-    list.as_array()
-        .is_some_and(|l| l.iter().any(|v| v == want || v == "*"))
-}
-
-/// Whether service account `sa` (in nodeward-system) may make `call` under `docs`.
-fn allowed(docs: &[Value], sa: &str, (verb, group, resource, ns): Call) -> bool {
-    let role = |kind: &str, name: &str, role_ns: Option<&str>| {
-        docs.iter().find(|d| {
-            d["kind"] == kind
-                && d["metadata"]["name"] == name
-                && d["metadata"]["namespace"].as_str() == role_ns
-        })
-    };
-    docs.iter()
-        .filter(|b| {
-            b["subjects"].as_array().is_some_and(|s| {
-                s.iter().any(|s| {
-                    s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == NS
-                })
-            })
-        })
-        .filter_map(|b| {
-            let binding_ns = b["metadata"]["namespace"].as_str();
-            let scope_ok = match b["kind"].as_str() {
-                Some("ClusterRoleBinding") => true,
-                Some("RoleBinding") => ns.is_some() && ns == binding_ns,
-                _ => false,
-            };
-            let name = b["roleRef"]["name"].as_str()?;
-            let r = match b["roleRef"]["kind"].as_str()? {
-                "ClusterRole" => role("ClusterRole", name, None),
-                _ => role("Role", name, binding_ns),
-            };
-            scope_ok.then_some(r).flatten()
-        })
-        .flat_map(|r| r["rules"].as_array().into_iter().flatten())
-        .any(|rule| {
-            contains(&rule["apiGroups"], group)
-                && contains(&rule["resources"], resource)
-                && contains(&rule["verbs"], verb)
-        })
+/// Whether service account `sa` may make `call` under the packaged RBAC.
+fn allowed(rbac: &Rbac, sa: &str, (verb, group, resource, namespace): Call) -> bool {
+    rbac.allows(
+        sa,
+        Attributes {
+            verb,
+            group,
+            resource,
+            namespace,
+        },
+    )
 }
 
 fn check(sa: &str, calls: &[Call], forbidden: &[Call]) {
-    let docs = rbac_docs();
-    let missing: Vec<_> = calls.iter().filter(|c| !allowed(&docs, sa, **c)).collect();
+    let packaged = Rbac::packaged();
+    let missing: Vec<_> = calls
+        .iter()
+        .filter(|c| !allowed(&packaged, sa, **c))
+        .collect();
     assert!(missing.is_empty(), "{sa}: RBAC does not allow {missing:?}");
     let extra: Vec<_> = forbidden
         .iter()
-        .filter(|c| allowed(&docs, sa, **c))
+        .filter(|c| allowed(&packaged, sa, **c))
         .collect();
     assert!(
         extra.is_empty(),
@@ -515,22 +471,19 @@ fn check(sa: &str, calls: &[Call], forbidden: &[Call]) {
 
 #[test]
 fn agent_rbac_allows_its_calls_and_no_more() {
-    check("nodeward-agent", AGENT_CALLS, AGENT_FORBIDDEN);
+    check(rbac::AGENT, AGENT_CALLS, AGENT_FORBIDDEN);
 }
 
 #[test]
 fn controller_rbac_allows_its_calls_and_no_more() {
-    check(
-        "nodeward-controller",
-        CONTROLLER_CALLS,
-        CONTROLLER_FORBIDDEN,
-    );
+    check(rbac::CONTROLLER, CONTROLLER_CALLS, CONTROLLER_FORBIDDEN);
 }
 
 #[test]
 fn workloads_use_the_bound_service_accounts() {
-    let docs = rbac_docs();
-    for sa in ["nodeward-agent", "nodeward-controller"] {
+    let packaged = Rbac::packaged();
+    let docs = packaged.docs();
+    for sa in [rbac::AGENT, rbac::CONTROLLER] {
         assert!(docs.iter().any(|d| d["kind"] == "ServiceAccount"
             && d["metadata"]["name"] == sa
             && d["metadata"]["namespace"] == NS));

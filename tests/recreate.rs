@@ -20,6 +20,7 @@ use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
+use support::rbac;
 use support::testbed::TestBed;
 use support::wait::until;
 
@@ -33,14 +34,15 @@ fn api() -> &'static ApiServer {
     ApiServer::shared()
 }
 
-fn kubeconfig() -> String {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let p = TestBed::shared().dir().join("kubeconfig-crr");
-        api().write_kubeconfig(&p).expect("kubeconfig");
-        p.display().to_string()
-    })
-    .clone()
+/// A kubeconfig acting as one of the packaged service accounts (the server enforces its RBAC).
+fn kubeconfig(service_account: &str) -> String {
+    let p = TestBed::shared()
+        .dir()
+        .join(format!("kubeconfig-crr-{service_account}"));
+    api()
+        .write_kubeconfig_as(&p, Some(service_account))
+        .expect("kubeconfig");
+    p.display().to_string()
 }
 
 /// Spawned from a thread that lives as long as the process, so the child gets SIGKILL (parent
@@ -61,7 +63,7 @@ fn spawn_for_process(
 fn agent() -> &'static AgentProcess {
     static AGENT: OnceLock<AgentProcess> = OnceLock::new();
     AGENT.get_or_init(|| {
-        let kc = kubeconfig();
+        let kc = kubeconfig(rbac::AGENT);
         spawn_for_process(move || {
             AgentProcess::spawn(
                 TestBed::shared(),
@@ -74,14 +76,14 @@ fn agent() -> &'static AgentProcess {
 fn controller() -> &'static AgentProcess {
     static CONTROLLER: OnceLock<AgentProcess> = OnceLock::new();
     CONTROLLER.get_or_init(|| {
-        let kc = kubeconfig();
+        let kc = kubeconfig(rbac::CONTROLLER);
         spawn_for_process(move || {
             AgentProcess::spawn_nodeward(&[
                 "controller",
                 "--kubeconfig",
                 &kc,
                 "--lease-namespace",
-                "default",
+                rbac::NAMESPACE,
                 "--lease-name",
                 "nodeward-crr-tests",
                 "--addr",
@@ -303,6 +305,7 @@ async fn simple_recreate_with_min_started_and_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,6 +331,7 @@ async fn recreates_two_containers() {
     }
     assert_eq!(done.status.unwrap().message, "");
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// Upstream e2e "recreates containers with postStartHook" (5 s hook there, 3 s here): without
@@ -365,6 +369,7 @@ async fn post_start_hook_unordered_vs_ordered() {
     assert!(gap < 2.0, "unordered: sidecar stopped {gap:.1} s after app");
     let gap = post_start_case("crr-ps-ordered", json!({"orderedRecreate": true})).await;
     assert!(gap >= 3.0, "ordered: sidecar stopped {gap:.1} s after app");
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,6 +388,7 @@ async fn force_recreate_unordered_vs_ordered() {
         gap >= 3.0,
         "force ordered: sidecar stopped {gap:.1} s after app"
     );
+    api().assert_no_denials();
 }
 
 /// forceRecreate kills once even a container that is still in its postStart hook.
@@ -439,6 +445,7 @@ async fn force_recreate_kills_a_starting_container() {
     let app = pod.handle.container("app").await.unwrap();
     assert_eq!(app.restart_count, 2, "killed once by each CRR");
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,6 +481,7 @@ async fn pre_stop_hook_runs_before_the_stop() {
     )
     .await;
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// An httpGet preStop is sent to the pod IP (here a host-network pod: 127.0.0.1), which
@@ -502,6 +510,7 @@ async fn http_get_pre_stop_reaches_the_pod() {
     assert_eq!(line["prestop"], "ran", "{line}");
     wait_crr("crr-http", "Completed", Duration::from_secs(30), completed).await;
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// activeDeadlineSeconds 3 with an 8 s preStop: the controller completes the CRR on time and
@@ -576,6 +585,7 @@ async fn active_deadline_completes_and_fails_unfinished() {
         "sidecar untouched"
     );
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 fn kruise_pod_ready(pod: &Pod) -> Option<(String, Option<String>)> {
@@ -677,6 +687,7 @@ async fn unready_grace_then_grace_cuts_pre_stop() {
     )
     .await;
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// Two CRRs for one pod run one after the other: the second starts as soon as the first
@@ -728,6 +739,7 @@ async fn two_crrs_for_one_pod_run_in_turn() {
         );
     }
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// Bad input completes with a clear message: a container the pod does not have (rejected by the
@@ -782,6 +794,7 @@ async fn bad_requests_complete_with_a_message() {
     assert!(message.contains("cri-o"), "{message}");
     assert_eq!(pod.handle.container("app").await.unwrap().restart_count, 0);
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// A pod on a node of its own, served by an agent whose state directory outlives a `kill -9`.
@@ -800,7 +813,7 @@ impl Kill9 {
         let state_dir = tb.dir().join(format!("agent-{name}"));
         let args = vec![
             "--kubeconfig".to_owned(),
-            kubeconfig(),
+            kubeconfig(rbac::AGENT),
             "--node-name".to_owned(),
             node.clone(),
         ];
@@ -855,6 +868,7 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
     );
     second.stop().await.unwrap();
     k9.pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// kill -9 right after a plain stop (no preStop, not forced) was sent, whose journal record is
@@ -896,6 +910,7 @@ async fn agent_kill9_after_a_plain_stop_restarts_once() {
     assert_eq!(after.restart_count, 1, "restarted exactly once");
     second.stop().await.unwrap();
     k9.pod.remove().await.unwrap();
+    api().assert_no_denials();
 }
 
 /// A CRR as kruise-manager's SidecarTerminator creates it for a finished Job pod
@@ -949,4 +964,5 @@ async fn sidecar_terminator_crr_from_kruise_manager() {
     assert_eq!(sidecar.exit_code, 0);
     assert_eq!(sidecar.restart_count, 0);
     pod.remove().await.unwrap();
+    api().assert_no_denials();
 }

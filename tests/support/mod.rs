@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod cri_proxy;
 pub mod images;
 pub mod kubelet;
+pub mod rbac;
 pub mod registry;
 pub mod testbed;
 pub mod wait;

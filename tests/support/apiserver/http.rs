@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::super::rbac::{self, Attributes, Rbac};
 use super::RequestRecord;
 use super::kinds::{Builtin, ResourceMeta};
 use super::selector::Filter;
@@ -167,6 +168,8 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         name,
         field_manager: q.get("fieldManager").map(str::to_owned),
         user_agent: header_str(&parts.headers, header::USER_AGENT),
+        user: header_str(&parts.headers, header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)),
         status: 0,
         received: SystemTime::now(),
         answered: SystemTime::UNIX_EPOCH,
@@ -176,6 +179,8 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
             503,
             "the server is currently unable to handle the request",
         ))
+    } else if let Some(denied) = authorize(&record) {
+        error_response(&denied)
     } else if let Some(code) = server.take_fault(&record) {
         error_response(&ApiError::from_code(
             code,
@@ -207,6 +212,52 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
     record.answered = SystemTime::now();
     server.log_request(record);
     response
+}
+
+/// Requests with a token act as the service account it names (a token here is the user name,
+/// `system:serviceaccount:<namespace>:<name>`) and are authorized against the packaged RBAC;
+/// requests without one (the tests' own clients) are cluster-admin. Discovery is open to all.
+fn authorize(record: &RequestRecord) -> Option<ApiError> {
+    static PACKAGED: std::sync::OnceLock<Rbac> = std::sync::OnceLock::new();
+    let user = record.user.as_deref()?;
+    let prefix = format!("system:serviceaccount:{}:", rbac::NAMESPACE);
+    let Some(sa) = user.strip_prefix(&prefix) else {
+        return Some(ApiError::from_code(401, "Unauthorized"));
+    };
+    if record.resource.is_empty() {
+        return None;
+    }
+    let resource = match &record.subresource {
+        Some(sub) => format!("{}/{sub}", record.resource),
+        None => record.resource.clone(),
+    };
+    let req = Attributes {
+        verb: &record.verb,
+        group: &record.group,
+        resource: &resource,
+        namespace: record.namespace.as_deref(),
+    };
+    if PACKAGED.get_or_init(Rbac::packaged).allows(sa, req) {
+        return None;
+    }
+    // kube-apiserver's wording.
+    let scope = match req.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".into(),
+    };
+    let mut object = match req.group {
+        "" => record.resource.clone(),
+        group => format!("{}.{group}", record.resource),
+    };
+    if let Some(name) = &record.name {
+        object = format!("{object} \"{name}\"");
+    }
+    let message = format!(
+        "{object} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\"{scope}",
+        req.verb, req.group
+    );
+    eprintln!("in-memory API server: RBAC denied: {message}");
+    Some(ApiError::forbidden(message))
 }
 
 fn json_response(code: u16, body: impl Into<Body>) -> Response {

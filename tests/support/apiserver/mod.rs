@@ -60,7 +60,8 @@ pub struct ApiServerOptions {
     pub pod_graceful_deletion: bool,
     /// The GC deletes objects whose owners (of kinds served here) do not exist.
     pub gc_dangling_owner_references: bool,
-    /// Register apps.kruise.io/v1alpha1 ContainerRecreateRequest, ImagePullJob and NodeImage.
+    /// Register apps.kruise.io/v1alpha1 ContainerRecreateRequest, ImagePullJob and NodeImage,
+    /// and create the `nodeward-system` namespace: packaging/kubernetes applied.
     pub kruise_crds: bool,
     /// Worker threads of the server's own runtime.
     pub worker_threads: usize,
@@ -117,6 +118,9 @@ pub struct RequestRecord {
     pub name: Option<String>,
     pub field_manager: Option<String>,
     pub user_agent: Option<String>,
+    /// The bearer token's user (a service account of the packaged RBAC); `None` for the tests'
+    /// own clients, which are cluster-admin.
+    pub user: Option<String>,
     /// The HTTP status answered.
     pub status: u16,
     /// When the request arrived.
@@ -261,7 +265,11 @@ impl ApiServer {
         let namespaces = server
             .resource("", "v1", "namespaces")
             .context("the namespaces resource is registered")?;
-        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let mut initial = vec!["default", "kube-system", "kube-public", "kube-node-lease"];
+        if opts.kruise_crds {
+            initial.push(super::rbac::NAMESPACE);
+        }
+        for ns in initial {
             server
                 .create(
                     &namespaces,
@@ -368,17 +376,53 @@ impl ApiServer {
     }
 
     /// A kubeconfig (YAML) for `--kubeconfig`: plain http, no credentials.
+    /// A kubeconfig for the server, as cluster-admin.
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_as(None)
+    }
+
+    /// A kubeconfig for the server; with `service_account` (one of the packaged RBAC's, e.g.
+    /// [`rbac::AGENT`](super::rbac::AGENT)) every request is authorized as that account.
+    pub fn kubeconfig_yaml_as(&self, service_account: Option<&str>) -> String {
+        let user = match service_account {
+            Some(sa) => format!("{{token: \"{}\"}}", super::rbac::user(sa)),
+            None => "{}".into(),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\npreferences: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {user}\npreferences: {{}}\n",
             url = self.url()
         )
     }
 
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.write_kubeconfig_as(path, None)
+    }
+
+    /// [`kubeconfig_yaml_as`](Self::kubeconfig_yaml_as) written to `path`.
+    pub fn write_kubeconfig_as(
+        &self,
+        path: impl AsRef<Path>,
+        service_account: Option<&str>,
+    ) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.kubeconfig_yaml())
+        // Written aside and renamed: parallel tests may write the same file while a process
+        // reads it.
+        let tmp = path.with_extension(format!("tmp-{:?}", std::thread::current().id()));
+        std::fs::write(&tmp, self.kubeconfig_yaml_as(service_account))
+            .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("writing the kubeconfig {}", path.display()))
+    }
+
+    /// Panics listing the requests the packaged RBAC refused (403 to a service account's
+    /// token), if any: a call the code makes that the manifests do not allow.
+    pub fn assert_no_denials(&self) {
+        let denied: Vec<String> = self
+            .requests()
+            .into_iter()
+            .filter(|r| r.user.is_some() && r.status == 403)
+            .map(|r| format!("{} {} {}", r.user.unwrap_or_default(), r.verb, r.path))
+            .collect();
+        assert!(denied.is_empty(), "the packaged RBAC denied: {denied:#?}");
     }
 
     /// Serves a custom resource kind (with a status subresource), as a CRD would.
