@@ -345,14 +345,18 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(image.as_deref(), Some(quick));
+    // The Event is recorded after the swap.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
-    let evs = events.list(&ListParams::default()).await.unwrap().items;
-    assert!(
+    support::wait::until("the SidecarTerminator Event", 10, || async {
+        let evs = events.list(&ListParams::default()).await.unwrap().items;
         evs.iter()
-            .any(|e| e.reason.as_deref() == Some("SidecarTerminator")
-                && e.involved_object.name.as_deref() == Some("vk-job")),
-        "{evs:?}"
-    );
+            .any(|e| {
+                e.reason.as_deref() == Some("SidecarTerminator")
+                    && e.involved_object.name.as_deref() == Some("vk-job")
+            })
+            .then_some(())
+    })
+    .await;
     ctrl.stop().await.unwrap();
     pods.delete("vk-job", &Default::default()).await.unwrap();
     api().assert_no_denials();
