@@ -391,10 +391,11 @@ fn main() -> anyhow::Result<()> {
         tb.start_relist(relist)?;
         let api = ApiServer::start().await?;
         // The agent and the controller act as their service accounts, under the packaged RBAC.
-        let kubeconfig = |sa: &str| -> anyhow::Result<String> {
-            let path = tb.dir().join(format!("kubeconfig-bench-{sa}"));
-            api.write_kubeconfig_as(&path, Some(sa))?;
-            Ok(path.display().to_string())
+        let kubeconfig = |sa| -> anyhow::Result<String> {
+            Ok(api
+                .service_account_kubeconfig(tb.dir(), sa)?
+                .display()
+                .to_string())
         };
         let (agent_kc, controller_kc) = (kubeconfig(rbac::AGENT)?, kubeconfig(rbac::CONTROLLER)?);
         let agent = AgentProcess::spawn(tb, &["--kubeconfig", &agent_kc, "--node-name", NODE])?;

@@ -150,8 +150,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let tb = TestBed::shared();
         let api = ApiServer::start().await?;
-        let kubeconfig = tb.dir().join("bench-kubeconfig");
-        api.write_kubeconfig_as(&kubeconfig, Some(rbac::AGENT))?;
+        let kubeconfig = api.service_account_kubeconfig(tb.dir(), rbac::AGENT)?;
         let layout =
             tokio::task::spawn_blocking(|| support::images::ensure_pull_layout(IMAGES, PAD_KIB))
                 .await??;

@@ -31,13 +31,9 @@ fn api() -> &'static ApiServer {
 
 /// A kubeconfig acting as one of the packaged service accounts (the server enforces its RBAC).
 fn kubeconfig(service_account: &str) -> PathBuf {
-    let p = TestBed::shared()
-        .dir()
-        .join(format!("kubeconfig-{service_account}"));
     api()
-        .write_kubeconfig_as(&p, Some(service_account))
-        .expect("kubeconfig");
-    p
+        .service_account_kubeconfig(TestBed::shared().dir(), service_account)
+        .expect("kubeconfig")
 }
 
 fn cluster_agent() -> AgentProcess {

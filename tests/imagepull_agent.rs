@@ -37,11 +37,9 @@ fn api() -> &'static ApiServer {
 fn kubeconfig() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let p = TestBed::shared().dir().join("imagepull-kubeconfig");
         api()
-            .write_kubeconfig_as(&p, Some(rbac::AGENT))
-            .expect("kubeconfig");
-        p
+            .service_account_kubeconfig(TestBed::shared().dir(), rbac::AGENT)
+            .expect("kubeconfig")
     })
     .clone()
 }

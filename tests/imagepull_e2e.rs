@@ -54,16 +54,8 @@ impl Cluster {
         let client = server.client();
         let dir = tempfile::tempdir_in(tb.dir()).unwrap();
         // The controller and the agents act as their service accounts, under the packaged RBAC.
-        let (controller_kc, agent_kc) = (
-            dir.path().join("kubeconfig-controller"),
-            dir.path().join("kubeconfig-agent"),
-        );
-        server
-            .write_kubeconfig_as(&controller_kc, Some(rbac::CONTROLLER))
-            .unwrap();
-        server
-            .write_kubeconfig_as(&agent_kc, Some(rbac::AGENT))
-            .unwrap();
+        let kubeconfig = |sa| server.service_account_kubeconfig(dir.path(), sa).unwrap();
+        let (controller_kc, agent_kc) = (kubeconfig(rbac::CONTROLLER), kubeconfig(rbac::AGENT));
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(DAEMON_NS.into()),

@@ -36,13 +36,11 @@ fn api() -> &'static ApiServer {
 
 /// A kubeconfig acting as one of the packaged service accounts (the server enforces its RBAC).
 fn kubeconfig(service_account: &str) -> String {
-    let p = TestBed::shared()
-        .dir()
-        .join(format!("kubeconfig-crr-{service_account}"));
     api()
-        .write_kubeconfig_as(&p, Some(service_account))
-        .expect("kubeconfig");
-    p.display().to_string()
+        .service_account_kubeconfig(TestBed::shared().dir(), service_account)
+        .expect("kubeconfig")
+        .display()
+        .to_string()
 }
 
 /// Spawned from a thread that lives as long as the process, so the child gets SIGKILL (parent

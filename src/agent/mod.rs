@@ -131,6 +131,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let (tx, rx) = mpsc::unbounded_channel();
 
     let (journal, report) = Journal::open(&cfg.state_dir, cfg.retention)?;
+    // Standalone: nothing to deliver upstream.
+    journal.set_upstream(cfg.cluster.is_some());
     if let Some((moved, reason)) = &report.moved_aside {
         tracing::error!(moved_to = %moved.display(), reason = %reason, "journal unreadable; moved aside, starting with a fresh one");
     }
@@ -1111,32 +1113,18 @@ impl Agent {
         let reporter = self.cluster.is_some().then(|| self.reporter.clone());
         let key = done.key;
         tokio::spawn(async move {
-            let unreported = match commits.complete(key.clone(), outcome).await {
+            match commits.complete(key.clone(), outcome).await {
                 Ok(event) => {
                     let _ = live.send(crate::report::api::to_pb(&event));
-                    match &reporter {
-                        Some(r) => {
-                            r.notify_one();
-                            None
-                        }
-                        // Standalone: nothing to deliver upstream.
-                        None => Some(event.seq),
+                    if let Some(r) = &reporter {
+                        r.notify_one();
                     }
                 }
-                Err(e) => {
-                    warn!(key = %key, error = %e, "journal could not record the outcome");
-                    None
-                }
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(seq) = unreported {
-                    let _ = journal.ack_outbox(&[seq]);
-                }
-                if let Ok(stats) = journal.stats() {
-                    metrics.set_journal(&stats);
-                }
-            })
-            .await;
+                Err(e) => warn!(key = %key, error = %e, "journal could not record the outcome"),
+            }
+            if let Ok(stats) = journal.stats() {
+                metrics.set_journal(&stats);
+            }
         });
     }
 

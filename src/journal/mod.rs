@@ -11,6 +11,7 @@
 //! * completing an action removes it from the pending set, appends an [`Event`] with the next
 //!   sequence number, and appends a copy to the outbox, all in one write transaction. The outbox is
 //!   drained by [`Journal::outbox`] + [`Journal::ack_outbox`] for exactly-once delivery upstream.
+//!   A journal with nothing upstream ([`Journal::set_upstream`]) keeps no outbox copies.
 //!
 //! The agent must never refuse to start because of its own state: a journal file that redb
 //! cannot open or that fails its integrity check is moved aside and a fresh one is created
@@ -32,7 +33,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -233,6 +234,8 @@ struct Inner {
     path: PathBuf,
     retention: Retention,
     last_seq: AtomicU64,
+    /// Completions are copied to the outbox.
+    upstream: AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -583,7 +586,8 @@ struct Writer<'t> {
     done: redb::Table<'t, &'static str, (u64, u64)>,
     pending: redb::Table<'t, &'static str, &'static [u8]>,
     events: redb::Table<'t, u64, (u64, &'static [u8])>,
-    outbox: redb::Table<'t, u64, &'static [u8]>,
+    /// `None`: nothing upstream, no outbox copies.
+    outbox: Option<redb::Table<'t, u64, &'static [u8]>>,
     meta: redb::Table<'t, &'static str, u64>,
     last_decision: u64,
     last_event: u64,
@@ -591,7 +595,7 @@ struct Writer<'t> {
 }
 
 impl<'t> Writer<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, JournalError> {
+    fn open(txn: &'t WriteTransaction, upstream: bool) -> Result<Self, JournalError> {
         const OP: &str = "write";
         let meta = txn.open_table(META).map_err(storage(OP))?;
         let counter = |key| -> Result<u64, JournalError> {
@@ -606,7 +610,10 @@ impl<'t> Writer<'t> {
             done: txn.open_table(DONE).map_err(storage(OP))?,
             pending: txn.open_table(PENDING).map_err(storage(OP))?,
             events: txn.open_table(EVENTS).map_err(storage(OP))?,
-            outbox: txn.open_table(OUTBOX).map_err(storage(OP))?,
+            outbox: match upstream {
+                true => Some(txn.open_table(OUTBOX).map_err(storage(OP))?),
+                false => None,
+            },
             meta,
             last_decision,
             last_event,
@@ -668,9 +675,9 @@ impl<'t> Writer<'t> {
         self.events
             .insert(seq, (now, bytes.as_slice()))
             .map_err(storage(OP))?;
-        self.outbox
-            .insert(seq, bytes.as_slice())
-            .map_err(storage(OP))?;
+        if let Some(outbox) = &mut self.outbox {
+            outbox.insert(seq, bytes.as_slice()).map_err(storage(OP))?;
+        }
         self.done.insert(key, (seq, now)).map_err(storage(OP))?;
         self.last_event = seq;
         self.changed = true;
@@ -741,6 +748,7 @@ impl Journal {
                 path,
                 retention,
                 last_seq: AtomicU64::new(opened.last_seq),
+                upstream: AtomicBool::new(true),
             }),
         };
         Ok((journal, report))
@@ -838,7 +846,7 @@ impl Journal {
         const OP: &str = "write";
         let txn = self.begin_write(OP)?;
         let (out, changed, last_event) = {
-            let mut w = Writer::open(&txn)?;
+            let mut w = Writer::open(&txn, self.inner.upstream.load(Ordering::Acquire))?;
             let out = f(&mut w)?;
             w.close()?;
             (out, w.changed, w.last_event)
@@ -850,6 +858,12 @@ impl Journal {
             txn.abort().map_err(storage(OP))?;
         }
         Ok(out)
+    }
+
+    /// Whether completions are copied to the outbox for delivery upstream (the default). An agent
+    /// with nothing upstream (standalone) turns it off: no outbox to drain, no `fsync` to ack.
+    pub fn set_upstream(&self, upstream: bool) {
+        self.inner.upstream.store(upstream, Ordering::Release);
     }
 
     /// Decided actions without an outcome, oldest decision first.

@@ -241,6 +241,25 @@ fn outbox_is_oldest_first_and_acked_entries_stay_gone() {
 }
 
 #[test]
+fn without_upstream_completions_stay_out_of_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = open(dir.path());
+    j.set_upstream(false);
+    let _ = j.decide("local", &action("a")).unwrap();
+    let event = j.complete("local", &outcome()).unwrap();
+    assert!(j.outbox(10).unwrap().is_empty());
+    assert_eq!(j.events_since(0, 10).unwrap(), [event]);
+    assert_eq!(
+        j.decide("local", &action("a")).unwrap(),
+        Recorded::AlreadyDone
+    );
+    j.set_upstream(true);
+    let _ = j.decide("delivered", &action("a")).unwrap();
+    let delivered = j.complete("delivered", &outcome()).unwrap();
+    assert_eq!(j.outbox(10).unwrap(), [delivered]);
+}
+
+#[test]
 fn retention_by_count_keeps_newest_and_remembers_done_keys() {
     let dir = tempfile::tempdir().unwrap();
     let retention = Retention {

@@ -29,7 +29,7 @@ mod util;
 mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -411,6 +411,14 @@ impl ApiServer {
         std::fs::write(&tmp, self.kubeconfig_yaml_as(service_account))
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("writing the kubeconfig {}", path.display()))
+    }
+
+    /// A kubeconfig acting as service account `sa` of the packaged RBAC, written as
+    /// `dir/kubeconfig-<sa>`; returns its path.
+    pub fn service_account_kubeconfig(&self, dir: &Path, sa: &str) -> Result<PathBuf> {
+        let path = dir.join(format!("kubeconfig-{sa}"));
+        self.write_kubeconfig_as(&path, Some(sa))?;
+        Ok(path)
     }
 
     /// Panics listing the requests the packaged RBAC refused (403 to a service account's
