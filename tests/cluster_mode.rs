@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::agent::AgentProcess;
-use support::apiserver::ApiServer;
+use support::apiserver::{ApiServer, ApiServerOptions};
 use support::cluster::ClusterPod;
 use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
 use support::rbac;
@@ -262,14 +262,21 @@ async fn api_outage_does_not_delay_termination_and_reports_once_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_api() {
     let _serial = SERIAL.lock().await;
+    /// Ends the outage however the test ends: the API server is shared.
+    struct Outage;
+    impl Drop for Outage {
+        fn drop(&mut self) {
+            api().set_unavailable(false);
+        }
+    }
+    let outage = Outage;
     api().set_unavailable(true);
     let agent = cluster_agent();
-    let started = agent.wait_ready().await;
-    let during_outage = agent.http_get("/readyz").await;
-    api().set_unavailable(false);
-    started.unwrap();
+    agent.wait_ready().await.unwrap();
+    let during_outage = agent.http_get("/readyz").await.unwrap();
+    drop(outage);
     assert_eq!(
-        during_outage.unwrap(),
+        during_outage,
         (
             503,
             "first list not done: Pods, ContainerRecreateRequests, NodeImage".into()
@@ -282,6 +289,40 @@ async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_ap
     .await;
     agent.stop().await.unwrap();
     api().assert_no_denials();
+}
+
+/// Without the kruise CRDs (CRR and NodeImage not served) the agent still becomes ready: the
+/// sidecar terminator needs only Pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_without_the_kruise_crds() {
+    let server = ApiServer::start_with(ApiServerOptions {
+        kruise_crds: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = server
+        .service_account_kubeconfig(dir.path(), rbac::AGENT)
+        .unwrap();
+    let agent = AgentProcess::spawn(
+        TestBed::shared(),
+        &[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--node-name",
+            "no-crds",
+        ],
+    )
+    .unwrap();
+    agent.wait_ready().await.unwrap();
+    support::wait::until("/readyz 200 without the CRDs", 20, || async {
+        let (status, _) = agent.http_get("/readyz").await.unwrap();
+        (status == 200).then_some(())
+    })
+    .await;
+    agent.stop().await.unwrap();
+    server.assert_no_denials();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

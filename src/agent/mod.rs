@@ -27,7 +27,7 @@ use crate::report::api::{ApiService, Query};
 use crate::report::pb;
 use crate::sidecar::decide::{Decision, Hold, Target, decide};
 use crate::sidecar::run::{StopOutcome, StopRequest, stop_sidecar};
-use crate::telemetry::http::Health;
+use crate::telemetry::http::{Health, Listed};
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
@@ -177,14 +177,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let reporter = std::sync::Arc::new(tokio::sync::Notify::new());
     let commits = crate::journal::Commits::new(journal.clone());
     let view = NodeView::default();
+    let mut pods_listed = Listed::default();
     if let Some(client) = &cfg.cluster {
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
+        pods_listed = health.expect_list("Pods");
         tokio::spawn(crate::cluster::pods::watch(
             client.clone(),
             cfg.node_name.clone(),
             pod_tx,
-            health.expect_list("Pods"),
         ));
         let fwd = tx.clone();
         tokio::spawn(async move {
@@ -293,6 +294,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         live: live_tx,
         metrics,
         health,
+        pods_listed,
         failpoint: cfg.failpoint.clone(),
         cluster: cfg.cluster.clone(),
         reporter,
@@ -363,6 +365,8 @@ struct Agent {
     live: broadcast::Sender<pb::Event>,
     metrics: Metrics,
     health: Health,
+    /// Marked done once the first list of this node's Pods is applied (cluster mode).
+    pods_listed: Listed,
     failpoint: Option<String>,
     cluster: Option<kube::Client>,
     /// Wakes the outbox reporter (cluster mode).
@@ -1122,9 +1126,12 @@ impl Agent {
                 }
                 Err(e) => warn!(key = %key, error = %e, "journal could not record the outcome"),
             }
-            if let Ok(stats) = journal.stats() {
-                metrics.set_journal(&stats);
-            }
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(stats) = journal.stats() {
+                    metrics.set_journal(&stats);
+                }
+            })
+            .await;
         });
     }
 
@@ -1148,6 +1155,7 @@ impl Agent {
                     self.model.remove_pod_spec(uid);
                 }
                 self.api_pods = keep;
+                self.pods_listed.done();
             }
         }
     }

@@ -7,6 +7,15 @@ use std::path::Path;
 pub mod pods;
 pub mod report;
 
+/// The watch failed because the API does not serve the resource (its CRD is not installed): the
+/// watch keeps retrying, but there is nothing to wait for until then.
+pub fn not_served(e: &kube::runtime::watcher::Error) -> bool {
+    matches!(
+        e,
+        kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
+    )
+}
+
 /// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {

@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use crate::api::well_known as wk;
 use crate::cri::kubelet::{PodRef, RestartPolicy};
 use crate::node::model::{PodSpecFacts, Role};
-use crate::telemetry::http::Listed;
 
 /// A change to this node's Pods.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,14 +93,8 @@ pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
 }
 
 /// Watch this node's Pods until `updates` closes. The watcher relists and resumes on its own
-/// after API outages (with backoff), so no pod is missed. `first_list` is marked done once the
-/// first list has been sent.
-pub async fn watch(
-    client: kube::Client,
-    node: String,
-    updates: mpsc::UnboundedSender<PodUpdate>,
-    first_list: Listed,
-) {
+/// after API outages (with backoff), so no pod is missed.
+pub async fn watch(client: kube::Client, node: String, updates: mpsc::UnboundedSender<PodUpdate>) {
     use kube::runtime::WatchStreamExt;
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -122,16 +115,9 @@ pub async fn watch(
                 uids.clear();
                 None
             }
-            Ok(watcher::Event::InitDone) => {
-                let resync = PodUpdate::Resync {
-                    uids: std::mem::take(&mut uids),
-                };
-                if updates.send(resync).is_err() {
-                    return;
-                }
-                first_list.done();
-                None
-            }
+            Ok(watcher::Event::InitDone) => Some(PodUpdate::Resync {
+                uids: std::mem::take(&mut uids),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "pod watch interrupted; retrying");
                 None

@@ -217,7 +217,13 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
                         observed_tx.send_replace(None);
                         state.deleted();
                     }
-                    Err(e) => warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying"),
+                    Err(e) => {
+                        warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying");
+                        if crate::cluster::not_served(&e) {
+                            // No CRD, nothing to pull: not a reason to stay unready.
+                            cfg.first_list.done();
+                        }
+                    }
                 }
             }
             Some(u) = updates_rx.recv() => state.update(u),

@@ -610,9 +610,10 @@ impl<'t> Writer<'t> {
             done: txn.open_table(DONE).map_err(storage(OP))?,
             pending: txn.open_table(PENDING).map_err(storage(OP))?,
             events: txn.open_table(EVENTS).map_err(storage(OP))?,
-            outbox: match upstream {
-                true => Some(txn.open_table(OUTBOX).map_err(storage(OP))?),
-                false => None,
+            outbox: if upstream {
+                Some(txn.open_table(OUTBOX).map_err(storage(OP))?)
+            } else {
+                None
             },
             meta,
             last_decision,
@@ -813,7 +814,8 @@ impl Journal {
 
     /// Record the outcome of a pending action. In one transaction: the action leaves the pending
     /// set, an [`Event`] with the next sequence number is appended to the log, a copy goes to the
-    /// outbox, and the key is remembered as done.
+    /// outbox (unless [`set_upstream`](Self::set_upstream)`(false)`), and the key is remembered as
+    /// done.
     ///
     /// Fails with [`JournalError::NotPending`] for a key never decided, and with
     /// [`JournalError::AlreadyCompleted`] for one completed before.

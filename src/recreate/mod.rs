@@ -169,7 +169,13 @@ pub async fn run(cfg: Config) {
                     queue.exec.cfg.first_list.done();
                 }
                 Some(Ok(watcher::Event::Init)) => {}
-                Some(Err(e)) => warn!(error = %e, "CRR watch interrupted; retrying"),
+                Some(Err(e)) => {
+                    warn!(error = %e, "CRR watch interrupted; retrying");
+                    if crate::cluster::not_served(&e) {
+                        // No CRD, no CRRs: not a reason to stay unready.
+                        queue.exec.cfg.first_list.done();
+                    }
+                }
             },
             Some(key) = queue.wake_rx.recv() => queue.add(key, Instant::now()),
             Some((key, res)) = queue.done_rx.recv() => queue.finished(key, res),

@@ -72,10 +72,6 @@ impl Health {
         listed
     }
 
-    pub fn ready(&self) -> bool {
-        self.not_ready_reason().is_none()
-    }
-
     /// Ready on the node alone: the runtime is connected and the initial sync done. What
     /// systemd's `READY=1` means: the agent must start while the API server is unreachable.
     pub fn node_ready(&self) -> bool {
@@ -245,7 +241,7 @@ mod tests {
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (503, "initial sync not done"));
         health.set_synced(true);
-        assert!(health.ready());
+        assert_eq!(health.not_ready_reason(), None);
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
         let (pods, crrs) = (health.expect_list("Pods"), health.expect_list("CRRs"));
@@ -259,7 +255,7 @@ mod tests {
         assert_eq!((status, body.as_str()), (503, "first list not done: CRRs"));
         assert!(health.node_ready());
         crrs.done();
-        assert!(health.ready());
+        assert_eq!(health.not_ready_reason(), None);
 
         metrics.sidecar_terminated("failed");
         let (status, head, body) = get(addr, "/metrics").await;

@@ -115,10 +115,18 @@ impl AgentProcess {
     /// GET `path` from the agent's metrics/health listener (with curl): status code and body.
     pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let url = format!("http://{}{path}", self.metrics_addr().await?);
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", &url])
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
             .output()
+            .await
             .context("running curl")?;
+        if !out.status.success() {
+            bail!(
+                "curl {url}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text
             .rsplit_once('\n')

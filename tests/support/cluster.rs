@@ -163,10 +163,15 @@ impl ClusterPod {
                     .status
                     .and_then(|s| s.phase)
                     .unwrap_or_default();
+                // Like the kubelet's status patch (the difference to the Pod just read), the
+                // phase is sent only when it changes what the API has, and never out of a
+                // terminal phase: a verdict written between the read and this patch stays.
                 let mut patch = json!({"status": status});
-                // The kubelet never moves a pod out of a terminal phase.
-                if api_phase == "Succeeded" || api_phase == "Failed" {
-                    patch["status"]["phase"] = json!(api_phase);
+                let keep = api_phase == status["phase"]
+                    || api_phase == "Succeeded"
+                    || api_phase == "Failed";
+                if keep && let Some(status) = patch["status"].as_object_mut() {
+                    status.remove("phase");
                 }
                 if mirror_api
                     .patch_status(&mirror_name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -179,7 +179,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
             503,
             "the server is currently unable to handle the request",
         ))
-    } else if let Some(denied) = authorize(&record) {
+    } else if let Some(denied) = authorize(&server, &record) {
         error_response(&denied)
     } else if let Some(code) = server.take_fault(&record) {
         error_response(&ApiError::from_code(
@@ -217,7 +217,21 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
 /// Requests with a token act as the service account it names (a token here is the user name,
 /// `system:serviceaccount:<namespace>:<name>`) and are authorized against the packaged RBAC;
 /// requests without one (the tests' own clients) are cluster-admin. Discovery is open to all.
-fn authorize(record: &RequestRecord) -> Option<ApiError> {
+/// A server-side apply that would create the object also needs `create`, as in kube-apiserver.
+/// Refusals are kept in [`Server::denials`].
+fn authorize(server: &Server, record: &RequestRecord) -> Option<ApiError> {
+    let denied = authorization_error(server, record)?;
+    let message = format!("{} {}: {}", record.verb, record.path, denied.message);
+    eprintln!("in-memory API server: denied: {message}");
+    server
+        .denials
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(message);
+    Some(denied)
+}
+
+fn authorization_error(server: &Server, record: &RequestRecord) -> Option<ApiError> {
     static PACKAGED: std::sync::OnceLock<Rbac> = std::sync::OnceLock::new();
     let user = record.user.as_deref()?;
     let prefix = format!("system:serviceaccount:{}:", rbac::NAMESPACE);
@@ -231,33 +245,51 @@ fn authorize(record: &RequestRecord) -> Option<ApiError> {
         Some(sub) => format!("{}/{sub}", record.resource),
         None => record.resource.clone(),
     };
-    let req = Attributes {
-        verb: &record.verb,
-        group: &record.group,
-        resource: &resource,
-        namespace: record.namespace.as_deref(),
-    };
-    if PACKAGED.get_or_init(Rbac::packaged).allows(sa, req) {
-        return None;
+    let packaged = PACKAGED.get_or_init(Rbac::packaged);
+    let mut verbs = vec![record.verb.as_str()];
+    let apply = record.content_type.as_deref() == Some("application/apply-patch+yaml");
+    if apply && record.subresource.is_none() && !exists(server, record) {
+        verbs.push("create");
     }
+    let namespace = record.namespace.as_deref();
+    let verb = verbs.into_iter().find(|&verb| {
+        let req = Attributes {
+            verb,
+            group: &record.group,
+            resource: &resource,
+            namespace,
+        };
+        !packaged.allows(sa, req)
+    })?;
     // kube-apiserver's wording.
-    let scope = match req.namespace {
+    let scope = match namespace {
         Some(ns) => format!(" in the namespace \"{ns}\""),
         None => " at the cluster scope".into(),
     };
-    let mut object = match req.group {
+    let mut object = match record.group.as_str() {
         "" => record.resource.clone(),
         group => format!("{}.{group}", record.resource),
     };
     if let Some(name) = &record.name {
         object = format!("{object} \"{name}\"");
     }
-    let message = format!(
-        "{object} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\"{scope}",
-        req.verb, req.group
-    );
-    eprintln!("in-memory API server: RBAC denied: {message}");
-    Some(ApiError::forbidden(message))
+    Some(ApiError::forbidden(format!(
+        "{object} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{}\"{scope}",
+        record.group
+    )))
+}
+
+/// The request's object is stored.
+fn exists(server: &Server, record: &RequestRecord) -> bool {
+    let Some(name) = &record.name else {
+        return false;
+    };
+    server
+        .resource(&record.group, &record.version, &record.resource)
+        .is_some_and(|res| {
+            let ns = record.namespace.as_deref().unwrap_or("");
+            server.get(&res, ns, name).is_ok()
+        })
 }
 
 fn json_response(code: u16, body: impl Into<Body>) -> Response {

@@ -375,8 +375,7 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("building a kube client for {}: {e}", self.url()))
     }
 
-    /// A kubeconfig (YAML) for `--kubeconfig`: plain http, no credentials.
-    /// A kubeconfig for the server, as cluster-admin.
+    /// A kubeconfig (YAML) for `--kubeconfig`: plain http, no credentials (cluster-admin).
     pub fn kubeconfig_yaml(&self) -> String {
         self.kubeconfig_yaml_as(None)
     }
@@ -421,15 +420,19 @@ impl ApiServer {
         Ok(path)
     }
 
-    /// Panics listing the requests the packaged RBAC refused (403 to a service account's
-    /// token), if any: a call the code makes that the manifests do not allow.
+    /// Requests refused to a service account's token (401, 403), as messages.
+    pub fn denials(&self) -> Vec<String> {
+        self.server
+            .denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Panics listing the requests refused to a service account's token, if any: a call the
+    /// code makes that the packaged RBAC does not allow.
     pub fn assert_no_denials(&self) {
-        let denied: Vec<String> = self
-            .requests()
-            .into_iter()
-            .filter(|r| r.user.is_some() && r.status == 403)
-            .map(|r| format!("{} {} {}", r.user.unwrap_or_default(), r.verb, r.path))
-            .collect();
+        let denied = self.denials();
         assert!(denied.is_empty(), "the packaged RBAC denied: {denied:#?}");
     }
 

@@ -424,6 +424,8 @@ pub(crate) struct Server {
     pub unavailable: AtomicBool,
     /// Bumped to close every open watch.
     pub epoch: tokio::sync::watch::Sender<u64>,
+    /// Requests refused to a service account's token (401, 403), as messages.
+    pub denials: Mutex<Vec<String>>,
     pub log: Mutex<VecDeque<RequestRecord>>,
     pub open_watches: AtomicUsize,
     pub rng: Rng,
@@ -519,6 +521,7 @@ impl Server {
             faults: Mutex::default(),
             unavailable: AtomicBool::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
+            denials: Mutex::default(),
             log: Mutex::default(),
             open_watches: AtomicUsize::new(0),
             rng: Rng::new(),
