@@ -7,11 +7,14 @@
 //!
 //! The latency of one pod is the sidecar's CRI `finishedAt` minus the main container's `finishedAt`.
 //! Prints one line: `RESULT sidecar_termination pods=… agent_p50_ms=… …`.
+//!
+//! The agent runs at nice -10, as the systemd unit ships it (`Nice=-10`), and so does the
+//! benchmark process that plays the floor: `NODEWARD_BENCH_AGENT_NICE` (0 = as the runtime).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::bench::{env_or, percentile};
+use support::bench::{env_or, percentile, renice};
 
 use std::path::Path;
 use std::time::Duration;
@@ -75,9 +78,15 @@ struct AgentRound {
     cpu_ms: u64,
 }
 
-async fn agent_round(tb: &'static TestBed, round: usize, n: usize) -> anyhow::Result<AgentRound> {
+async fn agent_round(
+    tb: &'static TestBed,
+    round: usize,
+    n: usize,
+    nice: i32,
+) -> anyhow::Result<AgentRound> {
     let agent = AgentProcess::spawn(tb, &[])?;
     agent.wait_ready().await?;
+    renice(agent.pid(), nice, |_| true)?;
     let pods = start_pods(tb, &format!("agent{round}"), n).await?;
     let latencies = latencies(&pods).await?;
     let rss_kib = agent.peak_rss_kib().unwrap_or(0);
@@ -133,19 +142,21 @@ fn stagger_ms() -> u64 {
 fn main() -> anyhow::Result<()> {
     let n = env_or("NODEWARD_BENCH_PODS", 20usize);
     let rounds = env_or("NODEWARD_BENCH_ROUNDS", 1usize);
+    let nice: i32 = env_or("NODEWARD_BENCH_AGENT_NICE", -10);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     eprintln!(
-        "sidecar_termination: {n} pods x {rounds} round(s), main exits staggered by {} ms",
+        "sidecar_termination: {n} pods x {rounds} round(s), main exits staggered by {} ms, agent and floor nice {nice}",
         stagger_ms()
     );
     rt.block_on(async {
         let tb = TestBed::shared();
+        renice(std::process::id(), nice, |_| true)?;
         let (mut agent, mut floor) = (Vec::new(), Vec::new());
         let (mut rss, mut cpu) = (0u64, 0u64);
         for round in 0..rounds {
-            let a = agent_round(tb, round, n).await?;
+            let a = agent_round(tb, round, n, nice).await?;
             agent.extend(a.latencies);
             rss = rss.max(a.rss_kib);
             cpu += a.cpu_ms;
