@@ -325,17 +325,57 @@ async fn ready_without_the_kruise_crds() {
     server.assert_no_denials();
 }
 
+const QUICK_EXIT: &str = "127.0.0.1:5000/quick-exit:1";
+
+/// A Job pod on `node` whose main container has exited while its sidecar (to be swapped for
+/// [`QUICK_EXIT`]) runs, as the virtual node reports it.
+async fn finished_vk_pod(pods: &Api<Pod>, name: &str, node: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [
+            {"name": "main", "image": "app"},
+            {"name": "proxy", "image": "envoy",
+             "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE", "value": QUICK_EXIT}]}
+        ]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "main", "image": "app", "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0}}},
+        {"name": "proxy", "image": "envoy", "imageID": "", "ready": true, "restartCount": 0,
+         "state": {"running": {}}}
+    ]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+async fn wait_swapped(pods: &Api<Pod>, name: &str) {
+    support::wait::until(&format!("{name}'s sidecar image swapped"), 10, || async {
+        let p = pods.get(name).await.unwrap();
+        (p.spec.unwrap().containers[1].image.as_deref() == Some(QUICK_EXIT)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_swaps_sidecar_image_on_virtual_node() {
     let _serial = SERIAL.lock().await;
     let kc = kubeconfig(rbac::CONTROLLER);
     let client = api().client();
     let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": "vk-1", "labels": {"type": "virtual-kubelet"}}
-    }))
-    .unwrap();
-    let _ = nodes.create(&PostParams::default(), &node).await;
+    for (name, labels) in [
+        ("vk-1", json!({"type": "virtual-kubelet"})),
+        ("vk-2", json!({})),
+    ] {
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        let _ = nodes.create(&PostParams::default(), &node).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Finished before the controller starts, on a node not yet known as virtual.
+    finished_vk_pod(&pods, "vk-early", "vk-2").await;
     let ctrl = AgentProcess::spawn_nodeward(&[
         "controller",
         "--kubeconfig",
@@ -351,37 +391,8 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
     })
     .await
     .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let quick = "127.0.0.1:5000/quick-exit:1";
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "vk-job"},
-        "spec": {"nodeName": "vk-1", "restartPolicy": "Never", "containers": [
-            {"name": "main", "image": "app"},
-            {"name": "proxy", "image": "envoy",
-             "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE", "value": quick}]}
-        ]}
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let status = json!({"status": {"phase": "Running", "containerStatuses": [
-        {"name": "main", "image": "app", "imageID": "", "ready": false, "restartCount": 0,
-         "state": {"terminated": {"exitCode": 0}}},
-        {"name": "proxy", "image": "envoy", "imageID": "", "ready": true, "restartCount": 0,
-         "state": {"running": {}}}
-    ]}});
-    pods.patch_status("vk-job", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-    let mut image = None;
-    for _ in 0..100 {
-        let p = pods.get("vk-job").await.unwrap();
-        image = p.spec.unwrap().containers[1].image.clone();
-        if image.as_deref() == Some(quick) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(image.as_deref(), Some(quick));
+    finished_vk_pod(&pods, "vk-job", "vk-1").await;
+    wait_swapped(&pods, "vk-job").await;
     // The Event is recorded after the swap.
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     support::wait::until("the SidecarTerminator Event", 10, || async {
@@ -394,8 +405,25 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
             .then_some(())
     })
     .await;
+    // A node that becomes virtual later: its pods are looked at then, not only on their next change.
+    let early = pods.get("vk-early").await.unwrap();
+    assert_eq!(
+        early.spec.unwrap().containers[1].image.as_deref(),
+        Some("envoy")
+    );
+    nodes
+        .patch(
+            "vk-2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"type": "virtual-kubelet"}}})),
+        )
+        .await
+        .unwrap();
+    wait_swapped(&pods, "vk-early").await;
     ctrl.stop().await.unwrap();
-    pods.delete("vk-job", &Default::default()).await.unwrap();
+    for name in ["vk-job", "vk-early"] {
+        pods.delete(name, &Default::default()).await.unwrap();
+    }
     api().assert_no_denials();
 }
 

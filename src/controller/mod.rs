@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::telemetry::http::Health;
@@ -127,58 +128,108 @@ async fn run_reconcilers(client: kube::Client, image_pull: imagepulljob::Config)
     );
 }
 
-/// Keep the set of virtual nodes current.
-async fn watch_virtual_nodes(client: kube::Client, nodes: Arc<RwLock<HashSet<String>>>) {
+/// Keep the set of virtual nodes current; send the name of every node that joins it (also each
+/// node of a (re)list), whose pods must then be looked at: a pod event seen before its node was
+/// known as virtual was passed over.
+async fn watch_virtual_nodes(
+    client: kube::Client,
+    nodes: Arc<RwLock<HashSet<String>>>,
+    joined: mpsc::UnboundedSender<String>,
+) {
     let (k, v) = vk_sidecar::VIRTUAL_NODE_LABEL;
     let cfg = watcher::Config::default().labels(&format!("{k}={v}"));
     let stream = watcher(Api::<Node>::all(client), cfg).default_backoff();
     futures::pin_mut!(stream);
     let mut listed = HashSet::new();
     while let Some(ev) = stream.next().await {
-        let Ok(mut set) = nodes.write() else { return };
-        match ev {
-            Ok(watcher::Event::Apply(n)) => {
-                set.insert(n.name_any());
+        let new: Vec<String> = {
+            let Ok(mut set) = nodes.write() else { return };
+            match ev {
+                Ok(watcher::Event::Apply(n)) => {
+                    let name = n.name_any();
+                    if set.insert(name.clone()) {
+                        vec![name]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Ok(watcher::Event::Delete(n)) => {
+                    set.remove(&n.name_any());
+                    Vec::new()
+                }
+                Ok(watcher::Event::Init) => {
+                    listed.clear();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(n)) => {
+                    listed.insert(n.name_any());
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => {
+                    *set = std::mem::take(&mut listed);
+                    set.iter().cloned().collect()
+                }
+                Err(e) => {
+                    warn!(error = %e, "node watch interrupted; retrying");
+                    Vec::new()
+                }
             }
-            Ok(watcher::Event::Delete(n)) => {
-                set.remove(&n.name_any());
+        };
+        for name in new {
+            if joined.send(name).is_err() {
+                return;
             }
-            Ok(watcher::Event::Init) => listed.clear(),
-            Ok(watcher::Event::InitApply(n)) => {
-                listed.insert(n.name_any());
-            }
-            Ok(watcher::Event::InitDone) => *set = std::mem::take(&mut listed),
-            Err(e) => warn!(error = %e, "node watch interrupted; retrying"),
         }
     }
 }
 
 async fn run_vk_sidecar(client: kube::Client) {
     let nodes = Arc::new(RwLock::new(HashSet::new()));
-    tokio::spawn(watch_virtual_nodes(client.clone(), nodes.clone()));
-    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    let (joined_tx, mut joined) = mpsc::unbounded_channel();
+    tokio::spawn(watch_virtual_nodes(
+        client.clone(),
+        nodes.clone(),
+        joined_tx,
+    ));
+    let pods: Api<Pod> = Api::all(client.clone());
+    let stream = watcher(pods.clone(), watcher::Config::default())
         .default_backoff()
         .applied_objects();
     futures::pin_mut!(stream);
-    while let Some(pod) = stream.next().await {
-        let pod = match pod {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "pod watch interrupted; retrying");
-                continue;
+    loop {
+        tokio::select! {
+            pod = stream.next() => match pod {
+                None => return,
+                Some(Ok(pod)) => consider_vk_pod(&client, &nodes, &pod).await,
+                Some(Err(e)) => warn!(error = %e, "pod watch interrupted; retrying"),
+            },
+            Some(node) = joined.recv() => {
+                let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+                match pods.list(&on_node).await {
+                    Ok(list) => {
+                        for pod in &list.items {
+                            consider_vk_pod(&client, &nodes, pod).await;
+                        }
+                    }
+                    Err(e) => warn!(node = %node, error = %e, "listing the pods of a virtual node failed"),
+                }
             }
-        };
-        let on_virtual = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_ref())
-            .is_some_and(|n| nodes.read().is_ok_and(|set| set.contains(n)));
-        if !on_virtual || vk_sidecar::decide(&pod).is_empty() {
-            continue;
         }
-        if let Err(e) = swap_images(&client, &pod).await {
-            warn!(pod = %pod.name_any(), namespace = %pod.namespace().unwrap_or_default(), error = %e, "in-place sidecar termination failed");
-        }
+    }
+}
+
+/// Swap the sidecar images of `pod` if it runs on a virtual node and its main containers are done.
+async fn consider_vk_pod(client: &kube::Client, nodes: &RwLock<HashSet<String>>, pod: &Pod) {
+    let on_virtual = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_some_and(|n| nodes.read().is_ok_and(|set| set.contains(n)));
+    if !on_virtual || vk_sidecar::decide(pod).is_empty() {
+        return;
+    }
+    if let Err(e) = swap_images(client, pod).await {
+        warn!(pod = %pod.name_any(), namespace = %pod.namespace().unwrap_or_default(), error = %e, "in-place sidecar termination failed");
     }
 }
 
