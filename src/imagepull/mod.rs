@@ -171,6 +171,7 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
         api.clone(),
         node.clone(),
         desired_rx,
+        observed_rx.clone(),
     ));
     let (updates_tx, mut updates_rx) = mpsc::unbounded_channel();
     let puller = Arc::new(Puller {

@@ -32,11 +32,15 @@ const CLUSTER_EVENT_NAMESPACE: &str = "default";
 
 /// Writes the latest desired status of NodeImage `name` until `desired` closes. The object is
 /// read before the first write and after a conflict; otherwise the last write's answer gives the
-/// resourceVersion and the status last written (the watch's copies may be older than that).
+/// resourceVersion and the status last written (the watch's copies may be older than that),
+/// unless the watch (`observed`) has a later spec: a write based on the older answer would only
+/// conflict, spending a write of the rate limit and a round trip right when a new spec wants
+/// its first status.
 pub async fn write_statuses(
     api: Api<NodeImage>,
     name: String,
     mut desired: watch::Receiver<Option<NodeImageStatus>>,
+    observed: watch::Receiver<Option<NodeImage>>,
 ) {
     let burst = NonZeroU32::new(WRITE_BURST).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(WRITE_PERIOD)
@@ -56,6 +60,9 @@ pub async fn write_statuses(
             }
             continue;
         };
+        if let Some(newer) = later_spec(server.as_ref(), observed.borrow().as_ref()) {
+            server = Some(newer);
+        }
         let current = match &server {
             Some(obj) => obj.clone(),
             None => match api.get_opt(&name).await {
@@ -131,6 +138,12 @@ pub async fn write_statuses(
             }
         }
     }
+}
+
+/// `observed` when it carries a later spec (`metadata.generation`) than `written`.
+fn later_spec(written: Option<&NodeImage>, observed: Option<&NodeImage>) -> Option<NodeImage> {
+    let (written, observed) = (written?, observed?);
+    (observed.metadata.generation > written.metadata.generation).then(|| observed.clone())
 }
 
 /// 1 s doubling to 30 s.
@@ -256,5 +269,25 @@ mod tests {
     fn retry_waits() {
         let s: Vec<u64> = (1..=8).map(|n| retry_wait(n).as_secs()).collect();
         assert_eq!(s, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn a_later_spec_from_the_watch_replaces_the_last_answer() {
+        let at = |generation, rv: &str| {
+            let mut n = NodeImage::new("n", Default::default());
+            n.metadata.generation = Some(generation);
+            n.metadata.resource_version = Some(rv.into());
+            n
+        };
+        let written = at(3, "20");
+        // The echo of our own write or an older event: keep the answer.
+        assert!(later_spec(Some(&written), Some(&at(3, "20"))).is_none());
+        assert!(later_spec(Some(&written), Some(&at(2, "15"))).is_none());
+        // A new spec: write on top of it.
+        let newer = later_spec(Some(&written), Some(&at(4, "21"))).unwrap();
+        assert_eq!(newer.metadata.resource_version.as_deref(), Some("21"));
+        // Nothing written yet (the object is read first) or nothing seen.
+        assert!(later_spec(None, Some(&at(4, "21"))).is_none());
+        assert!(later_spec(Some(&written), None).is_none());
     }
 }
