@@ -391,29 +391,13 @@ fn main() -> anyhow::Result<()> {
         tb.start_relist(relist)?;
         let api = ApiServer::start().await?;
         // The agent and the controller act as their service accounts, under the packaged RBAC.
-        let kubeconfig = |sa| -> anyhow::Result<String> {
-            Ok(api
-                .service_account_kubeconfig(tb.dir(), sa)?
-                .display()
-                .to_string())
-        };
-        let (agent_kc, controller_kc) = (kubeconfig(rbac::AGENT)?, kubeconfig(rbac::CONTROLLER)?);
+        let agent_kc = api.service_account_kubeconfig(tb.dir(), rbac::AGENT)?;
+        let controller_kc = api.service_account_kubeconfig(tb.dir(), rbac::CONTROLLER)?;
+        let agent_kc = agent_kc.display().to_string();
         let agent = AgentProcess::spawn(tb, &["--kubeconfig", &agent_kc, "--node-name", NODE])?;
         agent.wait_ready().await?;
-        let controller = AgentProcess::spawn_nodeward(&[
-            "controller",
-            "--kubeconfig",
-            &controller_kc,
-            "--lease-namespace",
-            rbac::NAMESPACE,
-            "--addr",
-            "off",
-        ])?;
-        controller
-            .wait_for("leader", Duration::from_secs(30), |v| {
-                v["message"] == "became the leader; starting reconcilers"
-            })
-            .await?;
+        let controller = AgentProcess::spawn_controller(&controller_kc, &[])?;
+        controller.wait_leader(Duration::from_secs(30)).await?;
         let me = std::process::id();
         renice(agent.pid(), agent_nice, |_| true)?;
         renice(me, agent_nice, |thread| thread != APISERVER_THREAD)?;

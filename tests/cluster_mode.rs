@@ -376,21 +376,8 @@ async fn controller_swaps_sidecar_image_on_virtual_node() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     // Finished before the controller starts, on a node not yet known as virtual.
     finished_vk_pod(&pods, "vk-early", "vk-2").await;
-    let ctrl = AgentProcess::spawn_nodeward(&[
-        "controller",
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--lease-namespace",
-        rbac::NAMESPACE,
-        "--addr",
-        "off",
-    ])
-    .unwrap();
-    ctrl.wait_for("leader", Duration::from_secs(20), |v| {
-        v["message"] == "became the leader; starting reconcilers"
-    })
-    .await
-    .unwrap();
+    let ctrl = AgentProcess::spawn_controller(&kc, &[]).unwrap();
+    ctrl.wait_leader(Duration::from_secs(20)).await.unwrap();
     finished_vk_pod(&pods, "vk-job", "vk-1").await;
     wait_swapped(&pods, "vk-job").await;
     // The Event is recorded after the swap.
@@ -432,29 +419,21 @@ async fn controller_leader_failover() {
     let _serial = SERIAL.lock().await;
     let kc = kubeconfig(rbac::CONTROLLER);
     let start = |id: &str| {
-        AgentProcess::spawn_nodeward(&[
-            "controller",
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--lease-namespace",
-            rbac::NAMESPACE,
-            "--lease-name",
-            "failover-test",
-            "--lease-duration",
-            "4s",
-            "--identity",
-            id,
-            "--addr",
-            "off",
-        ])
+        AgentProcess::spawn_controller(
+            &kc,
+            &[
+                "--lease-name",
+                "failover-test",
+                "--lease-duration",
+                "4s",
+                "--identity",
+                id,
+            ],
+        )
         .unwrap()
     };
     let a = start("ctrl-a");
-    a.wait_for("leader a", Duration::from_secs(20), |v| {
-        v["message"] == "became the leader; starting reconcilers"
-    })
-    .await
-    .unwrap();
+    a.wait_leader(Duration::from_secs(20)).await.unwrap();
     let b = start("ctrl-b");
     b.wait_for("b waits", Duration::from_secs(10), |v| {
         v["message"] == "waiting for leadership"
@@ -468,11 +447,7 @@ async fn controller_leader_failover() {
     );
     let killed = std::time::Instant::now();
     a.kill9();
-    b.wait_for("leader b", Duration::from_secs(15), |v| {
-        v["message"] == "became the leader; starting reconcilers"
-    })
-    .await
-    .unwrap();
+    b.wait_leader(Duration::from_secs(15)).await.unwrap();
     let took = killed.elapsed();
     assert!(
         took < Duration::from_secs(10),
@@ -486,11 +461,7 @@ async fn controller_leader_failover() {
     .await
     .unwrap();
     b.stop().await.unwrap();
-    c.wait_for("leader c", Duration::from_secs(10), |v| {
-        v["message"] == "became the leader; starting reconcilers"
-    })
-    .await
-    .unwrap();
+    c.wait_leader(Duration::from_secs(10)).await.unwrap();
     c.stop().await.unwrap();
     api().assert_no_denials();
 }

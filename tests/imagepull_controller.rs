@@ -927,19 +927,15 @@ async fn controller_binary_runs_image_pull_reconcilers() {
         in_flight: Arc::default(),
         max_in_flight: Arc::default(),
     };
-    let ctrl = AgentProcess::spawn_nodeward(&[
-        "controller",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--lease-namespace",
-        rbac::NAMESPACE,
-        "--addr",
-        "off",
-        "--nodeimage-creation-delay",
-        "1s",
-        "--nodeimage-response-timeout",
-        "2s",
-    ])
+    let ctrl = AgentProcess::spawn_controller(
+        &kubeconfig,
+        &[
+            "--nodeimage-creation-delay",
+            "1s",
+            "--nodeimage-response-timeout",
+            "2s",
+        ],
+    )
     .unwrap();
     ctrl.wait_for("image pull controllers", Duration::from_secs(20), |v| {
         v["message"] == "image pull controllers started"

@@ -70,18 +70,9 @@ impl Cluster {
         for name in NODES {
             ready_node(&client, name).await;
         }
-        let controller = AgentProcess::spawn_nodeward(&[
-            "controller",
-            "--kubeconfig",
-            controller_kc.to_str().unwrap(),
-            "--lease-namespace",
-            rbac::NAMESPACE,
-            "--addr",
-            "off",
-            "--nodeimage-creation-delay",
-            "1s",
-        ])
-        .unwrap();
+        let controller =
+            AgentProcess::spawn_controller(&controller_kc, &["--nodeimage-creation-delay", "1s"])
+                .unwrap();
         let nodes = NODES
             .iter()
             .map(|name| spawn_node(dir.path(), &agent_kc, name))

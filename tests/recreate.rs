@@ -76,17 +76,10 @@ fn controller() -> &'static AgentProcess {
     CONTROLLER.get_or_init(|| {
         let kc = kubeconfig(rbac::CONTROLLER);
         spawn_for_process(move || {
-            AgentProcess::spawn_nodeward(&[
-                "controller",
-                "--kubeconfig",
-                &kc,
-                "--lease-namespace",
-                rbac::NAMESPACE,
-                "--lease-name",
-                "nodeward-crr-tests",
-                "--addr",
-                "off",
-            ])
+            AgentProcess::spawn_controller(
+                std::path::Path::new(&kc),
+                &["--lease-name", "nodeward-crr-tests"],
+            )
         })
     })
 }
@@ -95,9 +88,7 @@ async fn ready() -> &'static AgentProcess {
     let a = agent();
     a.wait_ready().await.expect("agent ready");
     controller()
-        .wait_for("leader", Duration::from_secs(30), |v| {
-            v["message"] == "became the leader; starting reconcilers"
-        })
+        .wait_leader(Duration::from_secs(30))
         .await
         .expect("controller leads");
     a

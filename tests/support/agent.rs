@@ -134,6 +134,31 @@ impl AgentProcess {
         Ok((code.parse().context("status code")?, body.to_string()))
     }
 
+    /// Start `nodeward controller` with `kubeconfig`, its Lease in the packaged namespace
+    /// (`nodeward-system`), no HTTP listener, and `extra` flags.
+    pub fn spawn_controller(kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let kc = kubeconfig.to_str().context("kubeconfig path")?;
+        let mut args = vec![
+            "controller",
+            "--kubeconfig",
+            kc,
+            "--lease-namespace",
+            super::rbac::NAMESPACE,
+            "--addr",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn_nodeward(&args)
+    }
+
+    /// Wait (within `timeout`) until this controller leads and runs its reconcilers.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_for("leadership", timeout, |v| {
+            v["message"] == "became the leader; starting reconcilers"
+        })
+        .await
+    }
+
     /// Start `nodeward <args…> --log-format json` (any subcommand, e.g. the controller).
     pub fn spawn_nodeward(args: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());
