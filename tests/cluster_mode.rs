@@ -257,6 +257,15 @@ async fn api_outage_does_not_delay_termination_and_reports_once_after() {
     api().assert_no_denials();
 }
 
+/// Wait at most `secs` seconds for the agent's `/readyz` to answer 200.
+async fn wait_readyz(agent: &AgentProcess, secs: u64) {
+    support::wait::until("/readyz 200", secs, || async {
+        let (status, _) = agent.http_get("/readyz").await.unwrap();
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
 /// The node side starts without the API (what systemd's READY=1 waits for); `/readyz` waits for
 /// the first list of each watch too, and says which are missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +291,7 @@ async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_ap
             "first list not done: Pods, ContainerRecreateRequests, NodeImage".into()
         )
     );
-    support::wait::until("/readyz 200 after the outage", 30, || async {
-        let (status, _) = agent.http_get("/readyz").await.unwrap();
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_readyz(&agent, 30).await;
     agent.stop().await.unwrap();
     api().assert_no_denials();
 }
@@ -316,11 +321,7 @@ async fn ready_without_the_kruise_crds() {
     )
     .unwrap();
     agent.wait_ready().await.unwrap();
-    support::wait::until("/readyz 200 without the CRDs", 20, || async {
-        let (status, _) = agent.http_get("/readyz").await.unwrap();
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_readyz(&agent, 20).await;
     agent.stop().await.unwrap();
     server.assert_no_denials();
 }

@@ -916,9 +916,8 @@ async fn invalid_image_is_reported_without_node_image_writes() {
 async fn controller_binary_runs_image_pull_reconcilers() {
     let server = ApiServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server
-        .write_kubeconfig_as(&kubeconfig, Some(rbac::CONTROLLER))
+    let kubeconfig = server
+        .service_account_kubeconfig(dir.path(), rbac::CONTROLLER)
         .unwrap();
     let mut e = Env {
         client: server.client(),

@@ -135,6 +135,11 @@ async fn wait_crr(name: &str, what: &str, timeout: Duration, pred: impl Fn(&Crr)
     panic!("CRR {name}: timed out waiting for {what}; last: {last:#?}");
 }
 
+/// Wait at most `secs` seconds for CRR `name` to complete.
+async fn wait_completed(name: &str, secs: u64) -> Crr {
+    wait_crr(name, "Completed", Duration::from_secs(secs), completed).await
+}
+
 fn phase(c: &Crr) -> Option<Phase> {
     c.status.as_ref().and_then(|s| s.phase)
 }
@@ -259,13 +264,7 @@ async fn simple_recreate_with_min_started_and_ttl() {
             .container_id,
         format!("containerd://{}", old_app.id)
     );
-    let done = wait_crr(
-        "crr-simple",
-        "Completed",
-        Duration::from_secs(40),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-simple", 40).await;
     assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
     let new_app = pod.handle.container("app").await.unwrap();
     assert_ne!(new_app.id, old_app.id);
@@ -303,7 +302,7 @@ async fn recreates_two_containers() {
     let pod = run_pod(two_containers("crr-two", ContainerSpec::sh("app", POLITE))).await;
     wait_pod_running(&pod).await;
     create("crr-two", "crr-two", &["app", "sidecar"], json!({})).await;
-    let done = wait_crr("crr-two", "Completed", Duration::from_secs(40), completed).await;
+    let done = wait_completed("crr-two", 40).await;
     assert_eq!(
         states(&done),
         vec![
@@ -338,7 +337,7 @@ async fn post_start_case(name: &str, strategy: Value) -> f64 {
         json!({"strategy": strategy}),
     )
     .await;
-    let done = wait_crr(name, "Completed", Duration::from_secs(60), completed).await;
+    let done = wait_completed(name, 60).await;
     assert_eq!(
         states(&done),
         vec![
@@ -416,21 +415,9 @@ async fn force_recreate_kills_a_starting_container() {
         json!({"strategy": {"forceRecreate": true}}),
     )
     .await;
-    let done = wait_crr(
-        "crr-force-b",
-        "Completed",
-        Duration::from_secs(60),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-force-b", 60).await;
     assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
-    wait_crr(
-        "crr-force-a",
-        "Completed",
-        Duration::from_secs(30),
-        completed,
-    )
-    .await;
+    wait_completed("crr-force-a", 30).await;
     let app = pod.handle.container("app").await.unwrap();
     assert_eq!(app.restart_count, 2, "killed once by each CRR");
     pod.remove().await.unwrap();
@@ -462,13 +449,7 @@ async fn pre_stop_hook_runs_before_the_stop() {
         .find(|v| v["crr"] == "default/crr-prestop")
         .unwrap();
     assert_eq!(line["prestop"], "ran");
-    wait_crr(
-        "crr-prestop",
-        "Completed",
-        Duration::from_secs(30),
-        completed,
-    )
-    .await;
+    wait_completed("crr-prestop", 30).await;
     pod.remove().await.unwrap();
     api().assert_no_denials();
 }
@@ -497,7 +478,7 @@ async fn http_get_pre_stop_reaches_the_pod() {
         .find(|v| v["crr"] == "default/crr-http")
         .unwrap();
     assert_eq!(line["prestop"], "ran", "{line}");
-    wait_crr("crr-http", "Completed", Duration::from_secs(30), completed).await;
+    wait_completed("crr-http", 30).await;
     pod.remove().await.unwrap();
     api().assert_no_denials();
 }
@@ -518,13 +499,7 @@ async fn active_deadline_completes_and_fails_unfinished() {
         json!({"activeDeadlineSeconds": 3}),
     )
     .await;
-    let done = wait_crr(
-        "crr-deadline",
-        "Completed",
-        Duration::from_secs(10),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-deadline", 10).await;
     let took = secs_between(
         t0,
         done.status
@@ -630,13 +605,7 @@ async fn unready_grace_then_grace_cuts_pre_stop() {
         "grace 3 s cut the 8 s preStop: stopped after {:.1} s",
         secs_between(t0, stopped)
     );
-    let done = wait_crr(
-        "crr-unready",
-        "Completed",
-        Duration::from_secs(40),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-unready", 40).await;
     // The annotation has whole seconds, as upstream's: the grace runs from that time.
     let acquired: SystemTime = done
         .unready_acquired_at()
@@ -702,20 +671,8 @@ async fn two_crrs_for_one_pod_run_in_turn() {
     )
     .await;
     assert_eq!(phase(&second), Some(Phase::Pending));
-    wait_crr(
-        "crr-pair-1",
-        "Completed",
-        Duration::from_secs(40),
-        completed,
-    )
-    .await;
-    let done = wait_crr(
-        "crr-pair-2",
-        "Completed",
-        Duration::from_secs(30),
-        completed,
-    )
-    .await;
+    wait_completed("crr-pair-1", 40).await;
+    let done = wait_completed("crr-pair-2", 30).await;
     assert_eq!(
         states(&done),
         vec![state("sidecar", Phase::Succeeded, true)]
@@ -740,13 +697,7 @@ async fn bad_requests_complete_with_a_message() {
     let pod = run_pod(PodSpec::new("crr-bad").container(ContainerSpec::sh("app", POLITE))).await;
     wait_pod_running(&pod).await;
     create("crr-bad-name", "crr-bad", &["nope"], json!({})).await;
-    let done = wait_crr(
-        "crr-bad-name",
-        "Completed",
-        Duration::from_secs(10),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-bad-name", 10).await;
     assert_eq!(
         done.status.unwrap().message,
         "not found nope container in Pod spec"
@@ -768,13 +719,7 @@ async fn bad_requests_complete_with_a_message() {
         .create(&PostParams::default(), &labelled)
         .await
         .unwrap();
-    let done = wait_crr(
-        "crr-bad-runtime",
-        "Completed",
-        Duration::from_secs(10),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-bad-runtime", 10).await;
     let message = done.status.unwrap().message;
     assert!(
         message.starts_with("failed to find runtime service: "),
@@ -837,7 +782,7 @@ async fn agent_kill9_mid_recreate_neither_loses_nor_repeats() {
     wait_log(&k9.first, "stopping container for CRR", "crr-k9", "app").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = k9.restart().await;
-    let done = wait_crr("crr-k9", "Completed", Duration::from_secs(40), completed).await;
+    let done = wait_completed("crr-k9", 40).await;
     assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
     assert_eq!(
         k9.pod.handle.container("app").await.unwrap().restart_count,
@@ -879,13 +824,7 @@ async fn agent_kill9_after_a_plain_stop_restarts_once() {
     )
     .await;
     let second = k9.restart().await;
-    let done = wait_crr(
-        "crr-k9-plain",
-        "Completed",
-        Duration::from_secs(40),
-        completed,
-    )
-    .await;
+    let done = wait_completed("crr-k9-plain", 40).await;
     assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
     for line in second.messages("stopping container for CRR") {
         assert_eq!(

@@ -128,9 +128,9 @@ async fn run_reconcilers(client: kube::Client, image_pull: imagepulljob::Config)
     );
 }
 
-/// Keep the set of virtual nodes current; send the name of every node that joins it (also each
-/// node of a (re)list), whose pods must then be looked at: a pod event seen before its node was
-/// known as virtual was passed over.
+/// Keep the set of virtual nodes current; send the name of every node that joins it (also by a
+/// relist), whose pods must then be looked at: a pod event seen before its node was known as
+/// virtual was passed over.
 async fn watch_virtual_nodes(
     client: kube::Client,
     nodes: Arc<RwLock<HashSet<String>>>,
@@ -166,8 +166,9 @@ async fn watch_virtual_nodes(
                     Vec::new()
                 }
                 Ok(watcher::Event::InitDone) => {
+                    let joined = listed.difference(&set).cloned().collect();
                     *set = std::mem::take(&mut listed);
-                    set.iter().cloned().collect()
+                    joined
                 }
                 Err(e) => {
                     warn!(error = %e, "node watch interrupted; retrying");

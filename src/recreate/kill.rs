@@ -80,14 +80,9 @@ impl Executor {
                 } else {
                     match self.cfg.commits.decide(key.clone(), action).await? {
                         Recorded::New(_) => (false, decided_at, None),
-                        // Decided by an earlier pass whose stop did not finish: resume it with
-                        // the grace left since that decision.
-                        Recorded::Pending => match self.cfg.journal.lookup(&key) {
-                            Ok(Some(journal::Lookup::Pending(earlier))) => {
-                                (true, earlier.decided_at, None)
-                            }
-                            _ => (true, decided_at, None),
-                        },
+                        // Not expected: the pass hands a pending record over as `pending`, and
+                        // passes of one pod do not overlap. Finish it without a second preStop.
+                        Recorded::Pending => (true, decided_at, None),
                         Recorded::AlreadyDone => {
                             return Ok(state(Phase::Recreating, String::new(), true));
                         }

@@ -737,6 +737,8 @@ async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Reli
     // A relist sent before our last restart may still show the instance it replaced.
     let mut acted_at = Instant::now();
     let mut last_error: Option<String> = None;
+    // Exited instances the policy leaves exited: their exit code is read once.
+    let mut settled = HashSet::new();
     while relist.changed().await.is_ok() {
         if ctx.removing.load(Ordering::SeqCst) {
             return;
@@ -745,7 +747,8 @@ async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Reli
         if snapshot.listed_at < acted_at {
             continue;
         }
-        match restart_exited(&mut cri, &ctx, snapshot.instances(&ctx.sandbox_id)).await {
+        let instances = snapshot.instances(&ctx.sandbox_id);
+        match restart_exited(&mut cri, &ctx, instances, &mut settled).await {
             Ok(false) => last_error = None,
             Ok(true) => {
                 acted_at = Instant::now();
@@ -764,21 +767,24 @@ async fn restart_loop(ctx: Arc<PodContext>, mut relist: watch::Receiver<Arc<Reli
     }
 }
 
-/// Restart what needs it; whether anything was written to the runtime.
+/// Restart what needs it; whether anything was written to the runtime. `settled`: exited
+/// instances already found to stay exited.
 async fn restart_exited(
     cri: &mut RuntimeServiceClient<Channel>,
     ctx: &PodContext,
     instances: &[Instance],
+    settled: &mut HashSet<String>,
 ) -> Result<bool> {
     let mut acted = false;
     for (spec, latest) in latest_of(ctx, instances) {
-        if latest.state != ContainerState::ContainerExited {
+        if latest.state != ContainerState::ContainerExited || settled.contains(&latest.id) {
             continue;
         }
         // Only the exit code decides, and only when the policy is not Always.
         if ctx.spec.restart_policy != RestartPolicy::Always {
             let status = container_status(cri, &latest.id).await?;
             if !ctx.spec.restart_policy.restarts(status.exit_code) {
+                settled.insert(latest.id.clone());
                 continue;
             }
         }

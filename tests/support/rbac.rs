@@ -16,6 +16,13 @@ pub fn user(service_account: &str) -> String {
     format!("system:serviceaccount:{NAMESPACE}:{service_account}")
 }
 
+/// The service account a user name stands for (the inverse of [`user`]).
+pub fn service_account(user: &str) -> Option<&str> {
+    user.strip_prefix("system:serviceaccount:")?
+        .strip_prefix(NAMESPACE)?
+        .strip_prefix(':')
+}
+
 /// One API request as RBAC sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attributes<'a> {

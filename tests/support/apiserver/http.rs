@@ -234,8 +234,7 @@ fn authorize(server: &Server, record: &RequestRecord) -> Option<ApiError> {
 fn authorization_error(server: &Server, record: &RequestRecord) -> Option<ApiError> {
     static PACKAGED: std::sync::OnceLock<Rbac> = std::sync::OnceLock::new();
     let user = record.user.as_deref()?;
-    let prefix = format!("system:serviceaccount:{}:", rbac::NAMESPACE);
-    let Some(sa) = user.strip_prefix(&prefix) else {
+    let Some(sa) = rbac::service_account(user) else {
         return Some(ApiError::from_code(401, "Unauthorized"));
     };
     if record.resource.is_empty() {

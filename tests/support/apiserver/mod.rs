@@ -375,14 +375,9 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("building a kube client for {}: {e}", self.url()))
     }
 
-    /// A kubeconfig (YAML) for `--kubeconfig`: plain http, no credentials (cluster-admin).
-    pub fn kubeconfig_yaml(&self) -> String {
-        self.kubeconfig_yaml_as(None)
-    }
-
     /// A kubeconfig for the server; with `service_account` (one of the packaged RBAC's, e.g.
     /// [`rbac::AGENT`](super::rbac::AGENT)) every request is authorized as that account.
-    pub fn kubeconfig_yaml_as(&self, service_account: Option<&str>) -> String {
+    fn kubeconfig_yaml_as(&self, service_account: Option<&str>) -> String {
         let user = match service_account {
             Some(sa) => format!("{{token: \"{}\"}}", super::rbac::user(sa)),
             None => "{}".into(),
@@ -398,7 +393,7 @@ impl ApiServer {
     }
 
     /// [`kubeconfig_yaml_as`](Self::kubeconfig_yaml_as) written to `path`.
-    pub fn write_kubeconfig_as(
+    fn write_kubeconfig_as(
         &self,
         path: impl AsRef<Path>,
         service_account: Option<&str>,
