@@ -4,16 +4,28 @@
 
 use std::path::Path;
 
+use futures::{Stream, StreamExt};
+use kube::runtime::watcher;
+
+use crate::telemetry::http::Listed;
+
 pub mod pods;
 pub mod report;
 
-/// The watch failed because the API does not serve the resource (its CRD is not installed): the
-/// watch keeps retrying, but there is nothing to wait for until then.
-pub fn not_served(e: &kube::runtime::watcher::Error) -> bool {
-    matches!(
-        e,
-        kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
-    )
+/// `stream`, marking `first_list` done at its first complete list, or when the API does not
+/// serve the resource (its CRD is not installed): the watch keeps retrying, but there is nothing
+/// to wait for until then.
+pub fn marking_first_list<K, S>(stream: S, first_list: Listed) -> impl Stream<Item = S::Item>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    stream.inspect(move |ev| match ev {
+        Ok(watcher::Event::InitDone) => first_list.done(),
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+            first_list.done()
+        }
+        _ => {}
+    })
 }
 
 /// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference.

@@ -192,9 +192,10 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
     };
     info!(nodeimage = %node, max_concurrent_pulls = cfg.max_concurrent_pulls, secret_namespace = %cfg.secret_namespace, "image puller watching its NodeImage");
     let selector = format!("metadata.name={node}");
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default().fields(&selector)).default_backoff()
-    );
+    let mut events = std::pin::pin!(crate::cluster::marking_first_list(
+        watcher(api, watcher::Config::default().fields(&selector)).default_backoff(),
+        cfg.first_list.clone(),
+    ));
     let mut seen_in_listing = false;
     loop {
         tokio::select! {
@@ -212,19 +213,12 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
                             observed_tx.send_replace(None);
                             state.deleted();
                         }
-                        cfg.first_list.done();
                     }
                     Ok(watcher::Event::Delete(_)) => {
                         observed_tx.send_replace(None);
                         state.deleted();
                     }
-                    Err(e) => {
-                        warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying");
-                        if crate::cluster::not_served(&e) {
-                            // No CRD, nothing to pull: not a reason to stay unready.
-                            cfg.first_list.done();
-                        }
-                    }
+                    Err(e) => warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying"),
                 }
             }
             Some(u) = updates_rx.recv() => state.update(u),

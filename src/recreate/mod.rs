@@ -128,11 +128,14 @@ pub async fn run(cfg: Config) {
     info!(selector = %selector, runtime = %cfg.runtime, "CRR executor: watching ContainerRecreateRequests");
     let api: Api<Crr> = Api::all(cfg.client.clone());
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().labels(&selector)),
-    )
-    .default_backoff();
+    let stream = crate::cluster::marking_first_list(
+        reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default().labels(&selector)),
+        )
+        .default_backoff(),
+        cfg.first_list.clone(),
+    );
     let recorder = Recorder::new(
         cfg.client.clone(),
         Reporter {
@@ -166,16 +169,9 @@ pub async fn run(cfg: Config) {
                     for k in keys {
                         queue.add(k, Instant::now());
                     }
-                    queue.exec.cfg.first_list.done();
                 }
                 Some(Ok(watcher::Event::Init)) => {}
-                Some(Err(e)) => {
-                    warn!(error = %e, "CRR watch interrupted; retrying");
-                    if crate::cluster::not_served(&e) {
-                        // No CRD, no CRRs: not a reason to stay unready.
-                        queue.exec.cfg.first_list.done();
-                    }
-                }
+                Some(Err(e)) => warn!(error = %e, "CRR watch interrupted; retrying"),
             },
             Some(key) = queue.wake_rx.recv() => queue.add(key, Instant::now()),
             Some((key, res)) = queue.done_rx.recv() => queue.finished(key, res),
