@@ -37,7 +37,7 @@ mod support;
 
 use support::bench::{env_or, percentile, renice};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -212,6 +212,7 @@ impl Timeline {
         Self::since(&self.created, at)
     }
 
+    /// The same from the bench's create request.
     fn since_requested(&self, at: &HashMap<String, SystemTime>) -> Vec<f64> {
         Self::since(&self.requested, at)
     }
@@ -228,47 +229,39 @@ async fn remove(pods: Vec<ClusterPod>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One round's samples (milliseconds); `in_agent` and `to_completed` are empty for the floor.
+/// Samples (milliseconds) by series: `to_stop`, `request_to_stop`, `defaulted`, and for the
+/// agent also `in_agent`, `delivered` and `to_completed`.
 #[derive(Default)]
-struct Samples {
-    to_stop: Vec<f64>,
-    request_to_stop: Vec<f64>,
-    defaulted: Vec<f64>,
-    in_agent: Vec<f64>,
-    delivered: Vec<f64>,
-    to_completed: Vec<f64>,
-}
+struct Samples(BTreeMap<&'static str, Vec<f64>>);
 
 impl Samples {
     fn new(timeline: &Timeline, stopped: &HashMap<String, SystemTime>) -> Samples {
-        Samples {
-            to_stop: timeline.since_created(stopped),
-            request_to_stop: timeline.since_requested(stopped),
-            defaulted: timeline.since_created(&timeline.defaulted),
-            ..Samples::default()
-        }
+        Samples(BTreeMap::from([
+            ("to_stop", timeline.since_created(stopped)),
+            ("request_to_stop", timeline.since_requested(stopped)),
+            ("defaulted", timeline.since_created(&timeline.defaulted)),
+        ]))
+    }
+
+    fn with(mut self, series: &'static str, values: Vec<f64>) -> Samples {
+        self.0.insert(series, values);
+        self
     }
 
     fn extend(&mut self, other: Samples) {
-        self.to_stop.extend(other.to_stop);
-        self.request_to_stop.extend(other.request_to_stop);
-        self.defaulted.extend(other.defaulted);
-        self.in_agent.extend(other.in_agent);
-        self.delivered.extend(other.delivered);
-        self.to_completed.extend(other.to_completed);
+        for (series, values) in other.0 {
+            self.0.entry(series).or_default().extend(values);
+        }
     }
 
     fn sort(&mut self) {
-        for v in [
-            &mut self.to_stop,
-            &mut self.request_to_stop,
-            &mut self.defaulted,
-            &mut self.in_agent,
-            &mut self.delivered,
-            &mut self.to_completed,
-        ] {
-            v.sort_by(f64::total_cmp);
+        for values in self.0.values_mut() {
+            values.sort_by(f64::total_cmp);
         }
+    }
+
+    fn get(&self, series: &str) -> &[f64] {
+        self.0.get(series).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -284,7 +277,8 @@ async fn agent_round(
     let requested = create_crrs(api, &prefix, n).await?;
     let names: Vec<String> = requested.keys().cloned().collect();
     wait_all(&seen, &names).await?;
-    let (mut stopped, mut woken, mut in_agent) = (HashMap::new(), HashMap::new(), Vec::new());
+    // Per CRR: the stop line's time and how long after the event that woke the pass.
+    let mut stops: HashMap<String, (SystemTime, f64)> = HashMap::new();
     for line in agent.messages("stopping container for CRR") {
         let Some(crr) = line["crr"]
             .as_str()
@@ -295,29 +289,27 @@ async fn agent_round(
         };
         let at = humantime::parse_rfc3339_weak(line["timestamp"].as_str().context("timestamp")?)?;
         let since_event = line["since_event_ms"].as_f64().context("since_event_ms")?;
-        stopped.insert(crr.to_owned(), at);
-        woken.insert(
-            crr.to_owned(),
-            at - Duration::from_secs_f64(since_event / 1e3),
-        );
-        in_agent.push(since_event);
+        stops.insert(crr.to_owned(), (at, since_event));
     }
-    if stopped.len() != n || in_agent.len() != n {
-        bail!("{} stop lines for {n} CRRs", in_agent.len());
+    if stops.len() != n {
+        bail!("{} CRRs with a stop line of {n}", stops.len());
     }
     let completed = seen.lock().unwrap().clone();
     remove(pods).await?;
     let timeline = Timeline::read(api, requested)?;
-    let delivered = woken
+    let stopped = stops.iter().map(|(n, (at, _))| (n.clone(), *at)).collect();
+    let in_agent = stops.values().map(|(_, since)| *since).collect();
+    let delivered = stops
         .iter()
-        .map(|(n, t)| ms_between(timeline.defaulted[n], *t))
+        .map(|(n, (at, since))| {
+            let woken = *at - Duration::from_secs_f64(since / 1e3);
+            ms_between(timeline.defaulted[n], woken)
+        })
         .collect();
-    Ok(Samples {
-        in_agent,
-        delivered,
-        to_completed: timeline.since_created(&completed),
-        ..Samples::new(&timeline, &stopped)
-    })
+    Ok(Samples::new(&timeline, &stopped)
+        .with("in_agent", in_agent)
+        .with("delivered", delivered)
+        .with("to_completed", timeline.since_created(&completed)))
 }
 
 /// The floor: the bench watches the defaulted CRRs and stops each container at once.
@@ -412,27 +404,31 @@ fn main() -> anyhow::Result<()> {
         floor.sort();
         let (a, f) = (&agent_samples, &floor);
         let fields: [(&str, &[f64], f64); 15] = [
-            ("watch_to_stop_p50_ms", &a.to_stop, 50.0),
-            ("watch_to_stop_p99_ms", &a.to_stop, 99.0),
-            ("create_to_completed_p50_ms", &a.to_completed, 50.0),
-            ("create_to_completed_p99_ms", &a.to_completed, 99.0),
-            ("agent_p50_ms", &a.in_agent, 50.0),
-            ("agent_p99_ms", &a.in_agent, 99.0),
-            ("defaulted_p50_ms", &a.defaulted, 50.0),
-            ("defaulted_p99_ms", &a.defaulted, 99.0),
-            ("delivered_p50_ms", &a.delivered, 50.0),
-            ("delivered_p99_ms", &a.delivered, 99.0),
-            ("request_to_stop_p99_ms", &a.request_to_stop, 99.0),
-            ("floor_p50_ms", &f.to_stop, 50.0),
-            ("floor_p99_ms", &f.to_stop, 99.0),
-            ("floor_defaulted_p99_ms", &f.defaulted, 99.0),
-            ("floor_request_to_stop_p99_ms", &f.request_to_stop, 99.0),
+            ("watch_to_stop_p50_ms", a.get("to_stop"), 50.0),
+            ("watch_to_stop_p99_ms", a.get("to_stop"), 99.0),
+            ("create_to_completed_p50_ms", a.get("to_completed"), 50.0),
+            ("create_to_completed_p99_ms", a.get("to_completed"), 99.0),
+            ("agent_p50_ms", a.get("in_agent"), 50.0),
+            ("agent_p99_ms", a.get("in_agent"), 99.0),
+            ("defaulted_p50_ms", a.get("defaulted"), 50.0),
+            ("defaulted_p99_ms", a.get("defaulted"), 99.0),
+            ("delivered_p50_ms", a.get("delivered"), 50.0),
+            ("delivered_p99_ms", a.get("delivered"), 99.0),
+            ("request_to_stop_p99_ms", a.get("request_to_stop"), 99.0),
+            ("floor_p50_ms", f.get("to_stop"), 50.0),
+            ("floor_p99_ms", f.get("to_stop"), 99.0),
+            ("floor_defaulted_p99_ms", f.get("defaulted"), 99.0),
+            (
+                "floor_request_to_stop_p99_ms",
+                f.get("request_to_stop"),
+                99.0,
+            ),
         ];
-        let mut line = format!("RESULT crr_latency crrs={}", a.to_stop.len());
+        let mut line = format!("RESULT crr_latency crrs={}", a.get("to_stop").len());
         for (name, values, pct) in fields {
             line.push_str(&format!(" {name}={:.1}", percentile(values, pct)));
         }
-        let ratio = percentile(&a.to_stop, 99.0) / percentile(&f.to_stop, 99.0);
+        let ratio = percentile(a.get("to_stop"), 99.0) / percentile(f.get("to_stop"), 99.0);
         println!("{line} ratio_p99={ratio:.2}");
         agent.stop().await?;
         controller.stop().await?;
