@@ -10,6 +10,7 @@
 #                                   interface, iptables rule and file `up` made (idempotent)
 #   scripts/cluster.sh env          print the environment of the running cluster (KUBECONFIG, ...)
 #   scripts/cluster.sh image BIN    push an image holding BIN as /usr/bin/nodeward; prints its name
+#   scripts/cluster.sh lint         gofmt and go vet of tests/cluster
 #
 # All state lives in $NODEWARD_CLUSTER_DIR (default /tmp/nodeward-cluster). Addresses live only on
 # interfaces `up` creates: the node IP on a dummy interface, pods on a CNI bridge, the service
@@ -29,7 +30,9 @@ SERVICE_IP=10.203.0.1
 # The node IP's interface: a bridge without ports (this kernel has no dummy driver).
 DUMMY=nwk8s0
 BRIDGE=nwcni0
-CGROUP_ROOT=nodeward-cluster
+# The kubelet's pod cgroups, at its default cgroupRoot (/) as on most nodes: the agent watches
+# this tree for container exits. `down` removes it from every hierarchy.
+PODS_CGROUP=kubepods
 REGISTRY_PORT=${NODEWARD_CLUSTER_REGISTRY_PORT:-5111}
 ETCD_PORT=23790
 ETCD_PEER_PORT=23800
@@ -56,6 +59,20 @@ build_key() {
 
 bin_dir() { echo "$CACHE/$(build_key)/bin"; }
 
+go_env() {
+  export GOMODCACHE=${NODEWARD_GOMODCACHE:-$HOME/.cache/go-mod}
+  export GOCACHE=${NODEWARD_GOCACHE:-$HOME/.cache/go-build}
+  export GOFLAGS=-mod=readonly CGO_ENABLED=0
+}
+
+cmd_lint() {
+  go_env
+  local unformatted
+  unformatted=$(gofmt -l "$MODULE")
+  [ -z "$unformatted" ] || die "gofmt: $unformatted"
+  (cd "$MODULE" && go vet ./...)
+}
+
 cmd_build() {
   local out key version minor
   out=$(bin_dir)
@@ -65,9 +82,7 @@ cmd_build() {
   fi
   command -v go >/dev/null || die "go is not installed (the test bed builds Kubernetes from Go modules)"
   key=$(build_key)
-  export GOMODCACHE=${NODEWARD_GOMODCACHE:-$HOME/.cache/go-mod}
-  export GOCACHE=${NODEWARD_GOCACHE:-$HOME/.cache/go-build}
-  export GOFLAGS=-mod=readonly CGO_ENABLED=0
+  go_env
   version=$(cd "$MODULE" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
   minor=${version#v1.}
   minor=${minor%%.*}
@@ -353,7 +368,6 @@ authorization:
 containerRuntimeEndpoint: unix://$DIR/run/containerd/containerd.sock
 # No systemd as PID 1 here: cgroupfs, as containerd's runc (SystemdCgroup = false).
 cgroupDriver: cgroupfs
-cgroupRoot: /$CGROUP_ROOT
 failSwapOn: false
 protectKernelDefaults: false
 serializeImagePulls: false
@@ -381,13 +395,6 @@ network_up() {
       --comment "$RULE_TAG" -j DNAT --to-destination "$NODE_IP:$APISERVER_PORT" 2>/dev/null ||
       iptables -w -t nat -A "$chain" -d "$SERVICE_IP/32" -p tcp --dport 443 -m comment \
         --comment "$RULE_TAG" -j DNAT --to-destination "$NODE_IP:$APISERVER_PORT"
-  done
-}
-
-cgroups_up() {
-  local root
-  for root in $(cgroup_roots); do
-    mkdir -p "$root/$CGROUP_ROOT"
   done
 }
 
@@ -437,7 +444,6 @@ cmd_up() {
   # The kubelet links container logs into /var/log/containers; remove it on down if it makes it.
   [ -d /var/log/containers ] || touch "$DIR/made-var-log-containers"
   network_up
-  cgroups_up
   make_certs
   for c in admin controller-manager scheduler kubelet; do kubeconfig "$c"; done
   write_configs
@@ -517,8 +523,8 @@ cluster_pids() {
   done
   local root
   for root in $(cgroup_roots); do
-    [ -d "$root/$CGROUP_ROOT" ] || continue
-    find "$root/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null
+    [ -d "$root/$PODS_CGROUP" ] || continue
+    find "$root/$PODS_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null
   done
 }
 
@@ -567,9 +573,9 @@ cmd_down() {
   done
   [ -z "$(mounts_under_dir)" ] || die "mounts left under $DIR: $(mounts_under_dir | tr '\n' ' ')"
   for root in $(cgroup_roots); do
-    [ -d "$root/$CGROUP_ROOT" ] || continue
-    find "$root/$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null ||
-      die "cannot remove the cgroups under $root/$CGROUP_ROOT"
+    [ -d "$root/$PODS_CGROUP" ] || continue
+    find "$root/$PODS_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null ||
+      die "cannot remove the cgroups under $root/$PODS_CGROUP"
   done
   # The pods' veths go with their network namespaces; the bridge and the dummy stay until now.
   for c in "$BRIDGE" "$DUMMY"; do
@@ -635,8 +641,9 @@ up) cmd_up ;;
 down) cmd_down ;;
 env) cmd_env ;;
 image) cmd_image "${2:-}" ;;
+lint) cmd_lint ;;
 *)
-  echo "usage: $0 build|up|down|env|image BINARY" >&2
+  echo "usage: $0 build|up|down|env|lint|image BINARY" >&2
   exit 2
   ;;
 esac

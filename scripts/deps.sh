@@ -19,6 +19,9 @@ declare -A pkg_for=(
   [python3]=python3-venv
   [musl-gcc]=musl-tools
   [file]=file
+  [iptables]=iptables
+  [openssl]=openssl
+  [ip]=iproute2
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
@@ -28,6 +31,8 @@ done
 if command -v busybox >/dev/null 2>&1 && ! file -L "$(command -v busybox)" 2>/dev/null | grep -q static; then
   missing+=(busybox-static)
 fi
+# The real cluster's pod network (scripts/cluster.sh): bridge, host-local, portmap, loopback.
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}" >&2
   SUDO=""
@@ -36,6 +41,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
+# The real cluster is built from Go modules (scripts/cluster.sh build).
+command -v go >/dev/null || { echo "deps: go not found (the real cluster is built with Go >= 1.24)" >&2; exit 1; }
 # The packages carry a static musl binary (scripts/package-test.sh).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl ||
   rustup target add x86_64-unknown-linux-musl

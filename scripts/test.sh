@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing, then fmt, clippy -D warnings, and every test,
-# including the integration tests against a real containerd started by the tests themselves.
+# The one test command: installs what is missing, then fmt, clippy -D warnings, gofmt and go vet,
+# and every test: the integration tests against a real containerd started by the tests
+# themselves, and tests/real_cluster.rs on the real single-node Kubernetes of scripts/cluster.sh
+# (built from Go modules, cached in ~/.cache/nodeward-cluster), which this script starts and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -10,7 +12,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+./scripts/cluster.sh lint
+# A cluster that cannot start fails here with its reason (never a skipped test).
+trap './scripts/cluster.sh down' EXIT
+./scripts/cluster.sh up
 cargo test --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+./scripts/cluster.sh down
+trap - EXIT
 # Test beds tear themselves down from a guard process when a test binary exits; wait for them.
 for _ in $(seq 1 300); do
   pgrep -f nodeward-testbed-guard >/dev/null || break

@@ -313,6 +313,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cgroup_watches: HashSet::new(),
         cgroup_trees: HashSet::new(),
         pidfd_rejected: 0,
+        pid_recheck: HashSet::new(),
         fetching: HashMap::new(),
         api_pods: HashSet::new(),
         in_flight: HashSet::new(),
@@ -387,6 +388,10 @@ struct Agent {
     cgroup_watches: HashSet<String>,
     cgroup_trees: HashSet<PathBuf>,
     pidfd_rejected: usize,
+    /// Containers whose pid was not found once (ESRCH) and whose status was read again. A second
+    /// ESRCH for a container the runtime still calls running means its pid is not visible here
+    /// (the agent is not in the host PID namespace), not that it exited.
+    pid_recheck: HashSet<String>,
     /// Status reads in flight, with how often the container was already re-read while starting.
     fetching: HashMap<String, u32>,
     /// Uids of this node's Pod objects (cluster mode).
@@ -687,9 +692,10 @@ impl Agent {
                         .insert(id.to_string(), handle.abort_handle());
                 }
                 Err(PidfdError::Open { source, .. })
-                    if source.raw_os_error() == Some(libc_esrch()) =>
+                    if source.raw_os_error() == Some(libc_esrch())
+                        && self.pid_recheck.insert(id.to_string()) =>
                 {
-                    // Gone already: ask the runtime for the exit code.
+                    // Gone already, or not visible here: ask the runtime again.
                     self.fetch_status(id.to_string(), Fetch::Plain);
                 }
                 Err(e) => {
@@ -715,6 +721,7 @@ impl Agent {
     }
 
     fn unwatch(&mut self, id: &str) {
+        self.pid_recheck.remove(id);
         if let Some(h) = self.pidfd_watches.remove(id) {
             h.abort();
         }

@@ -19,6 +19,7 @@ pub mod bench;
 pub mod cluster;
 pub mod cri_proxy;
 pub mod images;
+pub mod k8s;
 pub mod kubelet;
 pub mod rbac;
 pub mod registry;

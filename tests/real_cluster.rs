@@ -1,0 +1,357 @@
+//! nodeward on a real single-node Kubernetes (`scripts/cluster.sh`: kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler and a kubelet on containerd, built from the
+//! k8s.io/kubernetes module): the shipped manifests applied as they are, the agent running as the
+//! DaemonSet's pod and the controller as the Deployment's pods under the shipped RBAC, and each
+//! API-facing capability exercised on real Jobs and Pods. Each test works in a namespace of its
+//! own.
+
+mod support;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
+use support::wait;
+
+const SIDECAR_ENV: &str = "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT";
+/// A sidecar that exits 0 on SIGTERM, as a well-behaved proxy does.
+const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+
+/// The cluster with nodeward deployed, an admin client, and a fresh namespace named `ns`.
+async fn setup(ns: &str) -> (&'static RealCluster, Client) {
+    let cluster = RealCluster::shared();
+    tokio::task::spawn_blocking(|| RealCluster::shared().deploy_nodeward())
+        .await
+        .unwrap();
+    let client = cluster.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(ns).await.unwrap().is_some() {
+        namespaces.delete(ns, &DeleteParams::default()).await.ok();
+        wait::until(&format!("namespace {ns} gone"), 120, || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get_opt(ns)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let object = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    // The service account admission needs the namespace's `default` ServiceAccount.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), ns);
+    wait::until("the default service account", 60, || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.unwrap().map(|_| ()) }
+    })
+    .await;
+    (cluster, client)
+}
+
+async fn teardown(client: &Client, ns: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::default()).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_manifests_run_nodeward_as_pods() {
+    let (cluster, client) = setup("rc-manifests").await;
+    let image = cluster.deploy_nodeward();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in [
+        "containerrecreaterequests.apps.kruise.io",
+        "imagepulljobs.apps.kruise.io",
+        "nodeimages.apps.kruise.io",
+    ] {
+        let crd = crds.get(name).await.unwrap();
+        let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        assert!(established, "{name} not established");
+    }
+
+    let agents = cluster.nodeward_pods_of(&client, "nodeward-agent").await;
+    assert_eq!(agents.len(), 1, "one agent pod on the single node");
+    let agent = &agents[0];
+    let spec = agent.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(cluster.node.as_str()));
+    assert_eq!(spec.service_account_name.as_deref(), Some("nodeward-agent"));
+    assert_eq!(spec.containers[0].image.as_deref(), Some(image.as_str()));
+    assert!(is_ready(agent), "agent pod not ready: {:?}", agent.status);
+
+    let controllers = cluster
+        .nodeward_pods_of(&client, "nodeward-controller")
+        .await;
+    assert_eq!(controllers.len(), 2, "the Deployment's two replicas");
+    for pod in &controllers {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("nodeward-controller")
+        );
+        assert!(is_ready(pod), "controller pod not ready: {:?}", pod.status);
+    }
+    // One of them holds the Lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = wait::until("the controller Lease", 60, || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt("nodeward-controller")
+                .await
+                .unwrap()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+        }
+    })
+    .await;
+    assert!(
+        controllers
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(holder.as_str())),
+        "the Lease holder {holder} is not a controller pod"
+    );
+    teardown(&client, "rc-manifests").await;
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    condition(pod, "Ready")
+}
+
+fn condition(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// A Job of one pod: `main` runs `script`, `proxy` is a sidecar marked with `sidecar_env`.
+fn sidecar_job(
+    cluster: &RealCluster,
+    name: &str,
+    policy: &str,
+    script: &str,
+    sidecar_env: &[(&str, &str)],
+) -> Job {
+    let env: Vec<Value> = sidecar_env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": policy,
+                "terminationGracePeriodSeconds": 10,
+                "containers": [
+                    {"name": "main", "image": cluster.image("busybox:1"), "command": ["sh", "-c", script]},
+                    {"name": "proxy", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE], "env": env},
+                ],
+            }},
+        },
+    }))
+    .unwrap()
+}
+
+/// The Job's terminal condition type (`Complete` or `Failed`), once it has one.
+async fn job_outcome(jobs: &Api<Job>, name: &str) -> String {
+    wait::until(
+        &format!("job {name} to finish"),
+        CLUSTER_TIMEOUT.as_secs(),
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let job = jobs.get(name).await.unwrap();
+                job.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+                    .map(|c| c.type_)
+            }
+        },
+    )
+    .await
+}
+
+async fn job_pod(client: &Client, ns: &str, job: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("job-name={job}"));
+    let mut items = pods.list(&lp).await.unwrap().items;
+    assert_eq!(items.len(), 1, "one pod for job {job}");
+    items.remove(0)
+}
+
+async fn events_for(client: &Client, ns: &str, uid: &str, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+fn terminated_exit_code(pod: &Pod, container: &str) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_sidecars_are_terminated_on_real_jobs() {
+    let ns = "rc-sidecar";
+    let (cluster, client) = setup(ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let marker = [(SIDECAR_ENV, "true")];
+    // (job, restartPolicy, main script, the Job's end)
+    let cases = [
+        ("never-ok", "Never", "sleep 2; exit 0", "Complete"),
+        ("never-fail", "Never", "sleep 2; exit 1", "Failed"),
+        ("onfailure-ok", "OnFailure", "sleep 2; exit 0", "Complete"),
+    ];
+    for (name, policy, script, _) in cases {
+        let job = sidecar_job(cluster, name, policy, script, &marker);
+        jobs.create(&PostParams::default(), &job).await.unwrap();
+    }
+    for (name, _, script, outcome) in cases {
+        assert_eq!(job_outcome(&jobs, name).await, outcome, "job {name}");
+        let pod = job_pod(&client, ns, name).await;
+        let main_exit = i32::from(script.ends_with("exit 1"));
+        assert_eq!(
+            terminated_exit_code(&pod, "main"),
+            Some(main_exit),
+            "{name}"
+        );
+        // The sidecar was stopped by the agent (SIGTERM, exit 0), not left running.
+        assert_eq!(terminated_exit_code(&pod, "proxy"), Some(0), "{name}");
+        assert!(
+            condition(&pod, "SidecarTerminated"),
+            "{name}: {:?}",
+            pod.status
+        );
+        let uid = pod.metadata.uid.as_deref().unwrap();
+        let events = events_for(&client, ns, uid, "SidecarTerminated").await;
+        assert_eq!(events.len(), 1, "{name}: one SidecarTerminated Event");
+    }
+    teardown(&client, ns).await;
+}
+
+fn crr_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("apps.kruise.io", "v1alpha1", "ContainerRecreateRequest");
+    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+fn restart_count(pod: &Pod, container: &str) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)
+        .map(|c| c.restart_count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crr_restarts_a_container_through_the_real_kubelet() {
+    let ns = "rc-crr";
+    let (cluster, client) = setup(ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0"},
+        "spec": {
+            "terminationGracePeriodSeconds": 10,
+            "containers": [
+                {"name": "app", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]},
+                {"name": "sidecar", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]},
+            ],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = wait::until("web-0 ready", CLUSTER_TIMEOUT.as_secs(), || {
+        let pods = pods.clone();
+        async move { pods.get("web-0").await.ok().filter(is_ready) }
+    })
+    .await;
+    assert_eq!(restart_count(&running, "app"), Some(0));
+
+    let crrs = crr_api(&client, ns);
+    let crr: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": "crr-app", "namespace": ns},
+        "spec": {"podName": "web-0", "containers": [{"name": "app"}]},
+    }))
+    .unwrap();
+    crrs.create(&PostParams::default(), &crr).await.unwrap();
+    let done = wait::until("the CRR to finish", CLUSTER_TIMEOUT.as_secs(), || {
+        let crrs = crrs.clone();
+        async move {
+            let crr = crrs.get("crr-app").await.unwrap();
+            let phase = crr.data["status"]["phase"].as_str().unwrap_or_default();
+            (phase == "Completed" || phase == "Failed").then_some(crr)
+        }
+    })
+    .await;
+    let status = &done.data["status"];
+    assert_eq!(status["phase"], "Completed", "{status}");
+    assert_eq!(
+        status["containerRecreateStates"][0]["name"], "app",
+        "{status}"
+    );
+    assert_eq!(
+        status["containerRecreateStates"][0]["phase"], "Succeeded",
+        "{status}"
+    );
+    let labels = &done.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("crr.apps.kruise.io/pod-uid"),
+        running.metadata.uid.as_ref()
+    );
+    assert_eq!(
+        labels.get("crr.apps.kruise.io/node-name"),
+        Some(&cluster.node)
+    );
+    // The real kubelet restarted the container; the other one was left alone.
+    let restarted = wait::until("app restarted by the kubelet", 60, || {
+        let pods = pods.clone();
+        async move {
+            pods.get("web-0")
+                .await
+                .ok()
+                .filter(|p| restart_count(p, "app") == Some(1) && is_ready(p))
+        }
+    })
+    .await;
+    assert_eq!(restart_count(&restarted, "sidecar"), Some(0));
+    teardown(&client, ns).await;
+}

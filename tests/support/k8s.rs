@@ -1,0 +1,238 @@
+//! The real single-node Kubernetes of `scripts/cluster.sh` (kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler and a kubelet on Debian's containerd, built from the
+//! k8s.io/kubernetes module), and nodeward deployed on it from `packaging/kubernetes` as a user
+//! would: the agent as the DaemonSet's pod, the controller as the Deployment's pods, both under the
+//! shipped RBAC.
+//!
+//! [`RealCluster::shared`] runs `scripts/cluster.sh up` (which reuses a running cluster) once per
+//! process and leaves the cluster running for the next test binary; `scripts/test.sh` stops it
+//! with `scripts/cluster.sh down`. A cluster that cannot start fails the test with the script's
+//! reason: it is never skipped.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// The packaged namespace of the agent and the controller.
+pub const NAMESPACE: &str = "nodeward-system";
+
+/// The running cluster, as `scripts/cluster.sh env` describes it.
+pub struct RealCluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub node: String,
+    pub registry: String,
+    pub runtime_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    deployed: OnceLock<std::result::Result<String, String>>,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a command to completion; its stdout, or an error carrying its stderr.
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl RealCluster {
+    /// The cluster, started (or found running) on first use. Panics with the reason when it
+    /// cannot start.
+    pub fn shared() -> &'static RealCluster {
+        static SHARED: OnceLock<std::result::Result<RealCluster, String>> = OnceLock::new();
+        let cluster = SHARED.get_or_init(|| Self::up().map_err(|e| format!("{e:#}")));
+        match cluster {
+            Ok(c) => c,
+            Err(e) => panic!("the real cluster (scripts/cluster.sh up) failed to start: {e}"),
+        }
+    }
+
+    fn up() -> Result<RealCluster> {
+        let script = repo().join("scripts/cluster.sh");
+        run(Command::new(&script).arg("up"))?;
+        let env: BTreeMap<String, String> = run(Command::new(&script).arg("env"))?
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let var = |k: &str| {
+            env.get(k)
+                .cloned()
+                .with_context(|| format!("cluster.sh env printed no {k}"))
+        };
+        Ok(RealCluster {
+            dir: var("NODEWARD_CLUSTER_DIR")?.into(),
+            bin: var("NODEWARD_CLUSTER_BIN")?.into(),
+            node: var("NODEWARD_CLUSTER_NODE")?,
+            registry: var("NODEWARD_CLUSTER_REGISTRY")?,
+            runtime_dir: var("NODEWARD_CLUSTER_RUNTIME_DIR")?.into(),
+            kubeconfig: var("KUBECONFIG")?.into(),
+            deployed: OnceLock::new(),
+        })
+    }
+
+    /// An admin client (system:masters).
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("admin kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("admin client config");
+        Client::try_from(config).expect("admin client")
+    }
+
+    /// `kubectl <args>` as the admin; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        run(Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args))
+    }
+
+    /// A test image reference in the cluster's registry (`busybox:1` is always there).
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.registry)
+    }
+
+    /// nodeward deployed from `packaging/kubernetes` (once per process; a later call waits for
+    /// the same rollout): the static binary built and pushed as the image, then the shipped
+    /// manifests applied server-side through an overlay that only names that image and puts
+    /// the hostPath volumes on the cluster's dirs. Returns the image.
+    pub fn deploy_nodeward(&self) -> String {
+        let deployed = self
+            .deployed
+            .get_or_init(|| self.deploy().map_err(|e| format!("{e:#}")));
+        match deployed {
+            Ok(image) => image.clone(),
+            Err(e) => panic!("deploying nodeward on the real cluster failed: {e}"),
+        }
+    }
+
+    fn deploy(&self) -> Result<String> {
+        let target = "x86_64-unknown-linux-musl";
+        run(Command::new(env!("CARGO"))
+            .current_dir(repo())
+            .args(["build", "--quiet", "--release", "--target", target])
+            .args(["--bin", "nodeward"]))?;
+        let binary = repo().join(format!("target/{target}/release/nodeward"));
+        let image = run(Command::new(repo().join("scripts/cluster.sh"))
+            .arg("image")
+            .arg(&binary))?
+        .trim()
+        .to_owned();
+        let (name, tag) = image.rsplit_once(':').context("image without a tag")?;
+        // kustomize takes bases by relative path only: the overlay lives in the repo's target dir.
+        let overlay = repo().join("target/real-cluster-overlay");
+        fs::create_dir_all(&overlay)?;
+        let d = self.dir.display();
+        fs::write(
+            overlay.join("kustomization.yaml"),
+            format!(
+                r#"# Written by tests/support/k8s.rs: the shipped manifests as they are, with the image from
+# the cluster's registry and the node's dirs under the cluster's dir.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../packaging/kubernetes
+images:
+  - name: ghcr.io/nodeward/nodeward
+    newName: {name}
+    newTag: "{tag}"
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata:
+        name: nodeward-agent
+        namespace: nodeward-system
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: hostvarrun
+                hostPath:
+                  path: {runtime}
+              - name: state
+                hostPath:
+                  path: {d}/nodeward/state
+              - name: run
+                hostPath:
+                  path: {d}/nodeward/run
+"#,
+                runtime = self.runtime_dir.display(),
+            ),
+        )?;
+        let overlay = overlay.to_str().context("overlay path")?;
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=nodeward-tests",
+            "-k",
+            overlay,
+        ])?;
+        for what in ["daemonset/nodeward-agent", "deployment/nodeward-controller"] {
+            self.kubectl(&["-n", NAMESPACE, "rollout", "status", what, "--timeout=180s"])
+                .with_context(|| format!("waiting for {what}: {}", self.nodeward_pods()))?;
+        }
+        Ok(image)
+    }
+
+    /// The nodeward pods and their state, for error messages.
+    fn nodeward_pods(&self) -> String {
+        self.kubectl(&["-n", NAMESPACE, "get", "pods", "-o", "wide"])
+            .unwrap_or_else(|e| format!("{e:#}"))
+    }
+
+    /// The logs of the pods of one packaged workload (`app.kubernetes.io/name=<app>`).
+    pub fn logs(&self, app: &str) -> String {
+        self.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "logs",
+            "--tail=-1",
+            "--prefix",
+            "-l",
+            &format!("app.kubernetes.io/name={app}"),
+        ])
+        .unwrap_or_else(|e| format!("{e:#}"))
+    }
+
+    /// The Running pods of one packaged workload.
+    pub async fn nodeward_pods_of(&self, client: &Client, app: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/name={app}"));
+        pods.list(&lp)
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect()
+    }
+}
+
+/// How long a test waits for something the cluster does at its own pace (scheduling, the
+/// kubelet's 1 s relist, controllers' resyncs).
+pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(120);
