@@ -7,18 +7,26 @@
 
 mod support;
 
+use std::time::Duration;
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
 };
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
 use support::wait;
+use tokio::sync::RwLock;
 
+/// Held exclusively by a test that disturbs what the others rely on (the leading controller).
+static DISRUPTION: RwLock<()> = RwLock::const_new(());
 const SIDECAR_ENV: &str = "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT";
 /// A sidecar that exits 0 on SIGTERM, as a well-behaved proxy does.
 const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
@@ -69,6 +77,7 @@ async fn teardown(client: &Client, ns: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_manifests_run_nodeward_as_pods() {
+    let _shared = DISRUPTION.read().await;
     let (cluster, client) = setup("rc-manifests").await;
     let image = cluster.deploy_nodeward();
 
@@ -228,6 +237,7 @@ fn terminated_exit_code(pod: &Pod, container: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_sidecars_are_terminated_on_real_jobs() {
+    let _shared = DISRUPTION.read().await;
     let ns = "rc-sidecar";
     let (cluster, client) = setup(ns).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
@@ -265,11 +275,6 @@ async fn job_sidecars_are_terminated_on_real_jobs() {
     teardown(&client, ns).await;
 }
 
-fn crr_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("apps.kruise.io", "v1alpha1", "ContainerRecreateRequest");
-    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
-}
-
 fn restart_count(pod: &Pod, container: &str) -> Option<i32> {
     pod.status
         .as_ref()?
@@ -282,6 +287,7 @@ fn restart_count(pod: &Pod, container: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crr_restarts_a_container_through_the_real_kubelet() {
+    let _shared = DISRUPTION.read().await;
     let ns = "rc-crr";
     let (cluster, client) = setup(ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -304,7 +310,7 @@ async fn crr_restarts_a_container_through_the_real_kubelet() {
     .await;
     assert_eq!(restart_count(&running, "app"), Some(0));
 
-    let crrs = crr_api(&client, ns);
+    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
     let crr: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1",
         "kind": "ContainerRecreateRequest",
@@ -354,4 +360,375 @@ async fn crr_restarts_a_container_through_the_real_kubelet() {
     .await;
     assert_eq!(restart_count(&restarted, "sidecar"), Some(0));
     teardown(&client, ns).await;
+}
+
+/// A Job whose pod is `pod_spec` (restartPolicy Never unless set), backoffLimit 0.
+fn job_of(name: &str, mut pod_spec: Value) -> Job {
+    if pod_spec.get("restartPolicy").is_none() {
+        pod_spec["restartPolicy"] = json!("Never");
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_variants_on_real_jobs() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-sidecar-variants";
+    let (cluster, client) = setup(ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let busybox = cluster.image("busybox:1");
+    // Only the `_WITH_IMAGE` env on a normal node: a sidecar there too (upstream v1.4's isSidecar
+    // checks both envs); the agent stops it.
+    let with_image = sidecar_job(
+        cluster,
+        "with-image",
+        "Never",
+        "sleep 2",
+        &[(
+            "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE",
+            &cluster.image("busybox:1"),
+        )],
+    );
+    // A Kubernetes native sidecar (init container, restartPolicy Always) carrying the env: the
+    // kubelet stops it, nodeward leaves it alone.
+    let native = job_of(
+        "native",
+        json!({
+            "initContainers": [{"name": "proxy", "image": busybox, "restartPolicy": "Always",
+                "command": ["sh", "-c", POLITE], "env": [{"name": SIDECAR_ENV, "value": "true"}]}],
+            "containers": [{"name": "main", "image": busybox, "command": ["sh", "-c", "sleep 2"]}],
+        }),
+    );
+    // A sidecar that ignores SIGTERM (killed after its 2 s grace: exit 137), with the
+    // ignore-exit-code env: the agent writes the verdict Succeeded from the main containers.
+    let ignore = job_of(
+        "ignore-exit-code",
+        json!({
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {"name": "main", "image": busybox, "command": ["sh", "-c", "sleep 2"]},
+                {"name": "proxy", "image": busybox,
+                 "command": ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+                 "env": [{"name": SIDECAR_ENV, "value": "true"},
+                         {"name": "KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "value": "true"}]},
+            ],
+        }),
+    );
+    for job in [&with_image, &native, &ignore] {
+        jobs.create(&PostParams::default(), job).await.unwrap();
+    }
+
+    assert_eq!(job_outcome(&jobs, "with-image").await, "Complete");
+    let pod = job_pod(&client, ns, "with-image").await;
+    assert_eq!(terminated_exit_code(&pod, "proxy"), Some(0));
+    assert!(condition(&pod, "SidecarTerminated"), "{:?}", pod.status);
+
+    assert_eq!(job_outcome(&jobs, "native").await, "Complete");
+    let pod = job_pod(&client, ns, "native").await;
+    assert!(!condition(&pod, "SidecarTerminated"), "{:?}", pod.status);
+    let uid = pod.metadata.uid.as_deref().unwrap();
+    assert!(
+        events_for(&client, ns, uid, "SidecarTerminated")
+            .await
+            .is_empty()
+    );
+
+    // The pod's phase as the real kubelet and apiserver leave it: the agent's verdict stays (a
+    // terminal phase never changes), so the Job completes although the sidecar exited 137.
+    assert_eq!(job_outcome(&jobs, "ignore-exit-code").await, "Complete");
+    let pod = job_pod(&client, ns, "ignore-exit-code").await;
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded")
+    );
+    assert_eq!(terminated_exit_code(&pod, "proxy"), Some(137));
+    teardown(&client, ns).await;
+}
+
+fn kruise_api(client: &Client, ns: Option<&str>, kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("apps.kruise.io", "v1alpha1", kind);
+    let resource = ApiResource::from_gvk(&gvk);
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Whether the cluster's containerd has `image`.
+async fn image_on_node(cluster: &RealCluster, image: &str) -> bool {
+    let socket = cluster.runtime_dir.join("containerd/containerd.sock");
+    let mut images = ImageServiceClient::new(nodeward::cri::channel(&socket));
+    let req = ImageStatusRequest {
+        image: Some(ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    images
+        .image_status(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_job_pulls_on_the_node() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-imagepull";
+    let (cluster, client) = setup(ns).await;
+    // An image no pod uses yet, pushed under a name of this test.
+    let image = cluster.image("rc-pulled:v1");
+    let (src, dst) = (
+        format!("docker://{}", cluster.image("busybox:1")),
+        format!("docker://{image}"),
+    );
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .args([&src, &dst])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!image_on_node(cluster, &image).await);
+
+    // A real pull Secret (the registry takes no credentials; the controller copies the Secret
+    // into the agent's namespace, the agent reads it there).
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let auth = json!({"auths": {cluster.registry.as_str(): {"username": "u", "password": "p", "auth": "dTpw"}}});
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "regcred"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": auth.to_string()},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
+    let job: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ImagePullJob",
+        "metadata": {"name": "warm", "namespace": ns},
+        "spec": {
+            "image": image,
+            "pullSecrets": ["regcred"],
+            "parallelism": 1,
+            "pullPolicy": {"timeoutSeconds": 60, "backoffLimit": 1},
+            "completionPolicy": {"type": "Always", "activeDeadlineSeconds": 120, "ttlSecondsAfterFinished": 5},
+            "sandboxConfig": {"labels": {"io.kubernetes.pod.namespace": ns}},
+        },
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let done = wait::until(
+        "the ImagePullJob to complete",
+        CLUSTER_TIMEOUT.as_secs(),
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let job = jobs.get_opt("warm").await.unwrap()?;
+                job.data["status"]["completionTime"]
+                    .is_string()
+                    .then_some(job)
+            }
+        },
+    )
+    .await;
+    let status = &done.data["status"];
+    assert_eq!(status["succeeded"], 1, "{status}");
+    assert_eq!(status["failed"], 0, "{status}");
+    assert!(
+        image_on_node(cluster, &image).await,
+        "{image} not on the node"
+    );
+
+    // The node's NodeImage carried the tag with the copied Secret's reference.
+    let node_image = kruise_api(&client, None, "NodeImage")
+        .get(&cluster.node)
+        .await
+        .unwrap();
+    let (name, _) = image.rsplit_once(':').unwrap();
+    let spec = &node_image.data["spec"]["images"][name];
+    assert_eq!(spec["tags"][0]["tag"], "v1", "{spec}");
+    assert_eq!(spec["sandboxConfig"]["labels"]["io.kubernetes.pod.namespace"], ns, "{spec}");
+    let secret_ref = &spec["pullSecrets"][0];
+    assert_eq!(
+        secret_ref["namespace"], "kruise-daemon-config",
+        "{secret_ref}"
+    );
+
+    // ttlSecondsAfterFinished: the job goes.
+    wait::until("the ImagePullJob deleted after its TTL", 60, || {
+        let jobs = jobs.clone();
+        async move { jobs.get_opt("warm").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    teardown(&client, ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_leader_fails_over_on_real_leases() {
+    // Alone: the other tests need a leading controller.
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-leader";
+    let (cluster, client) = setup(ns).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt("nodeward-controller")
+                .await
+                .unwrap()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+        }
+    };
+    let leader = wait::until("a controller leading", 60, holder).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let killed = std::time::Instant::now();
+    pods.delete(&leader, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let successor = wait::until("the other replica leading", 60, || async {
+        holder().await.filter(|h| *h != leader)
+    })
+    .await;
+    let took = killed.elapsed();
+    // The lease is 15 s: the waiting replica takes over once it expires (a killed leader does
+    // not hand it over).
+    assert!(took < Duration::from_secs(25), "took over after {took:?}");
+    let running = cluster
+        .nodeward_pods_of(&client, "nodeward-controller")
+        .await;
+    assert!(
+        running
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(successor.as_str())),
+        "the new leader {successor} is not a running controller pod"
+    );
+    // The new leader reconciles: a CRR is defaulted and completed.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0"},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": [
+            {"name": "app", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait::until("web-0 ready", CLUSTER_TIMEOUT.as_secs(), || {
+        let pods = pods.clone();
+        async move { pods.get("web-0").await.ok().filter(is_ready) }
+    })
+    .await;
+    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
+    let crr = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": "after-failover", "namespace": ns},
+        "spec": {"podName": "web-0", "containers": [{"name": "app"}]},
+    }))
+    .unwrap();
+    crrs.create(&PostParams::default(), &crr).await.unwrap();
+    wait::until("the CRR completed", CLUSTER_TIMEOUT.as_secs(), || {
+        let crrs = crrs.clone();
+        async move {
+            let crr = crrs.get("after-failover").await.unwrap();
+            (crr.data["status"]["phase"] == "Completed").then_some(())
+        }
+    })
+    .await;
+    // The Deployment replaces the killed replica before the next test.
+    cluster
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/nodeward-controller",
+            "--timeout=120s",
+        ])
+        .unwrap();
+    teardown(&client, ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_swaps_the_sidecar_image_on_a_virtual_node() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-virtual";
+    let (cluster, client) = setup(ns).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = "rc-virtual-node";
+    nodes.delete(node, &DeleteParams::default()).await.ok();
+    let object = serde_json::from_value(json!({
+        "metadata": {"name": node, "labels": {"type": "virtual-kubelet"}},
+        "spec": {"taints": [{"key": "virtual-kubelet.io/provider", "value": "test", "effect": "NoSchedule"}]},
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &object).await.unwrap();
+    let quick = cluster.image("quick-exit:1");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = job_of(
+        "on-vk",
+        json!({
+            "nodeName": node,
+            "containers": [
+                {"name": "main", "image": cluster.image("busybox:1")},
+                {"name": "proxy", "image": cluster.image("busybox:1"),
+                 "env": [{"name": "KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE", "value": quick}]},
+            ],
+        }),
+    );
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pod = wait::until("the Job's pod", 60, || {
+        let client = client.clone();
+        async move {
+            let pods: Api<Pod> = Api::namespaced(client, ns);
+            let lp = ListParams::default().labels("job-name=on-vk");
+            pods.list(&lp).await.unwrap().items.into_iter().next()
+        }
+    })
+    .await;
+    let name = pod.metadata.name.clone().unwrap();
+    // What the virtual kubelet reports: main exited 0, the sidecar runs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let busybox = cluster.image("busybox:1");
+    let status = json!({"status": {"phase": "Running", "containerStatuses": [
+        {"name": "main", "image": busybox, "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        {"name": "proxy", "image": busybox, "imageID": "", "ready": true, "restartCount": 0,
+         "state": {"running": {}}},
+    ]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    // The real apiserver accepts the controller's image update of the running pod.
+    wait::until("the sidecar image swapped", 60, || {
+        let pods = pods.clone();
+        let (name, quick) = (name.clone(), quick.clone());
+        async move {
+            let pod = pods.get(&name).await.unwrap();
+            (pod.spec?.containers[1].image.as_deref() == Some(quick.as_str())).then_some(())
+        }
+    })
+    .await;
+    teardown(&client, ns).await;
+    nodes.delete(node, &DeleteParams::default()).await.ok();
 }

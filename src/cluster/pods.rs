@@ -7,7 +7,6 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::api::well_known as wk;
 use crate::cri::kubelet::{PodRef, RestartPolicy};
 use crate::node::model::{PodSpecFacts, Role};
 
@@ -28,32 +27,15 @@ pub enum PodUpdate {
     },
 }
 
-fn env_true(c: &Container, name: &str) -> bool {
-    c.env
-        .iter()
-        .flatten()
-        .any(|e| e.name == name && e.value.as_deref().is_some_and(wk::env_true))
-}
-
-fn env_set(c: &Container, name: &str) -> bool {
-    c.env
-        .iter()
-        .flatten()
-        .any(|e| e.name == name && e.value.as_deref().is_some_and(|v| !v.is_empty()))
-}
-
-/// The role of a regular container by its spec env, as OpenKruise classifies on a normal node.
+/// The role of a regular container by its spec env: the same classifier as for the runtime's
+/// view ([`Role::from_env`]); env from `valueFrom` is not known here and does not count.
 pub fn role_of(c: &Container) -> Role {
-    if env_true(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT) {
-        Role::Sidecar {
-            ignore_exit_code: env_true(c, wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE),
-        }
-    } else if env_set(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE) {
-        // Marked for the virtual-node image swap only: the controller's business, not ours.
-        Role::Other
-    } else {
-        Role::Main
-    }
+    Role::from_env(
+        c.env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
+    )
 }
 
 /// What the sidecar terminator needs from a Pod object. `None` for a Pod without a uid or spec.
@@ -183,7 +165,12 @@ mod tests {
                         ignore_exit_code: true
                     }
                 ),
-                ("vk".to_string(), Role::Other),
+                (
+                    "vk".to_string(),
+                    Role::Sidecar {
+                        ignore_exit_code: false
+                    }
+                ),
                 ("from-ref".to_string(), Role::Main),
             ]
         );

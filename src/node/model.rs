@@ -18,17 +18,21 @@ pub enum Role {
     Sidecar {
         ignore_exit_code: bool,
     },
-    /// Neither main nor stopped by the agent: init containers (including native sidecars) and
-    /// sidecars marked only for the virtual-node image swap.
+    /// Neither main nor stopped by the agent: init containers (including native sidecars).
     Other,
 }
 
 impl Role {
-    /// Classify from the container's env (OCI spec env, which includes the pod spec's env).
+    /// Classify from the container's env (OCI spec env, which includes the pod spec's env, or the
+    /// Pod object's). A sidecar is marked `KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT=true`, or by a
+    /// non-empty `KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE` alone: OpenKruise v1.4's
+    /// `isSidecar` counts both on a normal node too (the image swap is only for virtual nodes).
     pub fn from_env<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let (mut sidecar, mut ignore) = (false, false);
         for (k, v) in env {
-            if k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT && wk::env_true(v) {
+            if (k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT && wk::env_true(v))
+                || (k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE && !v.is_empty())
+            {
                 sidecar = true;
             } else if k == wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE && wk::env_true(v) {
                 ignore = true;
@@ -541,6 +545,16 @@ mod tests {
         );
         assert_eq!(
             Role::from_env([(wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true")]),
+            Role::Main
+        );
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE, "quick:1")]),
+            Role::Sidecar {
+                ignore_exit_code: false
+            }
+        );
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE, "")]),
             Role::Main
         );
     }
