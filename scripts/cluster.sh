@@ -10,6 +10,8 @@
 #                                   interface, iptables rule and file `up` made (idempotent)
 #   scripts/cluster.sh env          print the environment of the running cluster (KUBECONFIG, ...)
 #   scripts/cluster.sh image BIN    push an image holding BIN as /usr/bin/nodeward; prints its name
+#   scripts/cluster.sh deploy BIN   deploy nodeward from packaging/kubernetes with that image, as a
+#                                   user would (server-side apply), and wait for its rollout
 #   scripts/cluster.sh lint         gofmt and go vet of tests/cluster
 #
 # All state lives in $NODEWARD_CLUSTER_DIR (default /tmp/nodeward-cluster). Addresses live only on
@@ -635,15 +637,69 @@ cmd_image() {
   echo "$ref"
 }
 
+# deploy BIN: packaging/kubernetes applied as it is, through an overlay that only names the image
+# and points the DaemonSet's hostPath volumes at the cluster's runtime and state dirs (as a user
+# with a non-default containerd socket would). kustomize takes bases by relative path only, so
+# the overlay lives in the repo's target dir.
+cmd_deploy() {
+  local image name tag overlay="$ROOT/target/real-cluster-overlay" what
+  image=$(cmd_image "${1:?usage: cluster.sh deploy BINARY}")
+  name=${image%:*}
+  tag=${image##*:}
+  mkdir -p "$overlay"
+  cat >"$overlay/kustomization.yaml" <<EOF
+# Written by scripts/cluster.sh deploy.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../packaging/kubernetes
+images:
+  - name: ghcr.io/nodeward/nodeward
+    newName: $name
+    newTag: "$tag"
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata:
+        name: nodeward-agent
+        namespace: nodeward-system
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: hostvarrun
+                hostPath:
+                  path: $DIR/run
+              - name: state
+                hostPath:
+                  path: $DIR/nodeward/state
+              - name: run
+                hostPath:
+                  path: $DIR/nodeward/run
+EOF
+  BIN=$(cat "$DIR/bin")
+  kubectl_ apply --server-side --field-manager=nodeward-deploy -k "$overlay" >&2
+  for what in daemonset/nodeward-agent deployment/nodeward-controller; do
+    kubectl_ -n nodeward-system rollout status "$what" --timeout=180s >&2 || {
+      kubectl_ -n nodeward-system get pods -o wide >&2
+      kubectl_ -n nodeward-system logs --tail=20 --prefix -l app.kubernetes.io/part-of=nodeward >&2
+      die "$what did not roll out"
+    }
+  done
+  echo "$image"
+}
+
 case "${1:-}" in
 build) cmd_build ;;
 up) cmd_up ;;
 down) cmd_down ;;
 env) cmd_env ;;
 image) cmd_image "${2:-}" ;;
+deploy) cmd_deploy "${2:-}" ;;
 lint) cmd_lint ;;
 *)
-  echo "usage: $0 build|up|down|env|lint|image BINARY" >&2
+  echo "usage: $0 build|up|down|env|lint|image BINARY|deploy BINARY" >&2
   exit 2
   ;;
 esac

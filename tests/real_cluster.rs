@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, ImageStatusRequest};
+use k8s_cri::v1::{ImageSpec, ImageStatusRequest, RemoveImageRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
@@ -478,6 +478,20 @@ async fn image_on_node(cluster: &RealCluster, image: &str) -> bool {
         .is_some()
 }
 
+/// Remove `image` from the cluster's containerd (left by an earlier run).
+async fn remove_image(cluster: &RealCluster, image: &str) {
+    let socket = cluster.runtime_dir.join("containerd/containerd.sock");
+    let mut images = ImageServiceClient::new(nodeward::cri::channel(&socket));
+    let req = RemoveImageRequest {
+        image: Some(ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+    };
+    images.remove_image(req).await.unwrap();
+    assert!(!image_on_node(cluster, image).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_pull_job_pulls_on_the_node() {
     let _shared = DISRUPTION.read().await;
@@ -504,7 +518,7 @@ async fn image_pull_job_pulls_on_the_node() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!image_on_node(cluster, &image).await);
+    remove_image(cluster, &image).await;
 
     // A real pull Secret (the registry takes no credentials; the controller copies the Secret
     // into the agent's namespace, the agent reads it there).
@@ -567,7 +581,10 @@ async fn image_pull_job_pulls_on_the_node() {
     let (name, _) = image.rsplit_once(':').unwrap();
     let spec = &node_image.data["spec"]["images"][name];
     assert_eq!(spec["tags"][0]["tag"], "v1", "{spec}");
-    assert_eq!(spec["sandboxConfig"]["labels"]["io.kubernetes.pod.namespace"], ns, "{spec}");
+    assert_eq!(
+        spec["sandboxConfig"]["labels"]["io.kubernetes.pod.namespace"], ns,
+        "{spec}"
+    );
     let secret_ref = &spec["pullSecrets"][0];
     assert_eq!(
         secret_ref["namespace"], "kruise-daemon-config",
@@ -612,17 +629,23 @@ async fn controller_leader_fails_over_on_real_leases() {
     })
     .await;
     let took = killed.elapsed();
-    // The lease is 15 s: the waiting replica takes over once it expires (a killed leader does
-    // not hand it over).
+    // The Deployment replaces the killed replica before anything else runs.
+    cluster
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "rollout",
+            "status",
+            "deployment/nodeward-controller",
+            "--timeout=120s",
+        ])
+        .unwrap();
+    // The lease is 15 s: a replica takes over once it expires (a killed leader does not hand it
+    // over): the one that waited, or the Deployment's replacement if it asks first.
     assert!(took < Duration::from_secs(25), "took over after {took:?}");
-    let running = cluster
-        .nodeward_pods_of(&client, "nodeward-controller")
-        .await;
     assert!(
-        running
-            .iter()
-            .any(|p| p.metadata.name.as_deref() == Some(successor.as_str())),
-        "the new leader {successor} is not a running controller pod"
+        pods.get_opt(&successor).await.unwrap().is_some(),
+        "the new leader {successor} is not a controller pod"
     );
     // The new leader reconciles: a CRR is defaulted and completed.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -655,17 +678,6 @@ async fn controller_leader_fails_over_on_real_leases() {
         }
     })
     .await;
-    // The Deployment replaces the killed replica before the next test.
-    cluster
-        .kubectl(&[
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            "deployment/nodeward-controller",
-            "--timeout=120s",
-        ])
-        .unwrap();
     teardown(&client, ns).await;
 }
 

@@ -548,7 +548,10 @@ mod tests {
             Role::Main
         );
         assert_eq!(
-            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE, "quick:1")]),
+            Role::from_env([(
+                wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE,
+                "quick:1"
+            )]),
             Role::Sidecar {
                 ignore_exit_code: false
             }

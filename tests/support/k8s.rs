@@ -10,7 +10,6 @@
 //! reason: it is never skipped.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -114,9 +113,9 @@ impl RealCluster {
     }
 
     /// nodeward deployed from `packaging/kubernetes` (once per process; a later call waits for
-    /// the same rollout): the static binary built and pushed as the image, then the shipped
-    /// manifests applied server-side through an overlay that only names that image and puts
-    /// the hostPath volumes on the cluster's dirs. Returns the image.
+    /// the same rollout): the static binary built, then `scripts/cluster.sh deploy` (its image
+    /// pushed, the shipped manifests applied server-side through an overlay that only names that
+    /// image and puts the hostPath volumes on the cluster's dirs). Returns the image.
     pub fn deploy_nodeward(&self) -> String {
         let deployed = self
             .deployed
@@ -135,85 +134,9 @@ impl RealCluster {
             .args(["--bin", "nodeward"]))?;
         let binary = repo().join(format!("target/{target}/release/nodeward"));
         let image = run(Command::new(repo().join("scripts/cluster.sh"))
-            .arg("image")
-            .arg(&binary))?
-        .trim()
-        .to_owned();
-        let (name, tag) = image.rsplit_once(':').context("image without a tag")?;
-        // kustomize takes bases by relative path only: the overlay lives in the repo's target dir.
-        let overlay = repo().join("target/real-cluster-overlay");
-        fs::create_dir_all(&overlay)?;
-        let d = self.dir.display();
-        fs::write(
-            overlay.join("kustomization.yaml"),
-            format!(
-                r#"# Written by tests/support/k8s.rs: the shipped manifests as they are, with the image from
-# the cluster's registry and the node's dirs under the cluster's dir.
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../../packaging/kubernetes
-images:
-  - name: ghcr.io/nodeward/nodeward
-    newName: {name}
-    newTag: "{tag}"
-patches:
-  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata:
-        name: nodeward-agent
-        namespace: nodeward-system
-      spec:
-        template:
-          spec:
-            volumes:
-              - name: hostvarrun
-                hostPath:
-                  path: {runtime}
-              - name: state
-                hostPath:
-                  path: {d}/nodeward/state
-              - name: run
-                hostPath:
-                  path: {d}/nodeward/run
-"#,
-                runtime = self.runtime_dir.display(),
-            ),
-        )?;
-        let overlay = overlay.to_str().context("overlay path")?;
-        self.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=nodeward-tests",
-            "-k",
-            overlay,
-        ])?;
-        for what in ["daemonset/nodeward-agent", "deployment/nodeward-controller"] {
-            self.kubectl(&["-n", NAMESPACE, "rollout", "status", what, "--timeout=180s"])
-                .with_context(|| format!("waiting for {what}: {}", self.nodeward_pods()))?;
-        }
-        Ok(image)
-    }
-
-    /// The nodeward pods and their state, for error messages.
-    fn nodeward_pods(&self) -> String {
-        self.kubectl(&["-n", NAMESPACE, "get", "pods", "-o", "wide"])
-            .unwrap_or_else(|e| format!("{e:#}"))
-    }
-
-    /// The logs of the pods of one packaged workload (`app.kubernetes.io/name=<app>`).
-    pub fn logs(&self, app: &str) -> String {
-        self.kubectl(&[
-            "-n",
-            NAMESPACE,
-            "logs",
-            "--tail=-1",
-            "--prefix",
-            "-l",
-            &format!("app.kubernetes.io/name={app}"),
-        ])
-        .unwrap_or_else(|e| format!("{e:#}"))
+            .arg("deploy")
+            .arg(&binary))?;
+        Ok(image.trim().to_owned())
     }
 
     /// The Running pods of one packaged workload.
