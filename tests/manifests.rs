@@ -414,6 +414,7 @@ const CONTROLLER_CALLS: &[Call] = &[
     ("watch", KRUISE, "imagepulljobs", None),
     ("patch", KRUISE, "imagepulljobs", Some("default")),
     ("update", KRUISE, "imagepulljobs", Some("default")),
+    ("delete", KRUISE, "imagepulljobs", Some("default")),
     ("patch", KRUISE, "imagepulljobs/status", Some("default")),
     ("update", KRUISE, "imagepulljobs/status", Some("default")),
     (

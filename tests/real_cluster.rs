@@ -535,6 +535,20 @@ async fn image_pull_job_pulls_on_the_node() {
         .await
         .unwrap();
 
+    // The controller gives a node its NodeImage once it has been Ready for 30 s (as upstream); a
+    // job created before targets no node and completes at once with `desired: 0`.
+    let node_images = kruise_api(&client, None, "NodeImage");
+    wait::until("the node's NodeImage", 90, || {
+        let node_images = node_images.clone();
+        async move {
+            node_images
+                .get_opt(&cluster.node)
+                .await
+                .unwrap()
+                .map(|_| ())
+        }
+    })
+    .await;
     let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
     let job: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1",
@@ -574,10 +588,7 @@ async fn image_pull_job_pulls_on_the_node() {
     );
 
     // The node's NodeImage carried the tag with the copied Secret's reference.
-    let node_image = kruise_api(&client, None, "NodeImage")
-        .get(&cluster.node)
-        .await
-        .unwrap();
+    let node_image = node_images.get(&cluster.node).await.unwrap();
     let (name, _) = image.rsplit_once(':').unwrap();
     let spec = &node_image.data["spec"]["images"][name];
     assert_eq!(spec["tags"][0]["tag"], "v1", "{spec}");
