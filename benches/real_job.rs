@@ -23,8 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ContainerFilter, ContainerStatusRequest, ListContainersRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -33,7 +31,6 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::bench::{env_or, percentile};
 use support::k8s::RealCluster;
-use tonic::transport::Channel;
 
 const NS: &str = "bench-real-job";
 const SIDECAR: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
@@ -76,38 +73,6 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
-}
-
-/// containerd's `finished_at` (ns) of each container of a pod, by container name.
-async fn finished_at(
-    cri: &mut RuntimeServiceClient<Channel>,
-    uid: &str,
-) -> Result<HashMap<String, i64>> {
-    let filter = ContainerFilter {
-        label_selector: [("io.kubernetes.pod.uid".to_string(), uid.to_string())].into(),
-        ..Default::default()
-    };
-    let list = cri
-        .list_containers(ListContainersRequest {
-            filter: Some(filter),
-        })
-        .await?
-        .into_inner();
-    let mut out = HashMap::new();
-    for c in list.containers {
-        let st = cri
-            .container_status(ContainerStatusRequest {
-                container_id: c.id,
-                verbose: false,
-            })
-            .await?
-            .into_inner()
-            .status
-            .context("no status")?;
-        let name = st.metadata.map(|m| m.name).unwrap_or_default();
-        out.insert(name, st.finished_at);
-    }
-    Ok(out)
 }
 
 async fn run() -> Result<()> {
@@ -187,8 +152,6 @@ async fn run() -> Result<()> {
     }
     watch.abort();
 
-    let socket = cluster.runtime_dir.join("containerd/containerd.sock");
-    let mut cri = RuntimeServiceClient::new(nodeward::cri::channel(&socket));
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let mut stop: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut done: HashMap<&str, Vec<f64>> = HashMap::new();
@@ -203,8 +166,14 @@ async fn run() -> Result<()> {
             .into_iter()
             .find(|v| job.starts_with(&format!("{v}-")))
             .context("unknown variant")?;
-        let times = finished_at(&mut cri, &pod.uid().context("uid")?).await?;
-        let (main, proxy) = (times["main"], times["proxy"]);
+        let statuses = cluster.runtime_statuses(&pod.uid().context("uid")?).await?;
+        let finished = |name: &str| {
+            statuses
+                .get(name)
+                .map(|s| s.finished_at)
+                .context("no status")
+        };
+        let (main, proxy) = (finished("main")?, finished("proxy")?);
         stop.entry(variant)
             .or_default()
             .push(ms_between(main, proxy));

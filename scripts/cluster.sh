@@ -13,6 +13,10 @@
 #   scripts/cluster.sh deploy BIN   deploy nodeward from packaging/kubernetes with that image, as a
 #                                   user would (server-side apply), and wait for its rollout
 #   scripts/cluster.sh lint         gofmt and go vet of tests/cluster
+#   scripts/cluster.sh stop NAME    stop one component (SIGTERM, then SIGKILL after 5 s), for
+#                                   fault tests: kube-apiserver, etcd, kubelet, containerd, ...
+#   scripts/cluster.sh restart NAME start it again with the same command line and wait until it
+#                                   serves again
 #
 # All state lives in $NODEWARD_CLUSTER_DIR (default /tmp/nodeward-cluster). Addresses live only on
 # interfaces `up` creates: the node IP on a dummy interface, pods on a CNI bridge, the service
@@ -127,9 +131,11 @@ pid_of() {
 }
 
 # start NAME ARGV...: run detached in its own session, log to logs/NAME.log, pid in pids/NAME.pid.
+# The command line is kept (pids/NAME.cmd) for `restart`.
 start() {
   local name=$1
   shift
+  printf '%q ' "$@" >"$DIR/pids/$name.cmd"
   setsid "$@" </dev/null >>"$DIR/logs/$name.log" 2>&1 &
   echo $! >"$DIR/pids/$name.pid"
 }
@@ -697,6 +703,22 @@ EOF
   echo "$image"
 }
 
+# restart NAME: start a stopped component again with its command line and wait until it serves.
+cmd_restart() {
+  local name=${1:?usage: cluster.sh restart NAME}
+  [ -f "$DIR/pids/$name.cmd" ] || die "no component $name"
+  BIN=$(cat "$DIR/bin")
+  stop_process "$name"
+  eval "start $name $(cat "$DIR/pids/$name.cmd")"
+  case "$name" in
+  etcd) up_to etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health" ;;
+  kube-apiserver) up_to kube-apiserver 90 api_ready ;;
+  containerd) up_to containerd 30 test -S "$DIR/run/containerd/containerd.sock" ;;
+  kubelet) up_to kubelet 90 kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s ;;
+  *) sleep 1 && alive "$name" || die "$name did not start" ;;
+  esac
+}
+
 case "${1:-}" in
 build) cmd_build ;;
 up) cmd_up ;;
@@ -704,9 +726,11 @@ down) cmd_down ;;
 env) cmd_env ;;
 image) cmd_image "${2:-}" ;;
 deploy) cmd_deploy "${2:-}" ;;
+stop) stop_process "${2:?usage: cluster.sh stop NAME}" ;;
+restart) cmd_restart "${2:-}" ;;
 lint) cmd_lint ;;
 *)
-  echo "usage: $0 build|up|down|env|lint|image BINARY|deploy BINARY" >&2
+  echo "usage: $0 build|up|down|env|lint|image BINARY|deploy BINARY|stop NAME|restart NAME" >&2
   exit 2
   ;;
 esac

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, ImageStatusRequest, RemoveImageRequest};
+use k8s_cri::v1::{ContainerState, ImageSpec, ImageStatusRequest, RemoveImageRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
@@ -754,4 +754,92 @@ async fn controller_swaps_the_sidecar_image_on_a_virtual_node() {
     .await;
     teardown(&client, ns).await;
     nodes.delete(node, &DeleteParams::default()).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-outage";
+    let (cluster, client) = setup(ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = sidecar_job(
+        cluster,
+        "outage",
+        "Never",
+        "sleep 12",
+        &[(SIDECAR_ENV, "true")],
+    );
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = wait::until("the Job's pod running", CLUSTER_TIMEOUT.as_secs(), || {
+        let pods = pods.clone();
+        async move {
+            let lp = ListParams::default().labels("job-name=outage");
+            pods.list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(is_ready)
+        }
+    })
+    .await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    // The control plane goes away while main still runs: the agent stops the sidecar on its own
+    // and keeps the report (condition, Event) until the API is back.
+    cluster.script(&["stop", "kube-apiserver"]).unwrap();
+    cluster.script(&["stop", "etcd"]).unwrap();
+    wait::until("the sidecar stopped during the outage", 60, || {
+        let uid = uid.clone();
+        async move {
+            let statuses = cluster.runtime_statuses(&uid).await.unwrap();
+            let exited = ContainerState::ContainerExited as i32;
+            (statuses.get("proxy").map(|s| s.state) == Some(exited)).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.script(&["restart", "etcd"]).unwrap();
+    cluster.script(&["restart", "kube-apiserver"]).unwrap();
+
+    assert_eq!(job_outcome(&jobs, "outage").await, "Complete");
+    let pod = wait::until("the SidecarTerminated condition", 60, || {
+        let pods = pods.clone();
+        let name = pod.metadata.name.clone().unwrap();
+        async move {
+            pods.get(&name)
+                .await
+                .ok()
+                .filter(|p| condition(p, "SidecarTerminated"))
+        }
+    })
+    .await;
+    assert_eq!(terminated_exit_code(&pod, "proxy"), Some(0));
+    wait::until("the SidecarTerminated Event", 60, || {
+        let client = client.clone();
+        let uid = uid.clone();
+        async move {
+            (!events_for(&client, ns, &uid, "SidecarTerminated")
+                .await
+                .is_empty())
+            .then_some(())
+        }
+    })
+    .await;
+    // Exactly once, also a while later (a re-delivery would add a second Event).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        events_for(&client, ns, &uid, "SidecarTerminated")
+            .await
+            .len(),
+        1
+    );
+    // The controllers lost their Lease renewals; the workloads are whole again before the next
+    // test runs.
+    for what in ["daemonset/nodeward-agent", "deployment/nodeward-controller"] {
+        cluster
+            .kubectl(&["-n", NAMESPACE, "rollout", "status", what, "--timeout=120s"])
+            .unwrap();
+    }
+    teardown(&client, ns).await;
 }

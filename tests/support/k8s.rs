@@ -9,13 +9,17 @@
 //! with `scripts/cluster.sh down`. A cluster that cannot start fails the test with the script's
 //! reason: it is never skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerFilter, ContainerStatus, ContainerStatusRequest, ListContainersRequest,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -107,6 +111,11 @@ impl RealCluster {
             .args(args))
     }
 
+    /// `scripts/cluster.sh <args>` (e.g. `stop kube-apiserver`); its stdout.
+    pub fn script(&self, args: &[&str]) -> Result<String> {
+        run(Command::new(repo().join("scripts/cluster.sh")).args(args))
+    }
+
     /// A test image reference in the cluster's registry (`busybox:1` is always there).
     pub fn image(&self, name: &str) -> String {
         format!("{}/{name}", self.registry)
@@ -133,10 +142,40 @@ impl RealCluster {
             .args(["build", "--quiet", "--release", "--target", target])
             .args(["--bin", "nodeward"]))?;
         let binary = repo().join(format!("target/{target}/release/nodeward"));
-        let image = run(Command::new(repo().join("scripts/cluster.sh"))
-            .arg("deploy")
-            .arg(&binary))?;
-        Ok(image.trim().to_owned())
+        let binary = binary.to_str().context("binary path")?;
+        Ok(self.script(&["deploy", binary])?.trim().to_owned())
+    }
+
+    /// The statuses of a pod's containers as the cluster's containerd has them, by container name
+    /// (state, and `finished_at` in ns: containerd's own exit timestamp).
+    pub async fn runtime_statuses(
+        &self,
+        pod_uid: &str,
+    ) -> Result<HashMap<String, ContainerStatus>> {
+        let socket = self.runtime_dir.join("containerd/containerd.sock");
+        let mut cri = RuntimeServiceClient::new(nodeward::cri::channel(&socket));
+        let filter = ContainerFilter {
+            label_selector: [("io.kubernetes.pod.uid".to_string(), pod_uid.to_string())].into(),
+            ..Default::default()
+        };
+        let list = cri
+            .list_containers(ListContainersRequest {
+                filter: Some(filter),
+            })
+            .await?
+            .into_inner();
+        let mut out = HashMap::new();
+        for c in list.containers {
+            let req = ContainerStatusRequest {
+                container_id: c.id,
+                verbose: false,
+            };
+            let status = cri.container_status(req).await?.into_inner().status;
+            let status = status.context("ContainerStatus without a status")?;
+            let name = status.metadata.as_ref().map(|m| m.name.clone());
+            out.insert(name.unwrap_or_default(), status);
+        }
+        Ok(out)
     }
 
     /// The Running pods of one packaged workload.
