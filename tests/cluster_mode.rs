@@ -64,16 +64,7 @@ fn sidecar(script: &str) -> ContainerSpec {
 }
 
 async fn sidecar_events(uid: &str) -> Vec<Event> {
-    let events: Api<Event> = Api::namespaced(api().client(), "default");
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
-        .filter(|e| e.reason.as_deref() == Some("SidecarTerminated"))
-        .collect()
+    support::cluster::events_for(&api().client(), "default", uid, "SidecarTerminated").await
 }
 
 fn has_condition(pod: &Pod) -> bool {

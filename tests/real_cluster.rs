@@ -13,7 +13,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ContainerState, ImageSpec, ImageStatusRequest, RemoveImageRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -21,6 +21,7 @@ use kube::api::{
 };
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use support::cluster::events_for;
 use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
 use support::wait;
 use tokio::sync::RwLock;
@@ -117,19 +118,7 @@ async fn shipped_manifests_run_nodeward_as_pods() {
         assert!(is_ready(pod), "controller pod not ready: {:?}", pod.status);
     }
     // One of them holds the Lease.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let holder = wait::until("the controller Lease", 60, || {
-        let leases = leases.clone();
-        async move {
-            leases
-                .get_opt("nodeward-controller")
-                .await
-                .unwrap()
-                .and_then(|l| l.spec)
-                .and_then(|s| s.holder_identity)
-        }
-    })
-    .await;
+    let holder = wait::until("the controller Lease", 60, || lease_holder(&client)).await;
     assert!(
         controllers
             .iter()
@@ -208,19 +197,6 @@ async fn job_pod(client: &Client, ns: &str, job: &str) -> Pod {
     items.remove(0)
 }
 
-async fn events_for(client: &Client, ns: &str, uid: &str, reason: &str) -> Vec<Event> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .collect()
-}
-
 fn terminated_exit_code(pod: &Pod, container: &str) -> Option<i32> {
     pod.status
         .as_ref()?
@@ -285,49 +261,92 @@ fn restart_count(pod: &Pod, container: &str) -> Option<i32> {
         .map(|c| c.restart_count)
 }
 
+/// The holder of the controller's Lease.
+async fn lease_holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    leases
+        .get_opt("nodeward-controller")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+/// Wait until a packaged workload (`deployment/…`, `daemonset/…`) is fully rolled out.
+fn rollout(cluster: &RealCluster, what: &str) {
+    cluster
+        .kubectl(&["-n", NAMESPACE, "rollout", "status", what, "--timeout=120s"])
+        .unwrap();
+}
+
+/// A pod of busybox containers (each exits 0 on SIGTERM), once Ready.
+async fn ready_pod(
+    cluster: &RealCluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    containers: &[&str],
+) -> Pod {
+    let busybox = cluster.image("busybox:1");
+    let containers: Vec<Value> = containers
+        .iter()
+        .map(|c| json!({"name": c, "image": busybox, "command": ["sh", "-c", POLITE]}))
+        .collect();
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": containers},
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait::until(&format!("{name} ready"), CLUSTER_TIMEOUT.as_secs(), || {
+        let pods = pods.clone();
+        async move { pods.get(name).await.ok().filter(is_ready) }
+    })
+    .await
+}
+
+/// A CRR `crr` recreating `container` of `pod`, as a user creates it; the CRR once it ended
+/// (`Completed` or `Failed`).
+async fn recreate(
+    client: &Client,
+    ns: &str,
+    crr: &str,
+    pod: &str,
+    container: &str,
+) -> DynamicObject {
+    let crrs = kruise_api(client, Some(ns), "ContainerRecreateRequest");
+    let object = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": crr, "namespace": ns},
+        "spec": {"podName": pod, "containers": [{"name": container}]},
+    }))
+    .unwrap();
+    crrs.create(&PostParams::default(), &object).await.unwrap();
+    wait::until(
+        &format!("CRR {crr} to end"),
+        CLUSTER_TIMEOUT.as_secs(),
+        || {
+            let crrs = crrs.clone();
+            async move {
+                let crr = crrs.get(crr).await.unwrap();
+                let phase = crr.data["status"]["phase"].as_str().unwrap_or_default();
+                (phase == "Completed" || phase == "Failed").then_some(crr)
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crr_restarts_a_container_through_the_real_kubelet() {
     let _shared = DISRUPTION.read().await;
     let ns = "rc-crr";
     let (cluster, client) = setup(ns).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-0"},
-        "spec": {
-            "terminationGracePeriodSeconds": 10,
-            "containers": [
-                {"name": "app", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]},
-                {"name": "sidecar", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]},
-            ],
-        },
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let running = wait::until("web-0 ready", CLUSTER_TIMEOUT.as_secs(), || {
-        let pods = pods.clone();
-        async move { pods.get("web-0").await.ok().filter(is_ready) }
-    })
-    .await;
+    let running = ready_pod(cluster, &client, ns, "web-0", &["app", "sidecar"]).await;
     assert_eq!(restart_count(&running, "app"), Some(0));
-
-    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
-    let crr: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "apps.kruise.io/v1alpha1",
-        "kind": "ContainerRecreateRequest",
-        "metadata": {"name": "crr-app", "namespace": ns},
-        "spec": {"podName": "web-0", "containers": [{"name": "app"}]},
-    }))
-    .unwrap();
-    crrs.create(&PostParams::default(), &crr).await.unwrap();
-    let done = wait::until("the CRR to finish", CLUSTER_TIMEOUT.as_secs(), || {
-        let crrs = crrs.clone();
-        async move {
-            let crr = crrs.get("crr-app").await.unwrap();
-            let phase = crr.data["status"]["phase"].as_str().unwrap_or_default();
-            (phase == "Completed" || phase == "Failed").then_some(crr)
-        }
-    })
-    .await;
+    let done = recreate(&client, ns, "crr-app", "web-0", "app").await;
     let status = &done.data["status"];
     assert_eq!(status["phase"], "Completed", "{status}");
     assert_eq!(
@@ -348,6 +367,7 @@ async fn crr_restarts_a_container_through_the_real_kubelet() {
         Some(&cluster.node)
     );
     // The real kubelet restarted the container; the other one was left alone.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let restarted = wait::until("app restarted by the kubelet", 60, || {
         let pods = pods.clone();
         async move {
@@ -617,40 +637,19 @@ async fn controller_leader_fails_over_on_real_leases() {
     let _alone = DISRUPTION.write().await;
     let ns = "rc-leader";
     let (cluster, client) = setup(ns).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let holder = || {
-        let leases = leases.clone();
-        async move {
-            leases
-                .get_opt("nodeward-controller")
-                .await
-                .unwrap()
-                .and_then(|l| l.spec)
-                .and_then(|s| s.holder_identity)
-        }
-    };
-    let leader = wait::until("a controller leading", 60, holder).await;
+    let leader = wait::until("a controller leading", 60, || lease_holder(&client)).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let killed = std::time::Instant::now();
     pods.delete(&leader, &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
     let successor = wait::until("the other replica leading", 60, || async {
-        holder().await.filter(|h| *h != leader)
+        lease_holder(&client).await.filter(|h| *h != leader)
     })
     .await;
     let took = killed.elapsed();
     // The Deployment replaces the killed replica before anything else runs.
-    cluster
-        .kubectl(&[
-            "-n",
-            NAMESPACE,
-            "rollout",
-            "status",
-            "deployment/nodeward-controller",
-            "--timeout=120s",
-        ])
-        .unwrap();
+    rollout(cluster, "deployment/nodeward-controller");
     // The lease is 15 s: a replica takes over once it expires (a killed leader does not hand it
     // over): the one that waited, or the Deployment's replacement if it asks first.
     assert!(took < Duration::from_secs(25), "took over after {took:?}");
@@ -659,36 +658,9 @@ async fn controller_leader_fails_over_on_real_leases() {
         "the new leader {successor} is not a controller pod"
     );
     // The new leader reconciles: a CRR is defaulted and completed.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web-0"},
-        "spec": {"terminationGracePeriodSeconds": 10, "containers": [
-            {"name": "app", "image": cluster.image("busybox:1"), "command": ["sh", "-c", POLITE]}]},
-    }))
-    .unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    wait::until("web-0 ready", CLUSTER_TIMEOUT.as_secs(), || {
-        let pods = pods.clone();
-        async move { pods.get("web-0").await.ok().filter(is_ready) }
-    })
-    .await;
-    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
-    let crr = serde_json::from_value(json!({
-        "apiVersion": "apps.kruise.io/v1alpha1",
-        "kind": "ContainerRecreateRequest",
-        "metadata": {"name": "after-failover", "namespace": ns},
-        "spec": {"podName": "web-0", "containers": [{"name": "app"}]},
-    }))
-    .unwrap();
-    crrs.create(&PostParams::default(), &crr).await.unwrap();
-    wait::until("the CRR completed", CLUSTER_TIMEOUT.as_secs(), || {
-        let crrs = crrs.clone();
-        async move {
-            let crr = crrs.get("after-failover").await.unwrap();
-            (crr.data["status"]["phase"] == "Completed").then_some(())
-        }
-    })
-    .await;
+    ready_pod(cluster, &client, ns, "web-0", &["app"]).await;
+    let done = recreate(&client, ns, "after-failover", "web-0", "app").await;
+    assert_eq!(done.data["status"]["phase"], "Completed");
     teardown(&client, ns).await;
 }
 
@@ -836,10 +808,7 @@ async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
     );
     // The controllers lost their Lease renewals; the workloads are whole again before the next
     // test runs.
-    for what in ["daemonset/nodeward-agent", "deployment/nodeward-controller"] {
-        cluster
-            .kubectl(&["-n", NAMESPACE, "rollout", "status", what, "--timeout=120s"])
-            .unwrap();
-    }
+    rollout(cluster, "daemonset/nodeward-agent");
+    rollout(cluster, "deployment/nodeward-controller");
     teardown(&client, ns).await;
 }

@@ -5,14 +5,28 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::kubelet::{ContainerInfo, Kubelet, PodHandle, PodSpec, RestartPolicy};
 use super::testbed::TestBed;
+
+/// The Events of namespace `ns` about the object with `uid`, with `reason`.
+pub async fn events_for(client: &kube::Client, ns: &str, uid: &str, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
 
 /// A fixture pod that also exists as a Pod object.
 pub struct ClusterPod {
