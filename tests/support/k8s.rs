@@ -25,6 +25,17 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+/// Prefixes of the variables cargo sets for a test process (not for a plain `cargo build`).
+const TEST_ONLY_CARGO_VARS: &[&str] = &[
+    "OUT_DIR",
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_BIN_EXE_",
+    "CARGO_TARGET_TMPDIR",
+];
+
 /// The packaged namespace of the agent and the controller.
 pub const NAMESPACE: &str = "nodeward-system";
 
@@ -137,7 +148,17 @@ impl RealCluster {
 
     fn deploy(&self) -> Result<String> {
         let target = "x86_64-unknown-linux-musl";
-        run(Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // Without the variables cargo sets for a test process: ring's build script tracks
+        // OUT_DIR and CARGO_MANIFEST_DIR, so inheriting them would rebuild ring and everything
+        // above it here, and again in the next plain `cargo build` (scripts/package-test.sh).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if TEST_ONLY_CARGO_VARS.iter().any(|p| name.starts_with(p)) {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        run(cargo
             .current_dir(repo())
             .args(["build", "--quiet", "--release", "--target", target])
             .args(["--bin", "nodeward"]))?;
