@@ -812,3 +812,54 @@ async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
     rollout(cluster, "deployment/nodeward-controller");
     teardown(&client, ns).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_stopped_across_containerd_and_kubelet_restarts() {
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-runtime-restart";
+    let (cluster, client) = setup(ns).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = sidecar_job(
+        cluster,
+        "restarts",
+        "Never",
+        "sleep 20",
+        &[(SIDECAR_ENV, "true")],
+    );
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait::until("the Job's pod ready", CLUSTER_TIMEOUT.as_secs(), || {
+        let pods = pods.clone();
+        async move {
+            let lp = ListParams::default().labels("job-name=restarts");
+            pods.list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(is_ready)
+        }
+    })
+    .await;
+    // The runtime and the kubelet go away and come back while main still runs (the containers
+    // live on in their shims); the agent reconnects and still stops the sidecar on main's exit.
+    cluster.script(&["stop", "kubelet"]).unwrap();
+    cluster.script(&["stop", "containerd"]).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.script(&["restart", "containerd"]).unwrap();
+    cluster.script(&["restart", "kubelet"]).unwrap();
+    assert_eq!(job_outcome(&jobs, "restarts").await, "Complete");
+    let pod = job_pod(&client, ns, "restarts").await;
+    assert_eq!(terminated_exit_code(&pod, "proxy"), Some(0));
+    assert!(condition(&pod, "SidecarTerminated"), "{:?}", pod.status);
+    let uid = pod.metadata.uid.as_deref().unwrap();
+    assert_eq!(
+        events_for(&client, ns, uid, "SidecarTerminated")
+            .await
+            .len(),
+        1
+    );
+    rollout(cluster, "daemonset/nodeward-agent");
+    rollout(cluster, "deployment/nodeward-controller");
+    teardown(&client, ns).await;
+}
