@@ -728,34 +728,46 @@ async fn controller_swaps_the_sidecar_image_on_a_virtual_node() {
     nodes.delete(node, &DeleteParams::default()).await.ok();
 }
 
+/// A Never Job `name` whose main runs `script` beside an env-marked sidecar; its pod once Ready.
+async fn ready_sidecar_job(
+    cluster: &RealCluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    script: &str,
+) -> Pod {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = sidecar_job(cluster, name, "Never", script, &[(SIDECAR_ENV, "true")]);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("job-name={name}");
+    wait::until(
+        &format!("job {name}'s pod ready"),
+        CLUSTER_TIMEOUT.as_secs(),
+        || {
+            let (pods, selector) = (pods.clone(), selector.clone());
+            async move {
+                let lp = ListParams::default().labels(&selector);
+                pods.list(&lp)
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .find(is_ready)
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
     let _alone = DISRUPTION.write().await;
     let ns = "rc-outage";
     let (cluster, client) = setup(ns).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let job = sidecar_job(
-        cluster,
-        "outage",
-        "Never",
-        "sleep 12",
-        &[(SIDECAR_ENV, "true")],
-    );
-    jobs.create(&PostParams::default(), &job).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod = wait::until("the Job's pod running", CLUSTER_TIMEOUT.as_secs(), || {
-        let pods = pods.clone();
-        async move {
-            let lp = ListParams::default().labels("job-name=outage");
-            pods.list(&lp)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .find(is_ready)
-        }
-    })
-    .await;
+    let pod = ready_sidecar_job(cluster, &client, ns, "outage", "sleep 12").await;
     let uid = pod.metadata.uid.clone().unwrap();
     // The control plane goes away while main still runs: the agent stops the sidecar on its own
     // and keeps the report (condition, Event) until the API is back.
@@ -819,28 +831,7 @@ async fn sidecar_stopped_across_containerd_and_kubelet_restarts() {
     let ns = "rc-runtime-restart";
     let (cluster, client) = setup(ns).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let job = sidecar_job(
-        cluster,
-        "restarts",
-        "Never",
-        "sleep 20",
-        &[(SIDECAR_ENV, "true")],
-    );
-    jobs.create(&PostParams::default(), &job).await.unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait::until("the Job's pod ready", CLUSTER_TIMEOUT.as_secs(), || {
-        let pods = pods.clone();
-        async move {
-            let lp = ListParams::default().labels("job-name=restarts");
-            pods.list(&lp)
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .find(is_ready)
-        }
-    })
-    .await;
+    ready_sidecar_job(cluster, &client, ns, "restarts", "sleep 20").await;
     // The runtime and the kubelet go away and come back while main still runs (the containers
     // live on in their shims); the agent reconnects and still stops the sidecar on main's exit.
     cluster.script(&["stop", "kubelet"]).unwrap();
