@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test bed's real single-node Kubernetes: containerd (Debian's 1.6), etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler and the kubelet, all built from the k8s.io/kubernetes
-# module by tests/cluster (one multi-call binary), with a local registry serving busybox images.
+# The test bed's real single-node Kubernetes: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and the kubelet, all built from the k8s.io/kubernetes module by tests/cluster (one
+# multi-call binary), on containerd 2.x and runc built from their modules by tests/runtime (or
+# Debian's containerd 1.6 with NODEWARD_CLUSTER_CONTAINERD=1.6), with a local registry serving
+# busybox images.
 #
 #   scripts/cluster.sh build        build (or reuse) the binaries; prints their directory
 #   scripts/cluster.sh up           start everything (idempotent): ready when /readyz answers, the
@@ -40,11 +42,18 @@ BRIDGE=nwcni0
 # this tree for container exits. `down` removes it from every hierarchy.
 PODS_CGROUP=kubepods
 REGISTRY_PORT=${NODEWARD_CLUSTER_REGISTRY_PORT:-5111}
+# The container runtime: 2 (containerd 2.x and runc built from tests/runtime, what current clusters
+# run) or 1.6 (Debian's containerd and runc, which the standalone test bed also runs).
+CONTAINERD=${NODEWARD_CLUSTER_CONTAINERD:-2}
 ETCD_PORT=23790
 ETCD_PEER_PORT=23800
 APISERVER_PORT=6443
 # The commented iptables rules are ours: `down` removes every rule carrying this comment.
 RULE_TAG=nodeward-cluster
+case "$CONTAINERD" in
+2 | 1.6) ;;
+*) echo "cluster: NODEWARD_CLUSTER_CONTAINERD must be 2 or 1.6" >&2; exit 2 ;;
+esac
 case "$DIR" in
 /*/nodeward-*) ;;
 *) echo "cluster: NODEWARD_CLUSTER_DIR must be an absolute path ending in nodeward-*" >&2; exit 2 ;;
@@ -58,14 +67,24 @@ die() {
 
 # ---------------------------------------------------------------------------------------- build
 
-# The cache key: everything that decides what `go build` makes (the module and the script's build
+RUNTIME_MODULE="$ROOT/tests/runtime"
+# What the build makes: the Kubernetes multi-call binary (and its links), containerd 2.x and runc.
+BUILT="k8s containerd containerd-shim-runc-v2 ctr runc"
+
+# The cache key: everything that decides what `go build` makes (the modules and the script's build
 # functions; other edits of this script do not rebuild).
 build_key() {
-  { cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/main.go"; declare -f cmd_build go_env; } |
+  { cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/main.go" "$RUNTIME_MODULE"/*/go.mod \
+    "$RUNTIME_MODULE"/*/go.sum; declare -f cmd_build build_runtime go_env; } |
     sha256sum | cut -c1-16
 }
 
 bin_dir() { echo "$CACHE/$(build_key)/bin"; }
+
+built() {
+  local b
+  for b in $BUILT; do [ -x "$1/$b" ] || return 1; done
+}
 
 go_env() {
   export GOMODCACHE=${NODEWARD_GOMODCACHE:-$HOME/.cache/go-mod}
@@ -84,7 +103,7 @@ cmd_lint() {
 cmd_build() {
   local out key version minor
   out=$(bin_dir)
-  if [ -x "$out/k8s" ]; then
+  if built "$out"; then
     echo "$out"
     return
   fi
@@ -109,6 +128,7 @@ cmd_build() {
   for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl etcd; do
     ln -s k8s "$tmp/bin/$c"
   done
+  build_runtime "$tmp/bin"
   rm -rf "${CACHE:?}/$key"
   mv "$tmp" "$CACHE/$key"
   # Keep only this build, and the one a running cluster uses.
@@ -116,8 +136,27 @@ cmd_build() {
   [ -f "$DIR/bin" ] && running=$(basename "$(dirname "$(cat "$DIR/bin")")")
   find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype egrep -regex '.*/[0-9a-f]{16}' \
     ! -name "$key" ! -name "${running:-none}" -exec rm -rf {} +
-  log "built in $((SECONDS - start)) s: $(du -h "$out/k8s" | cut -f1) $out/k8s"
+  log "built in $((SECONDS - start)) s: $(cd "$out" && du -h $BUILT | tr '\t\n' ' ')in $out"
   echo "$out"
+}
+
+# build_runtime DIR: containerd, its runc shim and ctr (pure Go, as upstream's Makefile builds
+# them but without btrfs, which needs C headers), and runc (cgo: libseccomp), each from its own
+# module in tests/runtime so that every dependency is at upstream's version.
+build_runtime() {
+  local out=$1 cversion rversion pkg=github.com/containerd/containerd/v2
+  cversion=$(cd "$RUNTIME_MODULE/containerd" && go list -m -f '{{.Version}}' "$pkg")
+  rversion=$(cd "$RUNTIME_MODULE/runc" && go list -m -f '{{.Version}}' github.com/opencontainers/runc)
+  local ldflags="-s -w -X $pkg/version.Version=$cversion -X $pkg/version.Package=$pkg"
+  log "building containerd $cversion and runc $rversion"
+  (cd "$RUNTIME_MODULE/containerd" &&
+    go build -trimpath -tags "urfave_cli_no_docs no_btrfs" -ldflags "$ldflags" -o "$out/" \
+      "$pkg/cmd/containerd" "$pkg/cmd/ctr" &&
+    go build -trimpath -tags "urfave_cli_no_docs no_btrfs no_grpc" -ldflags "$ldflags" \
+      -o "$out/" "$pkg/cmd/containerd-shim-runc-v2")
+  (cd "$RUNTIME_MODULE/runc" &&
+    CGO_ENABLED=1 go build -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
+      -ldflags "-s -w" -o "$out/runc" github.com/opencontainers/runc)
 }
 
 # ------------------------------------------------------------------------------------- processes
@@ -273,25 +312,13 @@ push() {
 
 # ------------------------------------------------------------------------------------------- up
 
-write_configs() {
-  mkdir -p "$DIR/registry" "$DIR/cni/net.d" "$DIR/cni/ipam" "$DIR/kubelet" "$DIR/pod-logs" \
-    "$DIR/containerd/root" "$DIR/containerd/state" "$DIR/run/containerd" "$DIR/etcd"
-  cat >"$DIR/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $DIR/registry
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$REGISTRY_PORT
-  secret: nodeward-cluster
-EOF
-  cat >"$DIR/containerd.toml" <<EOF
+# The runtime's configuration, one per generation: its own root, state and sockets under $DIR,
+# the local pause image, \`restrict_oom_score_adj\` (without it runc fails here: "failed to update
+# /proc/self/oom_score_adj: Permission denied"), pod network namespaces under the state dir (so
+# \`down\` finds them), cgroupfs as the kubelet, and the local registry over plain HTTP.
+containerd_config() {
+  if [ "$CONTAINERD" = 1.6 ]; then
+    cat <<EOF
 version = 2
 root = "$DIR/containerd/root"
 state = "$DIR/containerd/state"
@@ -313,10 +340,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     runtime_root = "$DIR/containerd/state/runc-v1"
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "127.0.0.1:$REGISTRY_PORT/pause:3.10"
-    # Without it runc fails here: "failed to update /proc/self/oom_score_adj: Permission denied".
     restrict_oom_score_adj = true
     disable_apparmor = true
-    # Pod network namespaces are mounted under the state dir, so \`down\` finds them.
     netns_mounts_under_state_dir = true
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
@@ -333,6 +358,81 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".registry.mirrors."127.0.0.1:$REGISTRY_PORT"]
       endpoint = ["http://127.0.0.1:$REGISTRY_PORT"]
 EOF
+    return
+  fi
+  mkdir -p "$DIR/containerd/certs.d/127.0.0.1:$REGISTRY_PORT"
+  cat >"$DIR/containerd/certs.d/127.0.0.1:$REGISTRY_PORT/hosts.toml" <<EOF
+server = "http://127.0.0.1:$REGISTRY_PORT"
+[host."http://127.0.0.1:$REGISTRY_PORT"]
+  capabilities = ["pull", "resolve", "push"]
+EOF
+  cat <<EOF
+version = 3
+root = "$DIR/containerd/root"
+state = "$DIR/containerd/state"
+imports = []
+oom_score = 0
+disabled_plugins = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.nri.v1.nri"]
+[grpc]
+  address = "$DIR/run/containerd/containerd.sock"
+[ttrpc]
+  address = "$DIR/run/containerd/containerd.sock.ttrpc"
+[debug]
+  address = "$DIR/run/containerd/debug.sock"
+[metrics]
+  address = ""
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "$DIR/containerd/opt"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "127.0.0.1:$REGISTRY_PORT/pause:3.10"
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = "$DIR/containerd/certs.d"
+  [plugins.'io.containerd.transfer.v1.local']
+    config_path = "$DIR/containerd/certs.d"
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    disable_apparmor = true
+    netns_mounts_under_state_dir = true
+    enable_cdi = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "$BIN/runc"
+          Root = "$DIR/containerd/state/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$DIR/cni/net.d"
+      max_conf_num = 1
+EOF
+}
+
+write_configs() {
+  mkdir -p "$DIR/registry" "$DIR/cni/net.d" "$DIR/cni/ipam" "$DIR/kubelet" "$DIR/pod-logs" \
+    "$DIR/containerd/root" "$DIR/containerd/state" "$DIR/run/containerd" "$DIR/etcd"
+  cat >"$DIR/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $DIR/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: nodeward-cluster
+EOF
+  containerd_config >"$DIR/containerd.toml"
   cat >"$DIR/cni/net.d/10-nodeward.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
@@ -445,7 +545,7 @@ cmd_up() {
   check_tools
   if [ -f "$DIR/bin" ]; then
     BIN=$(cat "$DIR/bin")
-    if cluster_running; then
+    if cluster_running && [ "$(cat "$DIR/containerd-generation" 2>/dev/null)" = "$CONTAINERD" ]; then
       log "already up ($DIR)"
       return
     fi
@@ -456,6 +556,7 @@ cmd_up() {
   local start=$SECONDS layout
   mkdir -p "$DIR/logs" "$DIR/pids"
   echo "$BIN" >"$DIR/bin"
+  echo "$CONTAINERD" >"$DIR/containerd-generation"
   # The kubelet links container logs into /var/log/containers; remove it on down if it makes it.
   [ -d /var/log/containers ] || touch "$DIR/made-var-log-containers"
   network_up
@@ -469,7 +570,12 @@ cmd_up() {
   push "$layout" pause "127.0.0.1:$REGISTRY_PORT/pause:3.10"
   push "$layout" busybox "127.0.0.1:$REGISTRY_PORT/busybox:1"
 
-  start containerd containerd --config "$DIR/containerd.toml"
+  if [ "$CONTAINERD" = 1.6 ]; then
+    start containerd containerd --config "$DIR/containerd.toml"
+  else
+    # containerd finds its shim on PATH; the shim runs the runc the config names.
+    start containerd env PATH="$BIN:$PATH" "$BIN/containerd" --config "$DIR/containerd.toml"
+  fi
   up_to containerd 30 test -S "$DIR/run/containerd/containerd.sock"
 
   start etcd "$BIN/etcd" --name "$NODE_NAME" --data-dir "$DIR/etcd" \
@@ -522,7 +628,8 @@ cmd_up() {
     --restart Never --command -- sleep 3600 >/dev/null
   up_to kubelet 60 kubectl_ -n default wait --for=jsonpath='{.status.phase}'=Running pod/nodeward-smoke --timeout=1s
   kubectl_ -n default delete pod nodeward-smoke --grace-period 0 --wait=false >/dev/null
-  log "up in $((SECONDS - start)) s: $("$BIN/kubectl" version --client -o json | grep -m1 gitVersion | tr -d ' ,"')"
+  log "up in $((SECONDS - start)) s: $(kubectl_ get node "$NODE_NAME" \
+    -o jsonpath='{.status.nodeInfo.kubeletVersion} on {.status.nodeInfo.containerRuntimeVersion}')"
 }
 
 # ----------------------------------------------------------------------------------------- down
@@ -622,6 +729,7 @@ export NODEWARD_CLUSTER_NODE=$NODE_NAME
 export NODEWARD_CLUSTER_NODE_IP=$NODE_IP
 export NODEWARD_CLUSTER_REGISTRY=127.0.0.1:$REGISTRY_PORT
 export NODEWARD_CLUSTER_RUNTIME_DIR=$DIR/run
+export NODEWARD_CLUSTER_CONTAINERD=$(cat "$DIR/containerd-generation")
 export PATH=$(cat "$DIR/bin"):\$PATH
 EOF
 }

@@ -33,6 +33,10 @@ if command -v busybox >/dev/null 2>&1 && ! file -L "$(command -v busybox)" 2>/de
 fi
 # The real cluster's pod network (scripts/cluster.sh): bridge, host-local, portmap, loopback.
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+# runc for the real cluster is built with cgo against libseccomp (scripts/cluster.sh build).
+[ -f /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}" >&2
   SUDO=""
