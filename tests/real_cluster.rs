@@ -279,7 +279,17 @@ fn rollout(cluster: &RealCluster, what: &str) {
         .unwrap();
 }
 
-/// A pod of busybox containers (each exits 0 on SIGTERM), once Ready.
+/// A busybox container that exits 0 on SIGTERM, with `lifecycle` hooks if given.
+fn polite_container(cluster: &RealCluster, name: &str, lifecycle: Option<Value>) -> Value {
+    let mut container = json!({"name": name, "image": cluster.image("busybox:1"),
+        "command": ["sh", "-c", POLITE]});
+    if let Some(lifecycle) = lifecycle {
+        container["lifecycle"] = lifecycle;
+    }
+    container
+}
+
+/// A pod of polite busybox containers, once Ready.
 async fn ready_pod(
     cluster: &RealCluster,
     client: &Client,
@@ -287,18 +297,26 @@ async fn ready_pod(
     name: &str,
     containers: &[&str],
 ) -> Pod {
-    let busybox = cluster.image("busybox:1");
     let containers: Vec<Value> = containers
         .iter()
-        .map(|c| json!({"name": c, "image": busybox, "command": ["sh", "-c", POLITE]}))
+        .map(|c| polite_container(cluster, c, None))
         .collect();
-    let pod = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"terminationGracePeriodSeconds": 10, "containers": containers},
-    }))
-    .unwrap();
+    create_pod(client, ns, name, json!({"containers": containers})).await;
+    until_ready(client, ns, name).await
+}
+
+/// Create the pod `name` of `spec` (terminationGracePeriodSeconds 10 unless set).
+async fn create_pod(client: &Client, ns: &str, name: &str, mut spec: Value) {
+    if spec.get("terminationGracePeriodSeconds").is_none() {
+        spec["terminationGracePeriodSeconds"] = json!(10);
+    }
+    let pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.create(&PostParams::default(), &pod).await.unwrap();
+}
+
+async fn until_ready(client: &Client, ns: &str, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait::until(&format!("{name} ready"), CLUSTER_TIMEOUT.as_secs(), || {
         let pods = pods.clone();
         async move { pods.get(name).await.ok().filter(is_ready) }
@@ -306,8 +324,7 @@ async fn ready_pod(
     .await
 }
 
-/// A CRR `crr` recreating `container` of `pod`, as a user creates it; the CRR once it ended
-/// (`Completed` or `Failed`).
+/// A CRR `crr` recreating `container` of `pod`, as a user creates it; the CRR once it ended.
 async fn recreate(
     client: &Client,
     ns: &str,
@@ -315,15 +332,27 @@ async fn recreate(
     pod: &str,
     container: &str,
 ) -> DynamicObject {
+    let spec = json!({"podName": pod, "containers": [{"name": container}]});
+    create_crr(client, ns, crr, spec).await;
+    crr_end(client, ns, crr).await
+}
+
+/// Create the CRR `crr` of `spec`, as a user does.
+async fn create_crr(client: &Client, ns: &str, crr: &str, spec: Value) {
     let crrs = kruise_api(client, Some(ns), "ContainerRecreateRequest");
     let object = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1",
         "kind": "ContainerRecreateRequest",
         "metadata": {"name": crr, "namespace": ns},
-        "spec": {"podName": pod, "containers": [{"name": container}]},
+        "spec": spec,
     }))
     .unwrap();
     crrs.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// The CRR `crr` once it ended (`Completed`, or `Failed`).
+async fn crr_end(client: &Client, ns: &str, crr: &str) -> DynamicObject {
+    let crrs = kruise_api(client, Some(ns), "ContainerRecreateRequest");
     wait::until(
         &format!("CRR {crr} to end"),
         CLUSTER_TIMEOUT.as_secs(),
@@ -379,6 +408,299 @@ async fn crr_restarts_a_container_through_the_real_kubelet() {
     })
     .await;
     assert_eq!(restart_count(&restarted, "sidecar"), Some(0));
+    teardown(&client, ns).await;
+}
+
+fn container_status<'a>(
+    pod: &'a Pod,
+    container: &str,
+) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .unwrap_or_else(|| panic!("no status of {container}: {:?}", pod.status))
+}
+
+/// When `container`'s previous instance stopped (the kubelet's record, whole seconds).
+fn stopped_at(pod: &Pod, container: &str) -> k8s_openapi::jiff::Timestamp {
+    let status = container_status(pod, container);
+    status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .and_then(|t| t.finished_at.as_ref())
+        .unwrap_or_else(|| panic!("{container} never stopped: {status:?}"))
+        .0
+}
+
+fn timestamp(value: &Value) -> k8s_openapi::jiff::Timestamp {
+    value
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"))
+}
+
+fn seconds(from: k8s_openapi::jiff::Timestamp, to: k8s_openapi::jiff::Timestamp) -> f64 {
+    to.duration_since(from).as_secs_f64()
+}
+
+/// The pod `name` once each container in `restarted` has restartCount 1 and the pod is Ready.
+async fn restarted_and_ready(client: &Client, ns: &str, name: &str, restarted: &[&str]) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait::until(&format!("{name} restarted and ready"), 90, || {
+        let pods = pods.clone();
+        async move {
+            pods.get(name)
+                .await
+                .ok()
+                .filter(|p| is_ready(p) && restarted.iter().all(|c| restart_count(p, c) == Some(1)))
+        }
+    })
+    .await
+}
+
+/// The CRR strategies of upstream's e2e suite (test/e2e/apps/v1alpha1/containerrecreate.go) on
+/// real pods, all at once in one namespace: minStartedSeconds + TTL, unordered/ordered/forced
+/// recreation of a container with a postStart hook, a preStop hook honoured, activeDeadlineSeconds,
+/// and unreadyGracePeriodSeconds through the pod's `KruisePodReady` readiness gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crr_strategies_on_real_pods() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-crr-strategies";
+    let (cluster, client) = setup(ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let post_start = json!({"postStart": {"exec": {"command": ["sleep", "5"]}}});
+    let pre_stop = json!({"preStop": {"exec": {"command": ["sleep", "8"]}}});
+    let two = |app: Option<Value>| {
+        json!({"containers": [polite_container(cluster, "app", app),
+            polite_container(cluster, "sidecar", None)]})
+    };
+    let mut gated = two(Some(pre_stop.clone()));
+    gated["readinessGates"] = json!([{"conditionType": "KruisePodReady"}]);
+    let specs = [
+        ("simple", two(None)),
+        ("unordered", two(Some(post_start.clone()))),
+        ("ordered", two(Some(post_start.clone()))),
+        ("ordered-force", two(Some(post_start))),
+        ("prestop", two(Some(pre_stop.clone()))),
+        ("deadline", two(Some(pre_stop))),
+        ("unready", gated),
+    ];
+    for (name, spec) in &specs {
+        create_pod(&client, ns, name, spec.clone()).await;
+    }
+    // A Kruise workload marks its pods KruisePodReady; here the test does.
+    let ready_gate =
+        json!({"status": {"conditions": [{"type": "KruisePodReady", "status": "True"}]}});
+    wait::until("unready's status to take the gate", 60, || {
+        let (pods, patch) = (pods.clone(), ready_gate.clone());
+        async move {
+            pods.patch_status("unready", &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+    let mut before = std::collections::HashMap::new();
+    for (name, _) in &specs {
+        before.insert(*name, until_ready(&client, ns, name).await);
+    }
+
+    let both = json!([{"name": "app"}, {"name": "sidecar"}]);
+    let crrs = [
+        (
+            "simple",
+            json!({"containers": [{"name": "app"}], "ttlSecondsAfterFinished": 3,
+            "strategy": {"minStartedSeconds": 5}}),
+        ),
+        ("unordered", json!({"containers": both})),
+        (
+            "ordered",
+            json!({"containers": both, "strategy": {"orderedRecreate": true}}),
+        ),
+        (
+            "ordered-force",
+            json!({"containers": both,
+            "strategy": {"orderedRecreate": true, "forceRecreate": true}}),
+        ),
+        ("prestop", json!({"containers": [{"name": "app"}]})),
+        (
+            "deadline",
+            json!({"containers": both, "activeDeadlineSeconds": 3}),
+        ),
+        (
+            "unready",
+            json!({"containers": both,
+            "strategy": {"terminationGracePeriodSeconds": 3, "unreadyGracePeriodSeconds": 1}}),
+        ),
+    ];
+    for (pod, spec) in &crrs {
+        let mut spec = spec.clone();
+        spec["podName"] = json!(pod);
+        create_crr(&client, ns, pod, spec).await;
+    }
+
+    // unreadyGracePeriodSeconds: the controller takes the pod out of service first (the
+    // readiness gate turns the real kubelet's Ready False) ...
+    let key = format!(r#"[{{"userAgent":"ContainerRecreateRequest","key":"{ns}/unready"}}]"#);
+    let unready = wait::until("unready's KruisePodReady False", 20, || {
+        let pods = pods.clone();
+        async move {
+            pods.get("unready")
+                .await
+                .ok()
+                .filter(|p| !condition(p, "KruisePodReady"))
+        }
+    })
+    .await;
+    let gate = unready
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .unwrap();
+    let gate = gate.iter().find(|c| c.type_ == "KruisePodReady").unwrap();
+    assert_eq!(gate.message.as_deref(), Some(key.as_str()), "{gate:?}");
+    wait::until("unready's Ready False", 20, || {
+        let pods = pods.clone();
+        async move { pods.get("unready").await.ok().filter(|p| !is_ready(p)) }
+    })
+    .await;
+
+    // The `active` label goes when the CRR completes, before its TTL (3 s) deletes it.
+    let mut ended = std::collections::HashMap::new();
+    ended.insert("simple", crr_end(&client, ns, "simple").await);
+    let api = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
+    wait::until("simple's active label removed", 30, || {
+        let api = api.clone();
+        async move {
+            let crr = api.get_opt("simple").await.unwrap()?;
+            let labels = crr.metadata.labels.unwrap_or_default();
+            (!labels.contains_key("crr.apps.kruise.io/active")).then_some(())
+        }
+    })
+    .await;
+    for (name, _) in &crrs[1..] {
+        ended.insert(*name, crr_end(&client, ns, name).await);
+    }
+    let states = |name: &str| ended[name].data["status"]["containerRecreateStates"].clone();
+    let created = |name: &str| {
+        ended[name]
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap()
+    };
+    for name in [
+        "simple",
+        "unordered",
+        "ordered",
+        "ordered-force",
+        "prestop",
+        "unready",
+    ] {
+        let status = &ended[name].data["status"];
+        assert_eq!(status["phase"], "Completed", "{name}: {status}");
+        for state in states(name).as_array().unwrap() {
+            assert_eq!(state["phase"], "Succeeded", "{name}: {status}");
+            assert_eq!(state["isKilled"], true, "{name}: {status}");
+        }
+    }
+
+    // simple: the controller defaulted failurePolicy and the status context from the pod; the
+    // CRR completed no sooner than minStartedSeconds after the new container started; `active`
+    // went; the TTL deleted it.
+    let crr = &ended["simple"];
+    assert_eq!(
+        crr.data["spec"]["strategy"]["failurePolicy"], "Fail",
+        "{:?}",
+        crr.data
+    );
+    let old_id = container_status(&before["simple"], "app")
+        .container_id
+        .clone()
+        .unwrap();
+    assert_eq!(
+        crr.data["spec"]["containers"][0]["statusContext"]["containerID"],
+        old_id.as_str()
+    );
+    let pod = restarted_and_ready(&client, ns, "simple", &["app"]).await;
+    assert_ne!(
+        container_status(&pod, "app").container_id.as_deref(),
+        Some(old_id.as_str())
+    );
+    assert_eq!(restart_count(&pod, "sidecar"), Some(0));
+    let started = container_status(&pod, "app")
+        .state
+        .as_ref()
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.as_ref())
+        .unwrap()
+        .0;
+    let completed = timestamp(&crr.data["status"]["completionTime"]);
+    assert!(
+        seconds(started, completed) >= 4.0,
+        "completed {completed}, app started {started}"
+    );
+    wait::until("simple deleted by its TTL", 30, || {
+        let api = api.clone();
+        async move { api.get_opt("simple").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+
+    // postStart: unordered, the sidecar stops right after the app; ordered (forced or not), only
+    // once the app runs again, after its 5 s postStart hook.
+    for (name, lower, upper) in [
+        ("unordered", -1.0, 3.0),
+        ("ordered", 4.0, 60.0),
+        ("ordered-force", 4.0, 60.0),
+    ] {
+        let pod = restarted_and_ready(&client, ns, name, &["app", "sidecar"]).await;
+        let gap = seconds(stopped_at(&pod, "app"), stopped_at(&pod, "sidecar"));
+        assert!(
+            lower <= gap && gap < upper,
+            "{name}: the sidecar stopped {gap} s after the app"
+        );
+    }
+
+    // preStop: the app stopped only after its 8 s hook.
+    let pod = restarted_and_ready(&client, ns, "prestop", &["app"]).await;
+    let gap = seconds(created("prestop"), stopped_at(&pod, "app"));
+    assert!(gap >= 7.0, "prestop: the app stopped {gap} s after the CRR");
+
+    // activeDeadlineSeconds 3 while the app's 8 s preStop runs: the controller ends the CRR at
+    // the deadline, marking what had not finished Failed (upstream leaves those Pending or
+    // Recreating: #2353); the stop already under way still restarts the app.
+    let crr = &ended["deadline"];
+    let status = &crr.data["status"];
+    assert_eq!(status["phase"], "Completed", "{status}");
+    assert_eq!(
+        status["message"], "recreating has exceeded the activeDeadlineSeconds",
+        "{status}"
+    );
+    let took = seconds(created("deadline"), timestamp(&status["completionTime"]));
+    assert!(
+        (2.0..10.0).contains(&took),
+        "deadline: completed after {took} s"
+    );
+    for state in states("deadline").as_array().unwrap() {
+        assert_eq!(state["phase"], "Failed", "{status}");
+    }
+    let pod = restarted_and_ready(&client, ns, "deadline", &["app"]).await;
+    assert_eq!(
+        restart_count(&pod, "sidecar"),
+        Some(0),
+        "deadline: the sidecar was stopped"
+    );
+
+    // unreadyGracePeriodSeconds: ... and back in service once done; the CRR's 3 s grace cut the
+    // app's 8 s preStop short.
+    let pod = restarted_and_ready(&client, ns, "unready", &["app", "sidecar"]).await;
+    assert!(condition(&pod, "KruisePodReady"), "{:?}", pod.status);
+    let gap = seconds(created("unready"), stopped_at(&pod, "app"));
+    assert!(gap < 8.0, "unready: the app stopped {gap} s after the CRR");
     teardown(&client, ns).await;
 }
 
