@@ -19,7 +19,7 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
 };
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::events_for;
 use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
@@ -1091,6 +1091,18 @@ async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod = ready_sidecar_job(cluster, &client, ns, "outage", "sleep 12").await;
     let uid = pod.metadata.uid.clone().unwrap();
+    let agent = cluster.nodeward_pods_of(&client, "nodeward-agent").await[0].name_any();
+    let leader = lease_holder(&client).await.unwrap();
+    // A write the agent's watches do not see: the resource version they resume from after the
+    // outage is older than what the restarted apiserver's watch cache starts at (410 Gone).
+    let since = k8s_openapi::jiff::Timestamp::now().to_string();
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), ns);
+    let bump = serde_json::from_value(json!({"metadata": {"name": "bump"}})).unwrap();
+    configmaps
+        .create(&PostParams::default(), &bump)
+        .await
+        .unwrap();
     // The control plane goes away while main still runs: the agent stops the sidecar on its own
     // and keeps the report (condition, Event) until the API is back.
     cluster.script(&["stop", "kube-apiserver"]).unwrap();
@@ -1140,6 +1152,26 @@ async fn sidecar_report_arrives_once_after_an_api_and_etcd_outage() {
             .len(),
         1
     );
+
+    // Every watch got 410 Gone and resumed from a new list: the agent's (Pods, CRRs, its
+    // NodeImage) and the leading controller's; a CRR made now runs through both to the end.
+    let expired = |pod: &str, watch: &str| {
+        let logs = cluster
+            .kubectl(&["-n", NAMESPACE, "logs", pod, "--since-time", &since])
+            .unwrap();
+        let gone = logs.lines().any(|l| {
+            l.contains(watch) && l.contains("too old resource version") && l.contains("Expired")
+        });
+        assert!(gone, "{pod}: no 410 Gone for its {watch}:\n{logs}");
+    };
+    for watch in ["pod watch", "CRR watch", "NodeImage watch"] {
+        expired(&agent, watch);
+    }
+    expired(&leader, "node watch");
+    ready_pod(cluster, &client, ns, "web-0", &["app"]).await;
+    let done = recreate(&client, ns, "after-410", "web-0", "app").await;
+    assert_eq!(done.data["status"]["phase"], "Completed", "{:?}", done.data);
+
     // The controllers lost their Lease renewals; the workloads are whole again before the next
     // test runs.
     rollout(cluster, "daemonset/nodeward-agent");
