@@ -704,6 +704,113 @@ async fn crr_strategies_on_real_pods() {
     teardown(&client, ns).await;
 }
 
+/// A CRR as an attacker writes it: the labels the agent selects on preset (so no defaulting
+/// happens), naming `victim`'s uid and node, with a preStop hook of its own that would leave a
+/// file in the victim's `/shared` volume, forced and failure-tolerant.
+fn forged_crr(
+    ns: &str,
+    name: &str,
+    pod_name: &str,
+    victim: &Pod,
+    node: &str,
+    mark: &str,
+) -> DynamicObject {
+    let app = victim
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "app"))
+        .and_then(|c| c.container_id.clone())
+        .unwrap();
+    serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {"name": name, "namespace": ns, "labels": {
+            "crr.apps.kruise.io/pod-uid": victim.metadata.uid,
+            "crr.apps.kruise.io/node-name": node,
+            "crr.apps.kruise.io/active": "true",
+        }},
+        "spec": {
+            "podName": pod_name,
+            "containers": [{"name": "app",
+                "preStop": {"exec": {"command": ["sh", "-c", format!("touch /shared/{mark}")]}},
+                "statusContext": {"containerID": app, "restartCount": 0}}],
+            "strategy": {"forceRecreate": true, "failurePolicy": "Ignore"},
+        },
+    }))
+    .unwrap()
+}
+
+/// The CRR trust model: the agent acts only on the pod a CRR names in its own namespace (as the
+/// kubelet labelled it), and runs only the Pod spec's own preStop hook, never one the CRR
+/// carries. Both forgeries are created with labels preset, so only the agent's and the
+/// controller's own checks stand between them and the victim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_crrs_run_nothing() {
+    let _shared = DISRUPTION.read().await;
+    let (ns, attacker) = ("rc-forged-victim", "rc-forged");
+    let (cluster, client) = setup(ns).await;
+    setup(attacker).await;
+    let mut app = polite_container(cluster, "app", None);
+    app["volumeMounts"] = json!([{"name": "shared", "mountPath": "/shared"}]);
+    let spec = json!({"containers": [app], "volumes": [{"name": "shared", "emptyDir": {}}]});
+    create_pod(&client, ns, "victim", spec).await;
+    let victim = until_ready(&client, ns, "victim").await;
+    let uid = victim.metadata.uid.clone().unwrap();
+    let shared = cluster.dir.join(format!(
+        "kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/shared"
+    ));
+    assert!(
+        shared.is_dir(),
+        "{} is not the victim's volume",
+        shared.display()
+    );
+
+    // From another namespace, naming the victim's uid: refused, nothing runs.
+    let crrs = kruise_api(&client, Some(attacker), "ContainerRecreateRequest");
+    let steal = forged_crr(
+        attacker,
+        "steal",
+        "victim",
+        &victim,
+        &cluster.node,
+        "stolen",
+    );
+    crrs.create(&PostParams::default(), &steal).await.unwrap();
+    let done = crr_end(&client, attacker, "steal").await;
+    let message = done.data["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("refusing to act") || message == "pod has gone",
+        "{:?}",
+        done.data["status"]
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = pods.get("victim").await.unwrap();
+    assert_eq!(
+        restart_count(&now, "app"),
+        Some(0),
+        "the victim was stopped"
+    );
+
+    // In the victim's namespace, for the victim itself: the container is recreated (that is what
+    // a CRR is for), but with the Pod's own preStop (none), not the CRR's.
+    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
+    let hook = forged_crr(ns, "hook", "victim", &victim, &cluster.node, "hooked");
+    crrs.create(&PostParams::default(), &hook).await.unwrap();
+    let done = crr_end(&client, ns, "hook").await;
+    assert_eq!(done.data["status"]["phase"], "Completed", "{:?}", done.data);
+    let pod = restarted_and_ready(&client, ns, "victim", &["app"]).await;
+    assert_eq!(restart_count(&pod, "app"), Some(1));
+    for mark in ["stolen", "hooked"] {
+        assert!(
+            !shared.join(mark).exists(),
+            "a CRR's own preStop ran in the victim ({mark})"
+        );
+    }
+    teardown(&client, attacker).await;
+    teardown(&client, ns).await;
+}
+
 /// A Job whose pod is `pod_spec` (restartPolicy Never unless set), backoffLimit 0.
 fn job_of(name: &str, mut pod_spec: Value) -> Job {
     if pod_spec.get("restartPolicy").is_none() {

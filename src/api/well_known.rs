@@ -25,6 +25,8 @@ pub const ANNOTATION_CONTAINER_HASH: &str = "io.kubernetes.container.hash";
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 pub const ANNOTATION_TERMINATION_GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
 pub const ANNOTATION_PRESTOP_HANDLER: &str = "io.kubernetes.container.preStopHandler";
+/// The container's ports as JSON (`[{"name","containerPort","protocol"}]`), when it has any.
+pub const ANNOTATION_CONTAINER_PORTS: &str = "io.kubernetes.container.ports";
 pub const ANNOTATION_TERMINATION_MESSAGE_PATH: &str =
     "io.kubernetes.container.terminationMessagePath";
 pub const ANNOTATION_TERMINATION_MESSAGE_POLICY: &str =
@@ -34,6 +36,9 @@ pub const ANNOTATION_TERMINATION_MESSAGE_POLICY: &str =
 pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 /// Kubelet never stops a container with less than this grace (`minimumGracePeriodInSeconds`).
 pub const MINIMUM_GRACE_SECONDS: i64 = 2;
+/// The longest grace (and preStop sleep) nodeward honours: a year. The API sets no bound, and
+/// a larger value would overflow time arithmetic or the CRI client's timeout.
+pub const MAX_TERMINATION_GRACE_SECONDS: i64 = 365 * 24 * 3600;
 
 /// True when an env value means "true" the way OpenKruise reads it (case-insensitive).
 pub fn env_true(value: &str) -> bool {

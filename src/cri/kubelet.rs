@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::HTTPGetAction;
 use serde::Deserialize;
 
 use crate::api::well_known as wk;
@@ -58,13 +59,23 @@ impl RestartPolicy {
     }
 }
 
-/// A preStop hook as the kubelet serialises it into the container annotation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A preStop hook as the kubelet serialises it into the container annotation: the Pod spec's
+/// own hook, which is the only one nodeward runs (never one a CRR names).
+#[derive(Clone, Debug, PartialEq)]
 pub enum PreStop {
     Exec(Vec<String>),
     Sleep(Duration),
-    /// A handler nodeward cannot run from the node (e.g. httpGet without the pod IP); kept for the log.
+    HttpGet(Box<HTTPGetAction>),
+    /// A handler nodeward cannot run; kept for the log.
     Unsupported(String),
+}
+
+/// A named container port, from the kubelet's ports annotation (for an httpGet hook's named
+/// port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: i32,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +83,7 @@ pub enum PreStop {
 struct RawHandler {
     exec: Option<RawExec>,
     sleep: Option<RawSleep>,
-    http_get: Option<serde_json::Value>,
+    http_get: Option<HTTPGetAction>,
     tcp_socket: Option<serde_json::Value>,
 }
 
@@ -98,12 +109,12 @@ impl PreStop {
             Ok(RawHandler {
                 exec: Some(exec), ..
             }) if !exec.command.is_empty() => Self::Exec(exec.command),
-            Ok(RawHandler { sleep: Some(s), .. }) => {
-                Self::Sleep(Duration::from_secs(s.seconds.max(0) as u64))
-            }
+            Ok(RawHandler { sleep: Some(s), .. }) => Self::Sleep(Duration::from_secs(
+                s.seconds.clamp(0, wk::MAX_TERMINATION_GRACE_SECONDS) as u64,
+            )),
             Ok(RawHandler {
-                http_get: Some(_), ..
-            }) => Self::Unsupported("httpGet".into()),
+                http_get: Some(h), ..
+            }) => Self::HttpGet(Box::new(h)),
             Ok(RawHandler {
                 tcp_socket: Some(_),
                 ..
@@ -115,12 +126,37 @@ impl PreStop {
 }
 
 /// The kubelet-written facts of one container.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ContainerMeta {
     pub name: String,
     pub restart_count: u32,
     pub grace: Duration,
     pub pre_stop: Option<PreStop>,
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPort {
+    #[serde(default)]
+    name: String,
+    container_port: i32,
+}
+
+/// The container's named ports from the kubelet's annotation (unnamed ones and an unreadable
+/// annotation give none).
+fn named_ports(annotations: &HashMap<String, String>) -> Vec<NamedPort> {
+    annotations
+        .get(wk::ANNOTATION_CONTAINER_PORTS)
+        .and_then(|raw| serde_json::from_str::<Vec<RawPort>>(raw).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !p.name.is_empty())
+        .map(|p| NamedPort {
+            name: p.name,
+            port: p.container_port,
+        })
+        .collect()
 }
 
 impl ContainerMeta {
@@ -141,12 +177,14 @@ impl ContainerMeta {
             .get(wk::ANNOTATION_TERMINATION_GRACE_PERIOD)
             .and_then(|v| v.parse::<i64>().ok())
             .filter(|v| *v >= 0)
-            .unwrap_or(wk::DEFAULT_TERMINATION_GRACE_SECONDS);
+            .unwrap_or(wk::DEFAULT_TERMINATION_GRACE_SECONDS)
+            .min(wk::MAX_TERMINATION_GRACE_SECONDS);
         Self {
             name,
             restart_count,
             grace: Duration::from_secs(grace_secs as u64),
             pre_stop: PreStop::from_annotations(annotations),
+            ports: named_ports(annotations),
         }
     }
 }
@@ -154,6 +192,34 @@ impl ContainerMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    #[test]
+    fn named_ports_from_the_annotation() {
+        let a = map(&[(
+            wk::ANNOTATION_CONTAINER_PORTS,
+            r#"[{"name":"web","containerPort":8080,"protocol":"TCP"},{"containerPort":9}]"#,
+        )]);
+        let m = ContainerMeta::from_cri(&HashMap::new(), &a, "c");
+        assert_eq!(
+            m.ports,
+            vec![NamedPort {
+                name: "web".into(),
+                port: 8080
+            }]
+        );
+        let a = map(&[(wk::ANNOTATION_CONTAINER_PORTS, "not json")]);
+        assert!(
+            ContainerMeta::from_cri(&HashMap::new(), &a, "c")
+                .ports
+                .is_empty()
+        );
+        let a = map(&[(wk::ANNOTATION_TERMINATION_GRACE_PERIOD, "360000000000")]);
+        assert_eq!(
+            ContainerMeta::from_cri(&HashMap::new(), &a, "c").grace,
+            Duration::from_secs(wk::MAX_TERMINATION_GRACE_SECONDS as u64)
+        );
+    }
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter()
@@ -208,9 +274,17 @@ mod tests {
             PreStop::parse(r#"{"sleep":{"seconds":4}}"#),
             PreStop::Sleep(Duration::from_secs(4))
         );
+        let PreStop::HttpGet(h) = PreStop::parse(r#"{"httpGet":{"path":"/q","port":"web"}}"#)
+        else {
+            panic!("not an httpGet hook");
+        };
+        assert_eq!(h.path.as_deref(), Some("/q"));
+        assert_eq!(h.port, IntOrString::String("web".into()));
         assert_eq!(
-            PreStop::parse(r#"{"httpGet":{"path":"/q","port":80}}"#),
-            PreStop::Unsupported("httpGet".into())
+            PreStop::parse(r#"{"sleep":{"seconds":99999999999999}}"#),
+            PreStop::Sleep(Duration::from_secs(
+                wk::MAX_TERMINATION_GRACE_SECONDS as u64
+            ))
         );
         assert!(matches!(PreStop::parse("garbage"), PreStop::Unsupported(_)));
         assert!(matches!(

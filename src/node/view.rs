@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::model::{NodeModel, State};
+use crate::cri::kubelet::{NamedPort, PodRef, PreStop};
 
 /// One container attempt as the runtime reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ContainerView {
     pub name: String,
     pub id: String,
@@ -16,18 +17,29 @@ pub struct ContainerView {
     pub state: State,
     /// The kubelet's restart count annotation.
     pub restart_count: u32,
+    /// The Pod spec's preStop hook and named ports, as the kubelet annotated the container.
+    pub pre_stop: Option<PreStop>,
+    pub ports: Vec<NamedPort>,
 }
+
+/// A pod's identity and its containers, by pod uid.
+type Pods = HashMap<String, (PodRef, Arc<[ContainerView]>)>;
 
 /// Cheap to clone; all clones share the same data.
 #[derive(Clone, Debug, Default)]
 pub struct NodeView {
-    pods: Arc<RwLock<HashMap<String, Arc<[ContainerView]>>>>,
+    pods: Arc<RwLock<Pods>>,
 }
 
 impl NodeView {
     /// The latest attempt of each container of the pod, `None` for a pod the model does not know.
     pub fn pod(&self, uid: &str) -> Option<Arc<[ContainerView]>> {
-        self.pods.read().ok()?.get(uid).cloned()
+        Some(self.pods.read().ok()?.get(uid)?.1.clone())
+    }
+
+    /// The pod's identity as the kubelet labelled its sandbox.
+    pub fn identity(&self, uid: &str) -> Option<PodRef> {
+        Some(self.pods.read().ok()?.get(uid)?.0.clone())
     }
 
     /// Copy the pods that changed in the model since the last call.
@@ -40,10 +52,11 @@ impl NodeView {
             return;
         };
         for uid in changed {
-            if model.pod(&uid).is_none() {
+            let Some(record) = model.pod(&uid) else {
                 pods.remove(&uid);
                 continue;
-            }
+            };
+            let identity = record.pod.clone();
             let containers: Arc<[ContainerView]> = model
                 .latest(&uid)
                 .into_iter()
@@ -53,9 +66,11 @@ impl NodeView {
                     sandbox_id: c.sandbox_id.clone(),
                     state: c.state,
                     restart_count: c.meta.restart_count,
+                    pre_stop: c.meta.pre_stop.clone(),
+                    ports: c.meta.ports.clone(),
                 })
                 .collect();
-            pods.insert(uid, containers);
+            pods.insert(uid, (identity, containers));
         }
     }
 }

@@ -6,11 +6,13 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use crate::api::kruise::{
-    CRR_MESSAGE_RUNTIME_NOT_FOUND_PREFIX, CRR_STATE_MESSAGE_CONTAINER_NOT_FOUND,
-    ContainerRecreateRequest, ContainerRecreateRequestContainerRecreateState as State,
+    CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX, CRR_MESSAGE_RUNTIME_NOT_FOUND_PREFIX,
+    CRR_STATE_MESSAGE_CONTAINER_NOT_FOUND, ContainerRecreateRequest,
+    ContainerRecreateRequestContainerRecreateState as State,
     ContainerRecreateRequestFailurePolicy as FailurePolicy, ContainerRecreateRequestPhase as Phase,
-    ContainerRecreateRequestSyncContainerStatus as SyncStatus,
+    ContainerRecreateRequestSyncContainerStatus as SyncStatus, LABEL_CRR_POD_UID,
 };
+use crate::cri::kubelet::PodRef;
 
 /// The newest runtime container of one name in the pod, as the kubelet would report it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +98,31 @@ pub fn unready_gate(crr: &ContainerRecreateRequest, now: SystemTime) -> Gate {
     match until.duration_since(now) {
         Ok(left) if !left.is_zero() => Gate::Until(left),
         _ => Gate::Go,
+    }
+}
+
+/// The CRR may act only on the pod it names itself: the one in its own namespace called
+/// `spec.podName` whose uid its `pod-uid` label carries. `found` is that uid's pod as the kubelet
+/// labelled it on this node (`None`: no such pod here). The error is the CRR's final message.
+/// The labels are user input until admission rewrites them: without this, a CRR in one namespace
+/// could stop (and hook into) any pod on the node.
+pub fn check_pod(crr: &ContainerRecreateRequest, found: Option<&PodRef>) -> Result<(), String> {
+    let namespace = crr.metadata.namespace.as_deref().unwrap_or_default();
+    let uid = crr.pod_uid().unwrap_or_default();
+    match found {
+        _ if uid.is_empty() => Err(format!(
+            "{CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX}the CRR has no {LABEL_CRR_POD_UID} label"
+        )),
+        None => Err(format!(
+            "{CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX}no pod with uid {uid:?} runs on this node"
+        )),
+        Some(p) if p.namespace == namespace && p.name == crr.spec.pod_name && p.uid == uid => {
+            Ok(())
+        }
+        Some(p) => Err(format!(
+            "{CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX}uid {uid:?} is pod {p}, not {namespace}/{}",
+            crr.spec.pod_name
+        )),
     }
 }
 

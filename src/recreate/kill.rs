@@ -18,10 +18,10 @@ use super::{
     Crr, Executor, PodContainers, RawContainer, State, SyncError, kill_key, name_of, since,
 };
 use crate::api::kruise::{
-    CRR_STATE_MESSAGE_KILL_ERROR_PREFIX, ContainerRecreateRequestContainer,
-    ContainerRecreateRequestPhase as Phase, CrrProbeHandler,
+    CRR_STATE_MESSAGE_KILL_ERROR_PREFIX, ContainerRecreateRequestPhase as Phase,
 };
 use crate::api::well_known::MINIMUM_GRACE_SECONDS;
+use crate::cri::kubelet::{NamedPort, PreStop};
 use crate::journal::{self, Recorded};
 
 impl Executor {
@@ -48,7 +48,7 @@ impl Executor {
         };
         let key = kill_key(&crr.uid().unwrap_or_default(), &name);
         let grace = super::decide::grace(crr);
-        let has_pre_stop = spec.pre_stop.is_some() && !grace.is_zero();
+        let has_pre_stop = raw.pre_stop.is_some() && !grace.is_zero();
         let force = crr.spec.strategy.as_ref().is_some_and(|s| s.force_recreate);
         // The decision must be durable before a side effect that a restarted agent could repeat:
         // a preStop hook, or a forced kill (which a lost decision would repeat on the new
@@ -105,9 +105,9 @@ impl Executor {
                 "stopping container for CRR");
             self.cfg.metrics.crr_stop_latency(since_event.as_secs_f64());
             self.event(crr, &name, EventType::Normal, "Killing", message);
-            match spec.pre_stop.as_ref() {
+            match raw.pre_stop.as_ref() {
                 Some(hook) if !grace.is_zero() => {
-                    match tokio::time::timeout(grace, self.pre_stop(spec, hook, raw, grace)).await {
+                    match tokio::time::timeout(grace, self.pre_stop(hook, raw, grace)).await {
                         Ok(Ok(())) => "ran",
                         Ok(Err(why)) => {
                             warn!(crr = %name_of(crr), container = %name, error = %why, "preStop hook failed");
@@ -192,43 +192,45 @@ impl Executor {
         });
     }
 
-    /// Run the container's preStop hook: exec through CRI, httpGet against the pod IP.
+    /// Run the container's own preStop hook (the Pod spec's, as the kubelet annotated it): exec
+    /// through CRI, sleep, httpGet against the pod IP.
     async fn pre_stop(
         &self,
-        spec: &ContainerRecreateRequestContainer,
-        hook: &CrrProbeHandler,
+        hook: &PreStop,
         raw: &RawContainer,
         grace: Duration,
     ) -> Result<(), String> {
-        if let Some(exec) = &hook.exec {
-            let cmd = exec.command.clone().unwrap_or_default();
-            if cmd.is_empty() {
-                return Err("exec hook without a command".into());
+        match hook {
+            PreStop::Exec(cmd) => {
+                let resp = self
+                    .cfg
+                    .cri
+                    .exec_sync(&raw.id, cmd.clone(), grace)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.exit_code != 0 {
+                    return Err(format!(
+                        "command {cmd:?} exited with {}: {}",
+                        resp.exit_code,
+                        String::from_utf8_lossy(&resp.stderr).trim()
+                    ));
+                }
+                Ok(())
             }
-            let resp = self
-                .cfg
-                .cri
-                .exec_sync(&raw.id, cmd.clone(), grace)
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.exit_code != 0 {
-                return Err(format!(
-                    "command {cmd:?} exited with {}: {}",
-                    resp.exit_code,
-                    String::from_utf8_lossy(&resp.stderr).trim()
-                ));
+            PreStop::Sleep(d) => {
+                tokio::time::sleep((*d).min(grace)).await;
+                Ok(())
             }
-            return Ok(());
+            PreStop::HttpGet(http) => {
+                let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
+                    Some(h) => h.to_string(),
+                    None => self.pod_ip(&raw.sandbox).await?,
+                };
+                let port = resolve_port(http, &raw.ports)?;
+                http_get(&host, port, http).await
+            }
+            PreStop::Unsupported(what) => Err(format!("{what} cannot run")),
         }
-        if let Some(http) = &hook.http_get {
-            let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
-                Some(h) => h.to_string(),
-                None => self.pod_ip(&raw.sandbox).await?,
-            };
-            let port = resolve_port(http, spec)?;
-            return http_get(&host, port, http).await;
-        }
-        Err("only exec and httpGet hooks can run (tcpSocket is not a lifecycle hook)".into())
     }
 
     /// The pod's IP from the CRI sandbox status; 127.0.0.1 for a host-network pod without one.
@@ -260,20 +262,15 @@ impl Executor {
     }
 }
 
-fn resolve_port(
-    http: &HTTPGetAction,
-    spec: &ContainerRecreateRequestContainer,
-) -> Result<u16, String> {
+fn resolve_port(http: &HTTPGetAction, ports: &[NamedPort]) -> Result<u16, String> {
     let port = match &http.port {
         IntOrString::Int(p) => i64::from(*p),
-        IntOrString::String(name) => {
-            match spec.ports.iter().find(|p| p.name.as_deref() == Some(name)) {
-                Some(p) => i64::from(p.container_port),
-                None => name
-                    .parse()
-                    .map_err(|_| format!("port {name:?} is not a port of the container"))?,
-            }
-        }
+        IntOrString::String(name) => match ports.iter().find(|p| p.name == *name) {
+            Some(p) => i64::from(p.port),
+            None => name
+                .parse()
+                .map_err(|_| format!("port {name:?} is not a port of the container"))?,
+        },
     };
     u16::try_from(port)
         .ok()

@@ -9,7 +9,12 @@
 //!   after a `kill -9` a stop in flight is finished (without running preStop again) instead of
 //!   repeated, and `isKilled` survives a lost status write; a plain stop, which is idempotent, is
 //!   recorded while StopContainer runs;
-//! * an `httpGet` preStop is sent to the pod IP from the CRI sandbox status.
+//! * an `httpGet` preStop is sent to the pod IP from the CRI sandbox status;
+//! * nothing a CRR says about its pod is trusted: the agent acts only when the kubelet's pod of
+//!   the `pod-uid` label (node view or CRI labels) is the CRR's own namespace and `spec.podName`
+//!   ([`decide::check_pod`]), and runs only the Pod spec's own preStop hook and named ports, from
+//!   the kubelet's container annotations, never the CRR's `preStop`/`ports` (kruise-daemon runs
+//!   the CRR's copy and relies on its webhook to have written it).
 
 pub mod decide;
 mod kill;
@@ -37,6 +42,7 @@ use crate::api::kruise::{
 };
 use crate::api::well_known as wk;
 use crate::cri::CriClient;
+use crate::cri::kubelet::{ContainerMeta, NamedPort, PodRef, PreStop};
 use crate::journal::{self, Journal, Lookup};
 use crate::node::view::{ContainerView, NodeView};
 use crate::telemetry::http::Listed;
@@ -460,15 +466,19 @@ impl Executor {
         if let Err(msg) = decide::check_runtime(&crr, &self.cfg.runtime) {
             return self.finish(&crr, &msg, None).await;
         }
-        let Some(pod_uid) = crr.pod_uid().map(str::to_string) else {
-            return self
-                .finish(
-                    &crr,
-                    "the CRR has no crr.apps.kruise.io/pod-uid label",
-                    None,
-                )
-                .await;
+        // The pod as the kubelet labelled it, never as the CRR says: the node view, or the
+        // runtime when the view does not know the uid.
+        let pod_uid = crr.pod_uid().unwrap_or_default().to_string();
+        let identity = match self.cfg.view.identity(&pod_uid) {
+            Some(found) => Some(found),
+            None if pod_uid.is_empty() => None,
+            None => self.identity_from_runtime(&pod_uid).await?,
         };
+        if let Err(msg) = decide::check_pod(&crr, identity.as_ref()) {
+            warn!(crr = %name_of(&crr), pod = %crr.spec.pod_name, pod_uid = %pod_uid, reason = %msg,
+                "CRR does not name a pod of this node as the kubelet knows it; not acting");
+            return self.finish(&crr, &msg, None).await;
+        }
         let synced = crr.sync_container_statuses().unwrap_or_else(|e| {
             warn!(crr = %name_of(&crr), error = %e, "unreadable sync-container-statuses annotation; ignored");
             Vec::new()
@@ -546,6 +556,8 @@ impl Executor {
                 RawContainer {
                     id: c.id.clone(),
                     sandbox: c.sandbox_id.clone(),
+                    pre_stop: c.pre_stop.clone(),
+                    ports: c.ports.clone(),
                 },
             );
             pod.newest.push(RuntimeContainer {
@@ -557,6 +569,15 @@ impl Executor {
             });
         }
         Some(pod)
+    }
+
+    /// The pod of `uid` as the kubelet labelled its containers, `None` when none is on the node.
+    async fn identity_from_runtime(&self, uid: &str) -> Result<Option<PodRef>, SyncError> {
+        let containers = self.cfg.cri.list_pod_containers(uid).await?;
+        Ok(containers
+            .iter()
+            .find_map(|c| PodRef::from_labels(&c.labels))
+            .filter(|p| p.uid == uid))
     }
 
     /// The pod's containers from the runtime, newest instance per name.
@@ -604,11 +625,14 @@ impl Executor {
             } else {
                 None
             };
+            let meta = ContainerMeta::from_cri(&c.labels, &c.annotations, &name);
             pod.raw.insert(
                 name.clone(),
                 RawContainer {
                     id: c.id.clone(),
                     sandbox: c.pod_sandbox_id.clone(),
+                    pre_stop: meta.pre_stop,
+                    ports: meta.ports,
                 },
             );
             pod.newest.push(RuntimeContainer {
@@ -716,6 +740,9 @@ struct PodContainers {
 struct RawContainer {
     id: String,
     sandbox: String,
+    /// The Pod spec's preStop hook and named ports, from the kubelet's annotations.
+    pre_stop: Option<PreStop>,
+    ports: Vec<NamedPort>,
 }
 
 #[derive(Default)]

@@ -80,6 +80,7 @@ async fn run_pre_stop(
             tokio::time::sleep((*d).min(grace)).await;
             PreStopOutcome::Completed { exit_code: 0 }
         }
+        PreStop::HttpGet(_) => PreStopOutcome::Skipped("httpGet not supported".into()),
         PreStop::Unsupported(what) => PreStopOutcome::Skipped(format!("{what} not supported")),
     }
 }

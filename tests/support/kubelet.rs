@@ -954,6 +954,13 @@ fn container_config(pod: &PodContext, spec: &ContainerSpec, attempt: u32) -> Con
             serde_json::json!({ "exec": { "command": command } }).to_string(),
         );
     }
+    if let Some((port, path)) = &spec.pre_stop_http_get {
+        annotations.insert(
+            "io.kubernetes.container.preStopHandler".into(),
+            serde_json::json!({ "httpGet": { "port": port, "path": path, "scheme": "HTTP" } })
+                .to_string(),
+        );
+    }
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: spec.name.clone(),

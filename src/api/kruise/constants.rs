@@ -52,6 +52,9 @@ pub const CRR_MESSAGE_DAEMON_NOT_RESPONDED: &str = "daemon has not responded for
 pub const CRR_MESSAGE_DEADLINE_EXCEEDED: &str = "recreating has exceeded the activeDeadlineSeconds";
 /// Prefix of `status.message` when the container IDs name no usable runtime (agent).
 pub const CRR_MESSAGE_RUNTIME_NOT_FOUND_PREFIX: &str = "failed to find runtime service: ";
+/// nodeward's final message for a CRR whose pod is not on the node as the CRR names it (its
+/// namespace, `spec.podName` and `pod-uid` label must all match the kubelet's pod).
+pub const CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX: &str = "refusing to act: ";
 /// Per-container state message when the runtime has no container of that name (agent).
 pub const CRR_STATE_MESSAGE_CONTAINER_NOT_FOUND: &str = "not found container on Node";
 /// Prefix of a per-container `Failed` state message when stopping failed (agent).

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::kruise::{
     ANNOTATION_CRR_SYNC_CONTAINER_STATUSES, ANNOTATION_CRR_UNREADY_ACQUIRED, CRR_ACTIVE_VALUE,
     CRR_MESSAGE_DAEMON_NOT_RESPONDED, CRR_MESSAGE_DEADLINE_EXCEEDED, CRR_MESSAGE_POD_GONE,
-    CRR_MIN_ACTIVE_DEADLINE_SECONDS, CRR_POD_READINESS_USER_AGENT, CRR_RESPONSE_TIMEOUT_SECONDS,
-    ContainerRecreateRequest, ContainerRecreateRequestContainerContext,
+    CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX, CRR_MIN_ACTIVE_DEADLINE_SECONDS,
+    CRR_POD_READINESS_USER_AGENT, CRR_RESPONSE_TIMEOUT_SECONDS, ContainerRecreateRequest,
+    ContainerRecreateRequestContainerContext,
     ContainerRecreateRequestContainerRecreateState as State,
     ContainerRecreateRequestPhase as Phase,
     ContainerRecreateRequestSyncContainerStatus as SyncStatus, CrrProbeHandler,
@@ -258,6 +259,20 @@ pub fn lifecycle(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
             return plan;
         }
     };
+    // The labels are the user's until admission rewrites them: a CRR whose node label is not
+    // the pod's node is ended, not left for an agent (which checks the pod on its own too).
+    let pod_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    if crr.node_name() != pod_node {
+        plan.steps.push(Step::Complete {
+            message: format!(
+                "{CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX}the {LABEL_CRR_NODE_NAME} label says {:?}, the pod runs on {:?}",
+                crr.node_name().unwrap_or_default(),
+                pod_node.unwrap_or_default()
+            ),
+            states: None,
+        });
+        return plan;
+    }
     let created = crr
         .metadata
         .creation_timestamp

@@ -348,3 +348,38 @@ fn runtime_check_messages() {
             .contains("invalid containerID")
     );
 }
+
+#[test]
+fn acts_only_on_the_pod_the_crr_names() {
+    let mut c = crr(&["app"], ContainerRecreateRequestStrategy::default());
+    c.metadata.namespace = Some("team".into());
+    c.spec.pod_name = "web-0".into();
+    c.metadata.labels = Some(BTreeMap::from([(
+        crate::api::kruise::LABEL_CRR_POD_UID.to_string(),
+        "u1".to_string(),
+    )]));
+    let pod = |ns: &str, name: &str, uid: &str| PodRef {
+        namespace: ns.into(),
+        name: name.into(),
+        uid: uid.into(),
+    };
+    assert_eq!(check_pod(&c, Some(&pod("team", "web-0", "u1"))), Ok(()));
+    let cases = [
+        (None, "no pod with uid \"u1\" runs on this node"),
+        (
+            Some(pod("kube-system", "etcd", "u1")),
+            "uid \"u1\" is pod kube-system/etcd, not team/web-0",
+        ),
+        (
+            Some(pod("team", "web-1", "u1")),
+            "uid \"u1\" is pod team/web-1, not team/web-0",
+        ),
+    ];
+    for (found, why) in cases {
+        let err = check_pod(&c, found.as_ref()).unwrap_err();
+        assert_eq!(err, format!("{CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX}{why}"));
+    }
+    // Without the label there is no uid to match.
+    c.metadata.labels = None;
+    assert!(check_pod(&c, Some(&pod("team", "web-0", ""))).is_err());
+}

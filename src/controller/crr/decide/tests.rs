@@ -176,6 +176,22 @@ fn pod_gone_completes() {
 }
 
 #[test]
+fn node_label_not_the_pods_node_completes() {
+    let mut c = defaulted(&["app"]);
+    c.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(LABEL_CRR_NODE_NAME.into(), "node-b".into());
+    let plan = lifecycle(&c, Some(&pod("Running")), at(1));
+    let want = "refusing to act: the crr.apps.kruise.io/node-name label says \"node-b\", the pod runs on \"node-a\"";
+    assert!(
+        matches!(&plan.steps[..], [Step::Complete { message, .. }] if message == want),
+        "{:?}",
+        plan.steps
+    );
+}
+
+#[test]
 fn agent_response_timeout() {
     let c = defaulted(&["app"]);
     let p = pod("Running");
