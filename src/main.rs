@@ -204,6 +204,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("duration must be positive: {s:?}"));
     }
+    // Duration::from_secs_f64 panics on values too large for a Duration.
+    if secs > nodeward::api::clamp::MAX_SECONDS as f64 {
+        return Err(format!("duration must be at most a year: {s:?}"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -509,5 +513,8 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("x").is_err());
+        assert!(parse_duration("100000000000000000000000000000000d").is_err());
+        assert!(parse_duration("366d").is_err());
+        assert_eq!(parse_duration("365d"), Ok(Duration::from_secs(365 * 86400)));
     }
 }

@@ -1,4 +1,5 @@
 //! Names shared with OpenKruise and the kubelet: env markers, labels and annotations.
 
+pub mod clamp;
 pub mod kruise;
 pub mod well_known;

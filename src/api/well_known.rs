@@ -36,9 +36,6 @@ pub const ANNOTATION_TERMINATION_MESSAGE_POLICY: &str =
 pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 /// Kubelet never stops a container with less than this grace (`minimumGracePeriodInSeconds`).
 pub const MINIMUM_GRACE_SECONDS: i64 = 2;
-/// The longest grace (and preStop sleep) nodeward honours: a year. The API sets no bound, and
-/// a larger value would overflow time arithmetic or the CRI client's timeout.
-pub const MAX_TERMINATION_GRACE_SECONDS: i64 = 365 * 24 * 3600;
 
 /// True when an env value means "true" the way OpenKruise reads it (case-insensitive).
 pub fn env_true(value: &str) -> bool {

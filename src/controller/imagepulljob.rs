@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::nodeimage::{self, update_node_image};
 use super::record_event;
+use crate::api::clamp;
 use crate::api::kruise::{
     ANNOTATION_SECRET_MODE, ANNOTATION_SECRET_REFERENCES, ANNOTATION_SECRET_SOURCE_KEY,
     DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE, FINALIZER_DELETION_PROTECTION, ImagePullJob,
@@ -92,7 +93,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue after `secs` (at least 1 s), or after `max` when there is nothing to wait for.
 pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
     match secs {
-        Some(s) => Action::requeue(Duration::from_secs(s.max(1) as u64).min(max)),
+        Some(s) => Action::requeue(clamp::seconds(s.max(1)).min(max)),
         None => Action::requeue(max),
     }
 }
@@ -203,7 +204,10 @@ fn error_policy(job: Arc<ImagePullJob>, err: &Error, _ctx: Arc<Ctx>) -> Action {
 }
 
 fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {
-    t.0.as_second() + secs - now.as_second()
+    let secs = clamp::seconds(secs).as_secs().cast_signed();
+    t.0.as_second()
+        .saturating_add(secs)
+        .saturating_sub(now.as_second())
 }
 
 async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -248,7 +252,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
         };
         let left = seconds_until(&done, i64::from(ttl), now);
         if left > 0 {
-            return Ok(Action::requeue(Duration::from_secs(left as u64)));
+            return Ok(Action::requeue(clamp::seconds(left)));
         }
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => info!(job = %name, namespace = %ns, "finished job deleted after its TTL"),
@@ -350,7 +354,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
             .ttl_seconds_after_finished
             .map(i64::from);
         return Ok(ttl.map_or(Action::await_change(), |t| {
-            Action::requeue(Duration::from_secs(t.max(0) as u64))
+            Action::requeue(clamp::seconds(t))
         }));
     }
     let deadline = job

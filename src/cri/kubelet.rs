@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::HTTPGetAction;
 use serde::Deserialize;
 
+use crate::api::clamp;
 use crate::api::well_known as wk;
 
 /// A pod's identity as the kubelet labels it.
@@ -109,9 +110,7 @@ impl PreStop {
             Ok(RawHandler {
                 exec: Some(exec), ..
             }) if !exec.command.is_empty() => Self::Exec(exec.command),
-            Ok(RawHandler { sleep: Some(s), .. }) => Self::Sleep(Duration::from_secs(
-                s.seconds.clamp(0, wk::MAX_TERMINATION_GRACE_SECONDS) as u64,
-            )),
+            Ok(RawHandler { sleep: Some(s), .. }) => Self::Sleep(clamp::seconds(s.seconds)),
             Ok(RawHandler {
                 http_get: Some(h), ..
             }) => Self::HttpGet(Box::new(h)),
@@ -177,12 +176,11 @@ impl ContainerMeta {
             .get(wk::ANNOTATION_TERMINATION_GRACE_PERIOD)
             .and_then(|v| v.parse::<i64>().ok())
             .filter(|v| *v >= 0)
-            .unwrap_or(wk::DEFAULT_TERMINATION_GRACE_SECONDS)
-            .min(wk::MAX_TERMINATION_GRACE_SECONDS);
+            .unwrap_or(wk::DEFAULT_TERMINATION_GRACE_SECONDS);
         Self {
             name,
             restart_count,
-            grace: Duration::from_secs(grace_secs as u64),
+            grace: clamp::seconds(grace_secs),
             pre_stop: PreStop::from_annotations(annotations),
             ports: named_ports(annotations),
         }
@@ -217,7 +215,7 @@ mod tests {
         let a = map(&[(wk::ANNOTATION_TERMINATION_GRACE_PERIOD, "360000000000")]);
         assert_eq!(
             ContainerMeta::from_cri(&HashMap::new(), &a, "c").grace,
-            Duration::from_secs(wk::MAX_TERMINATION_GRACE_SECONDS as u64)
+            Duration::from_secs(clamp::MAX_SECONDS as u64)
         );
     }
 
@@ -282,9 +280,7 @@ mod tests {
         assert_eq!(h.port, IntOrString::String("web".into()));
         assert_eq!(
             PreStop::parse(r#"{"sleep":{"seconds":99999999999999}}"#),
-            PreStop::Sleep(Duration::from_secs(
-                wk::MAX_TERMINATION_GRACE_SECONDS as u64
-            ))
+            PreStop::Sleep(Duration::from_secs(clamp::MAX_SECONDS as u64))
         );
         assert!(matches!(PreStop::parse("garbage"), PreStop::Unsupported(_)));
         assert!(matches!(

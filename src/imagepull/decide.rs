@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 
 use super::PULLING_IMAGE_BY_NODEWARD;
 use super::reference::{ImageRef, InvalidReference};
+use crate::api::clamp;
 use crate::api::kruise::{
     ANNOTATION_PULLING_IMAGE_BY, ImagePullPhase, ImagePullPolicy, ImageStatus, ImageTagStatus,
     NodeImageSpec, NodeImageStatus, ReferenceObject,
@@ -133,16 +134,12 @@ pub fn plan(
                 key,
                 version: tag.version,
                 policy: tag.image_pull_policy_or_default(),
-                timeout: Duration::from_secs(
-                    u64::try_from(policy.timeout_seconds_or_default())
-                        .unwrap_or(0)
-                        .max(1),
-                ),
+                timeout: clamp::seconds(i64::from(policy.timeout_seconds_or_default()).max(1)),
                 attempts: u32::try_from(policy.backoff_limit_or_default()).unwrap_or(0) + 1,
                 deadline: policy
                     .active_deadline_seconds
                     .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(s.unsigned_abs())),
+                    .map(clamp::seconds),
                 labels: image_spec
                     .sandbox_config
                     .as_ref()
@@ -325,6 +322,23 @@ mod tests {
         );
         assert_eq!(b.policy, ImagePullPolicy::Always);
         assert!(p.stop.is_empty() && p.forget.is_empty());
+    }
+
+    #[test]
+    fn extreme_pull_policies_are_clamped() {
+        let mut s = spec(&[("r.io/app", vec![tag("1", 0)])]);
+        s.images.get_mut("r.io/app").unwrap().tags[0].pull_policy = Some(ImageTagPullPolicy {
+            timeout_seconds: Some(i32::MAX),
+            backoff_limit: Some(i32::MAX),
+            active_deadline_seconds: Some(i64::MAX),
+            ttl_seconds_after_finished: Some(i32::MAX),
+        });
+        let p = plan(&s, &BTreeMap::new(), &BTreeMap::new());
+        let year = crate::api::clamp::seconds(i64::MAX);
+        let t = &p.start[0];
+        assert_eq!((t.timeout, t.deadline), (year, Some(year)));
+        // A task's clock arithmetic cannot overflow.
+        let _ = std::time::Instant::now() + t.timeout + year;
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use crate::api::clamp;
 use crate::api::kruise::{
     CRR_MESSAGE_POD_NOT_ON_NODE_PREFIX, CRR_MESSAGE_RUNTIME_NOT_FOUND_PREFIX,
     CRR_STATE_MESSAGE_CONTAINER_NOT_FOUND, ContainerRecreateRequest,
@@ -94,7 +95,7 @@ pub fn unready_gate(crr: &ContainerRecreateRequest, now: SystemTime) -> Gate {
         Some(Err(e)) => return Gate::Invalid(format!("failed to parse unready time: {e}")),
         Some(Ok(t)) => SystemTime::from(t),
     };
-    let until = since + Duration::from_secs(grace.max(0) as u64);
+    let until = since + clamp::seconds(grace);
     match until.duration_since(now) {
         Ok(left) if !left.is_zero() => Gate::Until(left),
         _ => Gate::Go,
@@ -170,7 +171,7 @@ pub fn container_states(
     now: SystemTime,
 ) -> Vec<State> {
     let strategy = crr.spec.strategy.clone().unwrap_or_default();
-    let min_started = Duration::from_secs(strategy.min_started_seconds.max(0) as u64);
+    let min_started = clamp::seconds(i64::from(strategy.min_started_seconds));
     let previous = crr
         .status
         .as_ref()
@@ -301,7 +302,7 @@ fn min_started_left(
         .filter(|s| s.phase == Phase::Recreating)
         .filter_map(|s| runtime.iter().find(|r| r.name == s.name)?.started_at)
         .map(|t| {
-            (t + Duration::from_secs(min as u64))
+            (t + clamp::seconds(i64::from(min)))
                 .duration_since(now)
                 .unwrap_or_default()
                 + Duration::from_millis(100)
@@ -318,7 +319,7 @@ pub fn grace(crr: &ContainerRecreateRequest) -> Duration {
         .as_ref()
         .and_then(|s| s.termination_grace_period_seconds)
         .unwrap_or(crate::api::well_known::DEFAULT_TERMINATION_GRACE_SECONDS);
-    Duration::from_secs(secs.max(0) as u64)
+    clamp::seconds(secs)
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ pub struct Plan {
 }
 
 fn secs(n: i64) -> Duration {
-    Duration::from_secs(n.max(0) as u64)
+    crate::api::clamp::seconds(n)
 }
 
 fn left(since: SystemTime, after: Duration, now: SystemTime) -> Duration {

@@ -142,10 +142,17 @@ pub fn owner_ref(job: &ImagePullJob) -> ObjectReference {
 /// its backoff sleeps in between.
 fn all_attempts_seconds(timeout: i32, backoff_limit: i32) -> i64 {
     let retries = i64::from(backoff_limit.max(0));
-    let sleeps: i64 = (0..retries)
-        .map(|i| (1i64 << i.min(62)).min(MAX_BACKOFF_SECONDS))
-        .sum();
-    i64::from(timeout) * (retries + 1) + sleeps
+    // Sleeps double (1, 2, 4 … s) up to the cap, then stay there: no loop over `backoffLimit`.
+    let (mut sleeps, mut doubling) = (0i64, 0i64);
+    while doubling < retries && (1i64 << doubling) < MAX_BACKOFF_SECONDS {
+        sleeps += 1i64 << doubling;
+        doubling += 1;
+    }
+    let capped = (retries - doubling).saturating_mul(MAX_BACKOFF_SECONDS);
+    i64::from(timeout)
+        .saturating_mul(retries + 1)
+        .saturating_add(sleeps)
+        .saturating_add(capped)
 }
 
 /// A tag's pull policy for a (defaulted) job spec. `jitter` in `[0, 1)` spreads the TTLs:

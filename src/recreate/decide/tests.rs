@@ -383,3 +383,34 @@ fn acts_only_on_the_pod_the_crr_names() {
     c.metadata.labels = None;
     assert!(check_pod(&c, Some(&pod("team", "web-0", ""))).is_err());
 }
+
+#[test]
+fn extreme_strategy_numbers_are_clamped() {
+    let year = crate::api::clamp::seconds(i64::MAX);
+    let strategy = ContainerRecreateRequestStrategy {
+        unready_grace_period_seconds: Some(i64::MAX),
+        termination_grace_period_seconds: Some(i64::MAX),
+        min_started_seconds: i32::MAX,
+        ..Default::default()
+    };
+    let mut c = crr(&["app"], strategy);
+    assert_eq!(grace(&c), year);
+    let ann = c.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.insert(
+        ANNOTATION_CRR_UNREADY_ACQUIRED.into(),
+        humantime::format_rfc3339_seconds(at(1)).to_string(),
+    );
+    assert_eq!(unready_gate(&c, at(1)), Gate::Until(year));
+    let mut negative = c.clone();
+    negative
+        .spec
+        .strategy
+        .as_mut()
+        .unwrap()
+        .unready_grace_period_seconds = Some(i64::MIN);
+    assert_eq!(unready_gate(&negative, at(1)), Gate::Go);
+    // minStartedSeconds i32::MAX: the states and the next step are computed without overflow.
+    let rt = [running("app", 1, 5)];
+    let mut states = states_of(&c, &rt, 6);
+    let _ = next(&c, &mut states, &rt, at(6));
+}

@@ -348,3 +348,19 @@ fn readiness_condition_holds_and_releases_keys() {
     assert_eq!(none.status, "True");
     assert_eq!(none.message, None);
 }
+
+#[test]
+fn extreme_deadline_and_ttl_are_clamped() {
+    let mut c = recreating(defaulted(&["app"]));
+    c.spec.active_deadline_seconds = Some(i64::MAX);
+    let plan = lifecycle(&c, Some(&pod("Running")), at(1));
+    assert!(
+        plan.requeue
+            .is_some_and(|r| r <= crate::api::clamp::seconds(i64::MAX))
+    );
+    c.spec.ttl_seconds_after_finished = Some(i32::MAX);
+    c.status.as_mut().unwrap().completion_time = Some(ts(1));
+    c.metadata.labels.as_mut().unwrap().remove(LABEL_CRR_ACTIVE);
+    let plan = lifecycle(&c, None, at(2));
+    assert!(plan.steps.is_empty(), "{:?}", plan.steps);
+}

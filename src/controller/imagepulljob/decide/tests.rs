@@ -440,3 +440,25 @@ fn target_tag(t: &JobTarget) -> ImageTagSpec {
         image_pull_policy: Some(t.image_pull_policy),
     }
 }
+
+#[test]
+fn all_attempts_seconds_without_a_loop_over_backoff_limit() {
+    let naive = |timeout: i64, retries: i64| {
+        timeout * (retries + 1)
+            + (0..retries)
+                .map(|i| (1i64 << i).min(MAX_BACKOFF_SECONDS))
+                .sum::<i64>()
+    };
+    for timeout in [0, 1, 600] {
+        for retries in [-3, 0, 1, 4, 5, 6, 40] {
+            assert_eq!(
+                all_attempts_seconds(timeout, retries),
+                naive(i64::from(timeout), i64::from(retries.max(0))),
+                "timeout {timeout}, backoffLimit {retries}"
+            );
+        }
+    }
+    // The largest inputs answer at once and do not overflow.
+    let most = all_attempts_seconds(i32::MAX, i32::MAX);
+    assert!(most > 0);
+}
