@@ -17,6 +17,10 @@ use tonic::transport::Channel;
 use super::connect::{CRI_API_VERSION, describe_status};
 use crate::telemetry::metrics::Metrics;
 
+/// The deadline of a CRI call that only reads or lists (the kubelet allows 2 min per runtime
+/// request; a healthy runtime answers these in milliseconds).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 #[error("CRI {method}{}: {}", target_suffix(.target), describe_status(.status))]
 pub struct CriError {
@@ -133,13 +137,21 @@ impl CriClient {
         self
     }
 
+    /// Run one CRI call with a deadline (a hung runtime answers `DeadlineExceeded`, never
+    /// leaves the caller waiting), counting it in the metrics.
     pub(super) async fn observed<T>(
         &self,
         method: &'static str,
+        deadline: Duration,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
         let start = Instant::now();
-        let res = call.await;
+        let res = match tokio::time::timeout(deadline, call).await {
+            Ok(res) => res,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "the runtime did not answer {method} within {deadline:?}"
+            ))),
+        };
         if let Some(m) = &self.metrics {
             let code = match &res {
                 Ok(_) => "OK".to_string(),
@@ -166,7 +178,7 @@ impl CriClient {
         let req = VersionRequest {
             version: CRI_API_VERSION.into(),
         };
-        self.observed("Version", self.rt.clone().version(req))
+        self.observed("Version", CALL_DEADLINE, self.rt.clone().version(req))
             .await
             .map_err(Self::err("Version", ""))
     }
@@ -174,7 +186,11 @@ impl CriClient {
     pub async fn list_sandboxes(&self) -> Result<Vec<PodSandbox>, CriError> {
         let req = ListPodSandboxRequest { filter: None };
         Ok(self
-            .observed("ListPodSandbox", self.rt.clone().list_pod_sandbox(req))
+            .observed(
+                "ListPodSandbox",
+                CALL_DEADLINE,
+                self.rt.clone().list_pod_sandbox(req),
+            )
             .await
             .map_err(Self::err("ListPodSandbox", ""))?
             .items)
@@ -183,7 +199,11 @@ impl CriClient {
     pub async fn list_containers(&self) -> Result<Vec<Container>, CriError> {
         let req = ListContainersRequest { filter: None };
         Ok(self
-            .observed("ListContainers", self.rt.clone().list_containers(req))
+            .observed(
+                "ListContainers",
+                CALL_DEADLINE,
+                self.rt.clone().list_containers(req),
+            )
             .await
             .map_err(Self::err("ListContainers", ""))?
             .containers)
@@ -202,7 +222,11 @@ impl CriClient {
             filter: Some(filter),
         };
         Ok(self
-            .observed("ListContainers", self.rt.clone().list_containers(req))
+            .observed(
+                "ListContainers",
+                CALL_DEADLINE,
+                self.rt.clone().list_containers(req),
+            )
             .await
             .map_err(Self::err("ListContainers", pod_uid))?
             .containers)
@@ -213,15 +237,19 @@ impl CriClient {
             pod_sandbox_id: id.to_string(),
             verbose: false,
         };
-        self.observed("PodSandboxStatus", self.rt.clone().pod_sandbox_status(req))
-            .await
-            .map_err(Self::err("PodSandboxStatus", id))?
-            .status
-            .ok_or_else(|| CriError {
-                method: "PodSandboxStatus",
-                target: id.to_string(),
-                status: tonic::Status::internal("runtime returned no status"),
-            })
+        self.observed(
+            "PodSandboxStatus",
+            CALL_DEADLINE,
+            self.rt.clone().pod_sandbox_status(req),
+        )
+        .await
+        .map_err(Self::err("PodSandboxStatus", id))?
+        .status
+        .ok_or_else(|| CriError {
+            method: "PodSandboxStatus",
+            target: id.to_string(),
+            status: tonic::Status::internal("runtime returned no status"),
+        })
     }
 
     pub async fn container_status(
@@ -234,7 +262,11 @@ impl CriClient {
             verbose,
         };
         let resp = self
-            .observed("ContainerStatus", self.rt.clone().container_status(req))
+            .observed(
+                "ContainerStatus",
+                CALL_DEADLINE,
+                self.rt.clone().container_status(req),
+            )
             .await
             .map_err(Self::err("ContainerStatus", id))?;
         let status = resp.status.ok_or_else(|| CriError {
@@ -252,9 +284,15 @@ impl CriClient {
             container_id: id.to_string(),
             timeout: grace_seconds(grace),
         };
-        self.observed("StopContainer", self.rt.clone().stop_container(req))
-            .await
-            .map_err(Self::err("StopContainer", id))?;
+        // The runtime waits up to the grace, then kills and waits for the exit.
+        let deadline = grace.saturating_add(CALL_DEADLINE);
+        self.observed(
+            "StopContainer",
+            deadline,
+            self.rt.clone().stop_container(req),
+        )
+        .await
+        .map_err(Self::err("StopContainer", id))?;
         Ok(())
     }
 
@@ -270,9 +308,10 @@ impl CriClient {
             cmd,
             timeout: timeout.as_secs().max(1) as i64,
         };
+        let deadline = timeout.saturating_add(Duration::from_secs(2));
         let mut request = tonic::Request::new(req);
-        request.set_timeout(timeout + Duration::from_secs(2));
-        self.observed("ExecSync", self.rt.clone().exec_sync(request))
+        request.set_timeout(deadline);
+        self.observed("ExecSync", deadline, self.rt.clone().exec_sync(request))
             .await
             .map_err(Self::err("ExecSync", id))
     }
@@ -281,6 +320,19 @@ impl CriClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_the_runtime_never_answers_ends_at_its_deadline() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = CriClient::new(channel);
+        let hung = std::future::pending::<Result<tonic::Response<()>, tonic::Status>>();
+        let err = client
+            .observed("Version", Duration::from_millis(50), hung)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(err.message().contains("Version"), "{err}");
+    }
 
     #[test]
     fn verbose_info_containerd_shape() {

@@ -2,6 +2,7 @@
 //! with credentials and the sandbox metadata a registry or runtime plugin may throttle by.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_cri::v1::{AuthConfig, ImageSpec, ImageStatusRequest, PodSandboxConfig, PullImageRequest};
 
@@ -67,21 +68,30 @@ impl CriClient {
             verbose: false,
         };
         let resp = self
-            .observed("ImageStatus", self.img.clone().image_status(req))
+            .observed(
+                "ImageStatus",
+                super::client::CALL_DEADLINE,
+                self.img.clone().image_status(req),
+            )
             .await
             .map_err(Self::err("ImageStatus", image))?;
         Ok(resp.image.map(|i| i.id).filter(|id| !id.is_empty()))
     }
 
-    /// Pull an image; returns the runtime's image reference (containerd: the image ID).
-    pub async fn pull_image(&self, req: PullImageRequest) -> Result<String, CriError> {
+    /// Pull an image within `deadline` (the pull policy's per-attempt timeout); returns the
+    /// runtime's image reference (containerd: the image ID).
+    pub async fn pull_image(
+        &self,
+        req: PullImageRequest,
+        deadline: Duration,
+    ) -> Result<String, CriError> {
         let target = req
             .image
             .as_ref()
             .map(|i| i.image.clone())
             .unwrap_or_default();
         let resp = self
-            .observed("PullImage", self.img.clone().pull_image(req))
+            .observed("PullImage", deadline, self.img.clone().pull_image(req))
             .await
             .map_err(Self::err("PullImage", target))?;
         Ok(resp.image_ref)

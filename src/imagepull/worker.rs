@@ -242,7 +242,7 @@ impl Puller {
             let req = pull_request(pull_ref, auth, &task.labels, &task.annotations);
             async move {
                 let _in_flight = InFlight::new(&self.metrics);
-                self.cri.pull_image(req).await
+                self.cri.pull_image(req, task.timeout).await
             }
         };
         if credentials.is_empty() {
