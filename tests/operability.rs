@@ -389,6 +389,10 @@ async fn metrics_parse_as_prometheus_text() {
     );
     assert!(value("nodeward_exit_events_total", None) >= 1.0, "{body}");
     assert_eq!(value("nodeward_runtime_connected", None), 1.0, "{body}");
+    assert!(
+        value("nodeward_relist_last_success_timestamp_seconds", None) > 1.7e9,
+        "{body}"
+    );
     assert!(value("nodeward_journal_events", None) >= 1.0, "{body}");
     assert!(
         scrape.samples.iter().any(|s| s

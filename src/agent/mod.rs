@@ -27,7 +27,7 @@ use crate::report::api::{ApiService, Query};
 use crate::report::pb;
 use crate::sidecar::decide::{Decision, Hold, Target, decide};
 use crate::sidecar::run::{StopOutcome, StopRequest, stop_sidecar};
-use crate::telemetry::http::{Health, Listed};
+use crate::telemetry::http::{Health, Listed, STALL_AFTER};
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
@@ -517,8 +517,15 @@ impl Agent {
         &mut self,
         res: Result<(Vec<PodSandbox>, Vec<Container>), CriError>,
     ) -> Option<Duration> {
+        // Liveness: the loop got here. Every CRI call has a deadline, so relists keep coming
+        // while the loop runs, whether the runtime answers or not.
+        self.health
+            .progressed(STALL_AFTER.max(self.relist_interval.saturating_mul(3)));
         let (sandboxes, containers) = match res {
-            Ok(v) => v,
+            Ok(v) => {
+                self.metrics.relisted();
+                v
+            }
             Err(e) => {
                 self.relist_failures += 1;
                 if self.runtime_up {

@@ -38,7 +38,11 @@ impl Notifier {
             let mut tick = tokio::time::interval(watchdog_ping_period(interval));
             loop {
                 tick.tick().await;
-                send(&[NotifyState::Watchdog]);
+                // A stuck agent stops pinging: systemd restarts it.
+                match health.stalled_reason() {
+                    None => send(&[NotifyState::Watchdog]),
+                    Some(reason) => warn!(reason = %reason, "not pinging the systemd watchdog"),
+                }
             }
         });
         Self { task }

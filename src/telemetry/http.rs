@@ -1,11 +1,13 @@
-//! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness) and `/readyz`
-//! (readiness: the runtime is connected, the initial sync is done, and in cluster mode every API
-//! watch has completed its first list).
+//! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness: the event loop
+//! has handled a relist recently, as the kubelet's PLEG health check) and `/readyz` (readiness:
+//! the runtime is connected, the initial sync is done, and in cluster mode every API watch has
+//! completed its first list).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -21,10 +23,16 @@ pub struct Health {
     inner: Arc<HealthFlags>,
 }
 
+/// The kubelet's PLEG is unhealthy after 3 min without a relist (`relistThreshold`).
+pub const STALL_AFTER: Duration = Duration::from_secs(180);
+
 #[derive(Debug, Default)]
 struct HealthFlags {
     runtime_connected: AtomicBool,
     synced: AtomicBool,
+    /// When the event loop last handled a relist (success or failure), and after how long
+    /// without one the agent is stalled.
+    progress: Mutex<Option<(Instant, Duration)>>,
     /// API watches readiness waits for, in registration order.
     watches: Mutex<Vec<(&'static str, Listed)>>,
 }
@@ -70,6 +78,34 @@ impl Health {
             .unwrap_or_else(|p| p.into_inner())
             .push((what, listed.clone()));
         listed
+    }
+
+    /// The event loop handled a relist now; it is stalled if the next takes over `stall_after`.
+    pub fn progressed(&self, stall_after: Duration) {
+        *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), stall_after));
+    }
+
+    /// Why the agent is not alive (its loop handled no relist for too long), or `None`. Before
+    /// the first relist it is alive: starting is readiness's business.
+    pub fn stalled_reason(&self) -> Option<String> {
+        let progress = *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (at, limit) = progress?;
+        let since = at.elapsed();
+        (since > limit).then(|| {
+            format!(
+                "no relist handled for {} s (limit {} s): the event loop is stuck",
+                since.as_secs(),
+                limit.as_secs()
+            )
+        })
     }
 
     /// Ready on the node alone: the runtime is connected and the initial sync done. What
@@ -141,8 +177,11 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.stalled_reason() {
+        None => (StatusCode::OK, "ok".into()),
+        Some(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
@@ -175,6 +214,22 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+
+    #[test]
+    fn liveness_fails_when_relists_stop_being_handled() {
+        let health = Health::new();
+        assert_eq!(
+            health.stalled_reason(),
+            None,
+            "alive before the first relist"
+        );
+        health.progressed(Duration::from_secs(3600));
+        assert_eq!(health.stalled_reason(), None);
+        health.progressed(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        let reason = health.stalled_reason().unwrap();
+        assert!(reason.contains("event loop is stuck"), "{reason}");
+    }
 
     #[test]
     fn parse_addr_accepts_go_style_and_std_forms() {

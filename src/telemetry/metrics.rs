@@ -99,6 +99,7 @@ struct Inner {
     journal_outbox: Gauge,
     journal_bytes: Gauge,
     runtime_connected: Gauge,
+    last_relist: Gauge,
     image_pulls: Family<ResultLabel, Counter>,
     image_pull_duration: Histogram,
     image_pulls_in_flight: Gauge,
@@ -203,6 +204,13 @@ impl Metrics {
             "1 if the container runtime (CRI) is reachable, else 0",
             runtime_connected.clone(),
         );
+        let last_relist = Gauge::default();
+        registry.register_with_unit(
+            "relist_last_success_timestamp",
+            "When the last relist of the runtime succeeded (Unix time)",
+            Unit::Seconds,
+            last_relist.clone(),
+        );
         let image_pulls = Family::<ResultLabel, Counter>::default();
         registry.register(
             "image_pulls",
@@ -252,6 +260,7 @@ impl Metrics {
                 journal_outbox,
                 journal_bytes,
                 runtime_connected,
+                last_relist,
                 image_pulls,
                 image_pull_duration,
                 image_pulls_in_flight,
@@ -389,6 +398,16 @@ impl Metrics {
 
     pub fn set_runtime_connected(&self, connected: bool) {
         self.inner.runtime_connected.set(i64::from(connected));
+    }
+
+    /// A relist of the runtime succeeded now.
+    pub fn relisted(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.inner
+            .last_relist
+            .set(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`).
