@@ -9,6 +9,7 @@ use std::time::Duration;
 use support::agent::AgentProcess;
 use support::kubelet::{ContainerSpec, Kubelet, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
+use support::wait;
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -109,7 +110,7 @@ async fn main_exits_while_containerd_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
+async fn probes_runtime_dir_and_waits_for_a_runtime_naming_every_path() {
     let _serial = SERIAL.lock().await;
     let tb = TestBed::shared();
     // Probing finds <runtime-dir>/containerd/containerd.sock.
@@ -138,23 +139,44 @@ async fn probes_runtime_dir_and_reports_every_path_when_none_answers() {
     assert_eq!(line["runtime"], "containerd", "{line}");
     agent.stop().await.unwrap();
 
+    // None answers (a node booting, the runtime not up yet): the agent stays, alive but not
+    // ready, names every path it tried, and connects once a runtime appears.
     let empty = tempfile::tempdir().unwrap();
     let agent = AgentProcess::spawn_args(
         &[
             &["--runtime-dir", empty.path().to_str().unwrap()][..],
-            &common[..],
+            &common[..common.len() - 2],
+            &["--addr", "127.0.0.1:0"][..],
         ]
         .concat(),
     )
     .unwrap();
-    let status = agent.wait_exit(Duration::from_secs(10)).await.unwrap();
-    assert!(!status.success());
-    let raw = agent.raw_lines();
-    let last = raw.last().unwrap();
+    let line = agent
+        .wait_for("waiting for a runtime", Duration::from_secs(10), |v| {
+            v["message"] == "no container runtime yet; waiting"
+        })
+        .await
+        .unwrap();
+    let error = line["error"].as_str().unwrap_or_default();
     for p in nodeward::cri::connect::PROBE_ORDER {
         assert!(
-            last.contains(&format!("{}: no such file", empty.path().join(p).display())),
-            "{last}"
+            error.contains(&format!("{}: no such file", empty.path().join(p).display())),
+            "{line}"
         );
     }
+    assert_eq!(agent.http_get("/healthz").await.unwrap().0, 200);
+    let (code, body) = agent.http_get("/readyz").await.unwrap();
+    assert_eq!((code, body.as_str()), (503, "runtime not connected"));
+    std::os::unix::fs::symlink(tb.socket(), empty.path().join("containerd.sock")).unwrap();
+    agent
+        .wait_for("runtime connected", Duration::from_secs(60), |v| {
+            v["message"] == "connected to container runtime"
+        })
+        .await
+        .unwrap();
+    wait::until("ready", 30, || async {
+        (agent.http_get("/readyz").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    agent.stop().await.unwrap();
 }

@@ -112,9 +112,57 @@ enum Event {
     },
 }
 
+/// The runtime, waited for with backoff (1 s doubling to 30 s) while none answers: at boot the
+/// agent may start before containerd.
+async fn wait_for_runtime(cfg: &Config) -> crate::cri::RuntimeInfo {
+    use backon::BackoffBuilder;
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build();
+    loop {
+        match crate::cri::detect(cfg.cri_socket.as_deref(), &cfg.runtime_dir).await {
+            Ok(runtime) => return runtime,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "no container runtime yet; waiting");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 /// Connect to the runtime and run until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let runtime = crate::cri::detect(cfg.cri_socket.as_deref(), &cfg.runtime_dir).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Health first: while the runtime is not up yet (a node booting), the agent answers
+    // `/healthz` ok and `/readyz` 503 instead of exiting.
+    if let Some(addr) = cfg.addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics/health listener {addr}: {e}"))?;
+        info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        let (m, h, done) = (metrics.clone(), health.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::telemetry::http::serve(listener, m, h, done).await {
+                warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    let runtime = tokio::select! {
+        runtime = wait_for_runtime(&cfg) => runtime,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            return Ok(());
+        }
+    };
     info!(
         runtime = %runtime.name,
         version = %runtime.version,
@@ -122,8 +170,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         socket = %runtime.socket.display(),
         "connected to container runtime"
     );
-    let metrics = Metrics::new();
-    let health = Health::new();
     health.set_runtime_connected(true);
     metrics.set_runtime_connected(true);
     let notifier = systemd::Notifier::spawn(health.clone());
@@ -144,22 +190,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     );
     if let Ok(stats) = journal.stats() {
         metrics.set_journal(&stats);
-    }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    if let Some(addr) = cfg.addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("metrics/health listener {addr}: {e}"))?;
-        info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-        let (m, h, done) = (metrics.clone(), health.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = crate::telemetry::http::serve(listener, m, h, done).await {
-                warn!(error = %e, "metrics server stopped");
-            }
-        });
     }
     let (live_tx, _) = broadcast::channel(256);
     let api_listener = crate::report::socket::bind(&cfg.api_socket)?;
@@ -327,7 +357,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         started: Instant::now(),
         last_prune: None,
     };
-    agent.event_loop(rx, shutdown).await;
+    agent.event_loop(rx, shutdown.as_mut()).await;
     notifier.stopping();
     let _ = stop_tx.send(true);
     // Let the servers finish in-flight requests and remove the API socket.

@@ -192,7 +192,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 /// Parse a listen address: `:PORT` (all IPv4 interfaces, as Go-style flags such as
-/// kruise-daemon's), `IP:PORT`, or `[IPv6]:PORT`.
+/// kruise-daemon's), `IP:PORT`, `[IPv6]:PORT`, or `IPv6:PORT` without brackets (what
+/// `$(HOST_IP):PORT` gives in a manifest on an IPv6 node: the last group is the port).
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
     if let Some(port) = s.strip_prefix(':') {
@@ -200,6 +201,14 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
             .parse::<u16>()
             .map(|port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
             .map_err(|e| format!("invalid listen address {s:?}: port: {e}"));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some((ip, port)) = s.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (ip.parse::<std::net::Ipv6Addr>(), port.parse::<u16>())
+    {
+        return Ok(SocketAddr::from((ip, port)));
     }
     s.parse::<SocketAddr>().map_err(|e| {
         format!("invalid listen address {s:?}: {e} (expected :PORT, IP:PORT or [IPv6]:PORT)")
@@ -244,6 +253,10 @@ mod tests {
         assert_eq!(
             parse_addr("[::1]:9000").unwrap(),
             SocketAddr::from((Ipv6Addr::LOCALHOST, 9000))
+        );
+        assert_eq!(
+            parse_addr("fd00::1:10221").unwrap(),
+            SocketAddr::from(("fd00::1".parse::<Ipv6Addr>().unwrap(), 10221))
         );
         for bad in [
             "",

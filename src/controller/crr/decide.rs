@@ -212,6 +212,17 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
 
 /// The lifecycle (§2.3) for a defaulted CRR and its Pod (`None` when the Pod is gone).
 pub fn lifecycle(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
+    let mut plan = lifecycle_steps(crr, pod, now);
+    // A clock far from the CRR's timestamps would ask for a wait of years: look again within
+    // the hour instead (every pass recomputes from the object).
+    plan.requeue = plan.requeue.map(|r| r.min(MAX_REQUEUE));
+    plan
+}
+
+/// The longest requeue of a CRR's lifecycle.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+
+fn lifecycle_steps(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
     let mut plan = Plan::default();
     let has_finalizer = crr
         .metadata

@@ -1,0 +1,448 @@
+//! Property-based fuzzing (proptest) of every parser and pure decide function fed by the API, a
+//! pod's kubelet annotations or a Secret. Each case takes a valid seed object, applies a few
+//! random mutations (extreme and negative numbers, odd strings, extreme timestamps, removed
+//! fields, wrong types), and runs the code on whatever still deserialises. Nothing may panic
+//! (release builds abort on panic: a stored object that panics the agent is a crash loop), and
+//! what the clamps promise must hold.
+//!
+//! CI runs the default number of cases per target (256, a few seconds in all). Longer:
+//! `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use nodeward::api::clamp;
+use nodeward::api::kruise::{
+    ContainerRecreateRequest, ImagePullJobSpec, NodeImage, NodeImageSpec, NodeImageStatus,
+};
+use nodeward::controller::crr::decide as crr_controller;
+use nodeward::controller::imagepulljob::decide as job;
+use nodeward::controller::nodeimage::decide as node_image;
+use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop};
+use nodeward::imagepull::credentials::Keyring;
+use nodeward::imagepull::decide as pull;
+use nodeward::imagepull::reference::ImageRef;
+use nodeward::recreate::decide as crr_agent;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use serde_json::{Value, json};
+
+/// A replacement for one node of a seed.
+fn leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!(i64::MAX)),
+        Just(json!(i64::MIN)),
+        Just(json!(i32::MAX)),
+        Just(json!(i32::MIN)),
+        Just(json!(u64::MAX)),
+        Just(json!(0)),
+        Just(json!(-1)),
+        Just(json!(1.5e300)),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<i32>().prop_map(|n| json!(n)),
+        Just(json!("")),
+        Just(json!("://")),
+        Just(json!("containerd://")),
+        Just(json!("containerd://x")),
+        Just(json!("docker://x")),
+        Just(json!("9999-12-31T23:59:59Z")),
+        Just(json!("0001-01-01T00:00:00Z")),
+        Just(json!("1970-01-01T00:00:00Z")),
+        Just(json!("[]")),
+        Just(json!("[{\"name\":\"app\",\"restartCount\":-5}]")),
+        "\\PC{0,24}".prop_map(Value::String),
+        Just(Value::Null),
+        Just(json!(true)),
+        Just(json!([])),
+        Just(json!({})),
+    ]
+}
+
+/// Up to five mutations: which node (an index into all of the seed's nodes), and its
+/// replacement (`None`: remove it).
+fn mutations() -> impl Strategy<Value = Vec<(Index, Option<Value>)>> {
+    prop::collection::vec((any::<Index>(), prop::option::weighted(0.85, leaf())), 1..6)
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Key(String),
+    At(usize),
+}
+
+fn paths(v: &Value, here: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    out.push(here.clone());
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                here.push(Step::Key(k.clone()));
+                paths(child, here, out);
+                here.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                here.push(Step::At(i));
+                paths(child, here, out);
+                here.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn mutate(seed: &Value, mutations: &[(Index, Option<Value>)]) -> Value {
+    let mut v = seed.clone();
+    for (at, with) in mutations {
+        let mut all = Vec::new();
+        paths(&v, &mut Vec::new(), &mut all);
+        let path = &all[at.index(all.len())];
+        let Some((last, parent)) = path.split_last() else {
+            if let Some(w) = with {
+                v = w.clone();
+            }
+            continue;
+        };
+        let mut node = &mut v;
+        for step in parent {
+            node = match step {
+                Step::Key(k) => &mut node[k.as_str()],
+                Step::At(i) => &mut node[*i],
+            };
+        }
+        match (last, with) {
+            (Step::Key(k), Some(w)) => node[k.as_str()] = w.clone(),
+            (Step::Key(k), None) => {
+                if let Some(map) = node.as_object_mut() {
+                    map.remove(k);
+                }
+            }
+            (Step::At(i), Some(w)) => node[*i] = w.clone(),
+            (Step::At(i), None) => {
+                if let Some(items) = node.as_array_mut() {
+                    items.remove(*i);
+                }
+            }
+        }
+    }
+    v
+}
+
+fn crr_seed() -> Value {
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "ContainerRecreateRequest",
+        "metadata": {
+            "name": "r1", "namespace": "default", "uid": "crr-1", "resourceVersion": "7",
+            "creationTimestamp": "2026-12-06T10:00:00Z",
+            "labels": {"crr.apps.kruise.io/pod-uid": "pod-uid-1",
+                       "crr.apps.kruise.io/node-name": "node-a",
+                       "crr.apps.kruise.io/active": "true"},
+            "annotations": {
+                "crr.apps.kruise.io/sync-container-statuses":
+                    "[{\"name\":\"app\",\"ready\":true,\"restartCount\":3,\"containerID\":\"containerd://app-3\"}]",
+                "crr.apps.kruise.io/unready-acquired": "2026-12-06T10:00:01Z"
+            },
+            "finalizers": ["crr.apps.kruise.io/unready-acquired"]
+        },
+        "spec": {
+            "podName": "web-0",
+            "containers": [
+                {"name": "app", "statusContext": {"containerID": "containerd://app-2", "restartCount": 2},
+                 "preStop": {"exec": {"command": ["sleep", "1"]}},
+                 "ports": [{"name": "http", "containerPort": 8080}]},
+                {"name": "sidecar", "statusContext": {"containerID": "containerd://side-0", "restartCount": 0}}
+            ],
+            "strategy": {"failurePolicy": "Fail", "orderedRecreate": true, "forceRecreate": true,
+                         "terminationGracePeriodSeconds": 30, "unreadyGracePeriodSeconds": 3,
+                         "minStartedSeconds": 5},
+            "activeDeadlineSeconds": 300,
+            "ttlSecondsAfterFinished": 60
+        },
+        "status": {
+            "phase": "Recreating",
+            "completionTime": "2026-12-06T10:05:00Z",
+            "message": "",
+            "containerRecreateStates": [
+                {"name": "app", "phase": "Recreating", "isKilled": true},
+                {"name": "sidecar", "phase": "Pending"}
+            ]
+        }
+    })
+}
+
+fn pod_seed() -> Value {
+    json!({
+        "metadata": {"name": "web-0", "namespace": "default", "uid": "pod-uid-1"},
+        "spec": {
+            "nodeName": "node-a",
+            "terminationGracePeriodSeconds": 17,
+            "readinessGates": [{"conditionType": "KruisePodReady"}],
+            "containers": [
+                {"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}],
+                 "lifecycle": {"preStop": {"httpGet": {"path": "/quit", "port": "http"}}}},
+                {"name": "sidecar", "image": "y",
+                 "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}}}
+            ]
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "KruisePodReady", "status": "False",
+                            "message": "[{\"userAgent\":\"ContainerRecreateRequest\",\"key\":\"default/r1\"}]"}],
+            "containerStatuses": [
+                {"name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 3,
+                 "containerID": "containerd://app-3", "state": {"running": {"startedAt": "2026-12-06T10:00:02Z"}}},
+                {"name": "sidecar", "image": "y", "imageID": "", "ready": true, "restartCount": 0,
+                 "containerID": "containerd://side-0", "state": {"running": {}}}
+            ]
+        }
+    })
+}
+
+fn node_image_seed() -> Value {
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "NodeImage",
+        "metadata": {"name": "node-a", "creationTimestamp": "2026-12-06T10:00:00Z"},
+        "spec": {"images": {"r.io/app": {
+            "pullSecrets": [{"name": "regcred", "namespace": "kruise-daemon-config"}],
+            "sandboxConfig": {"labels": {"a": "b"}, "annotations": {"c": "d"}},
+            "tags": [
+                {"tag": "v1", "version": 2, "createdAt": "2026-12-06T10:00:00Z",
+                 "imagePullPolicy": "Always",
+                 "pullPolicy": {"timeoutSeconds": 600, "backoffLimit": 3,
+                                "activeDeadlineSeconds": 1200, "ttlSecondsAfterFinished": 300},
+                 "ownerReferences": [{"apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+                                      "name": "j", "namespace": "default", "uid": "job-1"}]},
+                {"tag": "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "version": 0}
+            ]
+        }}},
+        "status": {"desired": 2, "succeeded": 1, "failed": 0, "pulling": 1, "waiting": 0,
+            "imageStatuses": {"r.io/app": {"tags": [
+                {"tag": "v1", "phase": "Succeeded", "progress": 100, "version": 2,
+                 "startTime": "2026-12-06T10:00:01Z", "completionTime": "2026-12-06T10:00:09Z",
+                 "imageID": "sha256:abc"}
+            ]}}}
+    })
+}
+
+fn job_seed() -> Value {
+    json!({
+        "image": "r.io/app:v1",
+        "pullSecrets": ["regcred"],
+        "selector": {"names": ["node-a"], "matchLabels": {"a": "b"}},
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "parallelism": 4,
+        "pullPolicy": {"timeoutSeconds": 600, "backoffLimit": 3},
+        "completionPolicy": {"type": "Always", "activeDeadlineSeconds": 1200, "ttlSecondsAfterFinished": 300},
+        "sandboxConfig": {"labels": {"a": "b"}},
+        "imagePullPolicy": "Always"
+    })
+}
+
+fn node_seed() -> Value {
+    json!({
+        "metadata": {"name": "node-a", "labels": {"type": "virtual-kubelet"},
+                     "creationTimestamp": "2026-12-06T10:00:00Z"},
+        "status": {"conditions": [{"type": "Ready", "status": "True",
+                                   "lastTransitionTime": "2026-12-06T10:00:00Z"}]}
+    })
+}
+
+fn at(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+}
+
+fn timestamp(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Times around the seeds' and at the edges.
+fn now() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0i64),
+        1_796_000_000i64..1_797_000_000,
+        0i64..253_402_300_799,
+    ]
+}
+
+fn runtime_containers() -> impl Strategy<Value = Vec<crr_agent::RuntimeContainer>> {
+    let one = (
+        prop_oneof![
+            Just("app".to_string()),
+            Just("sidecar".to_string()),
+            "\\PC{0,6}"
+        ],
+        prop_oneof![
+            Just("containerd://app-2".to_string()),
+            Just("containerd://app-3".to_string()),
+            "\\PC{0,12}"
+        ],
+        any::<bool>(),
+        any::<i32>(),
+        prop::option::of(now()),
+    )
+        .prop_map(
+            |(name, id, exited, restart_count, started)| crr_agent::RuntimeContainer {
+                name,
+                id,
+                exited,
+                restart_count,
+                started_at: started.map(at),
+            },
+        );
+    prop::collection::vec(one, 0..4)
+}
+
+proptest! {
+    #[test]
+    fn crr_agent_decisions(
+        crr_muts in mutations(),
+        other_muts in mutations(),
+        runtime in runtime_containers(),
+        now in now(),
+        killed in prop::collection::hash_set(prop_oneof![Just("app".to_string()), Just("sidecar".to_string())], 0..3),
+    ) {
+        let seed = crr_seed();
+        let Ok(crr) = serde_json::from_value::<ContainerRecreateRequest>(mutate(&seed, &crr_muts)) else {
+            return Ok(());
+        };
+        let other = serde_json::from_value::<ContainerRecreateRequest>(mutate(&seed, &other_muts)).ok();
+        let mut all = vec![&crr];
+        all.extend(other.as_ref());
+        let _ = crr_agent::pick(&all);
+        let _ = crr_agent::is_open(&crr);
+        let _ = crr_agent::unready_gate(&crr, at(now));
+        let pod = PodRef { namespace: "default".into(), name: "web-0".into(), uid: "pod-uid-1".into() };
+        let _ = crr_agent::check_pod(&crr, Some(&pod));
+        let _ = crr_agent::check_pod(&crr, None);
+        let _ = crr_agent::check_runtime(&crr, "containerd");
+        prop_assert!(crr_agent::grace(&crr) <= clamp::seconds(i64::MAX));
+        let synced = crr.sync_container_statuses().unwrap_or_default();
+        let killed: HashSet<String> = killed;
+        let mut states = crr_agent::container_states(&crr, &runtime, &synced, &killed, at(now));
+        let _ = crr_agent::next(&crr, &mut states, &runtime, at(now));
+    }
+
+    #[test]
+    fn crr_controller_decisions(crr_muts in mutations(), pod_muts in mutations(), now in now(), add in any::<bool>()) {
+        let Ok(crr) = serde_json::from_value::<ContainerRecreateRequest>(mutate(&crr_seed(), &crr_muts)) else {
+            return Ok(());
+        };
+        let pod = serde_json::from_value::<Pod>(mutate(&pod_seed(), &pod_muts)).ok();
+        let _ = crr_controller::needs_defaulting(&crr);
+        let _ = crr_controller::is_finished(&crr);
+        let _ = crr_controller::default_crr(&crr, pod.as_ref());
+        let plan = crr_controller::lifecycle(&crr, pod.as_ref(), at(now));
+        prop_assert!(plan.requeue.is_none_or(|r| r <= crr_controller::MAX_REQUEUE));
+        let _ = crr_controller::lifecycle(&crr, None, at(now));
+        let _ = crr_controller::failed_unfinished(&crr, "m");
+        if let Some(pod) = &pod {
+            let _ = crr_controller::sync_statuses(&crr, pod);
+            let key = crr_controller::readiness_key(&crr);
+            let _ = crr_controller::readiness_condition(pod, &key, add);
+        }
+    }
+
+    #[test]
+    fn node_image_agent_decisions(muts in mutations(), running in prop::collection::btree_map("\\PC{0,4}", any::<i64>(), 0..3), attempts in any::<u32>()) {
+        let Ok(ni) = serde_json::from_value::<NodeImage>(mutate(&node_image_seed(), &muts)) else {
+            return Ok(());
+        };
+        let status = ni.status.clone().unwrap_or_default();
+        let statuses = pull::tag_statuses(&status);
+        let running: BTreeMap<pull::TagKey, i64> = running
+            .into_iter()
+            .map(|(tag, v)| (pull::TagKey { image: "r.io/app".into(), tag }, v))
+            .collect();
+        let plan = pull::plan(&ni.spec, &statuses, &running);
+        for task in &plan.start {
+            prop_assert!(task.timeout <= clamp::seconds(i64::MAX));
+            prop_assert!(task.deadline.is_none_or(|d| d <= clamp::seconds(i64::MAX)));
+        }
+        let doc = pull::status_document(&ni.spec, &statuses);
+        let _ = pull::write_is_urgent(&doc, Some(&status));
+        let _: Vec<Duration> = pull::backoff_schedule(attempts).take(64).collect();
+    }
+
+    #[test]
+    fn node_image_controller_decisions(muts in mutations(), node_muts in mutations(), now in now(), delay in any::<u32>(), timeout in any::<u32>()) {
+        let now = timestamp(now);
+        if let Ok(node) = serde_json::from_value::<Node>(mutate(&node_seed(), &node_muts)) {
+            let _ = node_image::creation(&node, now, Duration::from_secs(u64::from(delay)));
+        }
+        let Ok(ni) = serde_json::from_value::<NodeImage>(mutate(&node_image_seed(), &muts)) else {
+            return Ok(());
+        };
+        let _ = node_image::is_fake(&ni);
+        let _ = node_image::check_status(&ni, now, Duration::from_secs(u64::from(timeout)));
+        let mut spec: NodeImageSpec = ni.spec.clone();
+        let status: Option<NodeImageStatus> = ni.status.clone();
+        let _ = node_image::gc_spec(&mut spec, status.as_ref(), |_, _| Some("job-1".into()), now);
+    }
+
+    #[test]
+    fn image_pull_job_decisions(muts in mutations(), ni_muts in mutations(), jitter in 0.0f64..1.0, ttl in any::<i32>(), now in now()) {
+        let Ok(spec) = serde_json::from_value::<ImagePullJobSpec>(mutate(&job_seed(), &muts)) else {
+            return Ok(());
+        };
+        let spec = job::with_defaults(&spec);
+        let valid = job::validate(&spec).is_ok();
+        let policy = job::tag_pull_policy(&spec, ttl, jitter);
+        // What reaches the NodeImage (only from a valid job) has no negative durations.
+        if valid {
+            prop_assert!(policy.active_deadline_seconds.is_none_or(|d| d >= 0), "{policy:?}");
+            prop_assert!(policy.timeout_seconds.is_none_or(|t| t >= 0), "{policy:?}");
+        }
+        let now = timestamp(now);
+        let _ = job::calculate_status(&spec, None, &[], now);
+        if let Ok(ni) = serde_json::from_value::<NodeImage>(mutate(&node_image_seed(), &ni_muts)) {
+            let _ = job::may_target(&spec, &ni);
+            let _ = job::is_owner(&ni, "job-1");
+        }
+    }
+
+    #[test]
+    fn kubelet_annotations(hook_muts in mutations(), ports in "\\PC{0,60}", grace in "\\PC{0,24}", restarts in "\\PC{0,12}") {
+        let hook = mutate(&json!({"exec": {"command": ["sh", "-c", "x"]}, "sleep": {"seconds": 5},
+            "httpGet": {"path": "/q", "port": "http", "host": "h", "scheme": "HTTP",
+                        "httpHeaders": [{"name": "a", "value": "b"}]}}), &hook_muts);
+        let annotations: HashMap<String, String> = [
+            ("io.kubernetes.container.preStopHandler".to_string(), hook.to_string()),
+            ("io.kubernetes.container.ports".to_string(), ports),
+            ("io.kubernetes.pod.terminationGracePeriod".to_string(), grace),
+            ("io.kubernetes.container.restartCount".to_string(), restarts),
+        ].into_iter().collect();
+        let meta = ContainerMeta::from_cri(&HashMap::new(), &annotations, "c");
+        prop_assert!(meta.grace <= clamp::seconds(i64::MAX));
+        if let Some(PreStop::Sleep(d)) = meta.pre_stop {
+            prop_assert!(d <= clamp::seconds(i64::MAX));
+        }
+    }
+
+    #[test]
+    fn pull_secrets(muts in mutations(), raw in prop::collection::vec(any::<u8>(), 0..64), path in "\\PC{0,40}") {
+        let config = mutate(&json!({"auths": {
+            "r.io": {"username": "u", "password": "p"},
+            "https://index.docker.io/v1/": {"auth": "dTpw"},
+            "127.0.0.1:5000/team": {"auth": "not base64!"}
+        }}), &muts);
+        let mut keyring = Keyring::default();
+        let data = BTreeMap::from([(".dockerconfigjson".to_string(), config.to_string().into_bytes())]);
+        let _ = keyring.add_secret(&data);
+        let _ = keyring.add_secret(&BTreeMap::from([(".dockercfg".to_string(), raw)]));
+        let _ = keyring.lookup(&path);
+        let _ = keyring.lookup("r.io/app");
+    }
+
+    #[test]
+    fn image_references(reference in "\\PC{0,80}", name in "[a-z0-9./:@_-]{0,40}", tag in "[a-zA-Z0-9:._-]{0,72}") {
+        if let Ok(r) = ImageRef::parse(&reference) {
+            let _ = r.pull_ref();
+        }
+        let _ = ImageRef::from_node_image(&name, &tag);
+        let _ = PreStop::parse(&reference);
+    }
+}
