@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -23,6 +24,9 @@ use crate::api::kruise::{
 use crate::cri::CriClient;
 use crate::cri::image::{RegistryAuth, pull_request};
 use crate::telemetry::metrics::Metrics;
+
+/// How long after an attempt's timeout the CRI call's own deadline fires (a backstop only).
+const PULL_BACKSTOP: Duration = Duration::from_secs(5);
 
 /// A worker's new status for its tag.
 #[derive(Debug)]
@@ -204,7 +208,9 @@ impl Puller {
                 }
             }
             let credentials = self.credentials(task, reference).await;
-            match tokio::time::timeout(limit, self.pull_once(task, &pull_ref, &credentials)).await {
+            match tokio::time::timeout(limit, self.pull_once(task, &pull_ref, &credentials, limit))
+                .await
+            {
                 Ok(Ok(id)) => return Ok(Done::Pulled(id)),
                 Ok(Err(e)) => last_error = e,
                 Err(_) if cut_by_deadline => return Err(deadline_message(&last_error)),
@@ -237,12 +243,16 @@ impl Puller {
         task: &PullTask,
         pull_ref: &str,
         credentials: &[RegistryAuth],
+        limit: Duration,
     ) -> Result<String, String> {
+        // The attempt's `limit` is enforced by the caller; the CRI call's own deadline is only
+        // the backstop, later, so the two never race to name the timeout.
+        let backstop = limit.saturating_add(PULL_BACKSTOP);
         let pull = |auth: Option<&RegistryAuth>| {
             let req = pull_request(pull_ref, auth, &task.labels, &task.annotations);
             async move {
                 let _in_flight = InFlight::new(&self.metrics);
-                self.cri.pull_image(req, task.timeout).await
+                self.cri.pull_image(req, backstop).await
             }
         };
         if credentials.is_empty() {
