@@ -281,7 +281,7 @@ type Call = (
 );
 
 /// Every call the agent makes. Reviewed against the code: src/cluster/pods.rs (Pod watch, all
-/// namespaces, field selector spec.nodeName), src/cluster/report.rs (pods/status strategic patch,
+/// namespaces, field selector spec.nodeName), src/sidecar/report.rs (pods/status strategic patch,
 /// Event create), the CRR executor (CRR list/watch with a label selector, status patch, Pod get,
 /// Events) and the image puller (NodeImage get/watch, status patch, pull Secrets in
 /// kruise-daemon-config, Events).
@@ -291,9 +291,6 @@ const AGENT_CALLS: &[Call] = &[
     ("get", "", "pods", Some("default")),
     ("patch", "", "pods/status", Some("default")),
     ("create", "", "events", Some("default")),
-    ("patch", "", "events", Some("default")),
-    ("create", "events.k8s.io", "events", Some("default")),
-    ("patch", "events.k8s.io", "events", Some("default")),
     ("list", KRUISE, "containerrecreaterequests", None),
     ("watch", KRUISE, "containerrecreaterequests", None),
     ("get", KRUISE, "containerrecreaterequests", Some("default")),
@@ -327,6 +324,8 @@ const AGENT_CALLS: &[Call] = &[
 
 /// What least privilege forbids the agent.
 const AGENT_FORBIDDEN: &[Call] = &[
+    ("patch", "", "events", Some("default")),
+    ("create", "events.k8s.io", "events", Some("default")),
     ("update", "", "pods", Some("default")),
     ("patch", "", "pods", Some("default")),
     ("delete", "", "pods", Some("default")),
@@ -433,6 +432,7 @@ const CONTROLLER_CALLS: &[Call] = &[
 ];
 
 const CONTROLLER_FORBIDDEN: &[Call] = &[
+    ("patch", "", "events", Some("default")),
     ("create", "", "secrets", Some("default")),
     ("delete", "", "secrets", Some("default")),
     ("delete", "", "pods", Some("default")),

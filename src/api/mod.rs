@@ -2,4 +2,5 @@
 
 pub mod clamp;
 pub mod kruise;
+pub mod role;
 pub mod well_known;

@@ -9,8 +9,26 @@ use kube::runtime::watcher;
 
 use crate::telemetry::http::Listed;
 
+pub mod events;
 pub mod pods;
-pub mod report;
+
+/// The Event source component of everything the agent writes.
+pub const COMPONENT: &str = "nodeward-agent";
+
+/// The object does not exist (404 NotFound), by kube's own predicate.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+/// The object changed since it was read (409 Conflict): read again and retry.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_conflict())
+}
+
+/// A create found the name taken (409 AlreadyExists).
+pub fn is_already_exists(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_already_exists())
+}
 
 /// `stream`, marking `first_list` done at its first complete list, or when the API does not
 /// serve the resource (its CRD is not installed): the watch keeps retrying, but there is nothing
@@ -21,9 +39,7 @@ where
 {
     stream.inspect(move |ev| match ev {
         Ok(watcher::Event::InitDone) => first_list.done(),
-        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
-            first_list.done()
-        }
+        Err(watcher::Error::InitialListFailed(e)) if is_not_found(e) => first_list.done(),
         _ => {}
     })
 }

@@ -2,13 +2,14 @@
 //! reduced to the facts the sidecar terminator needs.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
+use crate::api::role::Role;
 use crate::cri::kubelet::{PodRef, RestartPolicy};
-use crate::node::model::{PodSpecFacts, Role};
+use crate::node::model::PodSpecFacts;
 
 /// A change to this node's Pods.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,17 +28,6 @@ pub enum PodUpdate {
     },
 }
 
-/// The role of a regular container by its spec env: the same classifier as for the runtime's
-/// view ([`Role::from_env`]); env from `valueFrom` is not known here and does not count.
-pub fn role_of(c: &Container) -> Role {
-    Role::from_env(
-        c.env
-            .iter()
-            .flatten()
-            .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
-    )
-}
-
 /// What the sidecar terminator needs from a Pod object. `None` for a Pod without a uid or spec.
 pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
     let spec = pod.spec.as_ref()?;
@@ -52,7 +42,7 @@ pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
         containers: spec
             .containers
             .iter()
-            .map(|c| (c.name.clone(), role_of(c)))
+            .map(|c| (c.name.clone(), Role::of_container(c)))
             .collect(),
         init_containers: spec
             .init_containers

@@ -37,6 +37,7 @@ use crate::api::kruise::{
     ImagePullJobStatus, KRUISE_DAEMON_CONFIG_NAMESPACE, NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS,
     NodeImage, ReferenceObject, SECRET_MODE_BATCH,
 };
+use crate::cluster::events::EventType;
 use decide::{JobTarget, NodeProgress};
 
 /// Settings of the image pre-pull controllers.
@@ -269,7 +270,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
                 record_event(
                     &ctx.client,
                     &job_object_ref(&job),
-                    "Warning",
+                    EventType::Warning,
                     "FailedValidation",
                     &message,
                 )

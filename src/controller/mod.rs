@@ -7,8 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
@@ -17,6 +16,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::cluster::events::{EventType, EventWriter, Note};
 use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
@@ -270,7 +270,14 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
                     uid: fresh.uid(),
                     ..Default::default()
                 };
-                record_event(client, &pod_ref, "Normal", vk_sidecar::EVENT_REASON, &msg).await;
+                record_event(
+                    client,
+                    &pod_ref,
+                    EventType::Normal,
+                    vk_sidecar::EVENT_REASON,
+                    &msg,
+                )
+                .await;
                 return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -284,35 +291,13 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
 pub(crate) async fn record_event(
     client: &kube::Client,
     object: &ObjectReference,
-    type_: &str,
+    type_: EventType,
     reason: &str,
     message: &str,
 ) {
-    let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let ev = KubeEvent {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", object.name.as_deref().unwrap_or("object"))),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: object.clone(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        type_: Some(type_.into()),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: None,
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
-        count: Some(1),
-        ..Default::default()
-    };
-    if let Err(e) = Api::<KubeEvent>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &ev)
+    let note = Note::new(object.clone(), type_, reason, message);
+    if let Err(e) = EventWriter::new(client.clone(), COMPONENT, None)
+        .write(&note)
         .await
     {
         warn!(error = %e, object = ?object.name, reason, "recording the event failed");

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::imagepulljob::{Config, Error, requeue_after};
 use super::record_event;
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
+use crate::cluster::events::EventType;
 use decide::Creation;
 
 /// Longest wait between two passes over a NodeImage.
@@ -222,7 +223,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
             record_event(
                 &ctx.client,
                 owner,
-                "Warning",
+                EventType::Warning,
                 EVENT_REASON_PULL_IMAGE_FAILED,
                 &msg,
             )
@@ -232,7 +233,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
         record_event(
             &ctx.client,
             &me,
-            "Warning",
+            EventType::Warning,
             EVENT_REASON_PULL_IMAGE_FAILED,
             &msg,
         )

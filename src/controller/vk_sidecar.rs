@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
-use crate::api::well_known as wk;
+use crate::api::role::{Role, swap_image};
 
 /// Node label marking virtual nodes.
 pub const VIRTUAL_NODE_LABEL: (&str, &str) = ("type", "virtual-kubelet");
@@ -18,22 +18,8 @@ pub struct Swap {
     pub image: String,
 }
 
-fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
-    c.env
-        .iter()
-        .flatten()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.as_deref())
-}
-
-/// The quick-exit image of an in-place sidecar, if the container is one.
-pub fn swap_image(c: &Container) -> Option<&str> {
-    env_value(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE).filter(|v| !v.is_empty())
-}
-
 fn is_sidecar(c: &Container) -> bool {
-    swap_image(c).is_some()
-        || env_value(c, wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT).is_some_and(wk::env_true)
+    Role::of_container(c).is_sidecar()
 }
 
 fn exit_code(st: &ContainerStatus) -> Option<i32> {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod connect;
 pub mod image;
+pub mod kill;
 pub mod kubelet;
 
 pub use client::{CriClient, CriError};

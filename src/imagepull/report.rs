@@ -7,8 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::{Quota, RateLimiter};
-use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
@@ -20,15 +19,14 @@ use crate::api::kruise::{
     API_VERSION, EVENT_REASON_PULL_IMAGE_FAILED, EVENT_REASON_PULL_IMAGE_SUCCEED, NodeImage,
     NodeImageStatus,
 };
-use crate::cluster::report::COMPONENT;
+use crate::cluster::COMPONENT;
+use crate::cluster::events::{EventType, EventWriter, Note};
 
 /// Status writes per second in the long run, and the burst allowed.
 pub const WRITE_PERIOD: Duration = Duration::from_secs(2);
 pub const WRITE_BURST: u32 = 5;
 /// Progress that is not urgent waits at most this long to be written with later changes.
 pub const COALESCE: Duration = Duration::from_secs(2);
-/// Namespace of Events about the cluster-scoped NodeImage (as client-go records them).
-const CLUSTER_EVENT_NAMESPACE: &str = "default";
 
 /// Writes the latest desired status of NodeImage `name` until `desired` closes. The object is
 /// read before the first write and after a conflict; otherwise the last write's answer gives the
@@ -154,7 +152,7 @@ fn retry_wait(failures: u32) -> Duration {
 /// Records the puller's Events (core/v1, as kruise-daemon does).
 #[derive(Clone)]
 pub struct Events {
-    client: kube::Client,
+    events: EventWriter,
     node: String,
     /// The NodeImage (name = node; uid once known).
     node_image: watch::Receiver<Option<NodeImage>>,
@@ -167,7 +165,7 @@ impl Events {
         node_image: watch::Receiver<Option<NodeImage>>,
     ) -> Self {
         Self {
-            client,
+            events: EventWriter::new(client, COMPONENT, Some(node.clone())),
             node,
             node_image,
         }
@@ -194,7 +192,7 @@ impl Events {
         let message = format!("Image {}, elapsed time {elapsed}", task.key);
         self.record(
             self.node_image_ref(),
-            "Normal",
+            EventType::Normal,
             EVENT_REASON_PULL_IMAGE_SUCCEED,
             &message,
         )
@@ -206,7 +204,7 @@ impl Events {
         let message = format!("Image {} {error}", task.key);
         self.record(
             self.node_image_ref(),
-            "Warning",
+            EventType::Warning,
             EVENT_REASON_PULL_IMAGE_FAILED,
             &message,
         )
@@ -214,7 +212,7 @@ impl Events {
         for owner in &task.owners {
             self.record(
                 owner.clone(),
-                "Warning",
+                EventType::Warning,
                 EVENT_REASON_PULL_IMAGE_FAILED,
                 &message,
             )
@@ -222,41 +220,10 @@ impl Events {
         }
     }
 
-    async fn record(&self, object: ObjectReference, type_: &str, reason: &str, message: &str) {
-        let namespace = object
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| CLUSTER_EVENT_NAMESPACE.to_string());
-        let name = object.name.clone().unwrap_or_default();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let event = KubeEvent {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
-                namespace: Some(namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: object,
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            type_: Some(type_.into()),
-            source: Some(EventSource {
-                component: Some(COMPONENT.into()),
-                host: Some(self.node.clone()),
-            }),
-            reporting_component: Some(COMPONENT.into()),
-            reporting_instance: Some(self.node.clone()),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            count: Some(1),
-            ..Default::default()
-        };
-        if let Err(e) = Api::<KubeEvent>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &event)
-            .await
-        {
-            warn!(error = %e, object = %name, reason, "recording the event failed");
+    async fn record(&self, object: ObjectReference, type_: EventType, reason: &str, message: &str) {
+        let note = Note::new(object, type_, reason, message);
+        if let Err(e) = self.events.write(&note).await {
+            warn!(error = %e, object = ?note.object.name, reason, "recording the event failed");
         }
     }
 }

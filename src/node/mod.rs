@@ -1,8 +1,10 @@
-//! The node model (pods and containers seen through CRI) and the kernel-side exit watchers that feed it.
+//! The node model (pods and containers seen through CRI), the kernel-side exit watchers that feed
+//! it, and the tracker that keeps it current.
 
 pub mod cgroup;
 pub mod model;
 pub mod pidfd;
+pub mod tracker;
 pub mod view;
 
 /// Where an exit was first noticed.

@@ -1,5 +1,6 @@
-//! What the agent knows about the node's pods and containers, built from CRI lists and statuses
-//! and from exit events. Plain data and plain functions: no I/O here.
+//! What the agent knows about the node's pods and containers, built from CRI lists and statuses,
+//! exit events and (cluster mode) the Pod objects. Plain data and plain functions: no I/O here.
+//! Capabilities read it; `node::tracker` keeps it current.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
@@ -7,46 +8,9 @@ use std::time::SystemTime;
 use k8s_cri::v1::{Container, ContainerStatus, PodSandbox};
 
 use super::ExitSource;
-use crate::api::well_known as wk;
+use crate::api::role::Role;
 use crate::cri::client::VerboseInfo;
 use crate::cri::kubelet::{ContainerMeta, PodRef, RestartPolicy};
-
-/// A container's role for the Job sidecar terminator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Role {
-    Main,
-    Sidecar {
-        ignore_exit_code: bool,
-    },
-    /// Neither main nor stopped by the agent: init containers (including native sidecars).
-    Other,
-}
-
-impl Role {
-    /// Classify from the container's env (OCI spec env, which includes the pod spec's env, or the
-    /// Pod object's). A sidecar is marked `KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT=true`, or by a
-    /// non-empty `KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE` alone: OpenKruise v1.4's
-    /// `isSidecar` counts both on a normal node too (the image swap is only for virtual nodes).
-    pub fn from_env<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let (mut sidecar, mut ignore) = (false, false);
-        for (k, v) in env {
-            if (k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT && wk::env_true(v))
-                || (k == wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE && !v.is_empty())
-            {
-                sidecar = true;
-            } else if k == wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE && wk::env_true(v) {
-                ignore = true;
-            }
-        }
-        if sidecar {
-            Self::Sidecar {
-                ignore_exit_code: ignore,
-            }
-        } else {
-            Self::Main
-        }
-    }
-}
 
 /// A container's lifecycle state. `Exited { code: None }` means the kernel reported the exit and the
 /// runtime has not yet told the exit code.
@@ -108,21 +72,6 @@ pub struct PodRecord {
     pub sandbox_ids: BTreeSet<String>,
     pub restart_policy: Option<RestartPolicy>,
     latest_sandbox_created: i64,
-}
-
-/// Per-container input of the sidecar decision: the latest attempt of each container name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerFacts {
-    pub id: String,
-    pub name: String,
-    pub role: Option<Role>,
-    pub state: State,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodFacts {
-    pub policy: Option<RestartPolicy>,
-    pub containers: Vec<ContainerFacts>,
 }
 
 /// What a status read is needed for.
@@ -386,62 +335,12 @@ impl NodeModel {
     pub fn pod_spec(&self, uid: &str) -> Option<&PodSpecFacts> {
         self.specs.get(uid)
     }
-
-    /// The latest attempt of each container name of a pod, as input for a decision. With the
-    /// Pod object, its spec decides the policy and roles, init containers are left out, and a
-    /// main container the runtime has not created yet counts as not exited.
-    pub fn pod_facts(&self, uid: &str) -> Option<PodFacts> {
-        let pod = self.pods.get(uid)?;
-        let latest: HashMap<&str, &ContainerRecord> = self
-            .latest(uid)
-            .into_iter()
-            .map(|c| (c.meta.name.as_str(), c))
-            .collect();
-        if let Some(spec) = self.specs.get(uid) {
-            let mut containers: Vec<ContainerFacts> = spec
-                .containers
-                .iter()
-                .map(|(name, role)| match latest.get(name.as_str()) {
-                    Some(c) => ContainerFacts {
-                        id: c.id.clone(),
-                        name: name.clone(),
-                        role: Some(*role),
-                        state: c.state,
-                    },
-                    None => ContainerFacts {
-                        id: String::new(),
-                        name: name.clone(),
-                        role: Some(*role),
-                        state: State::Created,
-                    },
-                })
-                .collect();
-            containers.sort_by(|a, b| a.name.cmp(&b.name));
-            return Some(PodFacts {
-                policy: Some(spec.restart_policy),
-                containers,
-            });
-        }
-        let mut containers: Vec<ContainerFacts> = latest
-            .into_values()
-            .map(|c| ContainerFacts {
-                id: c.id.clone(),
-                name: c.meta.name.clone(),
-                role: c.role,
-                state: c.state,
-            })
-            .collect();
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(PodFacts {
-            policy: pod.restart_policy,
-            containers,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::well_known as wk;
     use k8s_cri::v1::{ContainerMetadata, ContainerState};
 
     fn labels(uid: &str, name: Option<&str>) -> HashMap<String, String> {
@@ -523,46 +422,6 @@ mod tests {
     }
 
     #[test]
-    fn role_from_env_is_case_insensitive() {
-        assert_eq!(
-            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "TRUE")]),
-            Role::Sidecar {
-                ignore_exit_code: false
-            }
-        );
-        assert_eq!(
-            Role::from_env([
-                (wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true"),
-                (wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "True"),
-            ]),
-            Role::Sidecar {
-                ignore_exit_code: true
-            }
-        );
-        assert_eq!(
-            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "yes")]),
-            Role::Main
-        );
-        assert_eq!(
-            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true")]),
-            Role::Main
-        );
-        assert_eq!(
-            Role::from_env([(
-                wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE,
-                "quick:1"
-            )]),
-            Role::Sidecar {
-                ignore_exit_code: false
-            }
-        );
-        assert_eq!(
-            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE, "")]),
-            Role::Main
-        );
-    }
-
-    #[test]
     fn snapshot_then_status_then_exit() {
         let mut m = NodeModel::default();
         let sbs = [
@@ -609,7 +468,7 @@ mod tests {
                 11,
             )),
         );
-        let f = m.pod_facts("u1").unwrap();
+        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
         assert_eq!(f.containers[0].role, Some(Role::Main));
         assert_eq!(
             f.containers[1].role,
@@ -643,7 +502,7 @@ mod tests {
         // Relist that no longer shows the pod removes its containers.
         let d = m.apply_snapshot(&[], &[], SystemTime::now());
         assert_eq!(d.removed.len(), 2);
-        assert!(m.pod_facts("u1").is_none());
+        assert!(crate::sidecar::decide::facts(&m, "u1").is_none());
     }
 
     #[test]
@@ -693,7 +552,7 @@ mod tests {
         };
         assert!(m.set_pod_spec("u1", spec.clone()));
         assert!(!m.set_pod_spec("u1", spec));
-        let f = m.pod_facts("u1").unwrap();
+        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
         assert_eq!(f.policy, Some(RestartPolicy::Never));
         let names: Vec<&str> = f.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
@@ -710,7 +569,13 @@ mod tests {
             })
         );
         assert!(m.remove_pod_spec("u1"));
-        assert_eq!(m.pod_facts("u1").unwrap().containers.len(), 3);
+        assert_eq!(
+            crate::sidecar::decide::facts(&m, "u1")
+                .unwrap()
+                .containers
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -748,7 +613,7 @@ mod tests {
         assert_eq!(d.exited, vec!["m0".to_string()]);
         assert!(d.fetch.contains(&("m0".into(), Fetch::Plain)));
         assert!(d.fetch.contains(&("m1".into(), Fetch::Verbose)));
-        let f = m.pod_facts("u1").unwrap();
+        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
         assert_eq!(f.containers.len(), 1);
         assert_eq!(f.containers[0].id, "m1");
         assert_eq!(

@@ -16,8 +16,8 @@
 //!   the kubelet's container annotations, never the CRR's `preStop`/`ports` (kruise-daemon runs
 //!   the CRR's copy and relies on its webhook to have written it).
 
+mod act;
 pub mod decide;
-mod kill;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -41,6 +40,8 @@ use crate::api::kruise::{
     LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME,
 };
 use crate::api::well_known as wk;
+use crate::cluster::COMPONENT;
+use crate::cluster::events::EventWriter;
 use crate::cri::CriClient;
 use crate::cri::kubelet::{ContainerMeta, NamedPort, PodRef, PreStop};
 use crate::journal::{self, Journal, Lookup};
@@ -52,9 +53,6 @@ use decide::{Gate, Next, RuntimeContainer};
 type Crr = ContainerRecreateRequest;
 type State = ContainerRecreateRequestContainerRecreateState;
 type SyncStatus = ContainerRecreateRequestSyncContainerStatus;
-
-/// Event source of the agent's CRR Events.
-pub const COMPONENT: &str = "nodeward-agent";
 
 /// What the executor needs.
 #[derive(Clone)]
@@ -119,7 +117,7 @@ type Requeue = Option<Duration>;
 struct Executor {
     cfg: Config,
     store: Store<Crr>,
-    recorder: Recorder,
+    events: EventWriter,
     /// Objects as our own writes returned them, used until the watch delivers them (or newer):
     /// upstream's resourceVersion expectations.
     written: Mutex<HashMap<String, Arc<Crr>>>,
@@ -142,17 +140,11 @@ pub async fn run(cfg: Config) {
         .default_backoff(),
         cfg.first_list.clone(),
     );
-    let recorder = Recorder::new(
-        cfg.client.clone(),
-        Reporter {
-            controller: COMPONENT.into(),
-            instance: Some(cfg.node.clone()),
-        },
-    );
+    let events = EventWriter::new(cfg.client.clone(), COMPONENT, Some(cfg.node.clone()));
     let exec = Arc::new(Executor {
         cfg,
         store,
-        recorder,
+        events,
         written: Mutex::new(HashMap::new()),
     });
     let mut queue = Queue::new(exec);
@@ -751,9 +743,4 @@ struct JournalFacts {
     killed: HashSet<String>,
     /// Kills decided before a restart whose container still runs: finish them.
     pending: HashMap<String, journal::Action>,
-}
-
-/// How long ago `t` was, zero when in the future.
-fn since(t: SystemTime) -> Duration {
-    SystemTime::now().duration_since(t).unwrap_or_default()
 }

@@ -7,8 +7,77 @@
 //! acts when the policy is unknown (no API access and no `nodeward.io/restart-policy` annotation), but
 //! only when every main container exited 0, which is safe under both Job policies.
 
+use std::collections::HashMap;
+
+use crate::api::role::Role;
 use crate::cri::kubelet::RestartPolicy;
-use crate::node::model::{PodFacts, Role, State};
+use crate::node::model::{ContainerRecord, NodeModel, State};
+
+/// Per-container input of the decision: the latest attempt of each container name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub id: String,
+    pub name: String,
+    pub role: Option<Role>,
+    pub state: State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFacts {
+    pub policy: Option<RestartPolicy>,
+    pub containers: Vec<ContainerFacts>,
+}
+
+/// The latest attempt of each container name of a pod, as input for a decision. With the
+/// Pod object, its spec decides the policy and roles, init containers are left out, and a
+/// main container the runtime has not created yet counts as not exited.
+pub fn facts(model: &NodeModel, uid: &str) -> Option<PodFacts> {
+    let pod = model.pod(uid)?;
+    let latest: HashMap<&str, &ContainerRecord> = model
+        .latest(uid)
+        .into_iter()
+        .map(|c| (c.meta.name.as_str(), c))
+        .collect();
+    if let Some(spec) = model.pod_spec(uid) {
+        let mut containers: Vec<ContainerFacts> = spec
+            .containers
+            .iter()
+            .map(|(name, role)| match latest.get(name.as_str()) {
+                Some(c) => ContainerFacts {
+                    id: c.id.clone(),
+                    name: name.clone(),
+                    role: Some(*role),
+                    state: c.state,
+                },
+                None => ContainerFacts {
+                    id: String::new(),
+                    name: name.clone(),
+                    role: Some(*role),
+                    state: State::Created,
+                },
+            })
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        return Some(PodFacts {
+            policy: Some(spec.restart_policy),
+            containers,
+        });
+    }
+    let mut containers: Vec<ContainerFacts> = latest
+        .into_values()
+        .map(|c| ContainerFacts {
+            id: c.id.clone(),
+            name: c.meta.name.clone(),
+            role: c.role,
+            state: c.state,
+        })
+        .collect();
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(PodFacts {
+        policy: pod.restart_policy,
+        containers,
+    })
+}
 
 /// One sidecar to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,8 +214,8 @@ pub fn decide(pod: &PodFacts) -> Decision {
 
 #[cfg(test)]
 mod tests {
+    use super::ContainerFacts;
     use super::*;
-    use crate::node::model::ContainerFacts;
 
     const SIDE: Option<Role> = Some(Role::Sidecar {
         ignore_exit_code: false,

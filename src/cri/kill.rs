@@ -1,0 +1,297 @@
+//! The one kubelet-style kill (the kubelet's `killContainer`), used by the sidecar terminator and
+//! the CRR executor alike: the container's own preStop hook (exec through CRI, sleep, or httpGet
+//! against the pod IP), bounded by the grace period left, then CRI `StopContainer` with the rest
+//! of the grace, never less than 2 s. The runtime sends SIGTERM, and SIGKILL when that runs out.
+//!
+//! The hook and the grace come from the kubelet's own annotations on the container (the Pod
+//! spec), never from the object that asked for the kill.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::HTTPGetAction;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::kubelet::{NamedPort, PreStop};
+use super::{CriClient, CriError};
+use crate::api::well_known::MINIMUM_GRACE_SECONDS;
+
+/// One container to kill.
+#[derive(Clone, Copy, Debug)]
+pub struct Kill<'a> {
+    pub container_id: &'a str,
+    /// Its sandbox: the pod IP for an httpGet hook.
+    pub sandbox_id: &'a str,
+    /// The Pod spec's preStop hook; `None` skips it (none declared, or already run before an
+    /// agent restart).
+    pub pre_stop: Option<&'a PreStop>,
+    /// The container's named ports (an httpGet hook may name one).
+    pub ports: &'a [NamedPort],
+    /// The termination grace period as decided.
+    pub grace: Duration,
+    /// When the kill was decided: time spent since then (a journal write, an agent restart, the
+    /// hook) comes out of the grace.
+    pub decided_at: SystemTime,
+}
+
+/// What became of the preStop hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreStopOutcome {
+    None,
+    /// An exec hook exited 0.
+    Exited0,
+    /// A sleep or httpGet hook completed.
+    Ran,
+    /// Cut by the grace period.
+    TimedOut,
+    Failed(String),
+}
+
+impl PreStopOutcome {
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Self::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PreStopOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Exited0 => f.write_str("exit 0"),
+            Self::Ran => f.write_str("ran"),
+            Self::TimedOut => f.write_str("cut by the grace period"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// The StopContainer call.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The grace passed to StopContainer.
+    pub grace: Duration,
+    pub sent_at: SystemTime,
+    /// `NotFound` counts as stopped: the container was removed meanwhile.
+    pub result: Result<(), CriError>,
+}
+
+impl Kill<'_> {
+    /// The grace left now.
+    fn left(&self) -> Duration {
+        let spent = SystemTime::now()
+            .duration_since(self.decided_at)
+            .unwrap_or_default();
+        self.grace.saturating_sub(spent)
+    }
+
+    /// The kubelet's rule: the grace left, never below the minimum.
+    pub fn stop_grace(&self) -> Duration {
+        stop_grace(self.left())
+    }
+
+    /// Run the preStop hook, bounded by the grace left.
+    pub async fn run_pre_stop(&self, cri: &CriClient) -> PreStopOutcome {
+        let Some(hook) = self.pre_stop else {
+            return PreStopOutcome::None;
+        };
+        let grace = self.left();
+        if grace.is_zero() {
+            return PreStopOutcome::TimedOut;
+        }
+        match tokio::time::timeout(grace, self.hook(cri, hook, grace)).await {
+            Err(_) => PreStopOutcome::TimedOut,
+            Ok(outcome) => outcome,
+        }
+    }
+
+    async fn hook(&self, cri: &CriClient, hook: &PreStop, grace: Duration) -> PreStopOutcome {
+        match hook {
+            PreStop::Exec(cmd) => {
+                match cri.exec_sync(self.container_id, cmd.clone(), grace).await {
+                    Ok(resp) if resp.exit_code == 0 => PreStopOutcome::Exited0,
+                    Ok(resp) => PreStopOutcome::Failed(format!(
+                        "command {cmd:?} exited with {}: {}",
+                        resp.exit_code,
+                        String::from_utf8_lossy(&resp.stderr).trim()
+                    )),
+                    Err(e) if e.status.code() == tonic::Code::DeadlineExceeded => {
+                        PreStopOutcome::TimedOut
+                    }
+                    Err(e) => PreStopOutcome::Failed(e.to_string()),
+                }
+            }
+            PreStop::Sleep(d) => {
+                tokio::time::sleep((*d).min(grace)).await;
+                PreStopOutcome::Ran
+            }
+            PreStop::HttpGet(http) => match self.http_get(cri, http).await {
+                Ok(()) => PreStopOutcome::Ran,
+                Err(why) => PreStopOutcome::Failed(why),
+            },
+            PreStop::Unsupported(what) => PreStopOutcome::Failed(format!("{what} cannot run")),
+        }
+    }
+
+    async fn http_get(&self, cri: &CriClient, http: &HTTPGetAction) -> Result<(), String> {
+        let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
+            Some(h) => h.to_string(),
+            None => pod_ip(cri, self.sandbox_id).await?,
+        };
+        let port = resolve_port(http, self.ports)?;
+        http_get(&host, port, http).await
+    }
+
+    /// StopContainer with the rest of the grace.
+    pub async fn stop(&self, cri: &CriClient) -> Stopped {
+        let grace = self.stop_grace();
+        let sent_at = SystemTime::now();
+        let result = match cri.stop_container(self.container_id, grace).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => r,
+        };
+        Stopped {
+            grace,
+            sent_at,
+            result,
+        }
+    }
+
+    /// preStop, then StopContainer: the whole kill. Also says how long the hook took.
+    pub async fn run(&self, cri: &CriClient) -> (PreStopOutcome, Duration, Stopped) {
+        let started = Instant::now();
+        let pre_stop = self.run_pre_stop(cri).await;
+        let took = started.elapsed();
+        (pre_stop, took, self.stop(cri).await)
+    }
+}
+
+/// The grace StopContainer gets: what is left, at least the kubelet's minimum (2 s).
+pub fn stop_grace(left: Duration) -> Duration {
+    left.max(Duration::from_secs(MINIMUM_GRACE_SECONDS as u64))
+}
+
+/// The pod's IP from the CRI sandbox status; 127.0.0.1 for a host-network pod without one.
+async fn pod_ip(cri: &CriClient, sandbox: &str) -> Result<String, String> {
+    let status = cri
+        .pod_sandbox_status(sandbox)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(ip) = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .filter(|ip| !ip.is_empty())
+    {
+        return Ok(ip);
+    }
+    let host_network = status
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .is_some_and(|o| o.network == k8s_cri::v1::NamespaceMode::Node as i32);
+    if host_network {
+        Ok("127.0.0.1".into())
+    } else {
+        Err(format!("sandbox {sandbox} reports no IP"))
+    }
+}
+
+fn resolve_port(http: &HTTPGetAction, ports: &[NamedPort]) -> Result<u16, String> {
+    let port = match &http.port {
+        IntOrString::Int(p) => i64::from(*p),
+        IntOrString::String(name) => match ports.iter().find(|p| p.name == *name) {
+            Some(p) => i64::from(p.port),
+            None => name
+                .parse()
+                .map_err(|_| format!("port {name:?} is not a port of the container"))?,
+        },
+    };
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("invalid port {port}"))
+}
+
+async fn http_get(host: &str, port: u16, action: &HTTPGetAction) -> Result<(), String> {
+    if action
+        .scheme
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+    {
+        return Err("HTTPS preStop hooks are not supported".into());
+    }
+    let path = match action.path.as_deref() {
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+        None => "/".into(),
+    };
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {host}:{port}: {e}"))?;
+    tokio::spawn(conn);
+    let mut req =
+        hyper::Request::get(path.as_str()).header(hyper::header::HOST, format!("{host}:{port}"));
+    for h in action.http_headers.iter().flatten() {
+        req = req.header(h.name.as_str(), h.value.as_str());
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("building the request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET http://{host}:{port}{path}: {e}"))?;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        return Err(format!(
+            "GET http://{host}:{port}{path}: HTTP {}",
+            resp.status()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_grace_has_the_kubelets_floor() {
+        let s = Duration::from_secs;
+        assert_eq!(stop_grace(s(30)), s(30));
+        assert_eq!(stop_grace(s(20)), s(20));
+        assert_eq!(stop_grace(s(1)), s(2));
+        assert_eq!(stop_grace(s(0)), s(2));
+    }
+
+    #[test]
+    fn ports_resolve_by_name_or_number() {
+        let http = |port| HTTPGetAction {
+            port,
+            ..Default::default()
+        };
+        let ports = [NamedPort {
+            name: "admin".into(),
+            port: 9090,
+        }];
+        assert_eq!(
+            resolve_port(&http(IntOrString::String("admin".into())), &ports),
+            Ok(9090)
+        );
+        assert_eq!(
+            resolve_port(&http(IntOrString::String("8080".into())), &ports),
+            Ok(8080)
+        );
+        assert_eq!(resolve_port(&http(IntOrString::Int(80)), &[]), Ok(80));
+        assert!(resolve_port(&http(IntOrString::Int(0)), &[]).is_err());
+        assert!(resolve_port(&http(IntOrString::Int(70000)), &[]).is_err());
+        assert!(resolve_port(&http(IntOrString::String("web".into())), &ports).is_err());
+    }
+}

@@ -1,0 +1,586 @@
+//! What the sidecar terminator tells the world.
+//!
+//! - After a stop: the journal's outcome (which feeds the local API's followers), the metrics and
+//!   one log line per sidecar ([`finished`]).
+//! - Upstream (cluster mode), from the journal's outbox, exactly once: for each completed stop an
+//!   Event (reason `SidecarTerminated`) on the Pod and the Pod condition `SidecarTerminated=True`.
+//!   An entry leaves the outbox only after both writes succeeded; both are idempotent (the Event
+//!   name derives from the action key, the condition is merged by type), so a crash between
+//!   delivery and acknowledgement repeats nothing visible. With ignore-exit-code sidecars, the
+//!   Job's verdict is also written before the stop ([`patch_verdict`]).
+//! - The local API's view of the pods and their decisions ([`pods`]).
+
+use std::time::{Duration, SystemTime};
+
+use k8s_cri::v1::ContainerStatus;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::Config;
+use super::act::Done;
+use super::decide::{Decision, decide, facts};
+use crate::api::role::Role;
+use crate::cluster::events::{self, EventType, Note};
+use crate::cluster::{COMPONENT, is_already_exists, is_not_found};
+use crate::cri::kubelet::RestartPolicy;
+use crate::journal::{self, Action, Event, Journal, PodInfo};
+use crate::node::model::{NodeModel, State};
+use crate::report::pb;
+
+/// Condition type and Event reason, as OpenKruise v1.6+ writes them.
+pub const SIDECAR_TERMINATED: &str = "SidecarTerminated";
+
+/// The decision's inputs, kept with the action in the journal (`Action::inputs`). A field an
+/// older record lacks reads as empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Inputs {
+    pub restart_policy: Option<RestartPolicy>,
+    pub containers: Vec<InputsContainer>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InputsContainer {
+    pub name: String,
+    pub id: String,
+    pub role: Option<Role>,
+    pub state: String,
+    pub exit_code: Option<i32>,
+}
+
+/// A stable, DNS-safe Event name for an action: `<pod>.<16 hex digits of the key's hash>`.
+pub fn event_name(pod_name: &str, key: &str) -> String {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let mut prefix: String = pod_name.chars().take(253 - 17).collect();
+    prefix.push('.');
+    format!("{prefix}{h:016x}")
+}
+
+/// The Event's message: which sidecars were stopped and how they ended.
+pub fn message(ev: &Event) -> String {
+    let parts: Vec<String> = ev
+        .outcome
+        .containers
+        .iter()
+        .map(|c| {
+            let code = match (c.exit_code, c.exit_code_ignored) {
+                (Some(code), true) => format!("exit {code}, ignored"),
+                (Some(code), false) => format!("exit {code}"),
+                (None, _) => "gone".into(),
+            };
+            match c.exit_to_stop_ms {
+                Some(ms) => format!(
+                    "{} ({code}, stopped {ms:.1} ms after the main containers)",
+                    c.name
+                ),
+                None => format!("{} ({code})", c.name),
+            }
+        })
+        .collect();
+    format!("nodeward stopped sidecar(s) {}", parts.join(", "))
+}
+
+/// The Event object for an outbox entry.
+pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
+    let pod = &ev.action.pod;
+    let object = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.name.clone()),
+        namespace: Some(pod.namespace.clone()),
+        uid: Some(pod.uid.clone()),
+        ..Default::default()
+    };
+    let note = Note {
+        action: Some("StopContainer".into()),
+        name: Some(event_name(&pod.name, &ev.key)),
+        at: ev.outcome.finished_at,
+        ..Note::new(object, EventType::Normal, SIDECAR_TERMINATED, message(ev))
+    };
+    events::build(&note, COMPONENT, Some(node))
+}
+
+/// With `KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE` sidecars, OpenKruise v1.9 sets the pod phase
+/// from the main containers alone: Succeeded when they all exited 0, else Failed. `None` when no
+/// stopped sidecar ignores its exit code.
+pub fn job_phase(ev: &Event) -> Option<&'static str> {
+    let ignoring = ev.outcome.containers.iter().any(|c| c.exit_code_ignored);
+    phase_from_inputs(&ev.action, ignoring)
+}
+
+fn phase_from_inputs(action: &Action, ignoring: bool) -> Option<&'static str> {
+    if !ignoring {
+        return None;
+    }
+    let inputs = Inputs::deserialize(&action.inputs).ok()?;
+    // Without every main container's exit code there is no verdict to write.
+    let codes: Option<Vec<i32>> = inputs
+        .containers
+        .iter()
+        .filter(|c| c.role == Some(Role::Main))
+        .map(|c| c.exit_code)
+        .collect();
+    let all_ok = codes?.iter().all(|c| *c == 0);
+    Some(if all_ok { "Succeeded" } else { "Failed" })
+}
+
+/// The phase and condition patch to write before stopping ignore-exit-code sidecars; `None` when no
+/// target ignores its exit code or a main container's exit code is unknown.
+pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Value> {
+    let phase = phase_from_inputs(action, ignoring)?;
+    let mut patch = condition_at(action.decided_at);
+    patch["status"]["phase"] = phase.into();
+    Some(patch)
+}
+
+/// Write the verdict before stopping, bounded so that an unreachable API never delays the stop;
+/// the outbox writes it again after the stop in any case.
+pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
+    let call = pods.patch_status(&pod.name, &params, &patch);
+    match tokio::time::timeout(VERDICT_TIMEOUT, call).await {
+        Ok(Ok(_)) => debug!(pod = %pod.name, "job verdict written before stopping"),
+        Ok(Err(e)) => {
+            warn!(pod = %pod.name, error = %e, "job verdict not written before stopping; the report retries")
+        }
+        Err(_) => {
+            warn!(pod = %pod.name, "API too slow for the job verdict; stopping anyway, the report retries")
+        }
+    }
+}
+
+/// How long the pre-stop verdict may hold the stop back.
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The strategic merge patch adding the `SidecarTerminated` condition (merged by type), and the
+/// phase when [`job_phase`] says so.
+pub fn condition_patch(ev: &Event) -> serde_json::Value {
+    let mut patch = condition_only(ev);
+    if let Some(phase) = job_phase(ev) {
+        patch["status"]["phase"] = phase.into();
+    }
+    patch
+}
+
+fn condition_only(ev: &Event) -> serde_json::Value {
+    condition_at(ev.outcome.finished_at)
+}
+
+fn condition_at(at: SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "status": {
+            "conditions": [{
+                "type": SIDECAR_TERMINATED,
+                "status": "True",
+                "reason": SIDECAR_TERMINATED,
+                "message": "Terminated by nodeward",
+                "lastTransitionTime": Time(
+                    k8s_openapi::jiff::Timestamp::try_from(at)
+                        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                ),
+            }]
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("delivering {what} for {pod}: {source}")]
+pub struct DeliveryError {
+    what: &'static str,
+    pod: String,
+    #[source]
+    source: kube::Error,
+}
+
+/// Deliver one outbox entry. A Pod that no longer exists has nothing to report to: delivered.
+/// Entries of other kinds than sidecar stops are acknowledged without a write.
+pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<(), DeliveryError> {
+    // Container recreation reports through the CRR's status and its own Events.
+    if ev.action.kind != crate::journal::KIND_STOP_SIDECAR {
+        return Ok(());
+    }
+    let pod = &ev.action.pod;
+    let err = |what| {
+        let pod = format!("{}/{}", pod.namespace, pod.name);
+        move |source| DeliveryError { what, pod, source }
+    };
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), &pod.namespace);
+    match events
+        .create(&PostParams::default(), &kube_event(ev, node))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_already_exists(&e) => {}
+        Err(e) if is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(err("Event")(e)),
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    match pods
+        .patch_status(
+            &pod.name,
+            &PatchParams::default(),
+            &Patch::Strategic(condition_patch(ev)),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(err("pod condition")(e)),
+    }
+}
+
+/// Deliver the outbox until the process ends: at start, whenever `wake` is notified (a new
+/// entry), and with backoff (1 s → 60 s) while the API is unreachable.
+pub async fn run_outbox(
+    client: kube::Client,
+    node: String,
+    journal: Journal,
+    wake: std::sync::Arc<Notify>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let j = journal.clone();
+        let batch = tokio::task::spawn_blocking(move || j.outbox(100)).await;
+        let batch = match batch {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the outbox");
+                Vec::new()
+            }
+            Err(e) => {
+                warn!(error = %e, "outbox reader failed");
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for ev in &batch {
+            match deliver(&client, &node, ev).await {
+                Ok(()) => {
+                    let j = journal.clone();
+                    let seq = ev.seq;
+                    let _ = tokio::task::spawn_blocking(move || j.ack_outbox(&[seq])).await;
+                    debug!(seq, key = %ev.key, "report delivered");
+                }
+                Err(e) => {
+                    warn!(error = %e, seq = ev.seq, retry_in_ms = backoff.as_millis() as u64, "report not delivered; will retry");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+            continue;
+        }
+        backoff = Duration::from_secs(1);
+        if batch.len() == 100 {
+            continue;
+        }
+        // New entries wake us; a periodic pass catches anything else.
+        let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
+    }
+}
+
+/// When the pod's main containers finished: the latest main exit, each by the earliest evidence
+/// of it — the runtime's `finishedAt`, or when the agent saw it (under load the runtime may record
+/// the exit after the agent already acted on it).
+pub fn mains_finished_at(model: &NodeModel, uid: &str) -> Option<SystemTime> {
+    let facts = facts(model, uid)?;
+    facts
+        .containers
+        .iter()
+        .filter(|c| c.role == Some(Role::Main))
+        .map(|c| {
+            let rec = model.container(&c.id)?;
+            let runtime = (rec.finished_at > 0)
+                .then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(rec.finished_at as u64));
+            let seen = rec.exit_observed.map(|(_, at)| at);
+            match (runtime, seen) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        })
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()
+}
+
+/// Milliseconds from `from` to `to`, to the microsecond.
+fn ms(from: Option<SystemTime>, to: SystemTime) -> Option<f64> {
+    to.duration_since(from?)
+        .ok()
+        .map(|d| (d.as_secs_f64() * 1e6).round() / 1000.0)
+}
+
+/// A stop finished: one log line and the metrics per sidecar; when every sidecar stopped, the
+/// outcome recorded in the journal (off the event loop: an fsync shared with concurrent writes)
+/// and the outbox reporter woken. A failed stop is not recorded: the next relist decides again and
+/// the same key is re-issued. Returns the final statuses the node model should take.
+pub fn finished(
+    cfg: &Config,
+    done: Done,
+    mains_at: Option<SystemTime>,
+    now: SystemTime,
+) -> Vec<ContainerStatus> {
+    let Some(outcomes) = done.outcomes else {
+        debug!(key = %done.key, "action already completed before; not repeated");
+        return Vec::new();
+    };
+    let mut statuses = Vec::new();
+    let mut containers = Vec::new();
+    let mut failed = false;
+    for o in &outcomes {
+        let req = &o.request;
+        let mut co = journal::ContainerOutcome {
+            name: req.target.name.clone(),
+            id: req.target.id.clone(),
+            exit_code: None,
+            exit_code_ignored: req.target.ignore_exit_code,
+            exit_to_stop_ms: ms(mains_at, o.stop_sent_at),
+            exit_to_exit_ms: None,
+            prestop: o.pre_stop.to_string(),
+        };
+        match &o.result {
+            Ok(final_status) => {
+                if let Some(st) = final_status {
+                    co.exit_code = Some(st.exit_code);
+                    co.exit_to_exit_ms = (st.finished_at > 0)
+                        .then(|| {
+                            SystemTime::UNIX_EPOCH + Duration::from_nanos(st.finished_at as u64)
+                        })
+                        .and_then(|f| ms(mains_at, f));
+                    statuses.push(st.clone());
+                }
+                cfg.metrics.sidecar_terminated(journal::RESULT_STOPPED);
+                if let Some(v) = co.exit_to_stop_ms {
+                    cfg.metrics.observe_latency("exit_to_stop", v / 1000.0);
+                }
+                if let Some(v) = co.exit_to_exit_ms {
+                    cfg.metrics
+                        .observe_latency("exit_to_sidecar_exit", v / 1000.0);
+                }
+                info!(
+                    pod_namespace = %req.pod.namespace,
+                    pod_name = %req.pod.name,
+                    pod_uid = %req.pod.uid,
+                    container = %req.target.name,
+                    container_id = %req.target.id,
+                    decision = "stop_sidecar",
+                    runtime = %cfg.runtime,
+                    prestop = %o.pre_stop,
+                    grace_s = crate::cri::client::grace_seconds(o.stop_grace),
+                    exit_to_stop_ms = co.exit_to_stop_ms,
+                    exit_to_sidecar_exit_ms = co.exit_to_exit_ms,
+                    sidecar_exit_code = co.exit_code,
+                    exit_code_ignored = req.target.ignore_exit_code,
+                    result = "stopped",
+                    "sidecar stopped"
+                );
+            }
+            Err(e) => {
+                cfg.metrics.sidecar_terminated(journal::RESULT_FAILED);
+                failed = true;
+                warn!(
+                    pod_namespace = %req.pod.namespace,
+                    pod_name = %req.pod.name,
+                    pod_uid = %req.pod.uid,
+                    container = %req.target.name,
+                    container_id = %req.target.id,
+                    decision = "stop_sidecar",
+                    prestop = %o.pre_stop,
+                    exit_to_stop_ms = co.exit_to_stop_ms,
+                    error = %e,
+                    result = "failed",
+                    "stopping sidecar failed; retrying at the next relist"
+                );
+            }
+        }
+        containers.push(co);
+    }
+    if let Some(e) = &done.journal_error {
+        warn!(key = %done.key, error = %e, "journal could not record the decision; acted anyway");
+    }
+    if failed {
+        return statuses;
+    }
+    let outcome = journal::Outcome {
+        result: journal::RESULT_STOPPED.into(),
+        message: String::new(),
+        containers,
+        finished_at: now,
+    };
+    let cfg = cfg.clone();
+    let key = done.key;
+    tokio::spawn(async move {
+        match cfg.commits.complete(key.clone(), outcome).await {
+            Ok(event) => {
+                let _ = cfg.live.send(crate::report::api::to_pb(&event));
+                if let Some((_, reporter)) = &cfg.cluster {
+                    reporter.notify_one();
+                }
+            }
+            Err(e) => warn!(key = %key, error = %e, "journal could not record the outcome"),
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(stats) = cfg.journal.stats() {
+                cfg.metrics.set_journal(&stats);
+            }
+        })
+        .await;
+    });
+    statuses
+}
+
+/// The local API's view: every pod with its containers' roles and the terminator's decision.
+pub fn pods(model: &NodeModel) -> Vec<pb::Pod> {
+    let mut pods: Vec<pb::Pod> = model
+        .pods()
+        .filter_map(|p| {
+            let facts = facts(model, &p.pod.uid)?;
+            let decision = match decide(&facts) {
+                Decision::Hold(h) => h.as_str().to_string(),
+                Decision::Stop(_) => "stop".to_string(),
+            };
+            let containers = facts
+                .containers
+                .iter()
+                .filter_map(|f| Some((f.role, model.container(&f.id)?)))
+                .map(|(role, c)| pb::Container {
+                    name: c.meta.name.clone(),
+                    id: c.id.clone(),
+                    role: match role {
+                        Some(Role::Main) => "main",
+                        Some(Role::Sidecar { .. }) => "sidecar",
+                        Some(Role::Other) | None => "other",
+                    }
+                    .into(),
+                    state: c.state.as_str().into(),
+                    exit_code: match c.state {
+                        State::Exited { code } => code,
+                        _ => None,
+                    },
+                    restart_count: c.meta.restart_count,
+                    exit_code_ignored: role
+                        == Some(Role::Sidecar {
+                            ignore_exit_code: true,
+                        }),
+                    exit_source: c
+                        .exit_observed
+                        .map(|(s, _)| s.as_str().to_string())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            Some(pb::Pod {
+                namespace: p.pod.namespace.clone(),
+                name: p.pod.name.clone(),
+                uid: p.pod.uid.clone(),
+                restart_policy: p
+                    .restart_policy
+                    .map(|r| format!("{r:?}"))
+                    .unwrap_or_default(),
+                sidecar_decision: decision,
+                containers,
+            })
+        })
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ContainerOutcome, Outcome};
+
+    fn ev() -> Event {
+        Event {
+            seq: 7,
+            key: "stop_sidecar/u1/abc".into(),
+            action: Action {
+                kind: "stop_sidecar".into(),
+                pod: PodInfo {
+                    namespace: "batch".into(),
+                    name: "job-x".into(),
+                    uid: "u1".into(),
+                },
+                ..Default::default()
+            },
+            outcome: Outcome {
+                result: "stopped".into(),
+                containers: vec![ContainerOutcome {
+                    name: "proxy".into(),
+                    id: "abc".into(),
+                    exit_code: Some(143),
+                    exit_code_ignored: true,
+                    exit_to_stop_ms: Some(1.25),
+                    ..Default::default()
+                }],
+                finished_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn event_names_are_stable_and_distinct() {
+        let a = event_name("job-x", "stop_sidecar/u1/abc");
+        assert_eq!(a, event_name("job-x", "stop_sidecar/u1/abc"));
+        assert_ne!(a, event_name("job-x", "stop_sidecar/u1/abd"));
+        assert!(a.starts_with("job-x.") && a.len() == "job-x.".len() + 16);
+        assert!(event_name(&"p".repeat(300), "k").len() <= 253);
+    }
+
+    #[test]
+    fn event_and_condition_shapes() {
+        let e = kube_event(&ev(), "node-a");
+        assert_eq!(e.reason.as_deref(), Some("SidecarTerminated"));
+        assert_eq!(e.involved_object.uid.as_deref(), Some("u1"));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("batch"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some(
+                "nodeward stopped sidecar(s) proxy (exit 143, ignored, stopped 1.2 ms after the main containers)"
+            )
+        );
+        let mut e = ev();
+        let p = condition_patch(&e);
+        assert_eq!(
+            p["status"]["phase"],
+            serde_json::Value::Null,
+            "no main exit codes known"
+        );
+        e.action.inputs = serde_json::json!({"containers": [
+            {"name": "main", "role": "Main", "exit_code": 0},
+            {"name": "proxy", "role": {"Sidecar": {"ignore_exit_code": true}}, "exit_code": null}
+        ]});
+        assert_eq!(condition_patch(&e)["status"]["phase"], "Succeeded");
+        e.action.inputs["containers"][0]["exit_code"] = 2.into();
+        assert_eq!(condition_patch(&e)["status"]["phase"], "Failed");
+        let v = verdict_patch(&e.action, true).unwrap();
+        assert_eq!(v["status"]["phase"], "Failed");
+        assert!(verdict_patch(&e.action, false).is_none());
+        e.action.inputs["containers"][0]["exit_code"] = serde_json::Value::Null;
+        assert!(condition_patch(&e)["status"].get("phase").is_none());
+        e.outcome.containers[0].exit_code_ignored = false;
+        assert!(condition_patch(&e)["status"].get("phase").is_none());
+        assert_eq!(p["status"]["conditions"][0]["type"], "SidecarTerminated");
+        assert_eq!(p["status"]["conditions"][0]["status"], "True");
+        assert_eq!(
+            p["status"]["conditions"][0]["lastTransitionTime"],
+            "2023-11-14T22:13:20Z"
+        );
+    }
+}
