@@ -15,13 +15,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cluster::pods::PodUpdate;
 use crate::cri::{CriClient, RuntimeInfo};
 use crate::journal::{Journal, Retention};
 use crate::node::ExitSource;
 use crate::node::cgroup::{self, CgroupV2};
 use crate::node::model::State;
 use crate::node::pidfd;
+use crate::node::pods::PodUpdate;
 use crate::node::tracker::{NodeEvent, Tracker, Watchers};
 use crate::node::view::NodeView;
 use crate::report::api::{ApiService, Query};
@@ -207,7 +207,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
         pods_listed = health.expect_list("Pods");
-        tokio::spawn(crate::cluster::pods::watch(
+        tokio::spawn(crate::node::pods::watch(
             client.clone(),
             cfg.node_name.clone(),
             pod_tx,

@@ -1,6 +1,5 @@
-//! Cluster mode: the agent's thin adapter to the Kubernetes API. It watches only this node's Pods
-//! (the source of truth for restart policy and roles) and delivers the journal's outbox upstream
-//! as Events and Pod status conditions.
+//! The thin adapter to the Kubernetes API shared by the agent and the controller: the client, the
+//! one Event writer (`events`), kube's error predicates, and the first-list mark of a watch.
 
 use std::path::Path;
 
@@ -10,7 +9,6 @@ use kube::runtime::watcher;
 use crate::telemetry::http::Listed;
 
 pub mod events;
-pub mod pods;
 
 /// The Event source component of everything the agent writes.
 pub const COMPONENT: &str = "nodeward-agent";
@@ -23,6 +21,25 @@ pub fn is_not_found(e: &kube::Error) -> bool {
 /// The object changed since it was read (409 Conflict): read again and retry.
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_conflict())
+}
+
+/// Read, change and write with `attempt`; on a conflict, read again and retry, `tries` times in
+/// all, 10 ms apart: client-go's `RetryOnConflict` (its `DefaultRetry` is 5 tries). Any other
+/// result, or the last conflict, is returned.
+pub async fn retry_on_conflict<T, F, Fut>(tries: usize, attempt: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    use backon::Retryable;
+    attempt
+        .retry(
+            backon::ConstantBuilder::default()
+                .with_delay(std::time::Duration::from_millis(10))
+                .with_max_times(tries.saturating_sub(1)),
+        )
+        .when(is_conflict)
+        .await
 }
 
 /// A create found the name taken (409 AlreadyExists).

@@ -38,6 +38,7 @@ use crate::api::kruise::{
     NodeImage, ReferenceObject, SECRET_MODE_BATCH,
 };
 use crate::cluster::events::EventType;
+use crate::cluster::{is_already_exists, is_conflict, is_not_found};
 use decide::{JobTarget, NodeProgress};
 
 /// Settings of the image pre-pull controllers.
@@ -239,9 +240,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
                 info!(job = %name, namespace = %ns, "defaults and finalizer applied");
                 Ok(Action::await_change())
             }
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                Ok(Action::await_change())
-            }
+            Err(e) if is_conflict(&e) || is_not_found(&e) => Ok(Action::await_change()),
             Err(e) => Err(Error::kube(format!("update ImagePullJob {ns}/{name}"), e)),
         };
     }
@@ -257,7 +256,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
         }
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => info!(job = %name, namespace = %ns, "finished job deleted after its TTL"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(Error::kube(format!("delete ImagePullJob {ns}/{name}"), e)),
         }
         return Ok(Action::await_change());
@@ -559,7 +558,7 @@ async fn ensure_copy(
                 info!(secret = %name, source = %source_key, job = %job_key, "pull secret copy synced");
                 return Ok(name);
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) if is_conflict(&e) || is_already_exists(&e) => continue,
             Err(e) => return Err(Error::kube(format!("write secret copy {name}"), e)),
         }
     }
@@ -614,8 +613,8 @@ async fn release_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
             };
             match res {
                 Ok(()) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => conflict = true,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) if is_conflict(&e) => conflict = true,
                 Err(e) => return Err(Error::kube(format!("release secret copy {name}"), e)),
             }
         }
@@ -667,7 +666,7 @@ async fn finalize(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
         .await
     {
         Ok(_) => info!(job = %name, namespace = %ns, "finalizer removed"),
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(Error::kube(format!("remove finalizer of {ns}/{name}"), e)),
     }
     Ok(())

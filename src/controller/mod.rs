@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cluster::events::{EventType, EventWriter, Note};
+use crate::cluster::retry_on_conflict;
 use crate::telemetry::http::Health;
 use crate::telemetry::metrics::Metrics;
 
@@ -239,15 +240,13 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    for _ in 0..5 {
-        let mut fresh = match api.get(&name).await {
-            Ok(p) => p,
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(e) => return Err(e.into()),
+    let swapped = retry_on_conflict(5, || async {
+        let Some(mut fresh) = api.get_opt(&name).await? else {
+            return Ok(None);
         };
         let swaps = vk_sidecar::decide(&fresh);
         if swaps.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(spec) = fresh.spec.as_mut() {
             for s in &swaps {
@@ -256,35 +255,33 @@ async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
                 }
             }
         }
-        match api.replace(&name, &PostParams::default(), &fresh).await {
-            Ok(_) => {
-                let names: Vec<&str> = swaps.iter().map(|s| s.container.as_str()).collect();
-                info!(pod = %name, namespace = %ns, sidecars = ?names, "sidecar images swapped for the quick-exit image");
-                let msg =
-                    format!("nodeward is terminating sidecar {names:?} using in-place update");
-                let pod_ref = ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    uid: fresh.uid(),
-                    ..Default::default()
-                };
-                record_event(
-                    client,
-                    &pod_ref,
-                    EventType::Normal,
-                    vk_sidecar::EVENT_REASON,
-                    &msg,
-                )
-                .await;
-                return Ok(());
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    anyhow::bail!("gave up after 5 conflicts")
+        let written = api.replace(&name, &PostParams::default(), &fresh).await?;
+        Ok(Some((written, swaps)))
+    })
+    .await?;
+    let Some((written, swaps)) = swapped else {
+        return Ok(());
+    };
+    let names: Vec<&str> = swaps.iter().map(|s| s.container.as_str()).collect();
+    info!(pod = %name, namespace = %ns, sidecars = ?names, "sidecar images swapped for the quick-exit image");
+    let msg = format!("nodeward is terminating sidecar {names:?} using in-place update");
+    let pod_ref = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.clone()),
+        namespace: Some(ns.clone()),
+        uid: written.uid(),
+        ..Default::default()
+    };
+    record_event(
+        client,
+        &pod_ref,
+        EventType::Normal,
+        vk_sidecar::EVENT_REASON,
+        &msg,
+    )
+    .await;
+    Ok(())
 }
 
 /// Records an Event about `object` (namespace `default` for cluster-scoped objects).

@@ -23,6 +23,7 @@ use super::imagepulljob::{Config, Error, requeue_after};
 use super::record_event;
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
 use crate::cluster::events::EventType;
+use crate::cluster::{is_already_exists, is_conflict, is_not_found, retry_on_conflict};
 use decide::Creation;
 
 /// Longest wait between two passes over a NodeImage.
@@ -115,7 +116,7 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error>
             let api: Api<NodeImage> = Api::all(ctx.client.clone());
             match api.create(&PostParams::default(), &ni).await {
                 Ok(_) => info!(node = %name, "node image created"),
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) if is_already_exists(&e) => {}
                 Err(e) => return Err(Error::kube(format!("create NodeImage {name}"), e)),
             }
             Ok(Action::requeue(RESYNC))
@@ -141,7 +142,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
     if node_gone && !fake {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => info!(node = %name, "node gone; node image deleted"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(Error::kube(format!("delete NodeImage {name}"), e)),
         }
         return Ok(Action::await_change());
@@ -203,7 +204,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
                 check = Some(c);
                 break;
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(e) if is_conflict(&e) => {
                 current = match api.get_opt(&name).await {
                     Ok(Some(n)) => n,
                     Ok(None) => return Ok(Action::await_change()),
@@ -251,24 +252,20 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
 pub(crate) async fn update_node_image(
     api: &Api<NodeImage>,
     name: &str,
-    mut change: impl FnMut(&mut NodeImage) -> bool,
+    change: impl FnMut(&mut NodeImage) -> bool,
 ) -> Result<Option<(NodeImage, bool)>, Error> {
-    for _ in 0..8 {
-        let Some(mut obj) = api
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("get NodeImage {name}"), e))?
-        else {
+    let change = std::sync::Mutex::new(change);
+    retry_on_conflict(8, || async {
+        let Some(mut obj) = api.get_opt(name).await? else {
             return Ok(None);
         };
-        if !change(&mut obj) {
+        let changed = change.lock().map(|mut f| f(&mut obj)).unwrap_or(false);
+        if !changed {
             return Ok(Some((obj, false)));
         }
-        match api.replace(name, &PostParams::default(), &obj).await {
-            Ok(n) => return Ok(Some((n, true))),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(Error::kube(format!("update NodeImage {name}"), e)),
-        }
-    }
-    Err(Error::Conflict(format!("NodeImage {name}")))
+        let written = api.replace(name, &PostParams::default(), &obj).await?;
+        Ok(Some((written, true)))
+    })
+    .await
+    .map_err(|e| Error::kube(format!("update NodeImage {name}"), e))
 }

@@ -21,6 +21,7 @@ use crate::api::kruise::{
 };
 use crate::cluster::COMPONENT;
 use crate::cluster::events::{EventType, EventWriter, Note};
+use crate::cluster::{is_conflict, is_not_found};
 
 /// Status writes per second in the long run, and the burst allowed.
 pub const WRITE_PERIOD: Duration = Duration::from_secs(2);
@@ -118,11 +119,11 @@ pub async fn write_statuses(
                 debug!(nodeimage = %name, desired = s.desired, waiting = s.waiting, pulling = s.pulling, succeeded = s.succeeded, failed = s.failed, "NodeImage status written");
                 server = Some(written);
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(e) if is_conflict(&e) => {
                 debug!(nodeimage = %name, "NodeImage changed meanwhile; re-reading");
                 server = None;
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(e) if is_not_found(&e) => {
                 info!(nodeimage = %name, "NodeImage is gone; status not written");
                 server = None;
                 desired.borrow_and_update();

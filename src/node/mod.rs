@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod model;
 pub mod pidfd;
+pub mod pods;
 pub mod tracker;
 pub mod view;
 

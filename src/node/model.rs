@@ -338,12 +338,12 @@ impl NodeModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::well_known as wk;
     use k8s_cri::v1::{ContainerMetadata, ContainerState};
 
-    fn labels(uid: &str, name: Option<&str>) -> HashMap<String, String> {
+    pub(crate) fn labels(uid: &str, name: Option<&str>) -> HashMap<String, String> {
         let mut l = HashMap::from([
             (wk::LABEL_POD_NAME.to_string(), "job-1".to_string()),
             (wk::LABEL_POD_NAMESPACE.to_string(), "default".to_string()),
@@ -355,7 +355,7 @@ mod tests {
         l
     }
 
-    fn sandbox(id: &str, uid: &str, policy: Option<&str>) -> PodSandbox {
+    pub(crate) fn sandbox(id: &str, uid: &str, policy: Option<&str>) -> PodSandbox {
         let mut annotations = HashMap::new();
         if let Some(p) = policy {
             annotations.insert(wk::ANNOTATION_RESTART_POLICY.to_string(), p.to_string());
@@ -369,7 +369,7 @@ mod tests {
         }
     }
 
-    fn container(
+    pub(crate) fn container(
         id: &str,
         sb: &str,
         uid: &str,
@@ -397,7 +397,7 @@ mod tests {
         }
     }
 
-    fn status(id: &str, state: ContainerState, code: i32) -> ContainerStatus {
+    pub(crate) fn status(id: &str, state: ContainerState, code: i32) -> ContainerStatus {
         ContainerStatus {
             id: id.into(),
             state: state as i32,
@@ -411,7 +411,7 @@ mod tests {
         }
     }
 
-    fn env(pairs: &[(&str, &str)], pid: u32) -> VerboseInfo {
+    pub(crate) fn env(pairs: &[(&str, &str)], pid: u32) -> VerboseInfo {
         VerboseInfo {
             pid: Some(pid),
             env: pairs
@@ -468,10 +468,9 @@ mod tests {
                 11,
             )),
         );
-        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
-        assert_eq!(f.containers[0].role, Some(Role::Main));
+        assert_eq!(m.container("main").unwrap().role, Some(Role::Main));
         assert_eq!(
-            f.containers[1].role,
+            m.container("side").unwrap().role,
             Some(Role::Sidecar {
                 ignore_exit_code: false
             })
@@ -502,80 +501,7 @@ mod tests {
         // Relist that no longer shows the pod removes its containers.
         let d = m.apply_snapshot(&[], &[], SystemTime::now());
         assert_eq!(d.removed.len(), 2);
-        assert!(crate::sidecar::decide::facts(&m, "u1").is_none());
-    }
-
-    #[test]
-    fn pod_spec_overrides_policy_and_roles_and_covers_uncreated_mains() {
-        let mut m = NodeModel::default();
-        let sbs = [sandbox("sb1", "u1", None)];
-        let cs = [
-            container(
-                "i0",
-                "sb1",
-                "u1",
-                "istio-init",
-                ContainerState::ContainerExited,
-                0,
-            ),
-            container(
-                "m0",
-                "sb1",
-                "u1",
-                "main",
-                ContainerState::ContainerExited,
-                0,
-            ),
-            container(
-                "s0",
-                "sb1",
-                "u1",
-                "proxy",
-                ContainerState::ContainerRunning,
-                0,
-            ),
-        ];
-        m.apply_snapshot(&sbs, &cs, SystemTime::now());
-        let spec = PodSpecFacts {
-            restart_policy: RestartPolicy::Never,
-            containers: vec![
-                ("main".into(), Role::Main),
-                ("second".into(), Role::Main),
-                (
-                    "proxy".into(),
-                    Role::Sidecar {
-                        ignore_exit_code: false,
-                    },
-                ),
-            ],
-            init_containers: vec!["istio-init".into()],
-        };
-        assert!(m.set_pod_spec("u1", spec.clone()));
-        assert!(!m.set_pod_spec("u1", spec));
-        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
-        assert_eq!(f.policy, Some(RestartPolicy::Never));
-        let names: Vec<&str> = f.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["main", "proxy", "second"],
-            "init containers left out"
-        );
-        let second = &f.containers[2];
-        assert_eq!((second.id.as_str(), second.state), ("", State::Created));
-        assert_eq!(
-            f.containers[1].role,
-            Some(Role::Sidecar {
-                ignore_exit_code: false
-            })
-        );
-        assert!(m.remove_pod_spec("u1"));
-        assert_eq!(
-            crate::sidecar::decide::facts(&m, "u1")
-                .unwrap()
-                .containers
-                .len(),
-            3
-        );
+        assert!(m.pod("u1").is_none() && m.latest("u1").is_empty());
     }
 
     #[test]
@@ -613,9 +539,9 @@ mod tests {
         assert_eq!(d.exited, vec!["m0".to_string()]);
         assert!(d.fetch.contains(&("m0".into(), Fetch::Plain)));
         assert!(d.fetch.contains(&("m1".into(), Fetch::Verbose)));
-        let f = crate::sidecar::decide::facts(&m, "u1").unwrap();
-        assert_eq!(f.containers.len(), 1);
-        assert_eq!(f.containers[0].id, "m1");
+        let latest = m.latest("u1");
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].id, "m1");
         assert_eq!(
             m.container("m0").unwrap().exit_observed.map(|(s, _)| s),
             Some(ExitSource::Relist)

@@ -715,7 +715,7 @@ impl Executor {
 }
 
 fn is_conflict_or_gone(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 404)
+    crate::cluster::is_conflict(e) || crate::cluster::is_not_found(e)
 }
 
 /// Journal key of one container's kill for one CRR.

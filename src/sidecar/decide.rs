@@ -216,6 +216,10 @@ pub fn decide(pod: &PodFacts) -> Decision {
 mod tests {
     use super::ContainerFacts;
     use super::*;
+    use crate::node::model::PodSpecFacts;
+    use crate::node::model::tests::{container, sandbox};
+    use k8s_cri::v1::ContainerState;
+    use std::time::SystemTime;
 
     const SIDE: Option<Role> = Some(Role::Sidecar {
         ignore_exit_code: false,
@@ -488,5 +492,72 @@ mod tests {
             Decision::Stop(t) => assert!(t[0].ignore_exit_code),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pod_spec_overrides_policy_and_roles_and_covers_uncreated_mains() {
+        let mut m = NodeModel::default();
+        let sbs = [sandbox("sb1", "u1", None)];
+        let cs = [
+            container(
+                "i0",
+                "sb1",
+                "u1",
+                "istio-init",
+                ContainerState::ContainerExited,
+                0,
+            ),
+            container(
+                "m0",
+                "sb1",
+                "u1",
+                "main",
+                ContainerState::ContainerExited,
+                0,
+            ),
+            container(
+                "s0",
+                "sb1",
+                "u1",
+                "proxy",
+                ContainerState::ContainerRunning,
+                0,
+            ),
+        ];
+        m.apply_snapshot(&sbs, &cs, SystemTime::now());
+        let spec = PodSpecFacts {
+            restart_policy: RestartPolicy::Never,
+            containers: vec![
+                ("main".into(), Role::Main),
+                ("second".into(), Role::Main),
+                (
+                    "proxy".into(),
+                    Role::Sidecar {
+                        ignore_exit_code: false,
+                    },
+                ),
+            ],
+            init_containers: vec!["istio-init".into()],
+        };
+        assert!(m.set_pod_spec("u1", spec.clone()));
+        assert!(!m.set_pod_spec("u1", spec));
+        let f = facts(&m, "u1").unwrap();
+        assert_eq!(f.policy, Some(RestartPolicy::Never));
+        let names: Vec<&str> = f.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["main", "proxy", "second"],
+            "init containers left out"
+        );
+        let second = &f.containers[2];
+        assert_eq!((second.id.as_str(), second.state), ("", State::Created));
+        assert_eq!(
+            f.containers[1].role,
+            Some(Role::Sidecar {
+                ignore_exit_code: false
+            })
+        );
+        assert!(m.remove_pod_spec("u1"));
+        assert_eq!(facts(&m, "u1").unwrap().containers.len(), 3);
     }
 }

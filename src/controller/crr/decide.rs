@@ -1,5 +1,5 @@
 //! The controller's CRR decisions as plain functions: defaulting and validation in place of
-//! upstream's mutating webhook, and the lifecycle of §2.3 (response timeout, deadline, status
+//! upstream's mutating webhook, and the lifecycle of upstream's `containerrecreaterequest` controller (response timeout, deadline, status
 //! sync, pod readiness, `active` label, TTL).
 
 use std::collections::{BTreeMap, HashSet};
@@ -63,7 +63,8 @@ fn has_condition(pod: &Pod, type_: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
-/// Upstream's CREATE webhook (§2.2), applied by reconciliation.
+/// Upstream's CREATE webhook (`pkg/webhook/containerrecreaterequest/mutating`), applied by
+/// reconciliation.
 pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {
     let reject = |m: String| Defaulting::Reject(m);
     let spec = &crr.spec;
@@ -210,7 +211,7 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
-/// The lifecycle (§2.3) for a defaulted CRR and its Pod (`None` when the Pod is gone).
+/// The lifecycle (upstream's CRR controller) for a defaulted CRR and its Pod (`None` when the Pod is gone).
 pub fn lifecycle(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
     let mut plan = lifecycle_steps(crr, pod, now);
     // A clock far from the CRR's timestamps would ask for a wait of years: look again within

@@ -160,7 +160,7 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
             Step::Delete => match api.delete(&crr.name_any(), &DeleteParams::default()).await {
                 Ok(_) => info!(crr = %name_of(&crr), "CRR deleted after its TTL"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) if crate::cluster::is_not_found(&e) => {}
                 Err(e) => return Err(err("deleting after the TTL")(e)),
             },
             Step::Complete { message, states } => {

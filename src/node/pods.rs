@@ -1,5 +1,5 @@
 //! This node's Pods from the API: watched with the field selector `spec.nodeName=<node>` and
-//! reduced to the facts the sidecar terminator needs.
+//! reduced to the facts the node model keeps of them (restart policy, roles, init containers).
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -7,9 +7,9 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc;
 
+use super::model::PodSpecFacts;
 use crate::api::role::Role;
 use crate::cri::kubelet::{PodRef, RestartPolicy};
-use crate::node::model::PodSpecFacts;
 
 /// A change to this node's Pods.
 #[derive(Clone, Debug, PartialEq)]
