@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod cluster;
 pub mod config_file;
 pub mod controller;

@@ -110,12 +110,7 @@ impl From<sidecar::Done> for Event {
 /// The runtime, waited for with backoff (1 s doubling to 30 s) while none answers: at boot the
 /// agent may start before containerd.
 async fn wait_for_runtime(cfg: &Config) -> crate::cri::RuntimeInfo {
-    use backon::BackoffBuilder;
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .build();
+    let mut delays = crate::backoff::exponential(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         match crate::cri::detect(cfg.cri_socket.as_deref(), &cfg.runtime_dir).await {
             Ok(runtime) => return runtime,

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use k8s_openapi::api::core::v1::ObjectReference;
 
 use super::PULLING_IMAGE_BY_NODEWARD;
@@ -209,12 +208,7 @@ pub fn tag_statuses(status: &NodeImageStatus) -> BTreeMap<TagKey, ImageTagStatus
 
 /// Waits before attempts 2, 3, …: 1 s doubling to at most 30 s, for `attempts - 1` retries.
 pub fn backoff_schedule(attempts: u32) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(BACKOFF_MIN)
-        .with_max_delay(BACKOFF_MAX)
-        .with_factor(2.0)
-        .with_max_times(attempts.saturating_sub(1) as usize)
-        .build()
+    crate::backoff::exponential(BACKOFF_MIN, BACKOFF_MAX).take(attempts.saturating_sub(1) as usize)
 }
 
 /// Whether a status write should go out at once rather than be coalesced with the next changes:

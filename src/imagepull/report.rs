@@ -147,7 +147,7 @@ fn later_spec(written: Option<&NodeImage>, observed: Option<&NodeImage>) -> Opti
 
 /// 1 s doubling to 30 s.
 fn retry_wait(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+    crate::backoff::after(failures, Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// Records the puller's Events (core/v1, as kruise-daemon does).

@@ -9,27 +9,35 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use inotify::{Inotify, WatchDescriptor, WatchMask};
+use procfs::ProcessCGroups;
+use procfs::process::{MountInfos, Process};
 use tokio::sync::mpsc;
 
-/// Locate the cgroup v2 mount point from a mountinfo document.
-pub fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional…] - <fstype> <source> <super opts>"
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+/// The cgroup v2 mount among a process's mounts.
+pub fn cgroup2_mount(mounts: &MountInfos) -> Option<PathBuf> {
+    mounts
+        .0
+        .iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point.clone())
 }
 
-/// The v2 cgroup path of a process from its `/proc/<pid>/cgroup` document (the `0::` line).
-pub fn v2_path_of(proc_cgroup: &str) -> Option<&str> {
-    proc_cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::trim)
+/// The v2 cgroup path of a process (its hierarchy-0 entry); `None` for the root cgroup.
+pub fn v2_path(groups: &ProcessCGroups) -> Option<&str> {
+    groups
+        .0
+        .iter()
+        .find(|g| g.hierarchy == 0 && g.controllers.is_empty())
+        .map(|g| g.pathname.trim())
         .filter(|p| !p.is_empty() && *p != "/")
+}
+
+/// `<proc_root>/<pid>/cgroup`, parsed.
+pub fn cgroups_of(proc_root: &Path, pid: u32) -> Option<ProcessCGroups> {
+    Process::new_with_root(proc_root.join(pid.to_string()))
+        .ok()?
+        .cgroups()
+        .ok()
 }
 
 /// Whether a `cgroup.events` document says the cgroup still has processes.
@@ -51,9 +59,10 @@ pub struct CgroupV2 {
 impl CgroupV2 {
     /// Detect a usable cgroup v2 mount, or say why there is none.
     pub fn detect(proc_root: &Path) -> Result<Self, String> {
-        let mountinfo = std::fs::read_to_string(proc_root.join("self/mountinfo"))
+        let mounts = Process::new_with_root(proc_root.join("self"))
+            .and_then(|p| p.mountinfo())
             .map_err(|e| format!("cannot read mountinfo: {e}"))?;
-        let mount = find_cgroup2_mount(&mountinfo).ok_or("no cgroup2 mount")?;
+        let mount = cgroup2_mount(&mounts).ok_or("no cgroup2 mount")?;
         if !mount.join("cgroup.controllers").exists() {
             return Err(format!("{} is not a cgroup2 root", mount.display()));
         }
@@ -67,9 +76,8 @@ impl CgroupV2 {
     /// cgroup that belongs to that container and is currently populated, and the root of the
     /// cgroup tree it lives in (e.g. `<mount>/kubepods`).
     pub fn container_cgroup(&self, pid: u32, container_id: &str) -> Option<(PathBuf, PathBuf)> {
-        let doc =
-            std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-        let rel = v2_path_of(&doc)?;
+        let groups = cgroups_of(&self.proc_root, pid)?;
+        let rel = v2_path(&groups)?;
         if !rel.contains(container_id) {
             return None;
         }
@@ -366,18 +374,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::FromRead;
 
     #[test]
     fn finds_cgroup2_mount_in_hybrid_layout() {
         let mi = "25 30 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
                   33 25 0:28 / /sys/fs/cgroup/memory rw shared:9 - cgroup cgroup rw,memory\n\
                   40 25 0:35 / /sys/fs/cgroup/unified rw shared:16 - cgroup2 cgroup2 rw\n";
+        let mounts = |doc: &str| MountInfos::from_read(doc.as_bytes()).unwrap();
         assert_eq!(
-            find_cgroup2_mount(mi),
+            cgroup2_mount(&mounts(mi)),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(
-            find_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            cgroup2_mount(&mounts("1 2 0:1 / / rw - ext4 /dev/vda rw\n")),
             None
         );
     }
@@ -407,10 +417,13 @@ mod tests {
 
     #[test]
     fn v2_path_and_populated() {
-        let doc = "12:pids:/k8s.io/abc\n0::/k8s.io/abc\n";
-        assert_eq!(v2_path_of(doc), Some("/k8s.io/abc"));
-        assert_eq!(v2_path_of("0::/\n"), None);
-        assert_eq!(v2_path_of("3:memory:/x\n"), None);
+        let groups = |doc: &str| ProcessCGroups::from_read(doc.as_bytes()).unwrap();
+        assert_eq!(
+            v2_path(&groups("12:pids:/k8s.io/abc\n0::/k8s.io/abc\n")),
+            Some("/k8s.io/abc")
+        );
+        assert_eq!(v2_path(&groups("0::/\n")), None);
+        assert_eq!(v2_path(&groups("3:memory:/x\n")), None);
         assert_eq!(populated("populated 1\nfrozen 0\n"), Some(true));
         assert_eq!(populated("populated 0\nfrozen 0\n"), Some(false));
         assert_eq!(populated(""), None);

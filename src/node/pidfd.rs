@@ -47,9 +47,9 @@ impl ContainerPidfd {
             pid,
             source: e.into(),
         })?;
-        let cgroup = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup"))
-            .unwrap_or_default();
-        if !cgroup.contains(container_id) {
+        let in_container = super::cgroup::cgroups_of(proc_root, pid)
+            .is_some_and(|groups| groups.0.iter().any(|g| g.pathname.contains(container_id)));
+        if !in_container {
             return Err(PidfdError::NotContainer {
                 pid,
                 container: container_id.to_string(),

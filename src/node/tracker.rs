@@ -369,7 +369,11 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
                     if rec.state == State::Created && attempt < MAX_START_REFETCH {
                         // Being started: read again shortly to get its pid.
                         let tx = self.tx.clone();
-                        let delay = Duration::from_millis(10 << attempt.min(5));
+                        let delay = crate::backoff::after(
+                            attempt.saturating_add(1),
+                            Duration::from_millis(10),
+                            Duration::from_millis(320),
+                        );
                         let id = id.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
@@ -491,7 +495,8 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
         let cri = self.cri.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(1);
+            let mut delays =
+                crate::backoff::exponential(Duration::from_millis(1), Duration::from_millis(200));
             let deadline = Instant::now() + Duration::from_secs(3);
             let result = loop {
                 let r = cri.container_status(&id, false).await;
@@ -499,11 +504,11 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
                     Ok((st, _)) => State::from_cri(st.state, st.exit_code).is_exited(),
                     Err(_) => true,
                 };
+                let delay = delays.next().unwrap_or(Duration::from_millis(200));
                 if done || Instant::now() + delay > deadline {
                     break r;
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(200));
             };
             let _ = tx.send(E::from(NodeEvent::Status {
                 id,
@@ -576,7 +581,5 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
 
 /// While the runtime does not answer: 200 ms doubling, up to the relist interval.
 fn relist_backoff(failures: u32, interval: Duration) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(1 << failures.min(10))
-        .min(interval)
+    crate::backoff::after(failures, Duration::from_millis(200), interval)
 }

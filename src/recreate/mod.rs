@@ -244,10 +244,9 @@ impl Queue {
             }
             Err(e) => {
                 let n = self.failures.entry(key.clone()).or_insert(0);
-                *n += 1;
-                let backoff = Duration::from_millis(500)
-                    .saturating_mul(1 << (*n - 1).min(7))
-                    .min(Duration::from_secs(60));
+                *n = n.saturating_add(1);
+                let backoff =
+                    crate::backoff::after(*n, Duration::from_millis(500), Duration::from_secs(60));
                 warn!(pod = %key, error = %e, retry_in_ms = backoff.as_millis() as u64, "CRR sync failed");
                 self.later(key.clone(), backoff);
             }

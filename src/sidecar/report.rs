@@ -249,7 +249,8 @@ pub async fn run_outbox(
     journal: Journal,
     wake: std::sync::Arc<Notify>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let backoff = || crate::backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
+    let mut delays = backoff();
     loop {
         let j = journal.clone();
         let batch = tokio::task::spawn_blocking(move || j.outbox(100)).await;
@@ -264,7 +265,7 @@ pub async fn run_outbox(
                 Vec::new()
             }
         };
-        let mut failed = false;
+        let mut failed = None;
         for ev in &batch {
             match deliver(&client, &node, ev).await {
                 Ok(()) => {
@@ -274,18 +275,18 @@ pub async fn run_outbox(
                     debug!(seq, key = %ev.key, "report delivered");
                 }
                 Err(e) => {
-                    warn!(error = %e, seq = ev.seq, retry_in_ms = backoff.as_millis() as u64, "report not delivered; will retry");
-                    failed = true;
+                    let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                    warn!(error = %e, seq = ev.seq, retry_in_ms = delay.as_millis() as u64, "report not delivered; will retry");
+                    failed = Some(delay);
                     break;
                 }
             }
         }
-        if failed {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
+        if let Some(delay) = failed {
+            tokio::time::sleep(delay).await;
             continue;
         }
-        backoff = Duration::from_secs(1);
+        delays = backoff();
         if batch.len() == 100 {
             continue;
         }
