@@ -468,7 +468,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_duration: args.lease_duration,
         lease_grace: Duration::from_secs(5),
         addr: parse_addr_or_off(&args.addr)?,
-        image_pull: nodeward::controller::imagepulljob::Config {
+        image_pull: nodeward::controller::imagepull::Config {
             pull_secret_namespace: args.pull_secret_namespace,
             node_image_creation_delay: args.nodeimage_creation_delay,
             node_image_response_timeout: args.nodeimage_response_timeout,

@@ -18,8 +18,8 @@ use nodeward::api::kruise::{
     ContainerRecreateRequest, ImagePullJobSpec, NodeImage, NodeImageSpec, NodeImageStatus,
 };
 use nodeward::controller::crr::decide as crr_controller;
-use nodeward::controller::imagepulljob::decide as job;
-use nodeward::controller::nodeimage::decide as node_image;
+use nodeward::controller::imagepull::job::decide as job;
+use nodeward::controller::imagepull::node_image::decide as node_image;
 use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop};
 use nodeward::imagepull::credentials::Keyring;
 use nodeward::imagepull::decide as pull;

@@ -21,7 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use nodeward::api::kruise::{
     ImagePullJob, ImagePullPhase, ImageStatus, ImageTagStatus, NodeImage, NodeImageStatus,
 };
-use nodeward::controller::imagepulljob::{self, Config};
+use nodeward::controller::imagepull::{self, Config};
 use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
@@ -85,7 +85,7 @@ async fn env(cfg: Config) -> Env {
         )
         .await
         .unwrap();
-    let ctrl = tokio::spawn(imagepulljob::run(client.clone(), cfg));
+    let ctrl = tokio::spawn(imagepull::run(client.clone(), cfg));
     Env {
         server,
         client,

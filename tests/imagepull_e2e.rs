@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use nodeward::api::kruise::{ImagePullJob, ImagePullJobStatus, ImagePullPhase, NodeImage};
-use nodeward::controller::imagepulljob::decide::secret_copy_name;
+use nodeward::controller::imagepull::job::decide::secret_copy_name;
 use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;

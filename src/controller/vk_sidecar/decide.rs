@@ -1,6 +1,4 @@
-//! Sidecar termination on virtual nodes (`type=virtual-kubelet`), where no agent runs: when a Job
-//! pod's main containers are done, swap each in-place sidecar's image for the quick-exit image named
-//! in its `KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT_WITH_IMAGE` env (OpenKruise's in-place strategy).
+//! The rule of the virtual-node sidecar swap, over a Pod object: pure.
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 

@@ -13,6 +13,7 @@
 pub mod decide;
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,82 +29,24 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::nodeimage::{self, update_node_image};
-use super::record_event;
+use super::{Config, Error, RESYNC, requeue_after, update_node_image};
 use crate::api::clamp;
 use crate::api::kruise::{
     ANNOTATION_SECRET_MODE, ANNOTATION_SECRET_REFERENCES, ANNOTATION_SECRET_SOURCE_KEY,
-    DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE, FINALIZER_DELETION_PROTECTION, ImagePullJob,
-    ImagePullJobStatus, KRUISE_DAEMON_CONFIG_NAMESPACE, NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS,
-    NodeImage, ReferenceObject, SECRET_MODE_BATCH,
+    FINALIZER_DELETION_PROTECTION, ImagePullJob, ImagePullJobStatus, NodeImage, ReferenceObject,
+    SECRET_MODE_BATCH,
 };
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::controller::record_event;
 use decide::{JobTarget, NodeProgress};
 
-/// Settings of the image pre-pull controllers.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Namespace the agents read pull secrets from; job secrets are copied there.
-    pub pull_secret_namespace: String,
-    /// How long a Node must be Ready before it gets a NodeImage (upstream 30 s).
-    pub node_image_creation_delay: Duration,
-    /// How long the agent may stay silent about a tag before the controller fails it (10 min).
-    pub node_image_response_timeout: Duration,
-    /// Added to an `Always` job's tag TTL (upstream `--default-ttlseconds-for-always-nodeimage`).
-    pub default_ttl_seconds_for_always: i32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            pull_secret_namespace: KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
-            node_image_creation_delay: Duration::from_secs(30),
-            node_image_response_timeout: Duration::from_secs(
-                NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS as u64,
-            ),
-            default_ttl_seconds_for_always: DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE,
-        }
-    }
-}
-
-/// Errors of the image pre-pull reconcilers.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{0}: too many conflicting writes")]
-    Conflict(String),
-}
-
-impl Error {
-    pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Error::Kube {
-            action: action.into(),
-            source,
-        }
-    }
-}
-
-/// Longest wait between two passes over an unfinished job.
-const RESYNC: Duration = Duration::from_secs(300);
-
-/// Requeue after `secs` (at least 1 s), or after `max` when there is nothing to wait for.
-pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
-    match secs {
-        Some(s) => Action::requeue(clamp::seconds(s.max(1)).min(max)),
-        None => Action::requeue(max),
-    }
-}
-
-/// Runs the NodeImage lifecycle and ImagePullJob controllers until the task is dropped.
-pub async fn run(client: kube::Client, cfg: Config) {
+/// The ImagePullJob controller (its loop) and its job store, which the NodeImage controllers read.
+pub(super) fn controller(
+    client: &kube::Client,
+    cfg: &Config,
+) -> (impl Future<Output = ()> + use<>, Store<ImagePullJob>) {
     let wc = watcher::Config::default;
-    let node_images_ctrl = nodeimage::Controllers::new(&client);
     let jobs_ctrl = Controller::new(Api::<ImagePullJob>::all(client.clone()), wc());
     let jobs = jobs_ctrl.store();
     // The job controller's own NodeImage view: the store is updated before the event that
@@ -130,8 +73,7 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let job_loop = jobs_ctrl
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    info!(pull_secret_namespace = %cfg.pull_secret_namespace, "image pull controllers started");
-    futures::join!(job_loop, node_images_ctrl.run(client, cfg, jobs));
+    (job_loop, jobs)
 }
 
 fn job_ref(j: &ImagePullJob) -> ObjectRef<ImagePullJob> {

@@ -13,7 +13,7 @@ use crate::api::kruise::{
     NODE_IMAGE_MESSAGE_DEADLINE_EXCEEDED, NODE_IMAGE_MESSAGE_NOT_RESPONDED, NodeImage,
     NodeImageSpec, NodeImageStatus,
 };
-use crate::controller::imagepulljob::decide::OWNER_KIND;
+use crate::controller::imagepull::job::decide::OWNER_KIND;
 use crate::controller::vk_sidecar::VIRTUAL_NODE_LABEL;
 
 /// Whether (and when) a Node gets a NodeImage.

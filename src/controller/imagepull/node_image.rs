@@ -19,15 +19,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::imagepulljob::{Config, Error, requeue_after};
-use super::record_event;
+use super::{Config, Error, RESYNC, requeue_after, update_node_image};
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
 use crate::cluster::events::EventType;
-use crate::cluster::{is_already_exists, is_conflict, is_not_found, retry_on_conflict};
+use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::controller::record_event;
 use decide::Creation;
-
-/// Longest wait between two passes over a NodeImage.
-const RESYNC: Duration = Duration::from_secs(300);
 
 struct Ctx {
     client: kube::Client,
@@ -242,30 +239,4 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
     }
     let wake = [next, check.next].into_iter().flatten().min();
     Ok(requeue_after(wake, RESYNC))
-}
-
-/// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and
-/// says whether it changed anything; on a conflict the object is re-read and `change` applied
-/// again (concurrent spec writers no longer overwrite each other, upstream #1517). Gives the
-/// object as written (or read, when unchanged) and whether it changed; `None` when the NodeImage
-/// does not exist.
-pub(crate) async fn update_node_image(
-    api: &Api<NodeImage>,
-    name: &str,
-    change: impl FnMut(&mut NodeImage) -> bool,
-) -> Result<Option<(NodeImage, bool)>, Error> {
-    let change = std::sync::Mutex::new(change);
-    retry_on_conflict(8, || async {
-        let Some(mut obj) = api.get_opt(name).await? else {
-            return Ok(None);
-        };
-        let changed = change.lock().map(|mut f| f(&mut obj)).unwrap_or(false);
-        if !changed {
-            return Ok(Some((obj, false)));
-        }
-        let written = api.replace(name, &PostParams::default(), &obj).await?;
-        Ok(Some((written, true)))
-    })
-    .await
-    .map_err(|e| Error::kube(format!("update NodeImage {name}"), e))
 }

@@ -1,0 +1,115 @@
+//! Image pre-pull, the controller side: ImagePullJob → NodeImage fan-out (`job`, upstream
+//! `imagepulljob_controller.go`) and the NodeImage lifecycle (`node_image`: one per Ready node,
+//! deleted with its node, tags failed when the agent stays silent, expired tags dropped). Both
+//! share the settings, the error type, the requeue rule and the read-modify-write of a NodeImage
+//! defined here; neither imports the other.
+
+pub mod job;
+pub mod node_image;
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::controller::Action;
+use tracing::info;
+
+use crate::api::clamp;
+use crate::api::kruise::{
+    DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE, KRUISE_DAEMON_CONFIG_NAMESPACE,
+    NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS, NodeImage,
+};
+use crate::cluster::retry_on_conflict;
+
+/// Settings of the image pre-pull controllers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace the agents read pull secrets from; job secrets are copied there.
+    pub pull_secret_namespace: String,
+    /// How long a Node must be Ready before it gets a NodeImage (upstream 30 s).
+    pub node_image_creation_delay: Duration,
+    /// How long the agent may stay silent about a tag before the controller fails it (10 min).
+    pub node_image_response_timeout: Duration,
+    /// Added to an `Always` job's tag TTL (upstream `--default-ttlseconds-for-always-nodeimage`).
+    pub default_ttl_seconds_for_always: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pull_secret_namespace: KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
+            node_image_creation_delay: Duration::from_secs(30),
+            node_image_response_timeout: Duration::from_secs(
+                NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS as u64,
+            ),
+            default_ttl_seconds_for_always: DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE,
+        }
+    }
+}
+
+/// Errors of the image pre-pull reconcilers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}: too many conflicting writes")]
+    Conflict(String),
+}
+
+impl Error {
+    pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            action: action.into(),
+            source,
+        }
+    }
+}
+
+/// Longest wait between two passes over an unfinished job or a NodeImage.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Requeue after `secs` (at least 1 s), or after `max` when there is nothing to wait for.
+pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
+    match secs {
+        Some(s) => Action::requeue(clamp::seconds(s.max(1)).min(max)),
+        None => Action::requeue(max),
+    }
+}
+
+/// Runs the NodeImage lifecycle and ImagePullJob controllers until the task is dropped.
+pub async fn run(client: kube::Client, cfg: Config) {
+    let node_images = node_image::Controllers::new(&client);
+    let (job_loop, jobs) = job::controller(&client, &cfg);
+    info!(pull_secret_namespace = %cfg.pull_secret_namespace, "image pull controllers started");
+    futures::join!(job_loop, node_images.run(client, cfg, jobs));
+}
+
+/// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and
+/// says whether it changed anything; on a conflict the object is re-read and `change` applied
+/// again (concurrent spec writers no longer overwrite each other, upstream #1517). Gives the
+/// object as written (or read, when unchanged) and whether it changed; `None` when the NodeImage
+/// does not exist.
+pub(crate) async fn update_node_image(
+    api: &Api<NodeImage>,
+    name: &str,
+    change: impl FnMut(&mut NodeImage) -> bool,
+) -> Result<Option<(NodeImage, bool)>, Error> {
+    let change = std::sync::Mutex::new(change);
+    retry_on_conflict(8, || async {
+        let Some(mut obj) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let changed = change.lock().map(|mut f| f(&mut obj)).unwrap_or(false);
+        if !changed {
+            return Ok(Some((obj, false)));
+        }
+        let written = api.replace(name, &PostParams::default(), &obj).await?;
+        Ok(Some((written, true)))
+    })
+    .await
+    .map_err(|e| Error::kube(format!("update NodeImage {name}"), e))
+}
