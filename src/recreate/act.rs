@@ -12,7 +12,7 @@ use super::{Crr, Executor, PodContainers, State, SyncError, kill_key, name_of};
 use crate::api::kruise::{
     CRR_STATE_MESSAGE_KILL_ERROR_PREFIX, ContainerRecreateRequestPhase as Phase,
 };
-use crate::cluster::events::{EventType, Note};
+use crate::cluster::events::EventType;
 use crate::cri::kill::Kill;
 use crate::journal::{self, Recorded};
 
@@ -163,12 +163,5 @@ impl Executor {
             warn!(error = %e, "recording the stop in the journal failed");
         }
         Ok(new_state)
-    }
-
-    /// Write an Event on the pod in the background: the stop does not wait for the API.
-    fn event(&self, crr: &Crr, container: &str, type_: EventType, reason: &str, note: String) {
-        let mut n = Note::new(Self::pod_reference(crr, container), type_, reason, note);
-        n.action = Some("RecreateContainer".into());
-        self.events.spawn(n);
     }
 }

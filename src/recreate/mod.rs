@@ -1,6 +1,6 @@
 //! ContainerRecreateRequest executor (the agent's half of OpenKruise's CRR): watch this node's
-//! active CRRs → decide per pod ([`decide`]) → stop containers through CRI ([`kill`]) → report on
-//! the CRR's `/status` and with `Killing` Events.
+//! active CRRs → decide per pod ([`decide`], pure) → stop containers through the kubelet-style
+//! kill (`act`) → report on the CRR's `/status` and with `Killing` Events (`report`).
 //!
 //! Differences from kruise-daemon, all wire-compatible:
 //! * one pass goes from `Recreating` to the first kill without waiting for the watch to echo each
@@ -18,19 +18,16 @@
 
 mod act;
 pub mod decide;
+mod report;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -49,6 +46,7 @@ use crate::node::view::{ContainerView, NodeView};
 use crate::telemetry::http::Listed;
 use crate::telemetry::metrics::Metrics;
 use decide::{Gate, Next, RuntimeContainer};
+use report::is_conflict_or_gone;
 
 type Crr = ContainerRecreateRequest;
 type State = ContainerRecreateRequestContainerRecreateState;
@@ -304,106 +302,6 @@ impl Executor {
         if let (Ok(mut w), Some(uid)) = (self.written.lock(), crr.uid()) {
             w.remove(&uid);
         }
-    }
-
-    fn api(&self, crr: &Crr) -> Api<Crr> {
-        Api::namespaced(
-            self.cfg.client.clone(),
-            &crr.namespace().unwrap_or_default(),
-        )
-    }
-
-    async fn patch_status(
-        &self,
-        crr: &Crr,
-        what: &'static str,
-        patch: serde_json::Value,
-    ) -> Result<Arc<Crr>, SyncError> {
-        let patched = self
-            .api(crr)
-            .patch_status(
-                &crr.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|source| SyncError::Api {
-                crr: name_of(crr),
-                what,
-                source,
-            })?;
-        Ok(self.remember(patched))
-    }
-
-    /// Set the CRR's phase, guarded by its resourceVersion so a completion written meanwhile by
-    /// the controller is never overwritten.
-    async fn set_phase(&self, crr: &Crr, phase: Phase) -> Result<Arc<Crr>, SyncError> {
-        let patch = json!({
-            "metadata": {"resourceVersion": crr.metadata.resource_version},
-            "status": {"phase": phase},
-        });
-        let out = self.patch_status(crr, "setting the phase", patch).await?;
-        info!(crr = %name_of(crr), pod = %crr.spec.pod_name, phase = %phase, "CRR phase");
-        Ok(out)
-    }
-
-    /// Report `Recreating` and the container states when they changed. Guarded by the
-    /// resourceVersion: when the CRR changed meanwhile it is read again, and a CRR the controller
-    /// completed meanwhile (deadline) keeps its final states.
-    async fn write_progress(&self, crr: &Crr, states: &[State]) -> Result<(), SyncError> {
-        let mut crr = crr.clone();
-        for _ in 0..3 {
-            let current = crr.status.clone().unwrap_or_default();
-            if current.phase == Some(Phase::Recreating)
-                && current.container_recreate_states == states
-            {
-                return Ok(());
-            }
-            let patch = json!({
-                "metadata": {"resourceVersion": crr.metadata.resource_version},
-                "status": {"phase": Phase::Recreating, "containerRecreateStates": states},
-            });
-            match self.patch_status(&crr, "reporting progress", patch).await {
-                Ok(_) => return Ok(()),
-                Err(SyncError::Api { source, .. }) if is_conflict_or_gone(&source) => {}
-                Err(e) => return Err(e),
-            }
-            crr = match self.api(&crr).get_status(&crr.name_any()).await {
-                Ok(c) => c,
-                Err(e) if is_conflict_or_gone(&e) => return Ok(()),
-                Err(source) => {
-                    return Err(SyncError::Api {
-                        crr: name_of(&crr),
-                        what: "reading the CRR",
-                        source,
-                    });
-                }
-            };
-            if !decide::is_open(&crr) {
-                info!(crr = %name_of(&crr), "CRR completed meanwhile; its final states stand");
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    async fn complete(
-        &self,
-        crr: &Crr,
-        message: &str,
-        states: Option<&[State]>,
-    ) -> Result<(), SyncError> {
-        let at = k8s_openapi::jiff::Timestamp::now();
-        let mut patch = json!({
-            "metadata": {"resourceVersion": crr.metadata.resource_version},
-            "status": {"phase": Phase::Completed, "completionTime": Time(at), "message": message},
-        });
-        if let Some(states) = states {
-            patch["status"]["containerRecreateStates"] = json!(states);
-        }
-        self.patch_status(crr, "completing", patch).await?;
-        info!(crr = %name_of(crr), pod = %crr.spec.pod_name, message = %message, "CRR completed");
-        Ok(())
     }
 
     /// One pass over a pod's CRRs.
@@ -698,23 +596,6 @@ impl Executor {
         }
         Ok(facts)
     }
-
-    /// The Pod as an Event's subject (`spec.containers{name}` as the kubelet's Events do).
-    fn pod_reference(crr: &Crr, container: &str) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: crr.namespace(),
-            name: Some(crr.spec.pod_name.clone()),
-            uid: crr.pod_uid().map(str::to_string),
-            field_path: Some(format!("spec.containers{{{container}}}")),
-            ..Default::default()
-        }
-    }
-}
-
-fn is_conflict_or_gone(e: &kube::Error) -> bool {
-    crate::cluster::is_conflict(e) || crate::cluster::is_not_found(e)
 }
 
 /// Journal key of one container's kill for one CRR.
