@@ -59,6 +59,10 @@ impl ContainerPidfd {
     }
 
     /// Resolve when the process has exited.
+    // The crate denies unsafe code; this is the one exception: tokio's registration of a raw fd
+    // is `unsafe` because it cannot prove the fd stays open, which an owned fd moved into the
+    // `AsyncFd` guarantees.
+    #[allow(unsafe_code)]
     pub async fn exited(self) -> io::Result<()> {
         // SAFETY: the OwnedFd is moved into the AsyncFd, which deregisters it before closing it.
         let afd = unsafe { AsyncFd::register_with_interest(self.fd, Interest::READABLE)? };

@@ -1,7 +1,6 @@
 //! Runs the real `nodeward agent` binary as a child process and reads its JSON log lines.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -174,13 +173,7 @@ impl AgentProcess {
     }
 
     fn spawn_cmd(mut cmd: Command) -> anyhow::Result<Self> {
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        super::die_with_parent(&mut cmd);
         cmd.env("RUST_LOG", "nodeward=debug")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())

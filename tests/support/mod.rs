@@ -25,3 +25,31 @@ pub mod rbac;
 pub mod registry;
 pub mod testbed;
 pub mod wait;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// The child is SIGKILLed when the test process dies: no process outlives a killed test.
+#[allow(unsafe_code)]
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The child runs in its own session: no terminal signal meant for the test process reaches it.
+#[allow(unsafe_code)]
+pub fn own_session(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+}

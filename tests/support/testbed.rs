@@ -683,14 +683,7 @@ fn spawn_guard(dir: &Path, cgroup_name: &str) -> Result<Guard> {
         .stdout(log.try_clone()?)
         .stderr(log);
     // Its own session: no terminal signal meant for the test process reaches it.
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
+    super::own_session(&mut cmd);
     let child = cmd
         .spawn()
         .with_context(|| format!("spawning the guard {}", script.display()))?;
