@@ -85,7 +85,11 @@ async fn env(cfg: Config) -> Env {
         )
         .await
         .unwrap();
-    let ctrl = tokio::spawn(imagepull::run(client.clone(), cfg));
+    let ctrl = tokio::spawn(imagepull::run(
+        client.clone(),
+        cfg,
+        nodeward::controller::metrics::ControllerMetrics::new(),
+    ));
     Env {
         server,
         client,

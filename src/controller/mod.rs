@@ -11,10 +11,11 @@ use tracing::{info, warn};
 
 use crate::cluster::events::{EventType, EventWriter, Note};
 use crate::telemetry::http::Health;
-use crate::telemetry::metrics::Metrics;
+use metrics::ControllerMetrics;
 
 pub mod crr;
 pub mod imagepull;
+pub mod metrics;
 pub mod vk_sidecar;
 
 /// Event source component.
@@ -41,7 +42,7 @@ pub async fn run(
     cfg: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = ControllerMetrics::new();
     let health = Health::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = cfg.addr {
@@ -89,9 +90,11 @@ pub async fn run(
                 let is_leader = *leader.borrow_and_update();
                 if is_leader && reconcilers.is_none() {
                     info!(identity = %cfg.identity, "became the leader; starting reconcilers");
-                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.image_pull.clone())));
+                    metrics.set_leader(true);
+                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.image_pull.clone(), metrics.clone())));
                 } else if !is_leader && let Some(r) = reconcilers.take() {
                     warn!(identity = %cfg.identity, "lost leadership; stopping reconcilers");
+                    metrics.set_leader(false);
                     r.abort();
                 }
             }
@@ -112,11 +115,15 @@ pub async fn run(
     Ok(())
 }
 
-async fn run_reconcilers(client: kube::Client, image_pull: imagepull::Config) {
+async fn run_reconcilers(
+    client: kube::Client,
+    image_pull: imagepull::Config,
+    metrics: ControllerMetrics,
+) {
     futures::join!(
-        vk_sidecar::run(client.clone()),
-        crr::run(client.clone()),
-        imagepull::run(client, image_pull)
+        vk_sidecar::run(client.clone(), metrics.clone()),
+        crr::run(client.clone(), metrics.clone()),
+        imagepull::run(client, image_pull, metrics)
     );
 }
 

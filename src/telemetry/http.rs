@@ -15,7 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use super::metrics::{Exposition, OPENMETRICS_CONTENT_TYPE};
 
 /// Readiness flags shared between the agent (which sets them) and the HTTP server.
 #[derive(Clone, Debug, Default)]
@@ -141,23 +141,26 @@ impl Health {
 
 #[derive(Clone)]
 struct AppState {
-    metrics: Metrics,
+    metrics: std::sync::Arc<dyn Exposition>,
     health: Health,
 }
 
 /// The routes, for embedding in another server or for tests.
-pub fn router(metrics: Metrics, health: Health) -> Router {
+pub fn router(metrics: impl Exposition, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(AppState {
+            metrics: std::sync::Arc::new(metrics),
+            health,
+        })
 }
 
 /// Serve the endpoints on `listener` until `shutdown` resolves (then finish in-flight requests).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Metrics,
+    metrics: impl Exposition,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -293,7 +296,7 @@ mod tests {
     async fn endpoints_over_a_real_listener() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new();
+        let metrics = crate::telemetry::metrics::Metrics::new();
         let health = Health::new();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, metrics.clone(), health.clone(), async {

@@ -79,6 +79,18 @@ fn image_pull_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 14))
 }
 
+/// Something that renders the OpenMetrics text exposition (ends with `# EOF`): the agent's
+/// metrics, or the controller's own.
+pub trait Exposition: Send + Sync + 'static {
+    fn try_encode(&self) -> Result<String, std::fmt::Error>;
+}
+
+impl Exposition for Metrics {
+    fn try_encode(&self) -> Result<String, std::fmt::Error> {
+        Metrics::try_encode(self)
+    }
+}
+
 /// The agent's metrics and the registry that exposes them.
 #[derive(Clone)]
 pub struct Metrics {

@@ -24,6 +24,7 @@ use crate::api::kruise::{
     ContainerRecreateRequest, ContainerRecreateRequestPhase as Phase,
     FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE,
 };
+use crate::controller::metrics::{ControllerMetrics, Reason};
 use decide::{Defaulting, Step};
 
 type Crr = ContainerRecreateRequest;
@@ -37,8 +38,15 @@ pub struct Error {
     source: kube::Error,
 }
 
+impl Reason for Error {
+    fn reason(&self) -> &'static str {
+        self.source.reason()
+    }
+}
+
 struct Ctx {
     client: kube::Client,
+    metrics: ControllerMetrics,
     /// Pods as the watch last delivered them (updated before the event that wakes a CRR).
     pods: Store<Pod>,
 }
@@ -63,7 +71,7 @@ fn crrs_for_pod(store: &Store<Crr>, pod: &Pod) -> Vec<ObjectRef<Crr>> {
 }
 
 /// Run until the task is aborted (on losing leadership).
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
     let crrs: Api<Crr> = Api::all(client.clone());
     let controller = Controller::new(crrs, watcher::Config::default());
     let store = controller.store();
@@ -72,7 +80,11 @@ pub async fn run(client: kube::Client) {
         .default_backoff()
         .reflect(writer)
         .touched_objects();
-    let ctx = Arc::new(Ctx { client, pods });
+    let ctx = Arc::new(Ctx {
+        client,
+        metrics,
+        pods,
+    });
     controller
         .watches_stream(pod_events, move |pod| crrs_for_pod(&store, &pod))
         .run(reconcile, error_policy, ctx)
@@ -90,6 +102,11 @@ fn error_policy(crr: Arc<Crr>, err: &Error, _: Arc<Ctx>) -> Action {
 }
 
 async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let metrics = ctx.metrics.clone();
+    metrics.measure("crr", reconcile_pass(crr, ctx)).await
+}
+
+async fn reconcile_pass(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = crr.namespace().unwrap_or_default();
     let api: Api<Crr> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

@@ -38,6 +38,7 @@ use crate::api::kruise::{
 };
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
 use decide::{JobTarget, NodeProgress};
 
@@ -45,6 +46,7 @@ use decide::{JobTarget, NodeProgress};
 pub(super) fn controller(
     client: &kube::Client,
     cfg: &Config,
+    metrics: &ControllerMetrics,
 ) -> (impl Future<Output = ()> + use<>, Store<ImagePullJob>) {
     let wc = watcher::Config::default;
     let jobs_ctrl = Controller::new(Api::<ImagePullJob>::all(client.clone()), wc());
@@ -68,6 +70,7 @@ pub(super) fn controller(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg: cfg.clone(),
+        metrics: metrics.clone(),
         node_images,
     });
     let job_loop = jobs_ctrl
@@ -139,6 +142,7 @@ fn jobs_for_pod(jobs: &Store<ImagePullJob>, p: &Pod) -> Vec<ObjectRef<ImagePullJ
 struct Ctx {
     client: kube::Client,
     cfg: Config,
+    metrics: ControllerMetrics,
     node_images: Store<NodeImage>,
 }
 
@@ -155,6 +159,13 @@ fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {
 }
 
 async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure("imagepulljob", reconcile_pass(job, ctx))
+        .await
+}
+
+async fn reconcile_pass(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let api: Api<ImagePullJob> = Api::namespaced(ctx.client.clone(), &ns);

@@ -20,6 +20,7 @@ use crate::api::kruise::{
     NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS, NodeImage,
 };
 use crate::cluster::retry_on_conflict;
+use crate::controller::metrics::{ControllerMetrics, Reason};
 
 /// Settings of the image pre-pull controllers.
 #[derive(Clone, Debug)]
@@ -60,6 +61,15 @@ pub enum Error {
     Conflict(String),
 }
 
+impl Reason for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => source.reason(),
+            Error::Conflict(_) => "conflict",
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn kube(action: impl Into<String>, source: kube::Error) -> Self {
         Error::Kube {
@@ -81,11 +91,11 @@ pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
 }
 
 /// Runs the NodeImage lifecycle and ImagePullJob controllers until the task is dropped.
-pub async fn run(client: kube::Client, cfg: Config) {
+pub async fn run(client: kube::Client, cfg: Config, metrics: ControllerMetrics) {
     let node_images = node_image::Controllers::new(&client);
-    let (job_loop, jobs) = job::controller(&client, &cfg);
+    let (job_loop, jobs) = job::controller(&client, &cfg, &metrics);
     info!(pull_secret_namespace = %cfg.pull_secret_namespace, "image pull controllers started");
-    futures::join!(job_loop, node_images.run(client, cfg, jobs));
+    futures::join!(job_loop, node_images.run(client, cfg, jobs, metrics));
 }
 
 /// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and

@@ -23,12 +23,14 @@ use super::{Config, Error, RESYNC, requeue_after, update_node_image};
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
 use decide::Creation;
 
 struct Ctx {
     client: kube::Client,
     cfg: Config,
+    metrics: ControllerMetrics,
     nodes: Store<Node>,
     jobs: Store<ImagePullJob>,
     node_images: Store<NodeImage>,
@@ -62,10 +64,17 @@ impl Controllers {
     }
 
     /// Runs both controllers until the task is dropped.
-    pub(crate) async fn run(self, client: kube::Client, cfg: Config, jobs: Store<ImagePullJob>) {
+    pub(crate) async fn run(
+        self,
+        client: kube::Client,
+        cfg: Config,
+        jobs: Store<ImagePullJob>,
+        metrics: ControllerMetrics,
+    ) {
         let ctx = Arc::new(Ctx {
             client,
             cfg,
+            metrics,
             nodes: self.node_store,
             jobs,
             node_images: self.node_images.store(),
@@ -92,6 +101,13 @@ where
 
 /// Creates the NodeImage of a Node that has been Ready long enough.
 async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure("node", reconcile_node_pass(node, ctx))
+        .await
+}
+
+async fn reconcile_node_pass(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = node.name_any();
     match decide::creation(&node, Timestamp::now(), ctx.cfg.node_image_creation_delay) {
         Creation::No => Ok(Action::await_change()),
@@ -124,6 +140,13 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error>
 /// Deletes the NodeImage of a gone Node, mirrors labels, garbage-collects the spec and fails the
 /// tags the agent does not answer for.
 async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let metrics = ctx.metrics.clone();
+    metrics
+        .measure("nodeimage", reconcile_node_image_pass(ni, ctx))
+        .await
+}
+
+async fn reconcile_node_image_pass(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = ni.name_any();
     let api: Api<NodeImage> = Api::all(ctx.client.clone());
     if ni.metadata.deletion_timestamp.is_some() {

@@ -11,7 +11,7 @@ use crate::cluster::retry_on_conflict;
 use crate::controller::record_event;
 
 /// Swap the images on a fresh copy of the pod, retrying on conflict, then record an Event.
-pub async fn swap_images(client: &kube::Client, pod: &Pod) -> anyhow::Result<()> {
+pub async fn swap_images(client: &kube::Client, pod: &Pod) -> Result<(), kube::Error> {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -22,6 +22,8 @@ use tracing::warn;
 
 pub use decide::{EVENT_REASON, Swap, VIRTUAL_NODE_LABEL};
 
+use crate::controller::metrics::ControllerMetrics;
+
 /// Keep the set of virtual nodes current; send the name of every node that joins it (also by a
 /// relist), whose pods must then be looked at: a pod event seen before its node was known as
 /// virtual was passed over.
@@ -79,7 +81,7 @@ async fn watch_virtual_nodes(
 }
 
 /// Swap sidecar images on virtual nodes until the task is dropped.
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
     let nodes = Arc::new(RwLock::new(HashSet::new()));
     let (joined_tx, mut joined) = mpsc::unbounded_channel();
     tokio::spawn(watch_virtual_nodes(
@@ -96,7 +98,7 @@ pub async fn run(client: kube::Client) {
         tokio::select! {
             pod = stream.next() => match pod {
                 None => return,
-                Some(Ok(pod)) => consider_vk_pod(&client, &nodes, &pod).await,
+                Some(Ok(pod)) => consider_vk_pod(&client, &metrics, &nodes, &pod).await,
                 Some(Err(e)) => warn!(error = %e, "pod watch interrupted; retrying"),
             },
             Some(node) = joined.recv() => {
@@ -104,7 +106,7 @@ pub async fn run(client: kube::Client) {
                 match pods.list(&on_node).await {
                     Ok(list) => {
                         for pod in &list.items {
-                            consider_vk_pod(&client, &nodes, pod).await;
+                            consider_vk_pod(&client, &metrics, &nodes, pod).await;
                         }
                     }
                     Err(e) => warn!(node = %node, error = %e, "listing the pods of a virtual node failed"),
@@ -115,7 +117,12 @@ pub async fn run(client: kube::Client) {
 }
 
 /// Swap the sidecar images of `pod` if it runs on a virtual node and its main containers are done.
-async fn consider_vk_pod(client: &kube::Client, nodes: &RwLock<HashSet<String>>, pod: &Pod) {
+async fn consider_vk_pod(
+    client: &kube::Client,
+    metrics: &ControllerMetrics,
+    nodes: &RwLock<HashSet<String>>,
+    pod: &Pod,
+) {
     let on_virtual = pod
         .spec
         .as_ref()
@@ -124,7 +131,10 @@ async fn consider_vk_pod(client: &kube::Client, nodes: &RwLock<HashSet<String>>,
     if !on_virtual || decide::decide(pod).is_empty() {
         return;
     }
-    if let Err(e) = act::swap_images(client, pod).await {
+    if let Err(e) = metrics
+        .measure("vk_sidecar", act::swap_images(client, pod))
+        .await
+    {
         warn!(pod = %pod.name_any(), namespace = %pod.namespace().unwrap_or_default(), error = %e, "in-place sidecar termination failed");
     }
 }
