@@ -2,8 +2,7 @@
 //! the agent is started; prints how long it takes to be ready, and its RSS and CPU while idling.
 //! Prints one line: `RESULT agent_footprint containers=… ready_ms=… rss_mib=… cpu_pct=…`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use support::bench::env_or;
 

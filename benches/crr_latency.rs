@@ -32,8 +32,7 @@
 //! create_to_completed_p50_ms=… agent_p50_ms=… agent_p99_ms=… defaulted_p99_ms=… delivered_p99_ms=…
 //! request_to_stop_p99_ms=… floor_p99_ms=… ratio_p99=…`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use support::bench::{env_or, percentile, renice};
 

@@ -5,8 +5,7 @@
 //! 2 at a time. Rounds alternate (which comes first too), the images are removed before each.
 //! Prints `RESULT image_pull images=8 agent_s=… direct_s=… ratio=…` (medians).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use support::bench::env_or;
 

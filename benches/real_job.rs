@@ -14,8 +14,7 @@
 //! nodeward_complete_p99_ms=… native_complete_p50_ms=… native_complete_p99_ms=… ratio_stop_p99=…
 //! ratio_complete_p50=…`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

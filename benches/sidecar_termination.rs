@@ -11,8 +11,7 @@
 //! The agent runs at nice -10, as the systemd unit ships it (`Nice=-10`), and so does the
 //! benchmark process that plays the floor: `NODEWARD_BENCH_AGENT_NICE` (0 = as the runtime).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use support::bench::{env_or, percentile, renice};
 

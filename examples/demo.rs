@@ -2,8 +2,7 @@
 //! container finishes while its sidecar would run forever. Shows the agent stopping the sidecar.
 //! Run through `./scripts/demo.sh` (it builds the agent and sets `NODEWARD_BIN`).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodeward_testkit as support;
 
 use std::time::Duration;
 

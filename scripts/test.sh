@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 ./scripts/cluster.sh lint
 # A cluster that cannot start fails here with its reason (never a skipped test).
 trap './scripts/cluster.sh down' EXIT

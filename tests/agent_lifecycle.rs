@@ -2,7 +2,7 @@
 //! (relist path), the runtime restarted or down while the agent runs, and runtime detection.
 //! Each test here starts and stops its own agent, so the tests of this binary run one at a time.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The in-memory API server (`tests/support/apiserver`) driven by the real kube client:
 //! `kube::Api`, `kube::runtime::watcher`, discovery, kubeconfig files and kube-lease-manager.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

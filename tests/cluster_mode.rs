@@ -7,7 +7,7 @@
 //! main, an agent started while the API is down, a server without the kruise CRDs, a node labelled
 //! virtual after the controller started, and a graceful leader step-down.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::path::PathBuf;
 use std::time::Duration;

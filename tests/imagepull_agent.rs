@@ -2,7 +2,7 @@
 //! the in-memory API server, pulling from real registries into the test bed's containerd through
 //! a recording CRI proxy. The tests play the controller: they write NodeImage specs directly.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

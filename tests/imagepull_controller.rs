@@ -4,7 +4,7 @@
 //! its own API server and controller, so the tests run in parallel. Covers upstream's
 //! `pullimages.go` e2e list plus the cases of issue 6.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

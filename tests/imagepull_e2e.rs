@@ -4,7 +4,7 @@
 //! controller fans them out to NodeImages, the agents pull for real and report, and the
 //! controller aggregates the job status.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! processes use service-account kubeconfigs, which the in-memory API server authorizes with
 //! `support::rbac` (`ApiServer::assert_no_denials`).
 
-mod support;
+use nodeward_testkit as support;
 
 use std::path::PathBuf;
 use std::process::Command;

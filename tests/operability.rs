@@ -3,7 +3,7 @@
 //! /metrics parsed as Prometheus text. Each test runs its own agent(s) on the shared test bed, so
 //! they take turns: two agents would both act on every pod.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

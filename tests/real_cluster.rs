@@ -5,7 +5,7 @@
 //! API-facing capability exercised on real Jobs and Pods. Each test works in a namespace of its
 //! own.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::time::Duration;
 

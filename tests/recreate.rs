@@ -8,7 +8,7 @@
 //! grace before the kill, two CRRs in turn, bad requests, kill -9 of the agent mid-recreate, and
 //! kruise-manager's SidecarTerminator CRR.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};

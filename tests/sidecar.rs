@@ -1,7 +1,7 @@
 //! Job sidecar terminator against a real containerd: one shared test bed and one shared agent for
 //! this binary; every scenario uses its own pod and asserts on the agent's log lines for that pod.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::sync::OnceLock;
 use std::time::Duration;

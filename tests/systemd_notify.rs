@@ -2,7 +2,7 @@
 //! connected and synchronised, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1 on SIGTERM — read from
 //! a NOTIFY_SOCKET datagram socket as systemd would. And `--check-config` exit codes.
 
-mod support;
+use nodeward_testkit as support;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;

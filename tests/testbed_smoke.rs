@@ -1,6 +1,6 @@
 //! Smoke test of the real-runtime test bed and the kubelet fixture (tests/support).
 
-mod support;
+use nodeward_testkit as support;
 
 use std::time::Duration;
 

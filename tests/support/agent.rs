@@ -12,12 +12,18 @@ use anyhow::{Context, bail};
 use super::testbed::TestBed;
 use serde_json::Value;
 
-/// Path of the agent binary: cargo's for tests and benches, else `$NODEWARD_BIN`.
+/// Path of the agent binary: `$NODEWARD_BIN`, else the one cargo built beside the running test or
+/// bench (`target/<profile>/nodeward`, next to its `deps/`; cargo builds the binary before the
+/// integration tests and benches of its package), else `nodeward` on the PATH.
 pub fn agent_binary() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_nodeward") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var("NODEWARD_BIN").unwrap_or_else(|_| "nodeward".into())),
+    if let Ok(bin) = std::env::var("NODEWARD_BIN") {
+        return PathBuf::from(bin);
     }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("nodeward")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("nodeward"))
 }
 
 pub struct AgentProcess {

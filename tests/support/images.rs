@@ -24,7 +24,7 @@ const PAUSE_SECONDS: &str = "2147483647";
 
 /// Where built layouts are cached; independent of `CARGO_TARGET_DIR`.
 fn cache_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/testbed-images")
+    super::repo().join("target/testbed-images")
 }
 
 /// The OCI layout holding all test bed images, built on first use and reused while busybox is

@@ -9,8 +9,9 @@
 //! with `scripts/cluster.sh down`. A cluster that cannot start fails the test with the script's
 //! reason: it is never skipped.
 
+use super::repo;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -48,10 +49,6 @@ pub struct RealCluster {
     pub runtime_dir: PathBuf,
     pub kubeconfig: PathBuf,
     deployed: OnceLock<std::result::Result<String, String>>,
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Run a command to completion; its stdout, or an error carrying its stderr.

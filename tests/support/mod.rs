@@ -1,5 +1,5 @@
-//! Real-runtime test bed shared by integration tests (`mod support;`) and benchmarks
-//! (`#[path = "../tests/support/mod.rs"] mod support;`): a private containerd with a local
+//! nodeward's test kit (crate `nodeward-testkit`, used by the integration tests, benchmarks and
+//! the demo as `use nodeward_testkit as support;`, compiled once): a private containerd with a local
 //! registry ([`testbed::TestBed`]) and a fixture playing the kubelet's CRI role
 //! ([`kubelet::Kubelet`]). Nothing here depends on the test harness.
 //!
@@ -9,9 +9,6 @@
 //! it when the test bed is shut down or dropped, or when the process exits or dies. Set
 //! `NODEWARD_TESTBED_KEEP_LOGS=<dir>` to keep the logs of containerd, the registry, the guard and
 //! the pods' containers in `<dir>/nodeward-tb-*/`.
-
-// Each test or bench binary uses a different subset of the helpers.
-#![allow(dead_code)]
 
 pub mod agent;
 pub mod apiserver;
@@ -27,7 +24,20 @@ pub mod testbed;
 pub mod wait;
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The nodeward repository (this crate lives in its `tests/support`).
+pub fn repo() -> &'static Path {
+    static REPO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    REPO.get_or_init(|| {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        here.parent()
+            .and_then(Path::parent)
+            .unwrap_or(here)
+            .to_path_buf()
+    })
+}
 
 /// The child is SIGKILLed when the test process dies: no process outlives a killed test.
 #[allow(unsafe_code)]

@@ -2,7 +2,7 @@
 //! authorizer does for a service account: the in-memory API server enforces it on requests made
 //! with a service account's token, and tests/manifests.rs checks its reviewed tables with it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -43,7 +43,7 @@ pub struct Rbac {
 impl Rbac {
     /// The documents of `packaging/kubernetes/*rbac*.yaml`.
     pub fn packaged() -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/kubernetes");
+        let dir = super::repo().join("packaging/kubernetes");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.expect("directory entry").path())

@@ -671,7 +671,7 @@ fn create_layout(dir: &Path) -> Result<()> {
 }
 
 fn spawn_guard(dir: &Path, cgroup_name: &str) -> Result<Guard> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/testbed-guard.sh");
+    let script = super::repo().join("tests/support/testbed-guard.sh");
     let (reader, writer) = std::io::pipe().context("creating the guard's pipe")?;
     let log = log_file(&dir.join("logs/guard.log"))?;
     let mut cmd = Command::new("bash");
