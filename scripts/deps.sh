@@ -50,9 +50,10 @@ command -v go >/dev/null || { echo "deps: go not found (the real cluster is buil
 # The packages carry a static musl binary (scripts/package-test.sh).
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl ||
   rustup target add x86_64-unknown-linux-musl
-# Packaging tools (scripts/package-test.sh), cached outside the worktree so reruns are fast.
+# Packaging tools (scripts/package-test.sh) and cargo-deny (scripts/test.sh), cached outside the
+# worktree so reruns are fast.
 tools="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}"
-for tool in cargo-deb cargo-generate-rpm; do
+for tool in cargo-deb cargo-generate-rpm cargo-deny; do
   [ -x "$tools/bin/$tool" ] || cargo install --locked --quiet --root "$tools" "$tool"
 done
 # Offline Kubernetes schema validation of packaging/kubernetes (tests/manifests.rs).

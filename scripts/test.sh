@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing, then fmt, clippy -D warnings, gofmt and go vet,
+# The one test command: installs what is missing, then fmt, clippy -D warnings, cargo deny, gofmt and go vet,
 # and every test: the integration tests against a real containerd started by the tests
 # themselves, and tests/real_cluster.rs on the real single-node Kubernetes of scripts/cluster.sh
 # (built from Go modules, cached in ~/.cache/nodeward-cluster), which this script starts and stops.
@@ -12,6 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Licenses, banned/duplicate crates and sources (deny.toml), offline; advisories need the
+# RustSec database from GitHub, which this machine cannot reach.
+PATH="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}/bin:$PATH" cargo deny --offline -L error check licenses bans sources
 ./scripts/cluster.sh lint
 # A cluster that cannot start fails here with its reason (never a skipped test).
 trap './scripts/cluster.sh down' EXIT
