@@ -32,16 +32,7 @@ async fn agent_started_after_main_exited_uses_relist() {
     let pod = Kubelet::run_pod(tb, job("late-agent", "exit 0"))
         .await
         .unwrap();
-    pod.wait_until(
-        |p| {
-            p.containers
-                .iter()
-                .any(|c| c.name == "main" && c.is_exited())
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    pod.wait_exited("main").await.unwrap();
     let agent = AgentProcess::spawn(tb, &[]).unwrap();
     let line = agent
         .wait_stopped(pod.uid(), "proxy", Duration::from_secs(30))

@@ -96,17 +96,7 @@ async fn onfailure_failed_main_leaves_sidecar() {
     )
     .await
     .unwrap();
-    pod.handle
-        .wait_until(
-            |p| {
-                p.containers
-                    .iter()
-                    .any(|c| c.name == "main" && c.restart_count >= 2)
-            },
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap();
+    pod.handle.wait_restarts("main", 2).await.unwrap();
     assert!(pod.handle.container("proxy").await.unwrap().is_running());
     assert!(agent.messages("sidecar stopped").is_empty());
     assert!(!has_condition(&pod.object().await.unwrap()));

@@ -185,20 +185,10 @@ impl Env {
                 return j.clone();
             }
             if tokio::time::Instant::now() > deadline {
-                let nis = self
-                    .node_images()
-                    .list(&ListParams::default())
-                    .await
-                    .unwrap();
-                let state: Vec<Value> = nis
-                    .items
-                    .iter()
-                    .map(|n| json!({"name": n.name_any(), "spec": n.spec, "status": n.status}))
-                    .collect();
                 panic!(
                     "timed out waiting for job {name}: {what}\njob: {}\nnode images: {}",
                     serde_json::to_string(&job).unwrap(),
-                    serde_json::to_string_pretty(&state).unwrap()
+                    support::cluster::node_images_json(&self.node_images()).await
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use nodeward::api::kruise::{ImagePullJob, ImagePullJobStatus, ImagePullPhase, NodeImage};
 use nodeward::controller::imagepull::job::decide::secret_copy_name;
@@ -141,20 +141,10 @@ impl Cluster {
                 return st;
             }
             if tokio::time::Instant::now() > deadline {
-                let nis = self
-                    .node_images()
-                    .list(&ListParams::default())
-                    .await
-                    .unwrap();
-                let nis: Vec<Value> = nis
-                    .items
-                    .iter()
-                    .map(|n| json!({"spec": n.spec, "status": n.status}))
-                    .collect();
                 panic!(
                     "job {name}: timed out waiting for {what}\njob: {}\nnode images: {}\ncontroller log:\n{}\n{}",
                     serde_json::to_string(&job).unwrap(),
-                    serde_json::to_string_pretty(&nis).unwrap(),
+                    support::cluster::node_images_json(&self.node_images()).await,
                     self.controller.raw_lines().join("\n"),
                     self.nodes
                         .iter()

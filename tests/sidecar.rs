@@ -78,16 +78,7 @@ fn no_stop_for(agent: &AgentProcess, pod: &PodHandle) -> bool {
 
 /// Wait for the main container to exit, then give the agent time it would need to (wrongly) act.
 async fn main_exited_then_settle(pod: &PodHandle) {
-    pod.wait_until(
-        |p| {
-            p.containers
-                .iter()
-                .any(|c| c.name == "main" && c.is_exited())
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    pod.wait_exited("main").await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
 }
 
@@ -156,16 +147,9 @@ async fn onfailure_main_exit_1_leaves_sidecar_and_main_restarts() {
         .container(main_container("sleep 1; exit 1"))
         .container(sidecar("proxy", POLITE_SIDECAR)))
     .await;
-    pod.wait_until(
-        |p| {
-            p.containers
-                .iter()
-                .any(|c| c.name == "main" && c.restart_count >= 2)
-        },
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("the fixture restarts the failed main");
+    pod.wait_restarts("main", 2)
+        .await
+        .expect("the fixture restarts the failed main");
     let side = pod.container("proxy").await.unwrap();
     assert!(side.is_running(), "sidecar must not be stopped: {side:?}");
     assert!(no_stop_for(agent, &pod));

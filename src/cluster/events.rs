@@ -33,8 +33,10 @@ impl EventType {
 /// One Event to write.
 #[derive(Clone, Debug)]
 pub struct Note {
+    /// What the Event is about (`involvedObject`).
     pub object: ObjectReference,
     pub type_: EventType,
+    /// CamelCase, as upstream writes it (`SidecarTerminated`, `Killing`, `PullImageFailed`).
     pub reason: String,
     pub message: String,
     /// The action taken (`StopContainer`, ...), when there is one.
@@ -42,6 +44,7 @@ pub struct Note {
     /// A stable name makes the write idempotent (a repeat finds it exists); `None`: a generated
     /// name `<object>.<random>`.
     pub name: Option<String>,
+    /// When it happened (first and last timestamp, event time).
     pub at: SystemTime,
 }
 

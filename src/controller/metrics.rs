@@ -5,6 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+use kube::runtime::controller::Action;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::counter::Counter;
@@ -127,6 +130,26 @@ impl ControllerMetrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.inner.leader.set(i64::from(leading));
+    }
+
+    /// `reconcile`, counted and timed as `reconciler`: what kube's `Controller::run` calls.
+    pub fn counted<K, C, E, F, Fut>(
+        &self,
+        reconciler: &'static str,
+        reconcile: F,
+    ) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, E>> + use<K, C, E, F, Fut>
+    where
+        K: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+        E: Reason + Send + 'static,
+        F: Fn(Arc<K>, Arc<C>) -> Fut,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    {
+        let metrics = self.clone();
+        move |obj, ctx| {
+            let (metrics, pass) = (metrics.clone(), reconcile(obj, ctx));
+            Box::pin(async move { metrics.measure(reconciler, pass).await })
+        }
     }
 
     /// Count and time one reconcile pass of `reconciler`.

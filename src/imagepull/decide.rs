@@ -26,6 +26,15 @@ pub struct TagKey {
     pub tag: String,
 }
 
+impl TagKey {
+    pub fn new(image: &str, tag: &str) -> Self {
+        Self {
+            image: image.into(),
+            tag: tag.into(),
+        }
+    }
+}
+
 impl std::fmt::Display for TagKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.image, self.tag)
@@ -70,15 +79,9 @@ fn spec_tags(spec: &NodeImageSpec) -> BTreeMap<TagKey, i64> {
     spec.images
         .iter()
         .flat_map(|(image, s)| {
-            s.tags.iter().map(move |t| {
-                (
-                    TagKey {
-                        image: image.clone(),
-                        tag: t.tag.clone(),
-                    },
-                    t.version,
-                )
-            })
+            s.tags
+                .iter()
+                .map(move |t| (TagKey::new(image, &t.tag), t.version))
         })
         .collect()
 }
@@ -105,10 +108,7 @@ pub fn plan(
     }
     for (image, image_spec) in &spec.images {
         for tag in &image_spec.tags {
-            let key = TagKey {
-                image: image.clone(),
-                tag: tag.tag.clone(),
-            };
+            let key = TagKey::new(image, &tag.tag);
             if running.get(&key) == Some(&tag.version) {
                 continue;
             }
@@ -193,15 +193,9 @@ pub fn tag_statuses(status: &NodeImageStatus) -> BTreeMap<TagKey, ImageTagStatus
         .image_statuses
         .iter()
         .flat_map(|(image, s)| {
-            s.tags.iter().map(move |t| {
-                (
-                    TagKey {
-                        image: image.clone(),
-                        tag: t.tag.clone(),
-                    },
-                    t.clone(),
-                )
-            })
+            s.tags
+                .iter()
+                .map(move |t| (TagKey::new(image, &t.tag), t.clone()))
         })
         .collect()
 }
@@ -260,10 +254,7 @@ mod tests {
     }
 
     fn key(image: &str, tag: &str) -> TagKey {
-        TagKey {
-            image: image.into(),
-            tag: tag.into(),
-        }
+        TagKey::new(image, tag)
     }
 
     fn status(tag: &str, phase: ImagePullPhase, version: i64) -> ImageTagStatus {

@@ -1,17 +1,17 @@
 //! The image puller (agent side of ImagePullJob / NodeImage): watch only `NodeImage/$NODE_NAME`,
 //! decide which (image, tag, version) pulls to start or stop (`decide`), pull through CRI with a
-//! per-node concurrency cap (`worker`), and report the status and Events (`report`).
+//! per-node concurrency cap (`act`: one worker per pull), and report the status and Events (`report`).
 //!
 //! Differences from kruise-daemon: a per-node cap on concurrent pulls (default 2; upstream has
 //! none by default), the sandbox config annotation `apps.kruise.io/pulling-image-by: nodeward`,
 //! digests pulled as `name@digest` (upstream asks for `name:sha256:…`), status writes coalesced
 //! (progress within 2 s, new tasks and completion at once) under the same 0.5/s burst-5 limit.
 
+pub mod act;
 pub mod credentials;
 pub mod decide;
 pub mod reference;
 pub mod report;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,8 +30,8 @@ use crate::api::kruise::{
 use crate::cri::CriClient;
 use crate::telemetry::http::Listed;
 use crate::telemetry::metrics::Metrics;
+use act::{Puller, Update};
 use decide::TagKey;
-use worker::{Puller, Update};
 
 /// nodeward's value of the sandbox annotation `apps.kruise.io/pulling-image-by`.
 pub const PULLING_IMAGE_BY_NODEWARD: &str = "nodeward";
@@ -114,8 +114,7 @@ impl State {
             self.statuses.remove(key);
         }
         for task in plan.start {
-            self.statuses
-                .insert(task.key.clone(), worker::waiting(&task));
+            self.statuses.insert(task.key.clone(), act::waiting(&task));
             let key = task.key.clone();
             let version = task.version;
             let handle = tokio::spawn(self.puller.clone().run(task, self.updates.clone()));

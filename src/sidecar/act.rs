@@ -20,10 +20,14 @@ use crate::node::model::{NodeModel, State};
 pub struct Request {
     pub pod: PodRef,
     pub target: Target,
+    /// The sandbox, for the pod IP of an httpGet hook.
     pub sandbox_id: String,
+    /// The pod's termination grace period (kubelet annotation).
     pub grace: Duration,
     pub pre_stop: Option<PreStop>,
+    /// Named ports an httpGet hook may refer to.
     pub ports: Vec<NamedPort>,
+    /// The decision's time: what was spent since comes out of the grace.
     pub decided_at: SystemTime,
 }
 

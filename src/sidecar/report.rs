@@ -326,6 +326,23 @@ fn ms(from: Option<SystemTime>, to: SystemTime) -> Option<f64> {
         .map(|d| (d.as_secs_f64() * 1e6).round() / 1000.0)
 }
 
+/// The one log line per stopped (or failed) sidecar, with the pod and container ids.
+macro_rules! stop_line {
+    ($level:ident, $req:expr, $o:expr, $co:expr, $($rest:tt)+) => {
+        $level!(
+            pod_namespace = %$req.pod.namespace,
+            pod_name = %$req.pod.name,
+            pod_uid = %$req.pod.uid,
+            container = %$req.target.name,
+            container_id = %$req.target.id,
+            decision = "stop_sidecar",
+            prestop = %$o.pre_stop,
+            exit_to_stop_ms = $co.exit_to_stop_ms,
+            $($rest)+
+        )
+    };
+}
+
 /// A stop finished: one log line and the metrics per sidecar; when every sidecar stopped, the
 /// outcome recorded in the journal (off the event loop: an fsync shared with concurrent writes)
 /// and the outbox reporter woken. A failed stop is not recorded: the next relist decides again and
@@ -373,17 +390,13 @@ pub fn finished(
                     cfg.metrics
                         .observe_latency("exit_to_sidecar_exit", v / 1000.0);
                 }
-                info!(
-                    pod_namespace = %req.pod.namespace,
-                    pod_name = %req.pod.name,
-                    pod_uid = %req.pod.uid,
-                    container = %req.target.name,
-                    container_id = %req.target.id,
-                    decision = "stop_sidecar",
+                stop_line!(
+                    info,
+                    req,
+                    o,
+                    co,
                     runtime = %cfg.runtime,
-                    prestop = %o.pre_stop,
                     grace_s = crate::cri::client::grace_seconds(o.stop_grace),
-                    exit_to_stop_ms = co.exit_to_stop_ms,
                     exit_to_sidecar_exit_ms = co.exit_to_exit_ms,
                     sidecar_exit_code = co.exit_code,
                     exit_code_ignored = req.target.ignore_exit_code,
@@ -394,15 +407,11 @@ pub fn finished(
             Err(e) => {
                 cfg.metrics.sidecar_terminated(journal::RESULT_FAILED);
                 failed = true;
-                warn!(
-                    pod_namespace = %req.pod.namespace,
-                    pod_name = %req.pod.name,
-                    pod_uid = %req.pod.uid,
-                    container = %req.target.name,
-                    container_id = %req.target.id,
-                    decision = "stop_sidecar",
-                    prestop = %o.pre_stop,
-                    exit_to_stop_ms = co.exit_to_stop_ms,
+                stop_line!(
+                    warn,
+                    req,
+                    o,
+                    co,
                     error = %e,
                     result = "failed",
                     "stopping sidecar failed; retrying at the next relist"

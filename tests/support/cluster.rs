@@ -229,3 +229,16 @@ impl ClusterPod {
         Ok(())
     }
 }
+
+/// Every NodeImage (name, spec, status) as pretty JSON: what a timed-out image-pull test shows.
+pub async fn node_images_json(api: &Api<nodeward::api::kruise::NodeImage>) -> String {
+    let items = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => return format!("listing NodeImages failed: {e}"),
+    };
+    let state: Vec<Value> = items
+        .iter()
+        .map(|n| json!({"name": n.metadata.name, "spec": n.spec, "status": n.status}))
+        .collect();
+    serde_json::to_string_pretty(&state).unwrap_or_default()
+}

@@ -600,6 +600,22 @@ impl PodHandle {
         }
     }
 
+    /// Until container `name` has exited (within 20 s).
+    pub async fn wait_exited(&self, name: &str) -> Result<PodStatus> {
+        let exited = |p: &PodStatus| p.containers.iter().any(|c| c.name == name && c.is_exited());
+        self.wait_until(exited, Duration::from_secs(20)).await
+    }
+
+    /// Until the fixture has restarted container `name` at least `n` times (within 20 s).
+    pub async fn wait_restarts(&self, name: &str, n: u32) -> Result<PodStatus> {
+        let restarted = |p: &PodStatus| {
+            p.containers
+                .iter()
+                .any(|c| c.name == name && c.restart_count >= n)
+        };
+        self.wait_until(restarted, Duration::from_secs(20)).await
+    }
+
     /// StopPodSandbox + RemovePodSandbox, after stopping the restart loop.
     pub async fn remove(mut self) -> Result<()> {
         self.removed = true;

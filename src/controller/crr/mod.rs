@@ -46,7 +46,6 @@ impl Reason for Error {
 
 struct Ctx {
     client: kube::Client,
-    metrics: ControllerMetrics,
     /// Pods as the watch last delivered them (updated before the event that wakes a CRR).
     pods: Store<Pod>,
 }
@@ -80,14 +79,11 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
         .default_backoff()
         .reflect(writer)
         .touched_objects();
-    let ctx = Arc::new(Ctx {
-        client,
-        metrics,
-        pods,
-    });
+    let counted = metrics.counted("crr", reconcile);
+    let ctx = Arc::new(Ctx { client, pods });
     controller
         .watches_stream(pod_events, move |pod| crrs_for_pod(&store, &pod))
-        .run(reconcile, error_policy, ctx)
+        .run(counted, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "CRR reconcile");
@@ -102,11 +98,6 @@ fn error_policy(crr: Arc<Crr>, err: &Error, _: Arc<Ctx>) -> Action {
 }
 
 async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let metrics = ctx.metrics.clone();
-    metrics.measure("crr", reconcile_pass(crr, ctx)).await
-}
-
-async fn reconcile_pass(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = crr.namespace().unwrap_or_default();
     let api: Api<Crr> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

@@ -70,11 +70,14 @@ pub(super) fn controller(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg: cfg.clone(),
-        metrics: metrics.clone(),
         node_images,
     });
     let job_loop = jobs_ctrl
-        .run(reconcile, error_policy, ctx)
+        .run(
+            metrics.counted("imagepulljob", reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()));
     (job_loop, jobs)
 }
@@ -142,7 +145,6 @@ fn jobs_for_pod(jobs: &Store<ImagePullJob>, p: &Pod) -> Vec<ObjectRef<ImagePullJ
 struct Ctx {
     client: kube::Client,
     cfg: Config,
-    metrics: ControllerMetrics,
     node_images: Store<NodeImage>,
 }
 
@@ -159,13 +161,6 @@ fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {
 }
 
 async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let metrics = ctx.metrics.clone();
-    metrics
-        .measure("imagepulljob", reconcile_pass(job, ctx))
-        .await
-}
-
-async fn reconcile_pass(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let api: Api<ImagePullJob> = Api::namespaced(ctx.client.clone(), &ns);

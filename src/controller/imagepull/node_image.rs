@@ -30,7 +30,6 @@ use decide::Creation;
 struct Ctx {
     client: kube::Client,
     cfg: Config,
-    metrics: ControllerMetrics,
     nodes: Store<Node>,
     jobs: Store<ImagePullJob>,
     node_images: Store<NodeImage>,
@@ -74,18 +73,25 @@ impl Controllers {
         let ctx = Arc::new(Ctx {
             client,
             cfg,
-            metrics,
             nodes: self.node_store,
             jobs,
             node_images: self.node_images.store(),
         });
         let creator = self
             .nodes
-            .run(reconcile_node, error_policy, ctx.clone())
+            .run(
+                metrics.counted("node", reconcile_node),
+                error_policy,
+                ctx.clone(),
+            )
             .for_each(|_| futures::future::ready(()));
         let lifecycle = self
             .node_images
-            .run(reconcile_node_image, error_policy, ctx)
+            .run(
+                metrics.counted("nodeimage", reconcile_node_image),
+                error_policy,
+                ctx,
+            )
             .for_each(|_| futures::future::ready(()));
         futures::join!(creator, lifecycle);
     }
@@ -101,13 +107,6 @@ where
 
 /// Creates the NodeImage of a Node that has been Ready long enough.
 async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let metrics = ctx.metrics.clone();
-    metrics
-        .measure("node", reconcile_node_pass(node, ctx))
-        .await
-}
-
-async fn reconcile_node_pass(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = node.name_any();
     match decide::creation(&node, Timestamp::now(), ctx.cfg.node_image_creation_delay) {
         Creation::No => Ok(Action::await_change()),
@@ -140,13 +139,6 @@ async fn reconcile_node_pass(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, E
 /// Deletes the NodeImage of a gone Node, mirrors labels, garbage-collects the spec and fails the
 /// tags the agent does not answer for.
 async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let metrics = ctx.metrics.clone();
-    metrics
-        .measure("nodeimage", reconcile_node_image_pass(ni, ctx))
-        .await
-}
-
-async fn reconcile_node_image_pass(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = ni.name_any();
     let api: Api<NodeImage> = Api::all(ctx.client.clone());
     if ni.metadata.deletion_timestamp.is_some() {
