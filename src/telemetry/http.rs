@@ -157,16 +157,87 @@ pub fn router(metrics: impl Exposition, health: Health) -> Router {
         })
 }
 
-/// Serve the endpoints on `listener` until `shutdown` resolves (then finish in-flight requests).
+/// How long in-flight requests may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once. A scraper and the kubelet's probes need a handful; past the
+    /// cap a new connection waits in the kernel's accept backlog instead of costing memory.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time, or the connection is closed (a
+    /// slow or stuck client cannot hold a connection slot).
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serve the endpoints on `listener` until `shutdown` resolves (then finish in-flight requests),
+/// within the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: impl Exposition,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(
+        listener,
+        router(metrics, health),
+        Limits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serve `app` over HTTP/1 on `listener` until `shutdown` resolves, within `limits`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    Ok(())
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
@@ -290,6 +361,44 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .expect("status code");
         (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    /// A client that connects and sends nothing holds a connection slot only until the header
+    /// timeout; the next client is served after it.
+    #[tokio::test]
+    async fn a_silent_client_is_cut_at_the_header_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(crate::telemetry::metrics::Metrics::new(), Health::new());
+        let limits = Limits {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(300),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(listener, app, limits, async {
+            let _ = stop_rx.await;
+        }));
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let (status, _, body) = get(addr, "/healthz").await;
+        let waited = started.elapsed();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        assert!(
+            waited >= Duration::from_millis(200),
+            "the second client waited for the only slot: {waited:?}"
+        );
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), silent.read_to_end(&mut rest))
+            .await
+            .expect("the silent connection is closed")
+            .unwrap_or(0);
+        assert!(
+            !String::from_utf8_lossy(&rest[..n]).contains("200 OK"),
+            "nothing served to the silent client"
+        );
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
