@@ -316,15 +316,18 @@ push() {
 # the local pause image, \`restrict_oom_score_adj\` (without it runc fails here: "failed to update
 # /proc/self/oom_score_adj: Permission denied"), pod network namespaces under the state dir (so
 # \`down\` finds them), cgroupfs as the kubelet, and the local registry over plain HTTP.
-containerd_config() {
-  if [ "$CONTAINERD" = 1.6 ]; then
-    cat <<EOF
-version = 2
+# Top-level keys both generations share (TOML: before the first table).
+containerd_common() {
+  cat <<EOF
 root = "$DIR/containerd/root"
 state = "$DIR/containerd/state"
 oom_score = 0
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+EOF
+}
+
+# The sockets, under $DIR (the same tables in config v2 and v3).
+containerd_sockets() {
+  cat <<EOF
 [grpc]
   address = "$DIR/run/containerd/containerd.sock"
 [ttrpc]
@@ -333,6 +336,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   address = "$DIR/run/containerd/debug.sock"
 [metrics]
   address = ""
+EOF
+}
+
+containerd_config() {
+  if [ "$CONTAINERD" = 1.6 ]; then
+    cat <<EOF
+version = 2
+$(containerd_common)
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+$(containerd_sockets)
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "$DIR/containerd/opt"
@@ -368,21 +382,12 @@ server = "http://127.0.0.1:$REGISTRY_PORT"
 EOF
   cat <<EOF
 version = 3
-root = "$DIR/containerd/root"
-state = "$DIR/containerd/state"
+$(containerd_common)
 imports = []
-oom_score = 0
 disabled_plugins = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.erofs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.nri.v1.nri"]
-[grpc]
-  address = "$DIR/run/containerd/containerd.sock"
-[ttrpc]
-  address = "$DIR/run/containerd/containerd.sock.ttrpc"
-[debug]
-  address = "$DIR/run/containerd/debug.sock"
-[metrics]
-  address = ""
+$(containerd_sockets)
 [plugins]
   [plugins.'io.containerd.internal.v1.opt']
     path = "$DIR/containerd/opt"
