@@ -6,7 +6,7 @@
 //! The hook and the grace come from the kubelet's own annotations on the container (the Pod
 //! spec), never from the object that asked for the kill.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -78,6 +78,8 @@ pub struct Stopped {
     pub sent_at: SystemTime,
     /// `NotFound` counts as stopped: the container was removed meanwhile.
     pub result: Result<(), CriError>,
+    /// The runtime answered `NotFound`: there is no final status to read.
+    pub removed: bool,
 }
 
 impl Kill<'_> {
@@ -87,11 +89,6 @@ impl Kill<'_> {
             .duration_since(self.decided_at)
             .unwrap_or_default();
         self.grace.saturating_sub(spent)
-    }
-
-    /// The kubelet's rule: the grace left, never below the minimum.
-    pub fn stop_grace(&self) -> Duration {
-        stop_grace(self.left())
     }
 
     /// Run the preStop hook, bounded by the grace left.
@@ -148,25 +145,22 @@ impl Kill<'_> {
 
     /// StopContainer with the rest of the grace.
     pub async fn stop(&self, cri: &CriClient) -> Stopped {
-        let grace = self.stop_grace();
+        let grace = stop_grace(self.left());
         let sent_at = SystemTime::now();
-        let result = match cri.stop_container(self.container_id, grace).await {
-            Err(e) if e.is_not_found() => Ok(()),
-            r => r,
-        };
+        let result = cri.stop_container(self.container_id, grace).await;
+        let removed = result.as_ref().is_err_and(CriError::is_not_found);
         Stopped {
             grace,
             sent_at,
-            result,
+            result: if removed { Ok(()) } else { result },
+            removed,
         }
     }
 
-    /// preStop, then StopContainer: the whole kill. Also says how long the hook took.
-    pub async fn run(&self, cri: &CriClient) -> (PreStopOutcome, Duration, Stopped) {
-        let started = Instant::now();
+    /// preStop, then StopContainer: the whole kill.
+    pub async fn run(&self, cri: &CriClient) -> (PreStopOutcome, Stopped) {
         let pre_stop = self.run_pre_stop(cri).await;
-        let took = started.elapsed();
-        (pre_stop, took, self.stop(cri).await)
+        (pre_stop, self.stop(cri).await)
     }
 }
 

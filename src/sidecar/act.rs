@@ -182,8 +182,9 @@ pub async fn carry_out(
 
 /// Stop one sidecar and read its final status.
 async fn stop(cri: &CriClient, request: Request) -> Outcome {
-    let (pre_stop, _, stopped) = request.kill().run(cri).await;
+    let (pre_stop, stopped) = request.kill().run(cri).await;
     let result = match stopped.result {
+        Ok(()) if stopped.removed => Ok(None),
         Ok(()) => match cri.container_status(&request.target.id, false).await {
             Ok((st, _)) => Ok(Some(st)),
             Err(e) if e.is_not_found() => Ok(None),
