@@ -23,7 +23,8 @@
 # All state lives in $NODEWARD_CLUSTER_DIR (default /tmp/nodeward-cluster). Addresses live only on
 # interfaces `up` creates: the node IP on a dummy interface, pods on a CNI bridge, the service
 # range routed into the dummy interface (only the `kubernetes` service answers: a DNAT rule to the
-# apiserver stands in for kube-proxy). Nothing is downloaded but Go modules.
+# apiserver stands in for kube-proxy; the apiserver calls webhooks at their endpoints' pod IPs,
+# --enable-aggregator-routing). Nothing is downloaded but Go modules.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -605,6 +606,7 @@ cmd_up() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction \
+    --enable-aggregator-routing=true \
     --allow-privileged=true \
     --profiling=false
   up_to kube-apiserver 90 api_ready
@@ -813,7 +815,27 @@ EOF
       die "$what did not roll out"
     }
   done
+  # The CRR webhook answers once its Service has a ready endpoint and its CA bundle is in place:
+  # a server-side dry run naming no Pod is then refused by the webhook itself.
+  local i
+  for ((i = 0; i < 300; i++)); do
+    webhook_answers && break
+    sleep 0.2
+  done
+  webhook_answers || {
+    kubectl_ -n nodeward-system logs --tail=20 --prefix -l app.kubernetes.io/name=nodeward-controller >&2
+    die "the CRR admission webhook does not answer"
+  }
   echo "$image"
+}
+
+webhook_answers() {
+  kubectl_ create --dry-run=server -o name -f - 2>&1 <<EOF | grep -q 'no found Pod'
+apiVersion: apps.kruise.io/v1alpha1
+kind: ContainerRecreateRequest
+metadata: {name: webhook-probe, namespace: default}
+spec: {podName: no-such-pod, containers: [{name: c}]}
+EOF
 }
 
 # restart NAME: start a stopped component again with its command line and wait until it serves.

@@ -36,7 +36,7 @@ enum Command {
     /// Ask a running agent (over its local API socket).
     Ctl(CtlArgs),
     /// Run the controller (one active replica by Lease leader election).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinitions of the apps.kruise.io/v1alpha1 kinds (YAML).
     Crds,
     /// Print the version.
@@ -149,6 +149,19 @@ struct ControllerArgs {
     /// Seconds added to the TTL of an Always job's NodeImage tags.
     #[arg(long, default_value_t = 300)]
     default_ttlseconds_for_always_nodeimage: i32,
+    /// Listen address of the CRR admission webhook (HTTPS); "off" (the default outside the
+    /// shipped Deployment) serves none.
+    #[arg(long, default_value = "off")]
+    webhook_addr: String,
+    /// The webhook's Service (its DNS names go into the certificate), in the Lease's namespace.
+    #[arg(long, default_value = "nodeward-controller-webhook")]
+    webhook_service: String,
+    /// The Secret holding the webhook's certificate, in the Lease's namespace.
+    #[arg(long, default_value = "nodeward-controller-webhook-certs")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose CA bundle the controller keeps.
+    #[arg(long, default_value = "nodeward-crr")]
+    webhook_configuration: String,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -451,7 +464,8 @@ fn shutdown_signal() -> anyhow::Result<(
     Ok((fut, handle))
 }
 
-async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+async fn controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
+    let args = *args;
     let (shutdown, handle) = shutdown_signal()?;
     let client = nodeward::cluster::client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {
@@ -461,6 +475,14 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
+    let webhook =
+        parse_addr_or_off(&args.webhook_addr)?.map(|addr| nodeward::controller::webhook::Config {
+            addr,
+            namespace: args.lease_namespace.clone(),
+            service: args.webhook_service,
+            secret: args.webhook_secret,
+            configuration: args.webhook_configuration,
+        });
     let cfg = nodeward::controller::Config {
         lease_name: args.lease_name,
         lease_namespace: args.lease_namespace,
@@ -474,6 +496,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             node_image_response_timeout: args.nodeimage_response_timeout,
             default_ttl_seconds_for_always: args.default_ttlseconds_for_always_nodeimage,
         },
+        webhook,
     };
     let res = nodeward::controller::run(client, cfg, shutdown).await;
     handle.close();

@@ -40,6 +40,7 @@ const MANIFESTS: &[&str] = &[
     "agent-daemonset.yaml",
     "controller-deployment.yaml",
     "controller-pdb.yaml",
+    "controller-webhook.yaml",
 ];
 
 #[test]
@@ -441,16 +442,8 @@ const CONTROLLER_FORBIDDEN: &[Call] = &[
 ];
 
 /// Whether service account `sa` may make `call` under the packaged RBAC.
-fn allowed(rbac: &Rbac, sa: &str, (verb, group, resource, namespace): Call) -> bool {
-    rbac.allows(
-        sa,
-        Attributes {
-            verb,
-            group,
-            resource,
-            namespace,
-        },
-    )
+fn allowed(rbac: &Rbac, sa: &str, call: Call) -> bool {
+    allowed_named(rbac, sa, call, None)
 }
 
 fn check(sa: &str, calls: &[Call], forbidden: &[Call]) {
@@ -478,6 +471,53 @@ fn agent_rbac_allows_its_calls_and_no_more() {
 #[test]
 fn controller_rbac_allows_its_calls_and_no_more() {
     check(rbac::CONTROLLER, CONTROLLER_CALLS, CONTROLLER_FORBIDDEN);
+}
+
+/// Calls on one named object: the webhook's certificate Secret and its configuration's CA bundle
+/// (src/controller/webhook/act.rs), and nothing of the same kind beside them.
+#[test]
+fn controller_rbac_names_the_webhook_objects() {
+    let packaged = Rbac::packaged();
+    let call = |verb, group, resource, namespace, name| {
+        allowed_named(
+            &packaged,
+            rbac::CONTROLLER,
+            (verb, group, resource, namespace),
+            name,
+        )
+    };
+    let reg = "admissionregistration.k8s.io";
+    let certs = "nodeward-controller-webhook-certs";
+    assert!(call("create", "", "secrets", Some(NS), None));
+    assert!(call("get", "", "secrets", Some(NS), Some(certs)));
+    assert!(call("update", "", "secrets", Some(NS), Some(certs)));
+    assert!(!call("update", "", "secrets", Some(NS), Some("other")));
+    assert!(!call("delete", "", "secrets", Some(NS), Some(certs)));
+    let mwc = "mutatingwebhookconfigurations";
+    assert!(call("get", reg, mwc, None, Some("nodeward-crr")));
+    assert!(call("update", reg, mwc, None, Some("nodeward-crr")));
+    assert!(!call("update", reg, mwc, None, Some("other")));
+    assert!(!call("list", reg, mwc, None, None));
+    assert!(!call("create", reg, mwc, None, None));
+}
+
+/// Whether `sa` may make `call` on the object `name`.
+fn allowed_named(
+    rbac: &Rbac,
+    sa: &str,
+    (verb, group, resource, namespace): Call,
+    name: Option<&str>,
+) -> bool {
+    rbac.allows(
+        sa,
+        Attributes {
+            verb,
+            group,
+            resource,
+            namespace,
+            name,
+        },
+    )
 }
 
 #[test]

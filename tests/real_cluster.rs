@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ContainerState, ImageSpec, ImageStatusRequest, RemoveImageRequest};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -704,6 +705,146 @@ async fn crr_strategies_on_real_pods() {
     teardown(&client, ns).await;
 }
 
+/// The shipped MutatingWebhookConfiguration.
+const WEBHOOK_CONFIGURATION: &str = "nodeward-crr";
+
+/// The message of an API refusal; panics when the request was allowed.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(s)) => s.message,
+        other => panic!("allowed: {other:?}"),
+    }
+}
+
+/// The CRR admission webhook and the ValidatingAdmissionPolicy on the real kube-apiserver: what
+/// Create returns is filled from the real Pod whatever labels the client set; what upstream's
+/// webhook refuses is refused with its reason; once admitted, the spec and the labels the agents
+/// select on change only through the controller, whose own writes (the active label, the status
+/// annotations) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crr_admission_on_the_real_apiserver() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-admission";
+    let (cluster, client) = setup(ns).await;
+    let pod = ready_pod(cluster, &client, ns, "target", &["app"]).await;
+    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
+    let crr = |name: &str, spec: Value, labels: Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1",
+            "kind": "ContainerRecreateRequest",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let app = json!([{"name": "app"}]);
+    let forged = json!({
+        "crr.apps.kruise.io/pod-uid": "uid-of-a-kube-system-pod",
+        "crr.apps.kruise.io/node-name": "another-node",
+        "team": "a",
+    });
+
+    // What Create returns (a server-side dry run: nothing is stored).
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let spec = json!({"podName": "target", "containers": app});
+    let made = crrs
+        .create(&dry, &crr("filled", spec.clone(), forged.clone()))
+        .await
+        .unwrap();
+    let labels = made.labels();
+    assert_eq!(labels["crr.apps.kruise.io/pod-uid"], pod.uid().unwrap());
+    assert_eq!(labels["crr.apps.kruise.io/node-name"], cluster.node);
+    assert_eq!(labels["crr.apps.kruise.io/active"], "true");
+    assert_eq!(labels["team"], "a");
+    let app_status = container_status(&pod, "app");
+    let context = &made.data["spec"]["containers"][0]["statusContext"];
+    assert_eq!(
+        context["containerID"].as_str(),
+        app_status.container_id.as_deref()
+    );
+    assert_eq!(made.data["spec"]["strategy"]["failurePolicy"], "Fail");
+    assert_eq!(
+        made.data["spec"]["strategy"]["terminationGracePeriodSeconds"],
+        10
+    );
+
+    // What upstream's webhook refuses, refused with its reason.
+    let hook = json!({"podName": "target", "containers": [
+        {"name": "app", "preStop": {"exec": {"command": ["touch", "/x"]}}}]});
+    let cases = [
+        (hook, "can not set preStop, ports or statusContext"),
+        (
+            json!({"podName": "nobody", "containers": app}),
+            "no found Pod named nobody",
+        ),
+        (
+            json!({"podName": "target", "containers": [{"name": "nope"}]}),
+            "not found nope container",
+        ),
+        (
+            json!({"podName": "target", "containers": app, "activeDeadlineSeconds": 2}),
+            "activeDeadlineSeconds",
+        ),
+        (
+            json!({"podName": "target", "containers": [{"name": "app"}, {"name": "app"}]}),
+            "multi times",
+        ),
+    ];
+    for (spec, reason) in cases {
+        let m = refusal(crrs.create(&dry, &crr("refused", spec, json!({}))).await);
+        assert!(m.contains(reason), "{reason}: {m}");
+    }
+
+    // Admitted for real: the agent recreates the container, the controller completes the CRR
+    // and removes its active label (its writes pass the webhook and the policy).
+    crrs.create(&PostParams::default(), &crr("real", spec, forged))
+        .await
+        .unwrap();
+    let spec_change = json!({"spec": {"activeDeadlineSeconds": 600}});
+    let m = refusal(
+        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&spec_change))
+            .await,
+    );
+    assert!(
+        m.contains("spec of ContainerRecreateRequest is immutable"),
+        "{m}"
+    );
+    let uid_change = json!({"metadata": {"labels": {"crr.apps.kruise.io/pod-uid": "another"}}});
+    let m = refusal(
+        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&uid_change))
+            .await,
+    );
+    assert!(m.contains("crr.apps.kruise.io/pod-uid is immutable"), "{m}");
+    // Not the webhook's rule: the policy's, which holds with no replica up.
+    let inactive = json!({"metadata": {"labels": {"crr.apps.kruise.io/active": "false"}}});
+    let m = refusal(
+        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&inactive))
+            .await,
+    );
+    assert!(
+        m.contains("only the nodeward controller may change the labels"),
+        "{m}"
+    );
+    assert!(m.contains("nodeward-crr-immutable"), "{m}");
+    let done = crr_end(&client, ns, "real").await;
+    assert_eq!(done.data["status"]["phase"], "Completed", "{:?}", done.data);
+    let crrs2 = crrs.clone();
+    wait::until("the controller removes the active label", 60, || {
+        let crrs = crrs2.clone();
+        async move {
+            let c = crrs.get("real").await.unwrap();
+            (!c.labels().contains_key("crr.apps.kruise.io/active")).then_some(())
+        }
+    })
+    .await;
+    let pod = restarted_and_ready(&client, ns, "target", &["app"]).await;
+    assert_eq!(restart_count(&pod, "app"), Some(1));
+    teardown(&client, ns).await;
+}
+
 /// A CRR as an attacker writes it: the labels the agent selects on preset (so no defaulting
 /// happens), naming `victim`'s uid and node, with a preStop hook of its own that would leave a
 /// file in the victim's `/shared` volume, forced and failure-tolerant.
@@ -741,13 +882,16 @@ fn forged_crr(
     .unwrap()
 }
 
-/// The CRR trust model: the agent acts only on the pod a CRR names in its own namespace (as the
-/// kubelet labelled it), and runs only the Pod spec's own preStop hook, never one the CRR
-/// carries. Both forgeries are created with labels preset, so only the agent's and the
-/// controller's own checks stand between them and the victim.
+/// The CRR trust model. Admission refuses both forgeries (the webhook finds no Pod of that name
+/// in the attacker's namespace, and a CRR may not bring a preStop of its own). Then, with the
+/// webhook configuration taken away (a cluster installed without it), only the agent's and the
+/// controller's own checks stand between them and the victim: the agent acts only on the pod a
+/// CRR names in its own namespace (as the kubelet labelled it), and runs only the Pod spec's own
+/// preStop hook, never one the CRR carries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_crrs_run_nothing() {
-    let _shared = DISRUPTION.read().await;
+    // Exclusive: other tests create CRRs, which must pass the webhook.
+    let _exclusive = DISRUPTION.write().await;
     let (ns, attacker) = ("rc-forged-victim", "rc-forged");
     let (cluster, client) = setup(ns).await;
     setup(attacker).await;
@@ -766,7 +910,6 @@ async fn forged_crrs_run_nothing() {
         shared.display()
     );
 
-    // From another namespace, naming the victim's uid: refused, nothing runs.
     let crrs = kruise_api(&client, Some(attacker), "ContainerRecreateRequest");
     let steal = forged_crr(
         attacker,
@@ -776,6 +919,37 @@ async fn forged_crrs_run_nothing() {
         &cluster.node,
         "stolen",
     );
+    let victims = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
+    let hook = forged_crr(ns, "hook", "victim", &victim, &cluster.node, "hooked");
+    // Admission: both refused, with the reason.
+    let m = refusal(crrs.create(&PostParams::default(), &steal).await);
+    assert!(m.contains("no found Pod named victim"), "{m}");
+    let m = refusal(victims.create(&PostParams::default(), &hook).await);
+    assert!(
+        m.contains("can not set preStop, ports or statusContext"),
+        "{m}"
+    );
+
+    // Without the webhook.
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let saved = configs.get(WEBHOOK_CONFIGURATION).await.unwrap();
+    configs
+        .delete(WEBHOOK_CONFIGURATION, &DeleteParams::default())
+        .await
+        .unwrap();
+    let restore = || async {
+        let mut again = saved.clone();
+        again.metadata.resource_version = None;
+        again.metadata.uid = None;
+        again.metadata.creation_timestamp = None;
+        again.metadata.managed_fields = None;
+        configs
+            .create(&PostParams::default(), &again)
+            .await
+            .unwrap();
+    };
+
+    // From another namespace, naming the victim's uid: refused, nothing runs.
     crrs.create(&PostParams::default(), &steal).await.unwrap();
     let done = crr_end(&client, attacker, "steal").await;
     let message = done.data["status"]["message"].as_str().unwrap_or_default();
@@ -794,9 +968,8 @@ async fn forged_crrs_run_nothing() {
 
     // In the victim's namespace, for the victim itself: the container is recreated (that is what
     // a CRR is for), but with the Pod's own preStop (none), not the CRR's.
-    let crrs = kruise_api(&client, Some(ns), "ContainerRecreateRequest");
-    let hook = forged_crr(ns, "hook", "victim", &victim, &cluster.node, "hooked");
-    crrs.create(&PostParams::default(), &hook).await.unwrap();
+    victims.create(&PostParams::default(), &hook).await.unwrap();
+    restore().await;
     let done = crr_end(&client, ns, "hook").await;
     assert_eq!(done.data["status"]["phase"], "Completed", "{:?}", done.data);
     let pod = restarted_and_ready(&client, ns, "victim", &["app"]).await;

@@ -201,7 +201,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Some(client) = &cfg.cluster {
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
-        pods_listed = health.expect_list("Pods");
+        pods_listed = health.expect("Pods list");
         tokio::spawn(crate::node::pods::watch(
             client.clone(),
             cfg.node_name.clone(),
@@ -230,7 +230,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             commits: commits.clone(),
             metrics: metrics.clone(),
             view: view.clone(),
-            first_list: health.expect_list("ContainerRecreateRequests"),
+            first_list: health.expect("ContainerRecreateRequests list"),
         }));
         tokio::spawn(crate::imagepull::run(
             client.clone(),
@@ -240,7 +240,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 node_name: cfg.node_name.clone(),
                 secret_namespace: cfg.pull_secret_namespace.clone(),
                 max_concurrent_pulls: cfg.max_concurrent_pulls,
-                first_list: health.expect_list("NodeImage"),
+                first_list: health.expect("NodeImage list"),
             },
         ));
     }

@@ -1,6 +1,7 @@
 //! `nodeward controller`: one active replica, chosen by Lease leader election, running the
 //! reconcilers: CRR defaulting and lifecycle (`crr`), image pre-pull (`imagepull`: ImagePullJob →
-//! NodeImage) and the sidecar image swap on virtual nodes (`vk_sidecar`).
+//! NodeImage) and the sidecar image swap on virtual nodes (`vk_sidecar`); and, on every replica,
+//! the CRR admission webhook (`webhook`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub mod crr;
 pub mod imagepull;
 pub mod metrics;
 pub mod vk_sidecar;
+pub mod webhook;
 
 /// Event source component.
 pub const COMPONENT: &str = "nodeward-controller";
@@ -33,6 +35,8 @@ pub struct Config {
     pub addr: Option<std::net::SocketAddr>,
     /// ImagePullJob / NodeImage controllers.
     pub image_pull: imagepull::Config,
+    /// The admission webhook server; `None`: not served.
+    pub webhook: Option<webhook::Config>,
 }
 
 /// Run until `shutdown`; then stop the reconcilers and release the lease so another replica takes
@@ -45,6 +49,19 @@ pub async fn run(
     let metrics = ControllerMetrics::new();
     let health = Health::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(wh) = cfg.webhook.clone() {
+        let ready = health.expect("webhook certificate");
+        let mut rx = stop_rx.clone();
+        let done = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = webhook::run(client, wh, ready, done).await {
+                warn!(error = %e, "webhook server stopped");
+            }
+        });
+    }
     if let Some(addr) = cfg.addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -69,8 +69,8 @@ impl Health {
         self.inner.synced.store(synced, Ordering::Release);
     }
 
-    /// Make readiness wait for the first list of the watch of `what` (e.g. `Pods`).
-    pub fn expect_list(&self, what: &'static str) -> Listed {
+    /// Make readiness wait for `what` (e.g. `Pods list`: the first list of the Pod watch).
+    pub fn expect(&self, what: &'static str) -> Listed {
         let listed = Listed::default();
         self.inner
             .watches
@@ -135,7 +135,7 @@ impl Health {
             .filter(|(_, l)| !l.is_done())
             .map(|(what, _)| *what)
             .collect();
-        (!waiting.is_empty()).then(|| format!("first list not done: {}", waiting.join(", ")))
+        (!waiting.is_empty()).then(|| format!("waiting for: {}", waiting.join(", ")))
     }
 }
 
@@ -204,6 +204,27 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    accept_loop(listener, app, None, limits, shutdown).await
+}
+
+/// [`serve_with`] over TLS: the handshake, too, must finish within the header timeout.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: tokio_rustls::TlsAcceptor,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    accept_loop(listener, app, Some(tls), limits, shutdown).await
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -225,19 +246,39 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, app, limits, watcher).await,
+                Some(tls) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await
+                    {
+                        serve_connection(stream, app, limits, watcher).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
     Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
@@ -424,15 +465,15 @@ mod tests {
         assert_eq!(health.not_ready_reason(), None);
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
-        let (pods, crrs) = (health.expect_list("Pods"), health.expect_list("CRRs"));
+        let (pods, crrs) = (health.expect("Pods list"), health.expect("CRRs list"));
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!(
             (status, body.as_str()),
-            (503, "first list not done: Pods, CRRs")
+            (503, "waiting for: Pods list, CRRs list")
         );
         pods.done();
         let (status, _, body) = get(addr, "/readyz").await;
-        assert_eq!((status, body.as_str()), (503, "first list not done: CRRs"));
+        assert_eq!((status, body.as_str()), (503, "waiting for: CRRs list"));
         assert!(health.node_ready());
         crrs.done();
         assert_eq!(health.not_ready_reason(), None);

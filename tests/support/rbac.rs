@@ -32,6 +32,8 @@ pub struct Attributes<'a> {
     pub resource: &'a str,
     /// `None`: all namespaces, or a cluster-scoped resource.
     pub namespace: Option<&'a str>,
+    /// The object's name, when the request names one (get, update, patch, delete).
+    pub name: Option<&'a str>,
 }
 
 /// Roles, cluster roles and their bindings.
@@ -65,8 +67,8 @@ impl Rbac {
             .flat_map(|d| d["rules"].as_array().into_iter().flatten())
         {
             assert!(
-                rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
-                "the test RBAC evaluator does not model resourceNames/nonResourceURLs: {rule}"
+                rule.get("nonResourceURLs").is_none(),
+                "the test RBAC evaluator does not model nonResourceURLs: {rule}"
             );
         }
         Self { docs }
@@ -115,6 +117,9 @@ impl Rbac {
                 contains(&rule["apiGroups"], req.group)
                     && contains(&rule["resources"], req.resource)
                     && contains(&rule["verbs"], req.verb)
+                    // A rule naming objects grants only requests for one of them.
+                    && (rule.get("resourceNames").is_none()
+                        || req.name.is_some_and(|n| contains(&rule["resourceNames"], n)))
             })
     }
 }

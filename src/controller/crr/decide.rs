@@ -1,5 +1,6 @@
-//! The controller's CRR decisions as plain functions: defaulting and validation in place of
-//! upstream's mutating webhook, and the lifecycle of upstream's `containerrecreaterequest` controller (response timeout, deadline, status
+//! The controller's CRR decisions as plain functions: upstream's mutating webhook (defaulting and
+//! validation, answered at admission and, for a CRR created while no webhook was configured, by
+//! reconciliation), and the lifecycle of upstream's `containerrecreaterequest` controller (response timeout, deadline, status
 //! sync, pod readiness, `active` label, TTL).
 
 use std::collections::{BTreeMap, HashSet};
@@ -169,6 +170,58 @@ pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {
     labels.insert(LABEL_CRR_NODE_NAME.into(), node);
     labels.insert(LABEL_CRR_ACTIVE.into(), CRR_ACTIVE_VALUE.into());
     Defaulting::Apply(Box::new(out))
+}
+
+/// What admission answers to a CRR write (upstream's mutating webhook, which validates too).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    Allow,
+    /// Admit the CRR as given here (labels and per-container copies from its Pod, defaults).
+    Mutate(Box<Crr>),
+    Deny(String),
+}
+
+/// A new CRR: defaulted and filled from its Pod, or refused, as [`default_crr`] says. Whatever
+/// the client set in the labels the agents trust is overwritten with the Pod's truth.
+pub fn admit_create(crr: &Crr, pod: Option<&Pod>) -> Admission {
+    match default_crr(crr, pod) {
+        Defaulting::Apply(next) => Admission::Mutate(next),
+        Defaulting::Reject(message) => Admission::Deny(message),
+    }
+}
+
+/// A changed CRR: once admitted (it carries the pod-uid label) its spec, its pod-uid and
+/// node-name labels and a set unready-acquired time never change. A CRR that was never admitted
+/// (created while no webhook was configured) is left to the controller's defaulting; who may
+/// change it is the ValidatingAdmissionPolicy's rule.
+pub fn admit_update(old: &Crr, new: &Crr) -> Admission {
+    if old.pod_uid().is_none() {
+        return Admission::Allow;
+    }
+    if old.spec != new.spec {
+        return Admission::Deny("spec of ContainerRecreateRequest is immutable".into());
+    }
+    for key in [LABEL_CRR_POD_UID, LABEL_CRR_NODE_NAME] {
+        let label = |c: &Crr| c.metadata.labels.as_ref().and_then(|l| l.get(key).cloned());
+        if label(old) != label(new) {
+            return Admission::Deny(format!("label {key} is immutable"));
+        }
+    }
+    let acquired = |c: &Crr| {
+        c.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_CRR_UNREADY_ACQUIRED).cloned())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(was) = acquired(old)
+        && acquired(new).as_ref() != Some(&was)
+    {
+        return Admission::Deny(format!(
+            "annotation {ANNOTATION_CRR_UNREADY_ACQUIRED} is immutable once set"
+        ));
+    }
+    Admission::Allow
 }
 
 /// One step of the lifecycle, carried out in order.

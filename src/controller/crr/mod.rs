@@ -3,6 +3,7 @@
 //! write labels/spec, annotations, finalizer, status, the Pod's `KruisePodReady` condition → let
 //! the agents act.
 
+pub mod admission;
 pub mod decide;
 
 use std::sync::Arc;

@@ -257,6 +257,7 @@ fn authorization_error(server: &Server, record: &RequestRecord) -> Option<ApiErr
             group: &record.group,
             resource: &resource,
             namespace,
+            name: record.name.as_deref(),
         };
         !packaged.allows(sa, req)
     })?;

@@ -147,6 +147,121 @@ fn defaulting_rejects_what_the_webhook_rejects() {
 }
 
 #[test]
+fn admission_overwrites_forged_labels_with_the_pods_truth() {
+    let mut forged = crr(&["app"]);
+    forged.metadata.labels = Some(
+        [
+            (
+                LABEL_CRR_POD_UID.to_string(),
+                "uid-of-a-kube-system-pod".to_string(),
+            ),
+            (LABEL_CRR_NODE_NAME.to_string(), "another-node".to_string()),
+        ]
+        .into(),
+    );
+    let Admission::Mutate(c) = admit_create(&forged, Some(&pod("Running"))) else {
+        panic!("not admitted")
+    };
+    assert_eq!(c.pod_uid(), Some("pod-uid-1"));
+    assert_eq!(c.node_name(), Some("node-a"));
+    let mut hook = crr(&["app"]);
+    hook.spec.containers[0].pre_stop = Some(Default::default());
+    assert!(matches!(
+        admit_create(&hook, Some(&pod("Running"))),
+        Admission::Deny(m) if m.contains("copied from the Pod")
+    ));
+    assert!(matches!(
+        admit_create(&crr(&["app"]), None),
+        Admission::Deny(_)
+    ));
+}
+
+/// A change made to a CRR in a test case.
+type Change = fn(&mut Crr);
+
+#[test]
+fn an_admitted_crr_keeps_its_spec_and_pod_labels() {
+    let old = defaulted(&["app"]);
+    let cases: [(&str, Change, bool); 5] = [
+        (
+            "status and the active label may change",
+            |c: &mut Crr| {
+                c.metadata.labels.as_mut().unwrap().remove(LABEL_CRR_ACTIVE);
+                c.status = Some(Default::default());
+            },
+            true,
+        ),
+        (
+            "annotations may be added",
+            |c: &mut Crr| {
+                c.metadata.annotations = Some(
+                    [(
+                        ANNOTATION_CRR_UNREADY_ACQUIRED.to_string(),
+                        "2027-01-01T00:00:00Z".to_string(),
+                    )]
+                    .into(),
+                );
+            },
+            true,
+        ),
+        (
+            "spec",
+            |c: &mut Crr| c.spec.containers[0].pre_stop = None,
+            false,
+        ),
+        (
+            "pod-uid",
+            |c: &mut Crr| {
+                c.metadata
+                    .labels
+                    .as_mut()
+                    .unwrap()
+                    .insert(LABEL_CRR_POD_UID.into(), "x".into());
+            },
+            false,
+        ),
+        (
+            "node-name removed",
+            |c: &mut Crr| {
+                c.metadata
+                    .labels
+                    .as_mut()
+                    .unwrap()
+                    .remove(LABEL_CRR_NODE_NAME);
+            },
+            false,
+        ),
+    ];
+    for (what, change, allowed) in cases {
+        let mut new = old.clone();
+        change(&mut new);
+        assert_eq!(
+            admit_update(&old, &new) == Admission::Allow,
+            allowed,
+            "{what}"
+        );
+    }
+    let mut acquired = old.clone();
+    acquired.metadata.annotations = Some(
+        [(
+            ANNOTATION_CRR_UNREADY_ACQUIRED.to_string(),
+            "2027-01-01T00:00:00Z".to_string(),
+        )]
+        .into(),
+    );
+    let mut moved = acquired.clone();
+    moved.metadata.annotations.as_mut().unwrap().insert(
+        ANNOTATION_CRR_UNREADY_ACQUIRED.into(),
+        "2028-01-01T00:00:00Z".into(),
+    );
+    assert!(
+        matches!(admit_update(&acquired, &moved), Admission::Deny(m) if m.contains("immutable once set"))
+    );
+    // Never admitted: the controller's defaulting may fill it.
+    assert_eq!(admit_update(&crr(&["app"]), &old), Admission::Allow);
+}
+
+#[test]
 fn terminal_pod_with_sidecar_terminated_is_accepted() {
     let mut p = pod("Succeeded");
     p.status.as_mut().unwrap().conditions = Some(vec![PodCondition {

@@ -1,0 +1,120 @@
+//! The admission webhook server, on every replica (leader or not: the Service sends the API
+//! server to any ready one): HTTPS with a certificate the controller makes itself ([`certs`]),
+//! kept in a Secret and injected as the CA bundle of the webhook configuration ([`act`]), and
+//! the CRR admission ([`crate::controller::crr::admission`]) behind it.
+//!
+//! With the shipped `failurePolicy: Fail`, CRRs cannot be created while no replica serves; the
+//! rules that need no lookup are also a ValidatingAdmissionPolicy, which holds without us.
+
+pub mod act;
+pub mod certs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Json, State};
+use axum::routing::post;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
+use tracing::{info, warn};
+
+use crate::controller::crr::admission;
+use crate::telemetry::http::{Limits, Listed};
+
+/// How often the Secret is read again (renewal, another replica's renewal, a deleted Secret).
+const RESYNC: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// Namespace of the Service and the Secret (the controller's own).
+    pub namespace: String,
+    /// The Service the webhook configuration names.
+    pub service: String,
+    /// The Secret holding the certificate bundle.
+    pub secret: String,
+    /// The MutatingWebhookConfiguration whose CA bundle we keep.
+    pub configuration: String,
+}
+
+/// Serve until `shutdown`; `ready` is done once a certificate is served and its CA injected.
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    ready: Listed,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let resolver = Arc::new(certs::Resolver::default());
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config()?));
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("webhook listener {}: {e}", cfg.addr))?;
+    info!(addr = %listener.local_addr()?, path = admission::PATH, "serving the admission webhook");
+    let keeper = tokio::spawn(keep_certificate(
+        client.clone(),
+        cfg.clone(),
+        resolver,
+        ready,
+    ));
+    let app = Router::new()
+        .route(admission::PATH, post(crr))
+        .with_state(client);
+    let served =
+        crate::telemetry::http::serve_tls(listener, app, tls, Limits::default(), shutdown).await;
+    keeper.abort();
+    Ok(served?)
+}
+
+async fn crr(
+    State(client): State<kube::Client>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(admission::review(&client, review).await)
+}
+
+/// Keep the served certificate and the configuration's CA bundle in step with the Secret.
+async fn keep_certificate(
+    client: kube::Client,
+    cfg: Config,
+    resolver: Arc<certs::Resolver>,
+    ready: Listed,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let names = certs::dns_names(&cfg.service, &cfg.namespace);
+    let mut failures = 0u32;
+    loop {
+        let synced = async {
+            let bundle = act::ensure_bundle(&secrets, &cfg.secret, &names).await?;
+            resolver.set(certs::certified_key(&bundle)?);
+            act::inject_ca(
+                &configs,
+                &cfg.configuration,
+                (&cfg.namespace, &cfg.service),
+                &bundle.ca,
+            )
+            .await?;
+            Ok::<_, act::Error>(())
+        }
+        .await;
+        let wait = match synced {
+            Ok(()) => {
+                failures = 0;
+                ready.done();
+                RESYNC
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = crate::backoff::after(failures, Duration::from_secs(1), RESYNC);
+                warn!(error = %e, serving = resolver.is_set(), retry_in_ms = wait.as_millis() as u64, "webhook certificate not in step");
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
