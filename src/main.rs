@@ -393,6 +393,7 @@ fn check_agent_config(args: &AgentArgs) -> anyhow::Result<String> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let (shutdown, handle) = shutdown_signal()?;
+    nodeward::telemetry::nofile::raise_and_log();
     let addr = parse_addr_or_off(&args.addr)?;
     let cluster_mode = cluster_mode(&args);
     let given_name = args.node_name.filter(|n| !n.is_empty());
@@ -466,6 +467,7 @@ fn shutdown_signal() -> anyhow::Result<(
 
 async fn controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
     let args = *args;
+    nodeward::telemetry::nofile::raise_and_log();
     let (shutdown, handle) = shutdown_signal()?;
     let client = nodeward::cluster::client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.filter(|i| !i.is_empty()).unwrap_or_else(|| {

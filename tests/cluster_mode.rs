@@ -105,6 +105,50 @@ async fn onfailure_failed_main_leaves_sidecar() {
     api().assert_no_denials();
 }
 
+/// A report the API refuses for good (422 on the first pod's condition) is dropped with a
+/// warning and counted; the next pod's report is delivered behind it, not held back forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_good_does_not_hold_back_the_next() {
+    let _serial = SERIAL.lock().await;
+    let refused = support::apiserver::RequestMatcher::any()
+        .verb("patch")
+        .resource("pods/status")
+        .name("c-refused")
+        .user(&rbac::user(rbac::AGENT));
+    api().fail_next(refused.clone(), 422, 1000);
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    let mut pods = Vec::new();
+    for name in ["c-refused", "c-behind"] {
+        let spec = job(name, RestartPolicy::Never, "exit 0", sidecar(POLITE), 30);
+        let pod = ClusterPod::run(tb, api().client(), NODE, spec)
+            .await
+            .unwrap();
+        pod.handle.wait_exited("proxy").await.unwrap();
+        pods.push(pod);
+    }
+    let behind = &pods[1];
+    support::wait::until("the second report", 60, || async {
+        behind.object().await.ok().filter(has_condition).map(|_| ())
+    })
+    .await;
+    assert!(api().count_requests(&refused) >= 1);
+    assert_eq!(
+        agent
+            .messages("report refused by the API for good; dropped")
+            .len(),
+        1
+    );
+    assert!(!has_condition(&pods[0].object().await.unwrap()));
+    api().clear_failures();
+    agent.stop().await.unwrap();
+    for pod in pods {
+        pod.remove().await.unwrap();
+    }
+    api().assert_no_denials();
+}
+
 /// Wait at most `secs` seconds for the agent's `/readyz` to answer 200.
 async fn wait_readyz(agent: &AgentProcess, secs: u64) {
     support::wait::until("/readyz 200", secs, || async {

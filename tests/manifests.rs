@@ -189,6 +189,10 @@ fn agent_daemonset_shape() {
     let sc = c.security_context.as_ref().unwrap();
     assert_ne!(sc.privileged, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
     let env = c.env.as_ref().unwrap();
     let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
     assert_eq!(
@@ -319,8 +323,6 @@ const AGENT_CALLS: &[Call] = &[
     ("patch", KRUISE, "nodeimages/status", None),
     ("update", KRUISE, "nodeimages/status", None),
     ("get", "", "secrets", Some(CONFIG_NS)),
-    ("list", "", "secrets", Some(CONFIG_NS)),
-    ("watch", "", "secrets", Some(CONFIG_NS)),
 ];
 
 /// What least privilege forbids the agent.
@@ -332,6 +334,8 @@ const AGENT_FORBIDDEN: &[Call] = &[
     ("delete", "", "pods", Some("default")),
     ("get", "", "secrets", Some("default")),
     ("list", "", "secrets", None),
+    ("list", "", "secrets", Some(CONFIG_NS)),
+    ("watch", "", "secrets", Some(CONFIG_NS)),
     (
         "update",
         KRUISE,

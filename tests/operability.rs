@@ -129,6 +129,59 @@ async fn kill9_during_grace_resumes_and_records_one_action() {
     pod.remove().await.unwrap();
 }
 
+/// A kill -9 while the sidecar's preStop hook runs: the restarted agent finishes the stop with
+/// the grace left but does not run the hook again (at most once, as the kubelet and the CRR
+/// executor do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_the_prestop_hook_does_not_run_it_again() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let state = agent.state_dir().unwrap().to_path_buf();
+    let spec = PodSpec::new("kill-in-hook")
+        .restart_policy(RestartPolicy::Never)
+        .announce_restart_policy()
+        .grace_seconds(40)
+        .container(ContainerSpec::sh("main", "sleep 1"))
+        .container(
+            ContainerSpec::sh("proxy", POLITE)
+                .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true")
+                .pre_stop_exec(["sleep", "30"]),
+        );
+    let pod = Kubelet::run_pod(tb, spec).await.unwrap();
+    let uid = pod.uid().to_string();
+    agent
+        .wait_for("action decided", Duration::from_secs(20), |v| {
+            v["message"] == "action decided" && v["pod_uid"] == uid.as_str()
+        })
+        .await
+        .unwrap();
+    // The hook (30 s) is running: the sidecar has not been signalled yet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pod.container("proxy").await.unwrap().is_running());
+    agent.kill9();
+
+    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    let line = agent
+        .wait_for("the resumed stop", Duration::from_secs(20), |v| {
+            v["message"] == "sidecar stopped" && v["pod_uid"] == uid.as_str()
+        })
+        .await
+        .unwrap();
+    assert_eq!(line["prestop"], "not run again (resumed)", "{line}");
+    let side = pod
+        .wait_until(
+            |p| p.container("proxy").is_some_and(|c| c.is_exited()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(side.container("proxy").unwrap().exit_code, 0);
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_between_decision_and_stop_container() {
     let _serial = SERIAL.lock().await;

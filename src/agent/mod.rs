@@ -220,6 +220,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             cfg.node_name.clone(),
             journal.clone(),
             reporter.clone(),
+            metrics.clone(),
         ));
         tokio::spawn(crate::recreate::run(crate::recreate::Config {
             client: client.clone(),

@@ -94,6 +94,11 @@ mod tests {
             Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, "yes")]),
             Role::Main
         );
+        // Go's strings.EqualFold(value, "true"): no trimming.
+        assert_eq!(
+            Role::from_env([(wk::ENV_TERMINATE_SIDECAR_WHEN_JOB_EXIT, " true ")]),
+            Role::Main
+        );
         assert_eq!(
             Role::from_env([(wk::ENV_TERMINATE_SIDECAR_IGNORE_EXIT_CODE, "true")]),
             Role::Main

@@ -37,7 +37,8 @@ pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 /// Kubelet never stops a container with less than this grace (`minimumGracePeriodInSeconds`).
 pub const MINIMUM_GRACE_SECONDS: i64 = 2;
 
-/// True when an env value means "true" the way OpenKruise reads it (case-insensitive).
+/// True when an env value means "true" the way OpenKruise reads it: Go's
+/// `strings.EqualFold(value, "true")`, case-insensitive and untrimmed.
 pub fn env_true(value: &str) -> bool {
-    value.trim().eq_ignore_ascii_case("true")
+    value.eq_ignore_ascii_case("true")
 }

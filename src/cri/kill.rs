@@ -47,6 +47,9 @@ pub enum PreStopOutcome {
     /// Cut by the grace period.
     TimedOut,
     Failed(String),
+    /// The stop was decided before the agent restarted: the hook may have run then, so it is not
+    /// run again (the kubelet runs a preStop hook at most once per stop too).
+    NotRerun,
 }
 
 impl PreStopOutcome {
@@ -66,6 +69,7 @@ impl std::fmt::Display for PreStopOutcome {
             Self::Ran => f.write_str("ran"),
             Self::TimedOut => f.write_str("cut by the grace period"),
             Self::Failed(e) => write!(f, "failed: {e}"),
+            Self::NotRerun => f.write_str("not run again (resumed)"),
         }
     }
 }
@@ -114,7 +118,7 @@ impl Kill<'_> {
                     Ok(resp) => PreStopOutcome::Failed(format!(
                         "command {cmd:?} exited with {}: {}",
                         resp.exit_code,
-                        String::from_utf8_lossy(&resp.stderr).trim()
+                        quoted_output(&resp.stderr)
                     )),
                     Err(e) if e.status.code() == tonic::Code::DeadlineExceeded => {
                         PreStopOutcome::TimedOut
@@ -252,9 +256,40 @@ async fn http_get(host: &str, port: u16, action: &HTTPGetAction) -> Result<(), S
     Ok(())
 }
 
+/// At most this much of a hook's output goes into a status message or an Event.
+const OUTPUT_SHOWN: usize = 512;
+
+/// A hook's output as it may go into an Event: its first [`OUTPUT_SHOWN`] bytes, quoted with
+/// control characters escaped (as the kubelet's `%q`), and how much was left out.
+pub fn quoted_output(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let text = text.trim();
+    let mut end = text.len().min(OUTPUT_SHOWN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let shown = format!("{:?}", &text[..end]);
+    match text.len() - end {
+        0 => shown,
+        more => format!("{shown} ({more} bytes more)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_output_is_quoted_and_bounded() {
+        assert_eq!(quoted_output(b"  no such file\n"), "\"no such file\"");
+        let hostile = [b"\x1b[2J\r\nFAKE LINE ".repeat(200), vec![0xff, 0xfe]].concat();
+        let shown = quoted_output(&hostile);
+        assert!(shown.len() < OUTPUT_SHOWN * 2, "{}", shown.len());
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.ends_with("bytes more)"), "{shown}");
+        // A multi-byte character is not cut in half.
+        assert!(quoted_output("é".repeat(OUTPUT_SHOWN).as_bytes()).contains("bytes more"));
+    }
 
     #[test]
     fn stop_grace_has_the_kubelets_floor() {

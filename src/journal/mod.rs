@@ -30,7 +30,7 @@ mod tests;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -313,6 +313,7 @@ fn try_open(path: &Path) -> Result<Opened, OpenFailure> {
         .truncate(false)
         .open(path)
         .map_err(|e| classify(e.into()))?;
+    owner_only(&file).map_err(|e| classify(e.into()))?;
     // Take redb's lock (flock) before looking at the contents, so that a journal in use by a live
     // process is reported as locked and never judged (or moved) on a half-written state. redb
     // locks the same open file again, which succeeds.
@@ -443,7 +444,16 @@ fn init_tables(txn: &WriteTransaction) -> Result<(u64, u64, u64), redb::Error> {
     Ok((last_seq, pending, events))
 }
 
-/// Create the state directory (0700) if missing and check that it is writable.
+/// The journal's files are the agent's alone (0600), whatever the umask or an older version made.
+fn owner_only(file: &fs::File) -> io::Result<()> {
+    if file.metadata()?.permissions().mode() & 0o777 != 0o600 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Create the state directory (0700) if missing, restrict an existing one to 0700 (a hostPath
+/// `DirectoryOrCreate` makes it 0755), and check that it is writable.
 fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
     let err = |what, source| JournalError::StateDir {
         path: dir.to_path_buf(),
@@ -451,7 +461,12 @@ fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
         source,
     };
     match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.is_dir() => {
+            if m.permissions().mode() & 0o777 != 0o700 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err("cannot restrict to 0700", e))?;
+            }
+        }
         Ok(_) => {
             return Err(err(
                 "not a directory",
@@ -493,6 +508,7 @@ fn take_lock(dir: &Path, journal: &Path) -> Result<fs::File, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err)?;
+    owner_only(&file).map_err(io_err)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
@@ -523,6 +539,7 @@ fn write_marker(marker: &Path, dir: &Path, attempts: u32) -> Result<(), JournalE
         source,
     };
     let mut f = fs::File::create(marker).map_err(io_err)?;
+    owner_only(&f).map_err(io_err)?;
     io::Write::write_all(&mut f, format!("{attempts}\n").as_bytes()).map_err(io_err)?;
     f.sync_all().map_err(io_err)?;
     sync_dir(dir);

@@ -342,6 +342,25 @@ fn state_dir_is_created_with_mode_0700() {
 }
 
 #[test]
+fn an_existing_state_dir_and_files_become_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+    let file = state.join(FILE_NAME);
+    {
+        let (_j, _) = open(&state);
+    }
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    let (_j, _) = open(&state);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&state.join(LOCK_FILE)), 0o600);
+}
+
+#[test]
 fn state_dir_that_is_a_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("file");

@@ -13,7 +13,7 @@ use crate::api::kruise::{
     CRR_STATE_MESSAGE_KILL_ERROR_PREFIX, ContainerRecreateRequestPhase as Phase,
 };
 use crate::cluster::events::EventType;
-use crate::cri::kill::Kill;
+use crate::cri::kill::{Kill, PreStopOutcome};
 use crate::journal::{self, Recorded};
 
 impl Executor {
@@ -97,7 +97,7 @@ impl Executor {
         let prestop = if resumed {
             info!(crr = %name_of(crr), pod = %crr.spec.pod_name, container = %name, container_id = %raw.id,
                 "finishing a stop decided before the agent restarted (preStop not run again)");
-            "not run again (resumed)".to_string()
+            PreStopOutcome::NotRerun.to_string()
         } else {
             let message = format!(
                 "Stopping container {name} by ContainerRecreateRequest {}",

@@ -29,22 +29,28 @@ pub struct Request {
     pub ports: Vec<NamedPort>,
     /// The decision's time: what was spent since comes out of the grace.
     pub decided_at: SystemTime,
+    /// Decided before the agent restarted, with a preStop hook that is therefore not run again.
+    pub resumed: bool,
 }
 
 impl Request {
     /// `None` when the container is no longer in the model.
+    /// The stop of `target`; `resumed`: decided before the agent restarted, so its preStop hook
+    /// (which may have run then) is not run again.
     pub fn new(
         model: &NodeModel,
         pod: &PodRef,
         target: Target,
         decided_at: SystemTime,
+        resumed: bool,
     ) -> Option<Self> {
         let rec = model.container(&target.id)?;
         Some(Self {
             pod: pod.clone(),
             sandbox_id: rec.sandbox_id.clone(),
             grace: rec.meta.grace,
-            pre_stop: rec.meta.pre_stop.clone(),
+            pre_stop: rec.meta.pre_stop.clone().filter(|_| !resumed),
+            resumed: resumed && rec.meta.pre_stop.is_some(),
             ports: rec.meta.ports.clone(),
             decided_at,
             target,
@@ -183,6 +189,10 @@ pub async fn carry_out(
 /// Stop one sidecar and read its final status.
 async fn stop(cri: &CriClient, request: Request) -> Outcome {
     let (pre_stop, stopped) = request.kill().run(cri).await;
+    let pre_stop = match pre_stop {
+        PreStopOutcome::None if request.resumed => PreStopOutcome::NotRerun,
+        other => other,
+    };
     let result = match stopped.result {
         Ok(()) if stopped.removed => Ok(None),
         Ok(()) => match cri.container_status(&request.target.id, false).await {

@@ -111,7 +111,7 @@ impl<E: From<Done> + Send + 'static> Terminator<E> {
                     return;
                 }
                 let (key, action) = act::action(&pod, &facts, &targets);
-                self.launch(model, key, action, targets);
+                self.launch(model, key, action, targets, false);
             }
         }
     }
@@ -154,7 +154,7 @@ impl<E: From<Done> + Send + 'static> Terminator<E> {
                 still_running = targets.len(),
                 "resuming an action decided before the restart"
             );
-            self.launch(model, key, action, targets);
+            self.launch(model, key, action, targets, true);
         }
     }
 
@@ -166,6 +166,7 @@ impl<E: From<Done> + Send + 'static> Terminator<E> {
         key: String,
         action: journal::Action,
         targets: Vec<Target>,
+        resumed: bool,
     ) {
         let pod = PodRef {
             namespace: action.pod.namespace.clone(),
@@ -174,7 +175,7 @@ impl<E: From<Done> + Send + 'static> Terminator<E> {
         };
         let requests: Vec<Request> = targets
             .into_iter()
-            .filter_map(|t| Request::new(model, &pod, t, action.decided_at))
+            .filter_map(|t| Request::new(model, &pod, t, action.decided_at, resumed))
             .collect();
         for r in &requests {
             self.in_flight.insert(r.target.id.clone());

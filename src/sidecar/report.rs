@@ -148,8 +148,7 @@ pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Valu
 /// the outbox writes it again after the stop in any case.
 pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
-    let call = pods.patch_status(&pod.name, &params, &patch);
+    let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
     match tokio::time::timeout(VERDICT_TIMEOUT, call).await {
         Ok(Ok(_)) => debug!(pod = %pod.name, "job verdict written before stopping"),
         Ok(Err(e)) => {
@@ -163,6 +162,40 @@ pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_j
 
 /// How long the pre-stop verdict may hold the stop back.
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Never change a phase that is already terminal: a pod the kubelet (or a user) already marked
+/// Failed stays Failed, as upstream's `markJobPodTerminated` checks. `current` is the pod's phase.
+pub fn keep_terminal_phase(patch: &mut serde_json::Value, current: Option<&str>) {
+    if matches!(current, Some("Succeeded" | "Failed"))
+        && let Some(status) = patch.get_mut("status").and_then(|s| s.as_object_mut())
+    {
+        status.remove("phase");
+    }
+}
+
+/// Patch the pod's status; a phase in the patch is dropped when the pod's is already terminal
+/// (read first). A pod that is gone is `Ok(None)`.
+async fn patch_status_keeping_terminal_phase(
+    pods: &Api<Pod>,
+    name: &str,
+    mut patch: serde_json::Value,
+) -> Result<Option<Pod>, kube::Error> {
+    if patch["status"].get("phase").is_some() {
+        let Some(pod) = pods.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        keep_terminal_phase(&mut patch, phase);
+    }
+    match pods
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(pod) => Ok(Some(pod)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// The strategic merge patch adding the `SidecarTerminated` condition (merged by type), and the
 /// phase when [`job_phase`] says so.
@@ -204,6 +237,15 @@ pub struct DeliveryError {
     source: kube::Error,
 }
 
+impl DeliveryError {
+    /// The API refused the request as it is (malformed, invalid, too large): sending it again
+    /// can never succeed. Anything else (the API unreachable or overloaded, a conflict, a
+    /// timeout, a missing permission an operator can grant) may.
+    pub fn is_permanent(&self) -> bool {
+        matches!(&self.source, kube::Error::Api(s) if matches!(s.code, 400 | 413 | 415 | 422))
+    }
+}
+
 /// Deliver one outbox entry. A Pod that no longer exists has nothing to report to: delivered.
 /// Entries of other kinds than sidecar stops are acknowledged without a write.
 pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<(), DeliveryError> {
@@ -227,27 +269,22 @@ pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<()
         Err(e) => return Err(err("Event")(e)),
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    match pods
-        .patch_status(
-            &pod.name,
-            &PatchParams::default(),
-            &Patch::Strategic(condition_patch(ev)),
-        )
+    patch_status_keeping_terminal_phase(&pods, &pod.name, condition_patch(ev))
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(err("pod condition")(e)),
-    }
+        .map(|_| ())
+        .map_err(err("pod condition"))
 }
 
 /// Deliver the outbox until the process ends: at start, whenever `wake` is notified (a new
-/// entry), and with backoff (1 s → 60 s) while the API is unreachable.
+/// entry), and with backoff (1 s → 60 s) while the API is unreachable. An entry the API refuses
+/// for good ([`DeliveryError::is_permanent`]) is dropped with a warning and counted, so that it
+/// cannot hold back the entries behind it.
 pub async fn run_outbox(
     client: kube::Client,
     node: String,
     journal: Journal,
     wake: std::sync::Arc<Notify>,
+    metrics: crate::telemetry::metrics::Metrics,
 ) {
     let backoff = || crate::backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
     let mut delays = backoff();
@@ -267,12 +304,14 @@ pub async fn run_outbox(
         };
         let mut failed = None;
         for ev in &batch {
-            match deliver(&client, &node, ev).await {
+            let result = match deliver(&client, &node, ev).await {
                 Ok(()) => {
-                    let j = journal.clone();
-                    let seq = ev.seq;
-                    let _ = tokio::task::spawn_blocking(move || j.ack_outbox(&[seq])).await;
-                    debug!(seq, key = %ev.key, "report delivered");
+                    debug!(seq = ev.seq, key = %ev.key, "report delivered");
+                    "delivered"
+                }
+                Err(e) if e.is_permanent() => {
+                    warn!(error = %e, seq = ev.seq, key = %ev.key, "report refused by the API for good; dropped");
+                    "dropped"
                 }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(60));
@@ -280,7 +319,11 @@ pub async fn run_outbox(
                     failed = Some(delay);
                     break;
                 }
-            }
+            };
+            metrics.report(result);
+            let j = journal.clone();
+            let seq = ev.seq;
+            let _ = tokio::task::spawn_blocking(move || j.ack_outbox(&[seq])).await;
         }
         if let Some(delay) = failed {
             tokio::time::sleep(delay).await;
@@ -514,6 +557,22 @@ pub fn pods(model: &NodeModel) -> Vec<pb::Pod> {
 mod tests {
     use super::*;
     use crate::journal::{ContainerOutcome, Outcome};
+
+    #[test]
+    fn a_terminal_phase_is_never_changed() {
+        let patch = || serde_json::json!({"status": {"phase": "Succeeded", "conditions": [{"type": "SidecarTerminated"}]}});
+        for (current, kept) in [
+            (Some("Running"), true),
+            (None, true),
+            (Some("Failed"), false),
+            (Some("Succeeded"), false),
+        ] {
+            let mut p = patch();
+            keep_terminal_phase(&mut p, current);
+            assert_eq!(p["status"].get("phase").is_some(), kept, "{current:?}");
+            assert!(p["status"]["conditions"].is_array(), "the condition stays");
+        }
+    }
 
     fn ev() -> Event {
         Event {

@@ -116,6 +116,7 @@ struct Inner {
     image_pull_duration: Histogram,
     image_pulls_in_flight: Gauge,
     crr_stop_latency: Histogram,
+    reports: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -243,6 +244,12 @@ impl Metrics {
             Unit::Seconds,
             crr_stop_latency.clone(),
         );
+        let reports = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reports",
+            "Outbox reports (a stopped sidecar's Event and pod condition) that left the outbox, by result (delivered, dropped: refused by the API for good)",
+            reports.clone(),
+        );
         let image_pulls_in_flight = Gauge::default();
         registry.register(
             "image_pulls_in_flight",
@@ -277,6 +284,7 @@ impl Metrics {
                 image_pull_duration,
                 image_pulls_in_flight,
                 crr_stop_latency,
+                reports,
             }),
         };
         // Export the known series at 0 from the start, so that rate() works on the first event.
@@ -289,6 +297,9 @@ impl Metrics {
             drop(m.inner.latency.get_or_create(&StageLabel {
                 stage: stage.into(),
             }));
+        }
+        for result in ["delivered", "dropped"] {
+            m.report_series(result);
         }
         for source in EXIT_SOURCES {
             drop(m.inner.exit_events.get_or_create(&SourceLabel {
@@ -314,6 +325,20 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    /// One outbox report left the outbox: "delivered", or "dropped" (refused by the API for good).
+    pub fn report(&self, result: &str) {
+        self.report_series(result).inc();
+    }
+
+    fn report_series(&self, result: &str) -> Counter {
+        self.inner
+            .reports
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .clone()
     }
 
     /// One container stop for a ContainerRecreateRequest finished with `result`.

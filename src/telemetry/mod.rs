@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod nofile;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;

@@ -151,6 +151,8 @@ pub struct RequestMatcher {
     pub subresource: Option<Option<String>>,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// The authenticated user (a service account's `system:serviceaccount:…` name).
+    pub user: Option<String>,
 }
 
 impl RequestMatcher {
@@ -199,6 +201,11 @@ impl RequestMatcher {
         self
     }
 
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.to_owned());
+        self
+    }
+
     pub fn matches(&self, r: &RequestRecord) -> bool {
         self.method
             .as_ref()
@@ -218,6 +225,10 @@ impl RequestMatcher {
                 .name
                 .as_ref()
                 .is_none_or(|n| Some(n) == r.name.as_ref())
+            && self
+                .user
+                .as_ref()
+                .is_none_or(|u| Some(u) == r.user.as_ref())
     }
 }
 
