@@ -830,12 +830,15 @@ EOF
 }
 
 webhook_answers() {
-  kubectl_ create --dry-run=server -o name -f - 2>&1 <<EOF | grep -q 'no found Pod'
+  local out
+  out=$(kubectl_ create --dry-run=server -o name -f - 2>&1 <<EOF || true
 apiVersion: apps.kruise.io/v1alpha1
 kind: ContainerRecreateRequest
 metadata: {name: webhook-probe, namespace: default}
 spec: {podName: no-such-pod, containers: [{name: c}]}
 EOF
+)
+  [[ $out == *"no found Pod"* ]]
 }
 
 # restart NAME: start a stopped component again with its command line and wait until it serves.

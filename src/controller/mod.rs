@@ -17,6 +17,7 @@ use metrics::ControllerMetrics;
 pub mod crr;
 pub mod imagepull;
 pub mod metrics;
+pub mod retries;
 pub mod vk_sidecar;
 pub mod webhook;
 

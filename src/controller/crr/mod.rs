@@ -26,6 +26,7 @@ use crate::api::kruise::{
     FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE,
 };
 use crate::controller::metrics::{ControllerMetrics, Reason};
+use crate::controller::retries::Retries;
 use decide::{Defaulting, Step};
 
 type Crr = ContainerRecreateRequest;
@@ -78,24 +79,21 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
     let (pods, writer) = reflector::store();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(decide::slim_pod)
         .reflect(writer)
         .touched_objects();
-    let counted = metrics.counted("crr", reconcile);
+    let retries = Retries::new("crr");
+    let counted = retries.wrap(metrics.counted("crr", reconcile));
     let ctx = Arc::new(Ctx { client, pods });
     controller
         .watches_stream(pod_events, move |pod| crrs_for_pod(&store, &pod))
-        .run(counted, error_policy, ctx)
+        .run(counted, retries.error_policy(), ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "CRR reconcile");
             }
         })
         .await;
-}
-
-fn error_policy(crr: Arc<Crr>, err: &Error, _: Arc<Ctx>) -> Action {
-    warn!(crr = %name_of(&crr), error = %err, "CRR reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
 }
 
 async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -40,6 +40,7 @@ use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
+use crate::controller::retries::Retries;
 use decide::{JobTarget, NodeProgress};
 
 /// The ImagePullJob controller (its loop) and its job store, which the NodeImage controllers read.
@@ -72,10 +73,11 @@ pub(super) fn controller(
         cfg: cfg.clone(),
         node_images,
     });
+    let retries = Retries::new("imagepulljob");
     let job_loop = jobs_ctrl
         .run(
-            metrics.counted("imagepulljob", reconcile),
-            error_policy,
+            retries.wrap(metrics.counted("imagepulljob", reconcile)),
+            retries.error_policy(),
             ctx,
         )
         .for_each(|_| futures::future::ready(()));
@@ -146,11 +148,6 @@ struct Ctx {
     client: kube::Client,
     cfg: Config,
     node_images: Store<NodeImage>,
-}
-
-fn error_policy(job: Arc<ImagePullJob>, err: &Error, _ctx: Arc<Ctx>) -> Action {
-    warn!(job = %job.name_any(), namespace = %job.namespace().unwrap_or_default(), error = %err, "image pull job reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
 }
 
 fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {

@@ -7,7 +7,6 @@
 pub mod decide;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -25,6 +24,7 @@ use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
+use crate::controller::retries::Retries;
 use decide::Creation;
 
 struct Ctx {
@@ -77,32 +77,25 @@ impl Controllers {
             jobs,
             node_images: self.node_images.store(),
         });
+        let (nodes, node_images) = (Retries::new("node"), Retries::new("nodeimage"));
         let creator = self
             .nodes
             .run(
-                metrics.counted("node", reconcile_node),
-                error_policy,
+                nodes.wrap(metrics.counted("node", reconcile_node)),
+                nodes.error_policy(),
                 ctx.clone(),
             )
             .for_each(|_| futures::future::ready(()));
         let lifecycle = self
             .node_images
             .run(
-                metrics.counted("nodeimage", reconcile_node_image),
-                error_policy,
+                node_images.wrap(metrics.counted("nodeimage", reconcile_node_image)),
+                node_images.error_policy(),
                 ctx,
             )
             .for_each(|_| futures::future::ready(()));
         futures::join!(creator, lifecycle);
     }
-}
-
-fn error_policy<K>(obj: Arc<K>, err: &Error, _ctx: Arc<Ctx>) -> Action
-where
-    K: kube::Resource,
-{
-    warn!(name = %obj.meta().name.as_deref().unwrap_or_default(), error = %err, "node image reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
 }
 
 /// Creates the NodeImage of a Node that has been Ready long enough.
