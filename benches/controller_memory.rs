@@ -13,7 +13,7 @@ use nodeward_testkit as support;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{Value, json};
@@ -152,6 +152,11 @@ fn main() -> anyhow::Result<()> {
         let api = ApiServer::start().await?;
         let client = api.client();
         let started = Instant::now();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for n in 0..NAMESPACES {
+            let ns = serde_json::from_value(json!({"metadata": {"name": format!("bench-{n}")}}))?;
+            namespaces.create(&PostParams::default(), &ns).await?;
+        }
         stream::iter(0..pods)
             .map(|i| {
                 let client = client.clone();

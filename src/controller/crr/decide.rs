@@ -64,56 +64,6 @@ fn has_condition(pod: &Pod, type_: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
-/// Keep of a cached Pod only what these decisions read (identity, node, the containers' names,
-/// preStop hooks and ports, grace, readiness gates, phase, conditions, container statuses): the
-/// controller caches every Pod of the cluster, and managedFields, annotations (a last-applied
-/// configuration is a copy of the spec), env, volumes, probes and resources are most of a Pod.
-pub fn slim_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        let keep = k8s_openapi::api::core::v1::PodSpec {
-            node_name: spec.node_name.take(),
-            termination_grace_period_seconds: spec.termination_grace_period_seconds,
-            readiness_gates: spec.readiness_gates.take(),
-            containers: std::mem::take(&mut spec.containers)
-                .into_iter()
-                .map(|c| k8s_openapi::api::core::v1::Container {
-                    name: c.name,
-                    lifecycle: c.lifecycle.map(|l| k8s_openapi::api::core::v1::Lifecycle {
-                        pre_stop: l.pre_stop,
-                        ..Default::default()
-                    }),
-                    ports: c.ports,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        *spec = keep;
-    }
-    if let Some(status) = pod.status.as_mut() {
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-        status.pod_ips = None;
-        status.host_ips = None;
-        status.resource_claim_statuses = None;
-        for c in status.container_statuses.iter_mut().flatten() {
-            c.image = String::new();
-            c.image_id = String::new();
-            c.last_state = None;
-            c.resources = None;
-            c.volume_mounts = None;
-            c.allocated_resources = None;
-            c.allocated_resources_status = None;
-            c.user = None;
-        }
-    }
-}
-
 /// Upstream's CREATE webhook (`pkg/webhook/containerrecreaterequest/mutating`), applied by
 /// reconciliation.
 pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {

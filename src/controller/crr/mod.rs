@@ -13,8 +13,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -48,8 +49,6 @@ impl Reason for Error {
 
 struct Ctx {
     client: kube::Client,
-    /// Pods as the watch last delivered them (updated before the event that wakes a CRR).
-    pods: Store<Pod>,
 }
 
 fn name_of(crr: &Crr) -> String {
@@ -57,7 +56,7 @@ fn name_of(crr: &Crr) -> String {
 }
 
 /// The CRRs a Pod change concerns: those labelled with its uid, and new ones naming it.
-fn crrs_for_pod(store: &Store<Crr>, pod: &Pod) -> Vec<ObjectRef<Crr>> {
+fn crrs_for_pod(store: &Store<Crr>, pod: &impl ResourceExt) -> Vec<ObjectRef<Crr>> {
     let (ns, name, uid) = (pod.namespace(), pod.name_any(), pod.uid());
     store
         .state()
@@ -76,15 +75,17 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
     let crrs: Api<Crr> = Api::all(client.clone());
     let controller = Controller::new(crrs, watcher::Config::default());
     let store = controller.store();
-    let (pods, writer) = reflector::store();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(decide::slim_pod)
-        .reflect(writer)
-        .touched_objects();
+    // Pod changes only wake the CRRs naming the pod (metadata is enough, and nothing is kept:
+    // the controller does not hold the cluster's Pods); a reconcile reads its one Pod.
+    let pod_events = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let retries = Retries::new("crr");
     let counted = retries.wrap(metrics.counted("crr", reconcile));
-    let ctx = Arc::new(Ctx { client, pods });
+    let ctx = Arc::new(Ctx { client });
     controller
         .watches_stream(pod_events, move |pod| crrs_for_pod(&store, &pod))
         .run(counted, retries.error_policy(), ctx)
@@ -104,15 +105,9 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let crr = name_of(&crr);
         move |source| Error { crr, what, source }
     };
-    // From the cache, as upstream's webhook and manager read it; a Pod created just before the
-    // CRR and not seen yet is read from the API.
+    // Read when needed (upstream reads its cache of every Pod; this is one GET per pass).
     let pod = if crr.spec.pod_name.is_empty() {
         None
-    } else if let Some(pod) = ctx
-        .pods
-        .get(&ObjectRef::new(&crr.spec.pod_name).within(&ns))
-    {
-        Some(pod)
     } else {
         pods.get_opt(&crr.spec.pod_name)
             .await

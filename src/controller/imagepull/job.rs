@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::{PartialObjectMeta, Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -59,15 +59,19 @@ pub(super) fn controller(
         .default_backoff()
         .reflect(writer)
         .touched_objects();
+    // Secrets and Pods only wake jobs, by name, annotations and labels: their metadata is
+    // enough (no Secret data, no Pod spec or status crosses the wire or the heap).
+    let secret_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc())
+        .default_backoff()
+        .touched_objects();
+    let pod_events = watcher(Api::<PartialObjectMeta<Pod>>::all(client.clone()), wc())
+        .default_backoff()
+        .touched_objects();
     let (j1, j2, j3) = (jobs.clone(), jobs.clone(), jobs.clone());
     let jobs_ctrl = jobs_ctrl
         .watches_stream(node_image_events, move |ni| jobs_for_node_image(&j1, &ni))
-        .watches(Api::<Secret>::all(client.clone()), wc(), move |s| {
-            jobs_for_secret(&j2, &s)
-        })
-        .watches(Api::<Pod>::all(client.clone()), wc(), move |p| {
-            jobs_for_pod(&j3, &p)
-        });
+        .watches_stream(secret_events, move |s| jobs_for_secret(&j2, &s))
+        .watches_stream(pod_events, move |p| jobs_for_pod(&j3, &p));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg: cfg.clone(),
@@ -112,7 +116,10 @@ fn jobs_for_node_image(jobs: &Store<ImagePullJob>, ni: &NodeImage) -> Vec<Object
 }
 
 /// Jobs using the secret as a source, or referenced by it as a copy.
-fn jobs_for_secret(jobs: &Store<ImagePullJob>, s: &Secret) -> Vec<ObjectRef<ImagePullJob>> {
+fn jobs_for_secret(
+    jobs: &Store<ImagePullJob>,
+    s: &impl ResourceExt,
+) -> Vec<ObjectRef<ImagePullJob>> {
     let ns = s.namespace().unwrap_or_default();
     let name = s.name_any();
     let refs = decide::references(s.annotations());
@@ -128,7 +135,7 @@ fn jobs_for_secret(jobs: &Store<ImagePullJob>, s: &Secret) -> Vec<ObjectRef<Imag
 }
 
 /// Unfinished jobs whose podSelector matches the pod.
-fn jobs_for_pod(jobs: &Store<ImagePullJob>, p: &Pod) -> Vec<ObjectRef<ImagePullJob>> {
+fn jobs_for_pod(jobs: &Store<ImagePullJob>, p: &impl ResourceExt) -> Vec<ObjectRef<ImagePullJob>> {
     let ns = p.namespace().unwrap_or_default();
     jobs.state()
         .iter()

@@ -90,7 +90,9 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
         joined_tx,
     ));
     let pods: Api<Pod> = Api::all(client.clone());
-    let stream = watcher(pods.clone(), watcher::Config::default())
+    // Full Pods (the swap reads the containers' env), none kept: listed 100 at a time so that a
+    // large cluster's initial list never holds more than a small page (controller_memory bench).
+    let stream = watcher(pods.clone(), watcher::Config::default().page_size(100))
         .default_backoff()
         .applied_objects();
     futures::pin_mut!(stream);

@@ -106,29 +106,6 @@ fn defaulting_copies_from_the_pod() {
 }
 
 #[test]
-fn a_slim_pod_decides_as_the_full_one() {
-    let mut full = pod("Running");
-    full.metadata.annotations = Some([("a".to_string(), "x".repeat(4096))].into());
-    full.spec.as_mut().unwrap().readiness_gates = Some(vec![serde_json::from_value(
-        json!({"conditionType": POD_CONDITION_KRUISE_POD_READY}),
-    )
-    .unwrap()]);
-    let mut slim = full.clone();
-    slim_pod(&mut slim);
-    assert!(slim.metadata.annotations.is_none());
-    let c = crr(&["app", "sidecar"]);
-    assert_eq!(default_crr(&c, Some(&slim)), default_crr(&c, Some(&full)));
-    let d = recreating(defaulted(&["app", "sidecar"]));
-    assert_eq!(lifecycle(&d, Some(&slim), at(5)), lifecycle(&d, Some(&full), at(5)));
-    assert_eq!(sync_statuses(&d, &slim), sync_statuses(&d, &full));
-    let key = readiness_key(&d);
-    assert_eq!(
-        readiness_condition(&slim, &key, true).map(|c| c.message),
-        readiness_condition(&full, &key, true).map(|c| c.message)
-    );
-}
-
-#[test]
 fn defaulting_keeps_a_given_grace() {
     let mut c = crr(&["app"]);
     c.spec.strategy = Some(ContainerRecreateRequestStrategy {
