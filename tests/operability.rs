@@ -6,13 +6,13 @@
 use nodeward_testkit as support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::agent::{AgentProcess, agent_binary};
-use support::kubelet::{ContainerSpec, Kubelet, PodSpec, RestartPolicy};
+use support::kubelet::{ContainerSpec, Kubelet, PodHandle, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
 use tokio::sync::Mutex;
 
@@ -64,16 +64,14 @@ fn events_for(socket: &Path, pod_uid: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_grace_resumes_and_records_one_action() {
-    let _serial = SERIAL.lock().await;
-    let tb = TestBed::shared();
+/// Run `spec` under an agent, kill -9 the agent one second after it decided to stop the pod's
+/// sidecar (which must still run then), and start a new agent on the same state; the pod, the
+/// new agent and its state directory.
+async fn kill9_once_decided(tb: &TestBed, spec: PodSpec) -> (PodHandle, AgentProcess, PathBuf) {
     let agent = AgentProcess::spawn(tb, &[]).unwrap();
     agent.wait_ready().await.unwrap();
     let state = agent.state_dir().unwrap().to_path_buf();
-    let pod = Kubelet::run_pod(tb, job("kill-in-grace", "sleep 1", STUBBORN, 6))
-        .await
-        .unwrap();
+    let pod = Kubelet::run_pod(tb, spec).await.unwrap();
     let uid = pod.uid().to_string();
     agent
         .wait_for("action decided", Duration::from_secs(20), |v| {
@@ -81,12 +79,21 @@ async fn kill9_during_grace_resumes_and_records_one_action() {
         })
         .await
         .unwrap();
-    // In the middle of the grace period: the sidecar ignores SIGTERM and is still running.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(pod.container("proxy").await.unwrap().is_running());
     agent.kill9();
-
     let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    (pod, agent, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_grace_resumes_and_records_one_action() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    // In the middle of the grace period: the sidecar ignores SIGTERM and is still running.
+    let (pod, agent, state) =
+        kill9_once_decided(tb, job("kill-in-grace", "sleep 1", STUBBORN, 6)).await;
+    let uid = pod.uid().to_string();
     agent
         .wait_for("resume", Duration::from_secs(20), |v| {
             v["message"] == "resuming an action decided before the restart"
@@ -136,9 +143,6 @@ async fn kill9_during_grace_resumes_and_records_one_action() {
 async fn kill9_during_the_prestop_hook_does_not_run_it_again() {
     let _serial = SERIAL.lock().await;
     let tb = TestBed::shared();
-    let agent = AgentProcess::spawn(tb, &[]).unwrap();
-    agent.wait_ready().await.unwrap();
-    let state = agent.state_dir().unwrap().to_path_buf();
     let spec = PodSpec::new("kill-in-hook")
         .restart_policy(RestartPolicy::Never)
         .announce_restart_policy()
@@ -149,20 +153,9 @@ async fn kill9_during_the_prestop_hook_does_not_run_it_again() {
                 .env("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", "true")
                 .pre_stop_exec(["sleep", "30"]),
         );
-    let pod = Kubelet::run_pod(tb, spec).await.unwrap();
-    let uid = pod.uid().to_string();
-    agent
-        .wait_for("action decided", Duration::from_secs(20), |v| {
-            v["message"] == "action decided" && v["pod_uid"] == uid.as_str()
-        })
-        .await
-        .unwrap();
     // The hook (30 s) is running: the sidecar has not been signalled yet.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(pod.container("proxy").await.unwrap().is_running());
-    agent.kill9();
-
-    let agent = AgentProcess::spawn_in(tb, &state, &[]).unwrap();
+    let (pod, agent, _) = kill9_once_decided(tb, spec).await;
+    let uid = pod.uid().to_string();
     let line = agent
         .wait_for("the resumed stop", Duration::from_secs(20), |v| {
             v["message"] == "sidecar stopped" && v["pod_uid"] == uid.as_str()

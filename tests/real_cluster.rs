@@ -803,32 +803,30 @@ async fn crr_admission_on_the_real_apiserver() {
     crrs.create(&PostParams::default(), &crr("real", spec, forged))
         .await
         .unwrap();
-    let spec_change = json!({"spec": {"activeDeadlineSeconds": 600}});
-    let m = refusal(
-        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&spec_change))
-            .await,
-    );
-    assert!(
-        m.contains("spec of ContainerRecreateRequest is immutable"),
-        "{m}"
-    );
-    let uid_change = json!({"metadata": {"labels": {"crr.apps.kruise.io/pod-uid": "another"}}});
-    let m = refusal(
-        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&uid_change))
-            .await,
-    );
-    assert!(m.contains("crr.apps.kruise.io/pod-uid is immutable"), "{m}");
-    // Not the webhook's rule: the policy's, which holds with no replica up.
-    let inactive = json!({"metadata": {"labels": {"crr.apps.kruise.io/active": "false"}}});
-    let m = refusal(
-        crrs.patch("real", &PatchParams::default(), &Patch::Merge(&inactive))
-            .await,
-    );
-    assert!(
-        m.contains("only the nodeward controller may change the labels"),
-        "{m}"
-    );
-    assert!(m.contains("nodeward-crr-immutable"), "{m}");
+    // The spec and the pod-uid label are the webhook's rules; the active label is the policy's,
+    // which holds with no replica up.
+    let changes = [
+        (
+            json!({"spec": {"activeDeadlineSeconds": 600}}),
+            "spec of ContainerRecreateRequest is immutable",
+        ),
+        (
+            json!({"metadata": {"labels": {"crr.apps.kruise.io/pod-uid": "another"}}}),
+            "crr.apps.kruise.io/pod-uid is immutable",
+        ),
+        (
+            json!({"metadata": {"labels": {"crr.apps.kruise.io/active": "false"}}}),
+            "only the nodeward controller may change the labels",
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (change, reason) in changes {
+        let patch = Patch::Merge(&change);
+        let m = refusal(crrs.patch("real", &PatchParams::default(), &patch).await);
+        assert!(m.contains(reason), "{reason}: {m}");
+        refused.push(m);
+    }
+    assert!(refused[2].contains("nodeward-crr-immutable"), "{refused:?}");
     let done = crr_end(&client, ns, "real").await;
     assert_eq!(done.data["status"]["phase"], "Completed", "{:?}", done.data);
     let crrs2 = crrs.clone();
