@@ -36,6 +36,7 @@ const MANIFESTS: &[&str] = &[
     "namespace.yaml",
     "crds.yaml",
     "agent-rbac.yaml",
+    "agent-policy.yaml",
     "controller-rbac.yaml",
     "agent-daemonset.yaml",
     "controller-deployment.yaml",

@@ -175,6 +175,50 @@ async fn kill9_during_the_prestop_hook_does_not_run_it_again() {
     pod.remove().await.unwrap();
 }
 
+/// The agent needs no capability (the proof behind the DaemonSet's `drop: [ALL]`, the hostpid
+/// component and the unit's empty bounding set): as root with none, it reads the runtime socket,
+/// opens pidfds of container processes, reads their cgroups and keeps its journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_capabilities_stops_sidecars_through_pidfds() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn_without_capabilities(tb, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    let pod = Kubelet::run_pod(tb, job("nocaps", "sleep 3; exit 0", POLITE, 30))
+        .await
+        .unwrap();
+    // Both containers are watched through pidfds while they run.
+    let mut watched = 0.0;
+    for _ in 0..50 {
+        let (_, metrics) = agent.http_get("/metrics").await.unwrap();
+        watched = metrics
+            .lines()
+            .find(|l| l.starts_with("nodeward_watched_containers{mechanism=\"pidfd\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if watched >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        watched >= 2.0,
+        "{watched} containers watched through pidfds"
+    );
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(line["exit_to_stop_ms"].as_f64().unwrap() < 500.0, "{line}");
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_between_decision_and_stop_container() {
     let _serial = SERIAL.lock().await;

@@ -843,6 +843,96 @@ async fn crr_admission_on_the_real_apiserver() {
     teardown(&client, ns).await;
 }
 
+/// The agent's credentials, as its pod holds them: a token of its service account bound to the
+/// agent's pod (and so to its node), as the kubelet mounts it.
+async fn agent_client(cluster: &RealCluster, admin: &Client) -> Client {
+    let agents = cluster.nodeward_pods_of(admin, "nodeward-agent").await;
+    let agent = agents.first().expect("an agent pod");
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), NAMESPACE);
+    let request = serde_json::from_value(json!({"spec": {
+        "audiences": [],
+        "expirationSeconds": 600,
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1",
+            "name": agent.name_any(), "uid": agent.uid()},
+    }}))
+    .unwrap();
+    let token = accounts
+        .create_token_request("nodeward-agent", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .expect("a token");
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
+/// The policy that confines each agent to its own node (`agent-policy.yaml`), with the agent's
+/// own pod-bound token: it may write the status of a Pod on its node, not of a Pod bound to
+/// another node, nor another node's NodeImage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_writes_status_on_its_own_node_only() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-own-node";
+    let (cluster, client) = setup(ns).await;
+    let agent = agent_client(cluster, &client).await;
+    let here = ready_pod(cluster, &client, ns, "here", &["app"]).await;
+    let admin_pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let elsewhere = serde_json::from_value(json!({"metadata": {"name": "elsewhere"}, "spec": {
+        "nodeName": "another-node",
+        "containers": [{"name": "app", "image": cluster.image("busybox:1")}]}}))
+    .unwrap();
+    admin_pods
+        .create(&PostParams::default(), &elsewhere)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(agent.clone(), ns);
+    let condition = json!({"status": {"conditions": [
+        {"type": "nodeward.io/Probe", "status": "True"}]}});
+    let patch = Patch::Strategic(&condition);
+    pods.patch_status(&here.name_any(), &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    let m = refusal(
+        pods.patch_status("elsewhere", &PatchParams::default(), &patch)
+            .await,
+    );
+    assert!(m.contains("its own node's Pods only"), "{m}");
+    let images = kruise_api(&client, None, "NodeImage");
+    let other = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage",
+        "metadata": {"name": "another-node"}, "spec": {}}))
+    .unwrap();
+    images.create(&PostParams::default(), &other).await.unwrap();
+    let status =
+        json!({"status": {"desired": 0, "succeeded": 0, "failed": 0, "pulling": 0, "waiting": 0}});
+    let m = refusal(
+        kruise_api(&agent, None, "NodeImage")
+            .patch_status(
+                "another-node",
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await,
+    );
+    assert!(m.contains("its own node's NodeImage only"), "{m}");
+    images
+        .delete("another-node", &DeleteParams::default())
+        .await
+        .ok();
+    teardown(&client, ns).await;
+}
+
 /// A CRR as an attacker writes it: the labels the agent selects on preset (so no defaulting
 /// happens), naming `victim`'s uid and node, with a preStop hook of its own that would leave a
 /// file in the victim's `/shared` volume, forced and failure-tolerant.

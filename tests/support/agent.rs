@@ -69,6 +69,26 @@ impl AgentProcess {
         Self::spawn_with(tb, cri_socket, state, extra, &[])
     }
 
+    /// Like [`spawn`](Self::spawn), as root without any capability (`setpriv` clears the bounding,
+    /// inheritable and ambient sets before it runs the agent), as the packaged DaemonSet and unit
+    /// run it.
+    pub fn spawn_without_capabilities(tb: &TestBed, extra: &[&str]) -> anyhow::Result<Self> {
+        let state = tb
+            .dir()
+            .join(format!("agent-nocaps-{}", std::process::id()));
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--",
+        ])
+        .arg(agent_binary());
+        let mut agent = Self::spawn_cmd(Self::agent_args(cmd, tb, &tb.socket(), &state, extra))?;
+        agent.state = Some(state);
+        Ok(agent)
+    }
+
     fn spawn_with(
         tb: &TestBed,
         cri_socket: &Path,
@@ -78,6 +98,19 @@ impl AgentProcess {
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(agent_binary());
         cmd.envs(env.iter().copied());
+        let mut agent = Self::spawn_cmd(Self::agent_args(cmd, tb, cri_socket, state, extra))?;
+        agent.state = Some(state.to_path_buf());
+        Ok(agent)
+    }
+
+    /// `cmd` with `agent` and the arguments that put it on the test bed.
+    fn agent_args(
+        mut cmd: Command,
+        tb: &TestBed,
+        cri_socket: &Path,
+        state: &Path,
+        extra: &[&str],
+    ) -> Command {
         cmd.arg("agent")
             .arg("--cri-socket")
             .arg(cri_socket)
@@ -89,9 +122,7 @@ impl AgentProcess {
             .arg(state.join("agent.sock"))
             .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra);
-        let mut agent = Self::spawn_cmd(cmd)?;
-        agent.state = Some(state.to_path_buf());
-        Ok(agent)
+        cmd
     }
 
     /// The state directory given to the agent.
