@@ -207,9 +207,13 @@ fn agent_daemonset_shape() {
         "spec.nodeName"
     );
     let res = c.resources.as_ref().unwrap();
-    for set in [res.requests.as_ref().unwrap(), res.limits.as_ref().unwrap()] {
-        assert!(millicores(&set["cpu"]) <= 50 && mebibytes(&set["memory"]) <= 128);
-    }
+    let (requests, limits) = (res.requests.as_ref().unwrap(), res.limits.as_ref().unwrap());
+    assert!(millicores(&requests["cpu"]) <= 50 && mebibytes(&requests["memory"]) <= 128);
+    assert!(mebibytes(&limits["memory"]) <= 128);
+    assert!(
+        !limits.contains_key("cpu"),
+        "no CPU quota: throttling would stall exit handling"
+    );
     assert_eq!(
         c.liveness_probe
             .as_ref()
