@@ -335,6 +335,12 @@ proptest! {
         let _ = crr_controller::needs_defaulting(&crr);
         let _ = crr_controller::is_finished(&crr);
         let _ = crr_controller::default_crr(&crr, pod.as_ref());
+        // Admission: a create is admitted with the Pod's truth or refused; never a panic.
+        if let crr_controller::Admission::Mutate(next) = crr_controller::admit_create(&crr, pod.as_ref()) {
+            prop_assert_eq!(next.pod_uid(), pod.as_ref().map(|p| p.metadata.uid.as_deref().unwrap_or_default()));
+            let _ = crr_controller::admit_update(&next, &crr);
+        }
+        let _ = crr_controller::admit_update(&crr, &crr);
         let plan = crr_controller::lifecycle(&crr, pod.as_ref(), at(now));
         prop_assert!(plan.requeue.is_none_or(|r| r <= crr_controller::MAX_REQUEUE));
         let _ = crr_controller::lifecycle(&crr, None, at(now));
@@ -343,6 +349,13 @@ proptest! {
             let _ = crr_controller::sync_statuses(&crr, pod);
             let key = crr_controller::readiness_key(&crr);
             let _ = crr_controller::readiness_condition(pod, &key, add);
+        }
+    }
+
+    #[test]
+    fn virtual_node_sidecar_swap(pod_muts in mutations()) {
+        if let Ok(pod) = serde_json::from_value::<Pod>(mutate(&pod_seed(), &pod_muts)) {
+            let _ = nodeward::controller::vk_sidecar::decide::decide(&pod);
         }
     }
 
