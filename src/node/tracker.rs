@@ -250,12 +250,14 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
         res: Result<(Vec<PodSandbox>, Vec<Container>), CriError>,
         changes: &mut Changes,
     ) -> Option<Duration> {
-        // Liveness: the loop got here. Every CRI call has a deadline, so relists keep coming
-        // while the loop runs, whether the runtime answers or not.
-        self.health
-            .progressed(STALL_AFTER.max(self.relist_interval.saturating_mul(3)));
         let (sandboxes, containers) = match res {
             Ok(v) => {
+                // Liveness, as the kubelet's PLEG: a successful relist within the limit. A loop
+                // that stopped, or a runtime that has not answered for that long (every CRI call
+                // has a deadline), makes /healthz and the systemd watchdog fail; a restart also
+                // drops a wedged runtime connection.
+                self.health
+                    .progressed(STALL_AFTER.max(self.relist_interval.saturating_mul(3)));
                 self.metrics.relisted();
                 v
             }

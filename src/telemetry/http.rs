@@ -1,6 +1,6 @@
-//! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness: the event loop
-//! has handled a relist recently, as the kubelet's PLEG health check) and `/readyz` (readiness:
-//! the runtime is connected, the initial sync is done, and in cluster mode every API watch has
+//! HTTP endpoints for operators: `/metrics` (OpenMetrics), `/healthz` (liveness: a relist of the
+//! runtime succeeded recently, as the kubelet's PLEG health check) and `/readyz` (readiness: the
+//! runtime is connected, the initial sync is done, and in cluster mode every API watch has
 //! completed its first list).
 
 use std::future::Future;
@@ -30,7 +30,7 @@ pub const STALL_AFTER: Duration = Duration::from_secs(180);
 struct HealthFlags {
     runtime_connected: AtomicBool,
     synced: AtomicBool,
-    /// When the event loop last handled a relist (success or failure), and after how long
+    /// When the event loop last relisted the runtime successfully, and after how long
     /// without one the agent is stalled.
     progress: Mutex<Option<(Instant, Duration)>>,
     /// API watches readiness waits for, in registration order.
@@ -80,7 +80,7 @@ impl Health {
         listed
     }
 
-    /// The event loop handled a relist now; it is stalled if the next takes over `stall_after`.
+    /// A relist succeeded now; the agent is stalled if the next takes over `stall_after`.
     pub fn progressed(&self, stall_after: Duration) {
         *self
             .inner
@@ -101,7 +101,7 @@ impl Health {
         let since = at.elapsed();
         (since > limit).then(|| {
             format!(
-                "no relist handled for {} s (limit {} s): the event loop is stuck",
+                "no successful relist for {} s (limit {} s): the event loop or the runtime is stuck",
                 since.as_secs(),
                 limit.as_secs()
             )
@@ -352,7 +352,7 @@ mod tests {
         health.progressed(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(5));
         let reason = health.stalled_reason().unwrap();
-        assert!(reason.contains("event loop is stuck"), "{reason}");
+        assert!(reason.contains("no successful relist"), "{reason}");
     }
 
     #[test]
