@@ -186,7 +186,8 @@ pub fn tag_pull_policy(
             let extra =
                 i64::from(default_ttl) + (jitter * f64::from(ALWAYS_TTL_JITTER_SECONDS)) as i64;
             (
-                i32::try_from(base + extra).unwrap_or(i32::MAX),
+                // A stored deadline may be any i64 (found by tests/fuzz.rs).
+                i32::try_from(base.saturating_add(extra)).unwrap_or(i32::MAX),
                 cp.active_deadline_seconds,
             )
         }

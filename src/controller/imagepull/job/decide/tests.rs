@@ -218,6 +218,17 @@ fn progress_follows_status_of_the_same_version() {
 }
 
 #[test]
+fn an_always_job_with_the_largest_deadline_gets_the_largest_ttl() {
+    let spec: ImagePullJobSpec = serde_json::from_value(serde_json::json!({
+        "image": "busybox:1",
+        "completionPolicy": {"type": "Always", "activeDeadlineSeconds": i64::MAX},
+    }))
+    .unwrap();
+    let p = tag_pull_policy(&spec, 300, 0.99);
+    assert_eq!(p.ttl_seconds_after_finished, Some(i32::MAX));
+}
+
+#[test]
 fn pull_policy_edit_propagates() {
     let j = job(json!({"image": "app:v1"}));
     let t = target(&j);
