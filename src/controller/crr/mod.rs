@@ -1,7 +1,7 @@
-//! ContainerRecreateRequest lifecycle (the manager's half of OpenKruise's CRR, with the mutating
-//! webhook's defaulting done by reconciliation): watch CRRs and Pods → decide ([`decide`]) →
-//! write labels/spec, annotations, finalizer, status, the Pod's `KruisePodReady` condition → let
-//! the agents act.
+//! ContainerRecreateRequest lifecycle (the manager's half of OpenKruise's CRR): watch CRRs and
+//! Pod metadata → read the CRR's Pod → decide ([`decide`]) → write labels/spec (defaulting a CRR
+//! created without the webhook), annotations, finalizer, status, the Pod's `KruisePodReady`
+//! condition → let the agents act. The admission webhook's answer is [`admission`].
 
 pub mod admission;
 pub mod decide;
