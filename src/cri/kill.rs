@@ -259,7 +259,7 @@ async fn http_get(host: &str, port: u16, action: &HTTPGetAction) -> Result<(), S
 /// At most this much of a hook's output goes into a status message or an Event.
 const OUTPUT_SHOWN: usize = 512;
 
-/// A hook's output as it may go into an Event: its first [`OUTPUT_SHOWN`] bytes, quoted with
+/// A hook's output as it may go into an Event: its first 512 bytes (`OUTPUT_SHOWN`), quoted with
 /// control characters escaped (as the kubelet's `%q`), and how much was left out.
 pub fn quoted_output(output: &[u8]) -> String {
     let text = String::from_utf8_lossy(output);
