@@ -4,7 +4,7 @@
 //! both act on every pod). The happy paths (a sidecar stopped and reported once, the
 //! ignore-exit-code verdict, the report after an API outage) run on the real cluster
 //! (`tests/real_cluster.rs`); what stays here is what it does not cover: OnFailure with a failing
-//! main, an agent started while the API is down, a server without the kruise CRDs, a node labelled
+//! main, a verdict the API refuses at first, an agent started while the API is down, a server without the kruise CRDs, a node labelled
 //! virtual after the controller started, and a graceful leader step-down.
 
 use nodeward_testkit as support;
@@ -146,6 +146,50 @@ async fn a_report_refused_for_good_does_not_hold_back_the_next() {
     for pod in pods {
         pod.remove().await.unwrap();
     }
+    api().assert_no_denials();
+}
+
+/// The ignore-exit-code verdict must land before the sidecar is stopped: once the kubelet has
+/// written Failed from the sidecar's exit code, the verdict cannot change it. The API refuses the
+/// agent's first two verdict writes (500); the agent retries them before stopping, so the Job's
+/// pod ends Succeeded although its sidecar exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_is_retried_before_the_sidecar_stops() {
+    let _serial = SERIAL.lock().await;
+    let verdict = support::apiserver::RequestMatcher::any()
+        .verb("patch")
+        .resource("pods/status")
+        .name("c-verdict")
+        .user(&rbac::user(rbac::AGENT));
+    api().fail_next(verdict.clone(), 500, 2);
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let proxy = sidecar("trap 'exit 1' TERM; sleep 100000 & wait")
+        .env("KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "true");
+    let spec = job("c-verdict", RestartPolicy::Never, "exit 0", proxy, 30);
+    let pod = ClusterPod::run(TestBed::shared(), api().client(), NODE, spec)
+        .await
+        .unwrap();
+    pod.handle.wait_exited("proxy").await.unwrap();
+    support::wait::until("the sidecar's exit code in the Pod", 30, || async {
+        let pod = pod.object().await.ok()?;
+        let statuses = pod.status?.container_statuses?;
+        let proxy = statuses.into_iter().find(|c| c.name == "proxy")?;
+        proxy.state?.terminated.map(|_| ())
+    })
+    .await;
+    let object = pod.object().await.unwrap();
+    let phase = object.status.as_ref().and_then(|s| s.phase.as_deref());
+    assert_eq!(phase, Some("Succeeded"), "{:?}", object.status);
+    assert!(has_condition(&object));
+    assert!(api().count_requests(&verdict) >= 3);
+    assert!(
+        agent
+            .messages("job verdict not written before stopping")
+            .is_empty()
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
     api().assert_no_denials();
 }
 

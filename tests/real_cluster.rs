@@ -21,6 +21,7 @@ use kube::api::{
     PostParams,
 };
 use kube::{Api, Client, ResourceExt};
+use nodeward::api::kruise::LABEL_FAKE_NODE_IMAGE;
 use serde_json::{Value, json};
 use support::cluster::events_for;
 use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
@@ -909,9 +910,12 @@ async fn the_agent_writes_status_on_its_own_node_only() {
     );
     assert!(m.contains("its own node's Pods only"), "{m}");
     let images = kruise_api(&client, None, "NodeImage");
+    // Marked fake (a NodeImage without a Node), or the controller, running for the shipped
+    // manifests' test meanwhile, deletes it before the agent's write reaches the policy.
     let other = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage",
-        "metadata": {"name": "another-node"}, "spec": {}}))
+        "metadata": {"name": "another-node", "labels": {LABEL_FAKE_NODE_IMAGE: "true"}},
+        "spec": {}}))
     .unwrap();
     images.create(&PostParams::default(), &other).await.unwrap();
     let status =

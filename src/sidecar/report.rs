@@ -144,24 +144,41 @@ pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Valu
     Some(patch)
 }
 
-/// Write the verdict before stopping, bounded so that an unreachable API never delays the stop;
-/// the outbox writes it again after the stop in any case.
+/// Write the verdict before stopping, retried within [`VERDICT_BUDGET`] (each call bounded by
+/// [`VERDICT_CALL_TIMEOUT`]) so that an unreachable API delays the stop by that much at most; the
+/// outbox writes it again after the stop in any case. A stop before the verdict lands lets the
+/// kubelet report the sidecar's exit code as the pod's phase, which the verdict then cannot change.
 pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
-    match tokio::time::timeout(VERDICT_TIMEOUT, call).await {
-        Ok(Ok(_)) => debug!(pod = %pod.name, "job verdict written before stopping"),
-        Ok(Err(e)) => {
-            warn!(pod = %pod.name, error = %e, "job verdict not written before stopping; the report retries")
+    let attempts = async {
+        let mut delays = crate::backoff::exponential(VERDICT_RETRY_MIN, VERDICT_RETRY_MAX);
+        loop {
+            let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
+            let error = match tokio::time::timeout(VERDICT_CALL_TIMEOUT, call).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {VERDICT_CALL_TIMEOUT:?}"),
+            };
+            debug!(pod = %pod.name, %error, "job verdict not written yet; retrying");
+            tokio::time::sleep(delays.next().unwrap_or(VERDICT_RETRY_MAX)).await;
         }
-        Err(_) => {
-            warn!(pod = %pod.name, "API too slow for the job verdict; stopping anyway, the report retries")
-        }
+    };
+    match tokio::time::timeout(VERDICT_BUDGET, attempts).await {
+        Ok(()) => debug!(pod = %pod.name, "job verdict written before stopping"),
+        Err(_) => warn!(
+            pod = %pod.name,
+            budget = ?VERDICT_BUDGET,
+            "job verdict not written before stopping; stopping anyway, the report retries"
+        ),
     }
 }
 
-/// How long the pre-stop verdict may hold the stop back.
-const VERDICT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the pre-stop verdict may hold the stop back in all.
+const VERDICT_BUDGET: Duration = Duration::from_secs(15);
+/// One read-and-patch of the verdict.
+const VERDICT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const VERDICT_RETRY_MIN: Duration = Duration::from_millis(200);
+const VERDICT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Never change a phase that is already terminal: a pod the kubelet (or a user) already marked
 /// Failed stays Failed, as upstream's `markJobPodTerminated` checks. `current` is the pod's phase.
