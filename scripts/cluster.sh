@@ -796,9 +796,9 @@ patches:
         template:
           spec:
             volumes:
-              - name: hostvarrun
+              - name: runtime
                 hostPath:
-                  path: $DIR/run
+                  path: $DIR/run/containerd
               - name: state
                 hostPath:
                   path: $DIR/nodeward/state

@@ -48,7 +48,7 @@ struct AgentArgs {
     /// CRI socket to use; a relative path is taken under --runtime-dir. Default: probe the usual sockets.
     #[arg(long, env = "NODEWARD_CRI_SOCKET")]
     cri_socket: Option<PathBuf>,
-    /// Directory holding the runtime sockets (the DaemonSet mounts the host's /var/run at /hostvarrun).
+    /// Directory holding the runtime sockets (the DaemonSet mounts the runtime's socket directory at /run/cri).
     #[arg(long, default_value = "/var/run", env = "NODEWARD_RUNTIME_DIR")]
     runtime_dir: PathBuf,
     /// Period of the CRI relist that catches anything the event-driven watchers missed.

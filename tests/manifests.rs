@@ -110,6 +110,8 @@ fn manifests_pass_the_kubernetes_schemas() {
         for overlay in [
             "packaging/kubernetes",
             "packaging/kubernetes-overlays/hostpid",
+            "packaging/kubernetes-overlays/cri-o",
+            "packaging/kubernetes-overlays/cri-dockerd",
         ] {
             let out = Command::new(&kubectl)
                 .args(["kustomize"])
@@ -240,22 +242,51 @@ fn agent_daemonset_shape() {
         .volume_mounts
         .iter()
         .flatten()
-        .find(|m| m.mount_path == "/hostvarrun")
+        .find(|m| m.mount_path == "/run/cri")
         .unwrap();
     assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.name, RUNTIME_VOLUME);
     let vol = pod
         .volumes
         .iter()
         .flatten()
         .find(|v| v.name == mount.name)
         .unwrap();
-    assert_eq!(vol.host_path.as_ref().unwrap().path, "/var/run");
+    // containerd's socket directory only, not all of /var/run.
+    let host = vol.host_path.as_ref().unwrap();
+    assert_eq!(host.path, "/run/containerd");
+    assert_eq!(host.type_.as_deref(), Some("Directory"));
     assert!(
         c.args
             .iter()
             .flatten()
-            .any(|a| a == "--runtime-dir=/hostvarrun")
+            .any(|a| a == "--runtime-dir=/run/cri")
     );
+}
+
+/// The DaemonSet's volume holding the runtime's socket directory.
+const RUNTIME_VOLUME: &str = "runtime";
+
+/// Each runtime component points the socket volume at the directory holding that runtime's
+/// socket, under a name the agent probes at the top of its runtime dir.
+#[test]
+fn runtime_components_mount_their_socket_directory() {
+    let probed = nodeward::cri::connect::PROBE_ORDER;
+    for (component, host_dir, socket) in [
+        ("runtime-cri-o", "/var/run/crio", "crio.sock"),
+        ("runtime-cri-dockerd", "/var/run", "cri-dockerd.sock"),
+    ] {
+        let k = docs(&format!("{K8S}/components/{component}/kustomization.yaml"));
+        let patch = k[0]["patches"][0]["patch"].as_str().unwrap();
+        let patch: Value = serde_saphyr::from_str(patch).unwrap();
+        assert_eq!(patch["kind"], "DaemonSet", "{component}");
+        assert_eq!(patch["metadata"]["name"], "nodeward-agent", "{component}");
+        let volumes = &patch["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(volumes[0]["name"], RUNTIME_VOLUME, "{component}");
+        assert_eq!(volumes[0]["hostPath"]["path"], host_dir, "{component}");
+        assert!(probed.contains(&socket), "{socket} is not probed");
+    }
+    assert!(probed.contains(&"containerd.sock"));
 }
 
 #[test]
