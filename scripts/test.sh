@@ -13,7 +13,9 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Licenses, banned/duplicate crates and sources (deny.toml), offline; advisories need the
-# RustSec database from GitHub, which this machine cannot reach.
+# RustSec database from GitHub, which this machine cannot reach. cargo deny reads every crate of
+# Cargo.lock, also those only other platforms build (a fresh registry lacks them): fetch first.
+cargo fetch --locked
 PATH="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}/bin:$PATH" cargo deny --offline -L error check licenses bans sources
 ./scripts/cluster.sh lint
 # A cluster that cannot start fails here with its reason (never a skipped test).
