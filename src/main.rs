@@ -82,8 +82,9 @@ struct AgentArgs {
     /// The local gRPC API socket (created 0600).
     #[arg(long, default_value = DEFAULT_API_SOCKET, env = "NODEWARD_API_SOCKET")]
     api_socket: PathBuf,
-    /// Listen address of /metrics, /healthz and /readyz (":PORT", "IP:PORT"); "off" disables it.
-    #[arg(long, default_value = ":10221")]
+    /// Listen address of /metrics, /healthz and /readyz (":PORT" for every interface, "IP:PORT");
+    /// "off" disables it. Loopback by default: set the node's address to be scraped from afar.
+    #[arg(long, default_value = "127.0.0.1:10221")]
     addr: String,
     /// Cluster mode with this kubeconfig. Without it, cluster mode is used when running in a Pod
     /// (in-cluster configuration), standalone otherwise.

@@ -493,3 +493,90 @@ async fn metrics_parse_as_prometheus_text() {
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
 }
+
+/// Open `n` TCP connections to `addr` that send nothing (each given 3 s to connect; past the
+/// agent's accept backlog some never do); the ones that connected.
+async fn idle_connections(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let connects = (0..n).map(|_| async move {
+        tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()
+    });
+    futures::future::join_all(connects)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// 2 000 idle clients on the agent's HTTP port (hostNetwork: anything that reaches the node can
+/// connect) hold at most its 64 connection slots: the agent's descriptors stay bounded, and CRI
+/// calls and pidfds go on, so a sidecar is stopped as fast as without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_starve_neither_cri_calls_nor_pidfds() {
+    let _serial = SERIAL.lock().await;
+    let _ = nodeward::telemetry::nofile::raise();
+    let tb = TestBed::shared();
+    let agent = AgentProcess::spawn(tb, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let addr = agent.metrics_addr().await.unwrap();
+    let baseline = agent.open_fds();
+    let idle = idle_connections(&addr, 2000).await;
+    assert!(idle.len() >= 64, "{} connected", idle.len());
+    let pod = Kubelet::run_pod(tb, job("idle-clients", "sleep 2; exit 0", POLITE, 30))
+        .await
+        .unwrap();
+    let line = agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(line["exit_to_stop_ms"].as_f64().unwrap() < 500.0, "{line}");
+    let held = agent.open_fds();
+    assert!(
+        held <= baseline + 64 + 16,
+        "{held} descriptors open (baseline {baseline}) with {} idle clients",
+        idle.len()
+    );
+    drop(idle);
+    assert_eq!(
+        agent.http_get("/healthz").await.unwrap(),
+        (200, "ok".into())
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}
+
+/// An agent out of file descriptors counts each failure by operation
+/// (`nodeward_open_files_exhausted_total`), keeps serving once descriptors are free again, and
+/// says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_counted() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let probe = AgentProcess::spawn(tb, &[]).unwrap();
+    probe.wait_ready().await.unwrap();
+    let baseline = u32::try_from(probe.open_fds()).unwrap();
+    probe.stop().await.unwrap();
+    let agent = AgentProcess::spawn_with_fd_limit(tb, baseline + 8, &[]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let addr = agent.metrics_addr().await.unwrap();
+    let idle = idle_connections(&addr, 40).await;
+    agent
+        .wait_for(
+            "an accept refused for want of descriptors",
+            Duration::from_secs(10),
+            |v| v["message"] == "accepting an HTTP connection failed",
+        )
+        .await
+        .unwrap();
+    drop(idle);
+    let (status, body) = agent.http_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let count = body
+        .lines()
+        .find(|l| l.starts_with("nodeward_open_files_exhausted_total{operation=\"http_accept\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+    assert!(count.is_some_and(|c| c >= 1.0), "{count:?}");
+    agent.stop().await.unwrap();
+}

@@ -76,7 +76,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/nodeward"),
             retention: Retention::default(),
             api_socket: PathBuf::from("/run/nodeward/agent.sock"),
-            addr: Some(std::net::SocketAddr::from(([0, 0, 0, 0], 10221))),
+            addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 10221))),
             failpoint: None,
             cluster: None,
             max_concurrent_pulls: crate::imagepull::DEFAULT_MAX_CONCURRENT_PULLS,

@@ -84,6 +84,7 @@ fn reconcile_histogram() -> Histogram {
 impl ControllerMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("nodeward_controller");
+        crate::telemetry::nofile::register(&mut registry);
         let runs = Family::<ReconcilerLabel, Counter>::default();
         registry.register(
             "reconciles",

@@ -43,9 +43,10 @@ impl ContainerPidfd {
     /// had exited and its pid been reused, the process now holding the pid is not in that cgroup.
     pub fn open(pid: u32, container_id: &str, proc_root: &Path) -> Result<Self, PidfdError> {
         let raw = Pid::from_raw(pid as i32).ok_or(PidfdError::InvalidPid(pid))?;
-        let fd = pidfd_open(raw, PidfdFlags::NONBLOCK).map_err(|e| PidfdError::Open {
-            pid,
-            source: e.into(),
+        let fd = pidfd_open(raw, PidfdFlags::NONBLOCK).map_err(|e| {
+            let source = io::Error::from(e);
+            crate::telemetry::nofile::count_if_exhausted("pidfd_open", &source);
+            PidfdError::Open { pid, source }
         })?;
         let in_container = super::cgroup::cgroups_of(proc_root, pid)
             .is_some_and(|groups| groups.0.iter().any(|g| g.pathname.contains(container_id)));

@@ -239,6 +239,7 @@ async fn accept_loop(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
+                    crate::telemetry::nofile::count_if_exhausted("http_accept", &e);
                     tracing::warn!(error = %e, "accepting an HTTP connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;

@@ -256,6 +256,7 @@ impl Metrics {
             "CRI PullImage calls in progress",
             image_pulls_in_flight.clone(),
         );
+        super::nofile::register(&mut registry);
         let build_info = Family::<VersionLabel, Gauge>::default();
         registry.register("build_info", "Build information", build_info.clone());
         build_info

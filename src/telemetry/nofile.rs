@@ -2,7 +2,64 @@
 //! kubelet, containerd): the agent holds a pidfd per tracked container and a connection per
 //! client, and a default soft limit of 1024 is reached at a few hundred pods.
 
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+/// The operations that count a failure for want of a file descriptor.
+pub const OPERATIONS: [&str; 2] = ["http_accept", "pidfd_open"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+/// Failures for want of a file descriptor, by operation: one process-wide family, registered in
+/// the agent's and the controller's registries alike.
+static EXHAUSTED: LazyLock<Family<OperationLabel, Counter>> = LazyLock::new(|| {
+    let family = Family::<OperationLabel, Counter>::default();
+    for operation in OPERATIONS {
+        let _ = family
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .get();
+    }
+    family
+});
+
+/// True for the errors of a process (EMFILE) or system (ENFILE) out of file descriptors.
+pub fn is_exhausted(e: &std::io::Error) -> bool {
+    let errno = e.raw_os_error();
+    errno == Some(rustix::io::Errno::MFILE.raw_os_error())
+        || errno == Some(rustix::io::Errno::NFILE.raw_os_error())
+}
+
+/// Count `e` under `operation` when it says the file descriptors ran out; true if it did.
+pub fn count_if_exhausted(operation: &'static str, e: &std::io::Error) -> bool {
+    let exhausted = is_exhausted(e);
+    if exhausted {
+        EXHAUSTED
+            .get_or_create(&OperationLabel {
+                operation: operation.to_owned(),
+            })
+            .inc();
+    }
+    exhausted
+}
+
+/// Register `open_files_exhausted` (`…_total{operation}`) in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(
+        "open_files_exhausted",
+        "Operations that failed because the process or the system ran out of file descriptors (EMFILE, ENFILE), by operation",
+        EXHAUSTED.clone(),
+    );
+}
 
 /// Raise RLIMIT_NOFILE's soft limit to its hard limit; the limits before and after.
 pub fn raise() -> (Rlimit, std::io::Result<Rlimit>) {
@@ -41,6 +98,25 @@ pub fn raise_and_log() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_descriptor_exhaustion_is_counted() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let other = std::io::Error::from_raw_os_error(rustix::io::Errno::CONNRESET.raw_os_error());
+        let label = OperationLabel {
+            operation: "http_accept".into(),
+        };
+        let before = EXHAUSTED.get_or_create(&label).get();
+        assert!(count_if_exhausted("http_accept", &emfile));
+        assert!(count_if_exhausted("http_accept", &enfile));
+        assert!(!count_if_exhausted("http_accept", &other));
+        assert!(!count_if_exhausted(
+            "http_accept",
+            &std::io::Error::other("x")
+        ));
+        assert_eq!(EXHAUSTED.get_or_create(&label).get() - before, 2);
+    }
 
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_limit() {

@@ -73,20 +73,41 @@ impl AgentProcess {
     /// inheritable and ambient sets before it runs the agent), as the packaged DaemonSet and unit
     /// run it.
     pub fn spawn_without_capabilities(tb: &TestBed, extra: &[&str]) -> anyhow::Result<Self> {
-        let state = tb
-            .dir()
-            .join(format!("agent-nocaps-{}", std::process::id()));
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
+        let setpriv = [
+            "setpriv",
             "--bounding-set=-all",
             "--inh-caps=-all",
             "--ambient-caps=-all",
             "--",
-        ])
-        .arg(agent_binary());
+        ];
+        Self::spawn_under(tb, &setpriv, extra)
+    }
+
+    /// Like [`spawn`](Self::spawn), with an open-file limit of `n` (soft and hard: the agent
+    /// cannot raise it).
+    pub fn spawn_with_fd_limit(tb: &TestBed, n: u32, extra: &[&str]) -> anyhow::Result<Self> {
+        let limit = format!("--nofile={n}:{n}");
+        Self::spawn_under(tb, &["prlimit", &limit, "--"], extra)
+    }
+
+    /// Like [`spawn`](Self::spawn), run through `wrapper` (a program that execs the rest of its
+    /// command line, so the pid stays the agent's).
+    fn spawn_under(tb: &TestBed, wrapper: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let state = tb
+            .dir()
+            .join(format!("agent-{}-{}-{n}", wrapper[0], std::process::id()));
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(agent_binary());
         let mut agent = Self::spawn_cmd(Self::agent_args(cmd, tb, &tb.socket(), &state, extra))?;
         agent.state = Some(state);
         Ok(agent)
+    }
+
+    /// The number of file descriptors the agent holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
     }
 
     fn spawn_with(
