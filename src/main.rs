@@ -54,6 +54,10 @@ struct AgentArgs {
     /// Period of the CRI relist that catches anything the event-driven watchers missed.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     relist_interval: Duration,
+    /// /healthz fails (and the systemd watchdog goes unpinged) when no relist has succeeded for
+    /// this long, or three relist intervals if longer: a stuck loop or a silent runtime.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    health_stall_after: Duration,
     /// Do not watch container init processes through pidfds.
     #[arg(long)]
     no_pidfd: bool,
@@ -432,6 +436,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         cri_socket: args.cri_socket,
         runtime_dir: args.runtime_dir,
         relist_interval: args.relist_interval,
+        stall_after: args.health_stall_after,
         pidfd: !args.no_pidfd,
         cgroup_events: !args.no_cgroup_events,
         pods_cgroups: args.pods_cgroup,

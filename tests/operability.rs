@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agent::{AgentProcess, agent_binary};
+use support::cri_proxy::CriProxy;
 use support::kubelet::{ContainerSpec, Kubelet, PodHandle, PodSpec, RestartPolicy};
 use support::testbed::TestBed;
 use tokio::sync::Mutex;
@@ -579,4 +580,40 @@ async fn running_out_of_file_descriptors_is_counted() {
         .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
     assert!(count.is_some_and(|c| c >= 1.0), "{count:?}");
     agent.stop().await.unwrap();
+}
+
+/// A StopContainer the runtime never answers ends at its deadline (the grace + 30 s) instead of
+/// holding the sidecar's stop forever, and is retried at the next relist: the sidecar is stopped
+/// and the action completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_stop_is_retried_after_its_deadline() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let state = tb.dir().join(format!("hung-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    let proxy = CriProxy::start(&tb.socket(), &state.join("cri.sock")).unwrap();
+    proxy.hang("stop_container", Some(1));
+    let agent =
+        AgentProcess::spawn_on(tb, proxy.socket(), &state, &["--relist-interval", "1s"]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("hung-stop", "sleep 1; exit 0", POLITE, 2))
+        .await
+        .unwrap();
+    agent
+        .wait_stopped(pod.uid(), "proxy", Duration::from_secs(90))
+        .await
+        .unwrap();
+    assert_eq!(proxy.hung(), 1);
+    let failed = agent.messages("stopping sidecar failed; retrying at the next relist");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{failed:?}"
+    );
+    assert_eq!(agent.messages("sidecar stopped").len(), 1);
+    assert!(pod.container("proxy").await.unwrap().is_exited());
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
 }

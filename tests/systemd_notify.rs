@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::agent::{AgentProcess, agent_binary};
+use support::cri_proxy::CriProxy;
 use support::testbed::TestBed;
+use support::wait;
 
 /// Datagrams received on `sock` until `until` holds for the ones so far or `timeout` passes.
 fn collect(
@@ -122,4 +124,60 @@ fn check_config_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     let out = run(&["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A runtime that stops answering (every relist's ListPodSandbox and ListContainers hang) leaves
+/// no successful relist: past `--health-stall-after`, `/healthz` answers 500 with the reason and
+/// the watchdog goes unpinged, so the kubelet or systemd restarts the agent. Once the runtime
+/// answers again (the hung calls end at their 30 s deadline), both come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_runtime_fails_liveness_and_the_watchdog() {
+    let tb = TestBed::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = CriProxy::start(&tb.socket(), &dir.path().join("cri.sock")).unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let state = dir.path().join("state");
+    let agent = AgentProcess::spawn_with(
+        tb,
+        proxy.socket(),
+        &state,
+        &["--relist-interval", "500ms", "--health-stall-after", "2s"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )
+    .unwrap();
+    agent.wait_ready().await.unwrap();
+    assert_eq!(agent.http_get("/healthz").await.unwrap().0, 200);
+    proxy.hang("list_pod_sandbox", None);
+    proxy.hang("list_containers", None);
+    let reason = wait::until("/healthz failing", 30, || async {
+        let (code, body) = agent.http_get("/healthz").await.ok()?;
+        (code == 500).then_some(body)
+    })
+    .await;
+    assert!(reason.contains("no successful relist"), "{reason}");
+    // Pings sent before the stall was seen, then none.
+    let _ = collect(&sock, Duration::from_millis(700), |_| false);
+    let quiet = collect(&sock, Duration::from_secs(2), |_| false);
+    assert!(!quiet.iter().any(|m| m == "WATCHDOG=1"), "{quiet:?}");
+    assert!(
+        !agent
+            .messages("not pinging the systemd watchdog")
+            .is_empty()
+    );
+    proxy.stop_hanging();
+    wait::until("/healthz ok again", 90, || async {
+        let (code, _) = agent.http_get("/healthz").await.ok()?;
+        (code == 200).then_some(())
+    })
+    .await;
+    let pings = collect(&sock, Duration::from_secs(5), |g| {
+        g.iter().any(|m| m == "WATCHDOG=1")
+    });
+    assert!(pings.iter().any(|m| m == "WATCHDOG=1"), "{pings:?}");
+    assert!(proxy.hung() >= 1);
+    agent.stop().await.unwrap();
 }

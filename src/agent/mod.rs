@@ -36,6 +36,8 @@ pub struct Config {
     pub cri_socket: Option<PathBuf>,
     pub runtime_dir: PathBuf,
     pub relist_interval: Duration,
+    /// Liveness fails after this long without a successful relist (at least three intervals).
+    pub stall_after: Duration,
     pub pidfd: bool,
     pub cgroup_events: bool,
     /// Cgroup trees (relative to the cgroup v2 mount) where the kubelet puts pods; watched for new
@@ -68,6 +70,7 @@ impl Default for Config {
             cri_socket: None,
             runtime_dir: PathBuf::from("/var/run"),
             relist_interval: Duration::from_secs(10),
+            stall_after: crate::telemetry::http::STALL_AFTER,
             pidfd: true,
             cgroup_events: true,
             pods_cgroups: vec!["kubepods".into(), "kubepods.slice".into()],
@@ -326,6 +329,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         metrics.clone(),
         health.clone(),
         cfg.relist_interval,
+        cfg.stall_after,
         Watchers {
             pidfd: pidfd_state,
             cgroup,

@@ -25,7 +25,7 @@ use crate::cri::client::VerboseInfo;
 use crate::cri::{CriClient, CriError};
 use crate::node::pods::PodUpdate;
 use crate::report::pb;
-use crate::telemetry::http::{Health, Listed, STALL_AFTER};
+use crate::telemetry::http::{Health, Listed};
 use crate::telemetry::metrics::Metrics;
 
 /// What the tracker's own tasks report back.
@@ -88,6 +88,8 @@ pub struct Tracker<E> {
     metrics: Metrics,
     health: Health,
     relist_interval: Duration,
+    /// Liveness: the longest a successful relist may take to follow the last.
+    stall_after: Duration,
     model: NodeModel,
     /// What tasks outside the loop may read of the model, republished after every event.
     view: NodeView,
@@ -128,6 +130,7 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
         metrics: Metrics,
         health: Health,
         relist_interval: Duration,
+        stall_after: Duration,
         watchers: Watchers,
         view: NodeView,
         pods_listed: Listed,
@@ -138,6 +141,7 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
             metrics,
             health,
             relist_interval,
+            stall_after: stall_after.max(relist_interval.saturating_mul(3)),
             model: NodeModel::default(),
             view,
             pidfd_reason: watchers.pidfd.as_ref().err().cloned().unwrap_or_default(),
@@ -256,8 +260,7 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
                 // that stopped, or a runtime that has not answered for that long (every CRI call
                 // has a deadline), makes /healthz and the systemd watchdog fail; a restart also
                 // drops a wedged runtime connection.
-                self.health
-                    .progressed(STALL_AFTER.max(self.relist_interval.saturating_mul(3)));
+                self.health.progressed(self.stall_after);
                 self.metrics.relisted();
                 v
             }

@@ -110,7 +110,9 @@ impl AgentProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
     }
 
-    fn spawn_with(
+    /// Like [`spawn_in`](Self::spawn_in) speaking CRI on `cri_socket`, with extra environment
+    /// variables.
+    pub fn spawn_with(
         tb: &TestBed,
         cri_socket: &Path,
         state: &Path,

@@ -1,7 +1,8 @@
 //! A recording CRI proxy: a tonic server from k8s-cri's service definitions on a unix socket that
 //! forwards every RuntimeService and ImageService call to the test bed's containerd. It records
-//! each `PullImageRequest`, counts the pulls in flight (and the most at once), and can hold pulls
-//! of chosen images back for a while (a slow registry, without a slow registry).
+//! each `PullImageRequest`, counts the pulls in flight (and the most at once), can hold pulls of
+//! chosen images back for a while (a slow registry, without a slow registry), and can leave calls
+//! of chosen methods unanswered until the client gives up (a hung runtime).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,15 +30,40 @@ struct Delay {
     times: Option<usize>,
 }
 
+/// Calls of `method` (its snake-case name) are never answered, for the next `times` calls (all
+/// when `None`).
+struct Hang {
+    method: &'static str,
+    times: Option<usize>,
+}
+
 #[derive(Default)]
 struct Recorder {
     pulls: Mutex<Vec<PullImageRequest>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     delays: Mutex<Vec<Delay>>,
+    hangs: Mutex<Vec<Hang>>,
+    hung: AtomicUsize,
 }
 
 impl Recorder {
+    /// Whether this call of `method` is to hang, consuming one of its `times`.
+    fn hangs(&self, method: &str) -> bool {
+        let mut hangs = self.hangs.lock().unwrap();
+        let Some(h) = hangs
+            .iter_mut()
+            .find(|h| h.method == method && h.times.is_none_or(|n| n > 0))
+        else {
+            return false;
+        };
+        if let Some(n) = &mut h.times {
+            *n -= 1;
+        }
+        self.hung.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
     /// The delay for a pull of `image`, consuming one of its `times`.
     fn delay_for(&self, image: &str) -> Option<Duration> {
         let mut delays = self.delays.lock().unwrap();
@@ -76,6 +102,7 @@ pub struct CriProxy {
 
 struct Runtime {
     rt: RuntimeServiceClient<Channel>,
+    recorder: Arc<Recorder>,
 }
 
 struct Images {
@@ -94,6 +121,7 @@ impl CriProxy {
         let recorder = Arc::new(Recorder::default());
         let runtime = Runtime {
             rt: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
+            recorder: recorder.clone(),
         };
         let images = Images {
             img: ImageServiceClient::new(channel).max_decoding_message_size(16 << 20),
@@ -153,6 +181,26 @@ impl CriProxy {
             times,
         });
     }
+
+    /// Leave the next `times` calls (all: `None`) of `method` (snake case, e.g. `stop_container`)
+    /// unanswered until the client gives up.
+    pub fn hang(&self, method: &'static str, times: Option<usize>) {
+        self.recorder
+            .hangs
+            .lock()
+            .unwrap()
+            .push(Hang { method, times });
+    }
+
+    /// Answer every call again (calls already hung stay so until their client gives up).
+    pub fn stop_hanging(&self) {
+        self.recorder.hangs.lock().unwrap().clear();
+    }
+
+    /// How many calls were left unanswered so far.
+    pub fn hung(&self) -> usize {
+        self.recorder.hung.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for CriProxy {
@@ -178,7 +226,13 @@ macro_rules! forward {
                 Self: 'async_trait,
             {
                 let mut client = self.$client.clone();
-                Box::pin(async move { client.$method(request.into_inner()).await })
+                let hang = self.recorder.hangs(stringify!($method));
+                Box::pin(async move {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    client.$method(request.into_inner()).await
+                })
             }
         )*
     };
