@@ -107,6 +107,9 @@ pub struct PodSpecFacts {
 pub struct NodeModel {
     pods: HashMap<String, PodRecord>,
     containers: HashMap<String, ContainerRecord>,
+    /// The ids of each pod's containers (every attempt): a pod's decision reads its own
+    /// containers without a scan of the node's.
+    by_pod: HashMap<String, BTreeSet<String>>,
     sandbox_pod: HashMap<String, String>,
     specs: HashMap<String, PodSpecFacts>,
     /// Pods whose containers changed since [`NodeModel::take_changed`].
@@ -201,6 +204,10 @@ impl NodeModel {
                         },
                     );
                     diff.fetch.push((c.id.clone(), Fetch::Verbose));
+                    self.by_pod
+                        .entry(uid.clone())
+                        .or_default()
+                        .insert(c.id.clone());
                     diff.changed_pods.insert(uid);
                 }
                 Some(rec) => {
@@ -243,6 +250,12 @@ impl NodeModel {
             .collect();
         for id in removed {
             if let Some(rec) = self.containers.remove(&id) {
+                if let Some(ids) = self.by_pod.get_mut(&rec.pod_uid) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_pod.remove(&rec.pod_uid);
+                    }
+                }
                 diff.changed_pods.insert(rec.pod_uid);
             }
             diff.removed.push(id);
@@ -313,7 +326,8 @@ impl NodeModel {
     /// The latest attempt of each container name of a pod, as the runtime lists them (no spec).
     pub fn latest(&self, uid: &str) -> Vec<&ContainerRecord> {
         let mut latest: HashMap<&str, &ContainerRecord> = HashMap::new();
-        for c in self.containers.values().filter(|c| c.pod_uid == uid) {
+        let ids = self.by_pod.get(uid).into_iter().flatten();
+        for c in ids.filter_map(|id| self.containers.get(id)) {
             let e = latest.entry(c.meta.name.as_str()).or_insert(c);
             if (c.meta.restart_count, c.created_at) > (e.meta.restart_count, e.created_at) {
                 *e = c;
@@ -502,6 +516,10 @@ pub(crate) mod tests {
         let d = m.apply_snapshot(&[], &[], SystemTime::now());
         assert_eq!(d.removed.len(), 2);
         assert!(m.pod("u1").is_none() && m.latest("u1").is_empty());
+        assert!(
+            m.by_pod.is_empty(),
+            "the pod index forgets removed containers"
+        );
     }
 
     #[test]

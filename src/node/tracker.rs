@@ -8,10 +8,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::{Container, ContainerStatus, PodSandbox};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -113,9 +114,13 @@ pub struct Tracker<E> {
     api_pods: HashSet<String>,
     pods_listed: Listed,
     relisting: bool,
-    /// Relist as soon as the current one (if any) is done.
+    /// Relist as soon as the current one (if any) is done, [`TRIGGERED_RELIST_GAP`] after the last.
     relist_wanted: bool,
     next_relist: Instant,
+    last_relist: Option<Instant>,
+    /// Verbose status reads (the runtime spec: large) in flight at once, at most
+    /// [`MAX_VERBOSE_FETCHES`]; plain reads (exit codes, which decisions wait for) are not held.
+    verbose_fetches: Arc<Semaphore>,
     runtime_up: bool,
     relist_failures: u32,
     initial: Initial,
@@ -160,6 +165,8 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
             pods_listed,
             relisting: false,
             relist_wanted: false,
+            last_relist: None,
+            verbose_fetches: Arc::new(Semaphore::new(MAX_VERBOSE_FETCHES)),
             next_relist: Instant::now(),
             runtime_up: true,
             relist_failures: 0,
@@ -190,7 +197,8 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
             return None;
         }
         if self.relist_wanted {
-            self.next_relist = Instant::now();
+            self.next_relist =
+                triggered_relist_at(self.next_relist, self.last_relist, Instant::now());
         }
         Some(self.next_relist)
     }
@@ -199,7 +207,9 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
     pub fn start_relist(&mut self) {
         self.relist_wanted = false;
         self.relisting = true;
-        self.next_relist = Instant::now() + self.relist_interval;
+        let now = Instant::now();
+        self.last_relist = Some(now);
+        self.next_relist = now + self.relist_interval;
         let cri = self.cri.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -348,7 +358,12 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
         self.fetching.insert(id.clone(), attempt);
         let cri = self.cri.clone();
         let tx = self.tx.clone();
+        let verbose_fetches = self.verbose_fetches.clone();
         tokio::spawn(async move {
+            let _permit = match fetch {
+                Fetch::Verbose => verbose_fetches.acquire_owned().await.ok(),
+                Fetch::Plain => None,
+            };
             let result = cri.container_status(&id, fetch == Fetch::Verbose).await;
             let _ = tx.send(E::from(NodeEvent::Status {
                 id,
@@ -584,7 +599,46 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
     }
 }
 
+/// A burst of new containers (each discovered by its cgroup) relists at most this often, not
+/// back to back: each relist lists the whole node.
+const TRIGGERED_RELIST_GAP: Duration = Duration::from_millis(200);
+
+/// Verbose status reads in flight at once (an agent started on a full node reads every
+/// container's runtime spec).
+const MAX_VERBOSE_FETCHES: usize = 16;
+
+/// When a wanted relist runs: now, unless the last started under [`TRIGGERED_RELIST_GAP`] ago;
+/// never later than the periodic one.
+fn triggered_relist_at(periodic: Instant, last: Option<Instant>, now: Instant) -> Instant {
+    let earliest = last.map_or(now, |l| (l + TRIGGERED_RELIST_GAP).max(now));
+    earliest.min(periodic)
+}
+
 /// While the runtime does not answer: 200 ms doubling, up to the relist interval.
 fn relist_backoff(failures: u32, interval: Duration) -> Duration {
     crate::backoff::after(failures, Duration::from_millis(200), interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggered_relists_keep_a_gap_and_never_delay_the_periodic_one() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let periodic = now + Duration::from_secs(10);
+        // (last relist started, expected start)
+        let table = [
+            (None, now),
+            (Some(now - Duration::from_secs(5)), now),
+            (Some(now - ms(50)), now + ms(150)),
+            (Some(now), now + TRIGGERED_RELIST_GAP),
+        ];
+        for (last, want) in table {
+            assert_eq!(triggered_relist_at(periodic, last, now), want, "{last:?}");
+        }
+        let soon = now + ms(20);
+        assert_eq!(triggered_relist_at(soon, Some(now), now), soon);
+    }
 }
