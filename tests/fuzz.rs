@@ -17,14 +17,19 @@ use nodeward::api::clamp;
 use nodeward::api::kruise::{
     ContainerRecreateRequest, ImagePullJobSpec, NodeImage, NodeImageSpec, NodeImageStatus,
 };
+use nodeward::api::role::Role;
+use nodeward::controller::crr::admission;
 use nodeward::controller::crr::decide as crr_controller;
 use nodeward::controller::imagepull::job::decide as job;
 use nodeward::controller::imagepull::node_image::decide as node_image;
-use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop};
+use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop, RestartPolicy};
 use nodeward::imagepull::credentials::Keyring;
 use nodeward::imagepull::decide as pull;
 use nodeward::imagepull::reference::ImageRef;
+use nodeward::journal::{Action, Journal, Outcome, Recorded, Retention};
+use nodeward::node::model::State;
 use nodeward::recreate::decide as crr_agent;
+use nodeward::sidecar::decide::{self as sidecar, ContainerFacts, Decision, Hold, PodFacts};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};
@@ -296,7 +301,152 @@ fn runtime_containers() -> impl Strategy<Value = Vec<crr_agent::RuntimeContainer
     prop::collection::vec(one, 0..4)
 }
 
+fn role() -> impl Strategy<Value = Option<Role>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(Role::Main)),
+        Just(Some(Role::Other)),
+        any::<bool>().prop_map(|ignore_exit_code| Some(Role::Sidecar { ignore_exit_code })),
+    ]
+}
+
+fn state() -> impl Strategy<Value = State> {
+    prop_oneof![
+        Just(State::Created),
+        Just(State::Running),
+        Just(State::Unknown),
+        prop::option::of(prop_oneof![Just(0), Just(1), Just(137), any::<i32>()])
+            .prop_map(|code| State::Exited { code }),
+    ]
+}
+
+fn pod_facts() -> impl Strategy<Value = PodFacts> {
+    let policy = prop::option::of(prop_oneof![
+        Just(RestartPolicy::Always),
+        Just(RestartPolicy::OnFailure),
+        Just(RestartPolicy::Never),
+    ]);
+    let containers = prop::collection::vec((role(), state()), 0..6).prop_map(|cs| {
+        cs.into_iter()
+            .enumerate()
+            .map(|(i, (role, state))| ContainerFacts {
+                id: format!("id-{i}"),
+                name: format!("c{i}"),
+                role,
+                state,
+            })
+            .collect()
+    });
+    (policy, containers).prop_map(|(policy, containers)| PodFacts { policy, containers })
+}
+
+fn action_seed() -> Value {
+    json!({
+        "kind": "stop_sidecar",
+        "pod": {"namespace": "default", "name": "job-1", "uid": "u-1"},
+        "containers": [{"name": "proxy", "id": "c-1"}],
+        "decided_at": 1_700_000_000_000u64,
+        "reason": "main containers exited",
+        "inputs": {"restart_policy": "Never", "containers": [
+            {"name": "main", "id": "c-0", "role": "Main", "state": "exited", "exit_code": 0},
+            {"name": "proxy", "id": "c-1", "role": {"Sidecar": {"ignore_exit_code": true}},
+             "state": "running", "exit_code": null}]},
+    })
+}
+
+fn outcome_seed() -> Value {
+    json!({
+        "result": "stopped", "message": "",
+        "containers": [{"name": "proxy", "id": "c-1", "exit_code": 137, "exit_code_ignored": true,
+                        "exit_to_stop_ms": 3.5, "exit_to_exit_ms": 120.0, "prestop": "none"}],
+        "finished_at": 1_700_000_001_000u64,
+    })
+}
+
 proptest! {
+    /// The sidecar rule's promises, whatever the pod: nothing is decided before every role is
+    /// known; only running sidecars are stopped; never while a main container runs, never under
+    /// `Always`, and under `OnFailure` only once every main container exited 0.
+    #[test]
+    fn sidecar_decisions(pod in pod_facts()) {
+        let decision = sidecar::decide(&pod);
+        if pod.containers.iter().any(|c| c.role.is_none()) {
+            prop_assert_eq!(&decision, &Decision::Hold(Hold::ClassificationPending));
+        }
+        if let Decision::Stop(targets) = &decision {
+            prop_assert!(!targets.is_empty());
+            prop_assert!(pod.policy != Some(RestartPolicy::Always));
+            let mains: Vec<_> = pod.containers.iter().filter(|c| c.role == Some(Role::Main)).collect();
+            prop_assert!(!mains.is_empty());
+            prop_assert!(mains.iter().all(|c| c.state.is_exited()));
+            if pod.policy != Some(RestartPolicy::Never) {
+                let exited_ok = State::Exited { code: Some(0) };
+                prop_assert!(mains.iter().all(|c| c.state == exited_ok));
+            }
+            for t in targets {
+                let c = pod.containers.iter().find(|c| c.id == t.id).unwrap();
+                prop_assert_eq!(c.state, State::Running);
+                let role = Role::Sidecar { ignore_exit_code: t.ignore_exit_code };
+                prop_assert_eq!(c.role, Some(role));
+            }
+        }
+    }
+
+    /// The env rule is upstream's `strings.EqualFold(value, "true")`.
+    #[test]
+    fn sidecar_env(value in prop_oneof![Just("true".to_string()), Just(" true".to_string()), Just("TrUe".to_string()), "\\PC{0,8}"]) {
+        let role = Role::from_env([("KRUISE_TERMINATE_SIDECAR_WHEN_JOB_EXIT", value.as_str())]);
+        prop_assert_eq!(role.is_sidecar(), value.eq_ignore_ascii_case("true"));
+    }
+
+    /// Journal records as a damaged or older journal may hold them: recorded, completed, listed,
+    /// shown through the local API, pruned at any time, and read for the Job's verdict.
+    #[test]
+    fn journal_records(action_muts in mutations(), outcome_muts in mutations(), now in now(), max_events in 0usize..4) {
+        let Ok(action) = serde_json::from_value::<Action>(mutate(&action_seed(), &action_muts)) else {
+            return Ok(());
+        };
+        let Ok(outcome) = serde_json::from_value::<Outcome>(mutate(&outcome_seed(), &outcome_muts)) else {
+            return Ok(());
+        };
+        let _ = nodeward::sidecar::report::verdict_patch(&action, true);
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_events, max_age: Duration::from_secs(3600) };
+        let (journal, _) = Journal::open(dir.path(), retention).unwrap();
+        let key = format!("{}/{}", action.kind, action.pod.uid);
+        prop_assert!(matches!(journal.decide(&key, &action), Ok(Recorded::New(_))));
+        prop_assert_eq!(journal.pending().unwrap().len(), 1);
+        let event = journal.complete(&key, &outcome).unwrap();
+        let _ = nodeward::report::api::to_pb(&event);
+        let _ = nodeward::sidecar::report::job_phase(&event);
+        let _ = journal.events_since(0, 10).unwrap();
+        let _ = journal.outbox(10).unwrap();
+        let _ = journal.stats().unwrap();
+        let _ = journal.prune(at(now)).unwrap();
+        prop_assert!(journal.pending().unwrap().is_empty());
+    }
+
+    /// The admission patch, applied to the object exactly as the client sent it, gives the
+    /// object the webhook decided on: the Pod's labels and the defaulted spec.
+    #[test]
+    fn admission_patch(crr_muts in mutations(), pod_muts in mutations()) {
+        let raw = mutate(&crr_seed(), &crr_muts);
+        let Ok(crr) = serde_json::from_value::<ContainerRecreateRequest>(raw.clone()) else {
+            return Ok(());
+        };
+        let pod = serde_json::from_value::<Pod>(mutate(&pod_seed(), &pod_muts)).ok();
+        if let crr_controller::Admission::Mutate(next) = crr_controller::admit_create(&crr, pod.as_ref()) {
+            let patch = admission::patch(&raw, &next).unwrap();
+            let mut applied = raw.clone();
+            json_patch::patch(&mut applied, &patch).unwrap();
+            let got: ContainerRecreateRequest = serde_json::from_value(applied).unwrap();
+            prop_assert_eq!(&got.spec, &next.spec);
+            prop_assert_eq!(got.pod_uid(), next.pod_uid());
+            prop_assert_eq!(got.node_name(), next.node_name());
+            prop_assert_eq!(&got.metadata.labels, &next.metadata.labels);
+        }
+    }
+
     #[test]
     fn crr_agent_decisions(
         crr_muts in mutations(),

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use tokio::net::UnixListener;
@@ -62,8 +62,12 @@ impl ApiService {
     }
 }
 
+/// RFC 3339 with milliseconds, clamped to 1970..=9999 (humantime's range: past it its Display
+/// fails, and `to_string` would panic on a time read from a damaged journal).
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t.max(UNIX_EPOCH)).to_string()
+    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    let latest = UNIX_EPOCH + LAST;
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, latest)).to_string()
 }
 
 /// A journal event as the API shows it.
@@ -196,4 +200,18 @@ pub async fn serve(
         .add_service(AgentServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by tests/fuzz.rs `journal_records`: an event time past year 9999 (a damaged
+    /// journal) panicked `ListEvents`.
+    #[test]
+    fn times_outside_rfc3339_are_clamped() {
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
 }

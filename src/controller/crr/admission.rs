@@ -102,7 +102,7 @@ async fn judge(
 
 /// A JSON patch from the object as sent to it with the decided changes laid over it (a merge:
 /// fields the typed model does not know stay as they are).
-fn patch(raw: &serde_json::Value, next: &Crr) -> Result<json_patch::Patch, serde_json::Error> {
+pub fn patch(raw: &serde_json::Value, next: &Crr) -> Result<json_patch::Patch, serde_json::Error> {
     let mut want = raw.clone();
     let next = serde_json::to_value(next)?;
     for key in ["metadata", "spec"] {
