@@ -157,9 +157,9 @@ pub fn certified_key(bundle: &Bundle) -> Result<CertifiedKey, Error> {
     Ok(CertifiedKey::from_der(chain, key, &provider())?)
 }
 
-/// Whether the bundle is fit to serve until `at`: the key matches the certificate, which chains
-/// to a CA of the bundle and is valid for every name in `names` at `at`.
-pub fn check(bundle: &Bundle, names: &[String], at: SystemTime) -> Result<(), Error> {
+/// Whether the bundle is fit to serve at each of `times`: the key matches the certificate, which
+/// chains to a CA of the bundle and is valid for every name in `names` then.
+pub fn check(bundle: &Bundle, names: &[String], times: &[SystemTime]) -> Result<(), Error> {
     certified_key(bundle)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in parse_certs(&bundle.ca, KEY_CA)? {
@@ -173,14 +173,16 @@ pub fn check(bundle: &Bundle, names: &[String], at: SystemTime) -> Result<(), Er
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| Error::Parse(KEY_CERT.into()))?;
-    let at = UnixTime::since_unix_epoch(
-        at.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    );
     for name in names {
         let server = ServerName::try_from(name.as_str())
             .map_err(|e| Error::Parse(format!("name {name}: {e}")))?;
-        verifier.verify_server_cert(leaf, intermediates, &server, &[], at)?;
+        for at in times {
+            let at = UnixTime::since_unix_epoch(
+                at.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            );
+            verifier.verify_server_cert(leaf, intermediates, &server, &[], at)?;
+        }
     }
     Ok(())
 }
@@ -188,8 +190,7 @@ pub fn check(bundle: &Bundle, names: &[String], at: SystemTime) -> Result<(), Er
 /// Whether the bundle must be replaced now: unusable, or expiring within [`RENEW_BEFORE`].
 pub fn needs_renewal(bundle: &Bundle, names: &[String], now: SystemTime) -> Option<String> {
     let at = now.checked_add(RENEW_BEFORE).unwrap_or(now);
-    check(bundle, names, now)
-        .and_then(|()| check(bundle, names, at))
+    check(bundle, names, &[now, at])
         .err()
         .map(|e| e.to_string())
 }
@@ -246,12 +247,12 @@ mod tests {
     fn a_fresh_bundle_serves_its_names_and_is_renewed_before_it_expires() {
         let now = SystemTime::now();
         let b = issue(&names(), now, None).unwrap();
-        check(&b, &names(), now).unwrap();
+        check(&b, &names(), &[now]).unwrap();
         assert_eq!(needs_renewal(&b, &names(), now), None);
         // 300 days on: within RENEW_BEFORE of the end.
         let later = now + 300 * DAY;
         assert!(needs_renewal(&b, &names(), later).is_some());
-        assert!(check(&b, &names(), now + 400 * DAY).is_err());
+        assert!(check(&b, &names(), &[now + 400 * DAY]).is_err());
         // Another Service name is not covered.
         let other = dns_names("other", "nodeward-system");
         assert!(needs_renewal(&b, &other, now).is_some());
@@ -268,7 +269,7 @@ mod tests {
             ca: new.ca.clone(),
             ..old.clone()
         };
-        check(&mixed, &names(), now).unwrap();
+        check(&mixed, &names(), &[now]).unwrap();
         // Only one generation back: the CA before `old` is dropped.
         let newer = issue(&names(), now, Some(&new.ca)).unwrap();
         assert_eq!(parse_certs(&newer.ca, KEY_CA).unwrap().len(), 2);
@@ -276,7 +277,7 @@ mod tests {
             ca: newer.ca.clone(),
             ..old
         };
-        assert!(check(&stale, &names(), now).is_err());
+        assert!(check(&stale, &names(), &[now]).is_err());
     }
 
     #[test]
@@ -288,7 +289,7 @@ mod tests {
             key: b.key.clone(),
             ..a.clone()
         };
-        assert!(check(&swapped, &names(), now).is_err());
+        assert!(check(&swapped, &names(), &[now]).is_err());
         let garbage = Bundle {
             cert: "not a certificate".into(),
             ..a

@@ -88,10 +88,14 @@ async fn keep_certificate(
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client);
     let names = certs::dns_names(&cfg.service, &cfg.namespace);
     let mut failures = 0u32;
+    let mut served: Option<certs::Bundle> = None;
     loop {
         let synced = async {
             let bundle = act::ensure_bundle(&secrets, &cfg.secret, &names).await?;
-            resolver.set(certs::certified_key(&bundle)?);
+            if served.as_ref() != Some(&bundle) {
+                resolver.set(certs::certified_key(&bundle)?);
+                served = Some(bundle.clone());
+            }
             act::inject_ca(
                 &configs,
                 &cfg.configuration,
