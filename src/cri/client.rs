@@ -137,14 +137,15 @@ impl CriClient {
         self
     }
 
-    /// Run one CRI call with a deadline (a hung runtime answers `DeadlineExceeded`, never
-    /// leaves the caller waiting), counting it in the metrics.
+    /// Run one CRI call on `target` (an id, an image, or "") with a deadline (a hung runtime
+    /// answers `DeadlineExceeded`, never leaves the caller waiting), counting it in the metrics.
     pub(super) async fn observed<T>(
         &self,
         method: &'static str,
+        target: &str,
         deadline: Duration,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, tonic::Status> {
+    ) -> Result<T, CriError> {
         let start = Instant::now();
         let res = match tokio::time::timeout(deadline, call).await {
             Ok(res) => res,
@@ -160,27 +161,19 @@ impl CriClient {
             m.cri_request(method, &code, start.elapsed().as_secs_f64());
         }
         res.map(tonic::Response::into_inner)
-    }
-
-    pub(super) fn err(
-        method: &'static str,
-        target: impl Into<String>,
-    ) -> impl FnOnce(tonic::Status) -> CriError {
-        let target = target.into();
-        move |status| CriError {
-            method,
-            target,
-            status,
-        }
+            .map_err(|status| CriError {
+                method,
+                target: target.to_string(),
+                status,
+            })
     }
 
     pub async fn version(&self) -> Result<k8s_cri::v1::VersionResponse, CriError> {
         let req = VersionRequest {
             version: CRI_API_VERSION.into(),
         };
-        self.observed("Version", CALL_DEADLINE, self.rt.clone().version(req))
+        self.observed("Version", "", CALL_DEADLINE, self.rt.clone().version(req))
             .await
-            .map_err(Self::err("Version", ""))
     }
 
     pub async fn list_sandboxes(&self) -> Result<Vec<PodSandbox>, CriError> {
@@ -188,11 +181,11 @@ impl CriClient {
         Ok(self
             .observed(
                 "ListPodSandbox",
+                "",
                 CALL_DEADLINE,
                 self.rt.clone().list_pod_sandbox(req),
             )
-            .await
-            .map_err(Self::err("ListPodSandbox", ""))?
+            .await?
             .items)
     }
 
@@ -201,11 +194,11 @@ impl CriClient {
         Ok(self
             .observed(
                 "ListContainers",
+                "",
                 CALL_DEADLINE,
                 self.rt.clone().list_containers(req),
             )
-            .await
-            .map_err(Self::err("ListContainers", ""))?
+            .await?
             .containers)
     }
 
@@ -224,11 +217,11 @@ impl CriClient {
         Ok(self
             .observed(
                 "ListContainers",
+                pod_uid,
                 CALL_DEADLINE,
                 self.rt.clone().list_containers(req),
             )
-            .await
-            .map_err(Self::err("ListContainers", pod_uid))?
+            .await?
             .containers)
     }
 
@@ -239,11 +232,11 @@ impl CriClient {
         };
         self.observed(
             "PodSandboxStatus",
+            id,
             CALL_DEADLINE,
             self.rt.clone().pod_sandbox_status(req),
         )
-        .await
-        .map_err(Self::err("PodSandboxStatus", id))?
+        .await?
         .status
         .ok_or_else(|| CriError {
             method: "PodSandboxStatus",
@@ -264,11 +257,11 @@ impl CriClient {
         let resp = self
             .observed(
                 "ContainerStatus",
+                id,
                 CALL_DEADLINE,
                 self.rt.clone().container_status(req),
             )
-            .await
-            .map_err(Self::err("ContainerStatus", id))?;
+            .await?;
         let status = resp.status.ok_or_else(|| CriError {
             method: "ContainerStatus",
             target: id.to_string(),
@@ -288,11 +281,11 @@ impl CriClient {
         let deadline = grace.saturating_add(CALL_DEADLINE);
         self.observed(
             "StopContainer",
+            id,
             deadline,
             self.rt.clone().stop_container(req),
         )
-        .await
-        .map_err(Self::err("StopContainer", id))?;
+        .await?;
         Ok(())
     }
 
@@ -311,9 +304,8 @@ impl CriClient {
         let deadline = timeout.saturating_add(Duration::from_secs(2));
         let mut request = tonic::Request::new(req);
         request.set_timeout(deadline);
-        self.observed("ExecSync", deadline, self.rt.clone().exec_sync(request))
+        self.observed("ExecSync", id, deadline, self.rt.clone().exec_sync(request))
             .await
-            .map_err(Self::err("ExecSync", id))
     }
 }
 
@@ -327,11 +319,11 @@ mod tests {
         let client = CriClient::new(channel);
         let hung = std::future::pending::<Result<tonic::Response<()>, tonic::Status>>();
         let err = client
-            .observed("Version", Duration::from_millis(50), hung)
+            .observed("Version", "", Duration::from_millis(50), hung)
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
-        assert!(err.message().contains("Version"), "{err}");
+        assert_eq!(err.status.code(), tonic::Code::DeadlineExceeded);
+        assert!(err.status.message().contains("Version"), "{err}");
     }
 
     #[test]

@@ -70,11 +70,11 @@ impl CriClient {
         let resp = self
             .observed(
                 "ImageStatus",
+                image,
                 super::client::CALL_DEADLINE,
                 self.img.clone().image_status(req),
             )
-            .await
-            .map_err(Self::err("ImageStatus", image))?;
+            .await?;
         Ok(resp.image.map(|i| i.id).filter(|id| !id.is_empty()))
     }
 
@@ -91,9 +91,13 @@ impl CriClient {
             .map(|i| i.image.clone())
             .unwrap_or_default();
         let resp = self
-            .observed("PullImage", deadline, self.img.clone().pull_image(req))
-            .await
-            .map_err(Self::err("PullImage", target))?;
+            .observed(
+                "PullImage",
+                &target,
+                deadline,
+                self.img.clone().pull_image(req),
+            )
+            .await?;
         Ok(resp.image_ref)
     }
 }
