@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod imagepull;
 pub mod journal;
 pub mod node;
+pub mod podprobe;
 pub mod recreate;
 pub mod report;
 pub mod sidecar;

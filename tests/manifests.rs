@@ -358,6 +358,9 @@ const AGENT_CALLS: &[Call] = &[
     ("watch", KRUISE, "nodeimages", None),
     ("patch", KRUISE, "nodeimages/status", None),
     ("update", KRUISE, "nodeimages/status", None),
+    ("list", KRUISE, "nodepodprobes", None),
+    ("watch", KRUISE, "nodepodprobes", None),
+    ("patch", KRUISE, "nodepodprobes/status", None),
     ("get", "", "secrets", Some(CONFIG_NS)),
 ];
 
@@ -386,6 +389,9 @@ const AGENT_FORBIDDEN: &[Call] = &[
     ),
     ("update", KRUISE, "nodeimages", None),
     ("create", KRUISE, "nodeimages", None),
+    ("update", KRUISE, "nodepodprobes", None),
+    ("update", KRUISE, "nodepodprobes/status", None),
+    ("list", KRUISE, "podprobemarkers", Some("default")),
     ("list", "", "nodes", None),
     ("create", "coordination.k8s.io", "leases", Some(NS)),
 ];

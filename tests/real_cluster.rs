@@ -1580,3 +1580,119 @@ async fn sidecar_stopped_across_containerd_and_kubelet_restarts() {
     rollout(cluster, "deployment/nodeward-controller");
     teardown(&client, ns).await;
 }
+
+/// The state and message of probe `name` of pod `uid` in the NodePodProbe's status.
+fn probe_state(npp: &DynamicObject, uid: &str, name: &str) -> Option<(String, String)> {
+    let pods = npp.data["status"]["podProbeStatuses"].as_array()?;
+    let pod = pods.iter().find(|p| p["uid"] == uid)?;
+    let state = pod["probeStates"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)?;
+    Some((
+        state["state"].as_str()?.to_string(),
+        state["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// The agent runs the probes of its node's NodePodProbe, written here as OpenKruise's
+/// PodProbeMarker controller writes it: exec through CRI (failing until the container creates
+/// its file, then succeeding), tcpSocket and httpGet against the pod IP; the results land in the
+/// status (written under the own-node policy), each change with its Event on the Pod, and a
+/// probe removed from the spec leaves the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pod_probes_run_on_the_node() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-podprobe";
+    let (cluster, client) = setup(ns).await;
+    let script = "mkdir -p /www && echo ok > /www/index.html && httpd -p 8080 -h /www && \
+                  sleep 8 && echo ready > /tmp/healthy && exec sleep 100000";
+    let app = json!({"name": "app", "image": cluster.image("busybox:1"),
+        "command": ["sh", "-c", script]});
+    create_pod(&client, ns, "probed", json!({"containers": [app]})).await;
+    let pod = until_ready(&client, ns, "probed").await;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let npps = kruise_api(&client, None, "NodePodProbe");
+    let probe =
+        |name: &str, probe: Value| json!({"name": name, "containerName": "app", "probe": probe});
+    let spec = |probes: Vec<Value>| {
+        json!({"podProbes": [{"name": "probed", "namespace": ns,
+        "uid": uid, "IP": ip, "probes": probes}]})
+    };
+    let all = vec![
+        probe(
+            "ppm#exec",
+            json!({"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1}),
+        ),
+        probe(
+            "ppm#tcp",
+            json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}),
+        ),
+        probe(
+            "ppm#http",
+            json!({"httpGet": {"path": "/index.html", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 1}),
+        ),
+    ];
+    let npp = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodePodProbe",
+        "metadata": {"name": cluster.node}, "spec": spec(all.clone())}))
+    .unwrap();
+    // One left behind by an earlier run that failed goes first (it names an older pod).
+    npps.delete(&cluster.node, &DeleteParams::default())
+        .await
+        .ok();
+    npps.create(&PostParams::default(), &npp).await.unwrap();
+    let state = |name: &'static str| {
+        let (npps, uid, node) = (npps.clone(), uid.clone(), cluster.node.clone());
+        async move { probe_state(&npps.get(&node).await.ok()?, &uid, name) }
+    };
+    let (exec, message) = wait::until("the exec probe failing", 60, || async {
+        state("ppm#exec").await.filter(|(s, _)| s == "Failed")
+    })
+    .await;
+    assert_eq!(exec, "Failed");
+    assert!(message.contains("/tmp/healthy"), "{message}");
+    wait::until("tcp and http succeeding", 60, || async {
+        let tcp = state("ppm#tcp").await?;
+        let http = state("ppm#http").await?;
+        (tcp.0 == "Succeeded" && http.0 == "Succeeded" && http.1.contains("ok")).then_some(())
+    })
+    .await;
+    let (_, message) = wait::until("the exec probe succeeding", 60, || async {
+        state("ppm#exec").await.filter(|(s, _)| s == "Succeeded")
+    })
+    .await;
+    assert_eq!(message.trim(), "ready");
+    assert!(
+        !events_for(&client, ns, &uid, "KruiseProbeFailed")
+            .await
+            .is_empty()
+    );
+    assert!(
+        !events_for(&client, ns, &uid, "KruiseProbeSucceeded")
+            .await
+            .is_empty()
+    );
+
+    // The tcp probe leaves the spec: its state leaves the status.
+    let fewer = vec![all[0].clone(), all[2].clone()];
+    npps.patch(
+        &cluster.node,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": spec(fewer)})),
+    )
+    .await
+    .unwrap();
+    wait::until("the tcp probe's state pruned", 30, || async {
+        let npp = npps.get(&cluster.node).await.ok()?;
+        (probe_state(&npp, &uid, "ppm#tcp").is_none()
+            && probe_state(&npp, &uid, "ppm#http").is_some())
+        .then_some(())
+    })
+    .await;
+    npps.delete(&cluster.node, &DeleteParams::default())
+        .await
+        .unwrap();
+    teardown(&client, ns).await;
+}

@@ -247,6 +247,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 first_list: health.expect("NodeImage list"),
             },
         ));
+        tokio::spawn(crate::podprobe::run(
+            client.clone(),
+            cri.clone(),
+            view.clone(),
+            crate::podprobe::Config {
+                node_name: cfg.node_name.clone(),
+                first_list: health.expect("NodePodProbe list"),
+            },
+        ));
     }
     let fwd = tx.clone();
     tokio::spawn(async move {

@@ -39,8 +39,9 @@ pub struct Note {
     /// CamelCase, as upstream writes it (`SidecarTerminated`, `Killing`, `PullImageFailed`).
     pub reason: String,
     pub message: String,
-    /// The action taken (`StopContainer`, ...), when there is one.
-    pub action: Option<String>,
+    /// The action taken or tried (`StopContainer`, `PullImage`, `Probe`, ...): the API server
+    /// requires one on an Event with an `eventTime`, which every Event here has.
+    pub action: String,
     /// A stable name makes the write idempotent (a repeat finds it exists); `None`: a generated
     /// name `<object>.<random>`.
     pub name: Option<String>,
@@ -53,6 +54,7 @@ impl Note {
         object: ObjectReference,
         type_: EventType,
         reason: impl Into<String>,
+        action: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -60,7 +62,7 @@ impl Note {
             type_,
             reason: reason.into(),
             message: message.into(),
-            action: None,
+            action: action.into(),
             name: None,
             at: SystemTime::now(),
         }
@@ -135,21 +137,33 @@ pub fn build(note: &Note, component: &str, host: Option<&str>) -> Event {
         },
         involved_object: note.object.clone(),
         reason: Some(note.reason.clone()),
-        message: Some(note.message.clone()),
+        message: Some(bounded(&note.message)),
         type_: Some(note.type_.as_str().into()),
         source: Some(EventSource {
             component: Some(component.into()),
             host: host.map(Into::into),
         }),
         reporting_component: Some(component.into()),
-        reporting_instance: host.map(Into::into),
-        action: note.action.clone(),
+        // The API server requires an instance on an Event with an eventTime.
+        reporting_instance: Some(host.unwrap_or(component).into()),
+        action: Some(note.action.clone()),
         first_timestamp: Some(Time(at)),
         last_timestamp: Some(Time(at)),
         event_time: Some(MicroTime(at)),
         count: Some(1),
         ..Default::default()
     }
+}
+
+/// The API server refuses an Event message over 1 KiB: longer ones are cut at a character.
+const MESSAGE_LIMIT: usize = 1024;
+
+fn bounded(message: &str) -> String {
+    let mut end = message.len().min(MESSAGE_LIMIT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
 }
 
 #[cfg(test)]
@@ -166,7 +180,13 @@ mod tests {
             uid: Some("u1".into()),
             ..Default::default()
         };
-        let note = Note::new(pod, EventType::Warning, "FailedPreStopHook", "boom");
+        let note = Note::new(
+            pod,
+            EventType::Warning,
+            "FailedPreStopHook",
+            "PreStop",
+            "boom",
+        );
         let ev = build(&note, "nodeward-agent", Some("node-a"));
         assert_eq!(ev.metadata.generate_name.as_deref(), Some("job-x."));
         assert_eq!(ev.metadata.name, None);
@@ -185,12 +205,26 @@ mod tests {
         };
         let named = Note {
             name: Some("node-a.1".into()),
-            ..Note::new(node, EventType::Normal, "Pulled", "ok")
+            ..Note::new(node, EventType::Normal, "Pulled", "PullImage", "ok")
         };
         let ev = build(&named, "nodeward-controller", None);
         assert_eq!(ev.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(ev.metadata.name.as_deref(), Some("node-a.1"));
         assert_eq!(ev.metadata.generate_name, None);
-        assert_eq!(ev.reporting_instance, None);
+        // The API server requires an instance and an action on an Event with an eventTime.
+        assert_eq!(
+            ev.reporting_instance.as_deref(),
+            Some("nodeward-controller")
+        );
+        assert_eq!(ev.action.as_deref(), Some("PullImage"));
+        let long = Note::new(
+            ObjectReference::default(),
+            EventType::Normal,
+            "R",
+            "A",
+            "é".repeat(600),
+        );
+        let message = build(&long, "c", None).message.unwrap();
+        assert!(message.len() <= MESSAGE_LIMIT && message.len() >= MESSAGE_LIMIT - 1);
     }
 }

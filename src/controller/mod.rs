@@ -151,9 +151,10 @@ pub(crate) async fn record_event(
     object: &ObjectReference,
     type_: EventType,
     reason: &str,
+    action: &str,
     message: &str,
 ) {
-    let note = Note::new(object.clone(), type_, reason, message);
+    let note = Note::new(object.clone(), type_, reason, action, message);
     if let Err(e) = EventWriter::new(client.clone(), COMPONENT, None)
         .write(&note)
         .await

@@ -8,12 +8,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::HTTPGetAction;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::handler;
 use super::kubelet::{NamedPort, PreStop};
 use super::{CriClient, CriError};
 use crate::api::well_known::MINIMUM_GRACE_SECONDS;
@@ -139,12 +136,23 @@ impl Kill<'_> {
     }
 
     async fn http_get(&self, cri: &CriClient, http: &HTTPGetAction) -> Result<(), String> {
+        if http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+        {
+            return Err("HTTPS preStop hooks are not supported".into());
+        }
         let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
             Some(h) => h.to_string(),
-            None => pod_ip(cri, self.sandbox_id).await?,
+            None => handler::pod_ip(cri, self.sandbox_id).await?,
         };
-        let port = resolve_port(http, self.ports)?;
-        http_get(&host, port, http).await
+        let port = handler::resolve_port(&http.port, self.ports)?;
+        let answer = handler::http_get(&host, port, http, 0).await?;
+        if answer.status.is_client_error() || answer.status.is_server_error() {
+            return Err(format!("GET {}: HTTP {}", answer.url, answer.status));
+        }
+        Ok(())
     }
 
     /// StopContainer with the rest of the grace.
@@ -171,89 +179,6 @@ impl Kill<'_> {
 /// The grace StopContainer gets: what is left, at least the kubelet's minimum (2 s).
 pub fn stop_grace(left: Duration) -> Duration {
     left.max(Duration::from_secs(MINIMUM_GRACE_SECONDS as u64))
-}
-
-/// The pod's IP from the CRI sandbox status; 127.0.0.1 for a host-network pod without one.
-async fn pod_ip(cri: &CriClient, sandbox: &str) -> Result<String, String> {
-    let status = cri
-        .pod_sandbox_status(sandbox)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(ip) = status
-        .network
-        .as_ref()
-        .map(|n| n.ip.clone())
-        .filter(|ip| !ip.is_empty())
-    {
-        return Ok(ip);
-    }
-    let host_network = status
-        .linux
-        .and_then(|l| l.namespaces)
-        .and_then(|n| n.options)
-        .is_some_and(|o| o.network == k8s_cri::v1::NamespaceMode::Node as i32);
-    if host_network {
-        Ok("127.0.0.1".into())
-    } else {
-        Err(format!("sandbox {sandbox} reports no IP"))
-    }
-}
-
-fn resolve_port(http: &HTTPGetAction, ports: &[NamedPort]) -> Result<u16, String> {
-    let port = match &http.port {
-        IntOrString::Int(p) => i64::from(*p),
-        IntOrString::String(name) => match ports.iter().find(|p| p.name == *name) {
-            Some(p) => i64::from(p.port),
-            None => name
-                .parse()
-                .map_err(|_| format!("port {name:?} is not a port of the container"))?,
-        },
-    };
-    u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("invalid port {port}"))
-}
-
-async fn http_get(host: &str, port: u16, action: &HTTPGetAction) -> Result<(), String> {
-    if action
-        .scheme
-        .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("https"))
-    {
-        return Err("HTTPS preStop hooks are not supported".into());
-    }
-    let path = match action.path.as_deref() {
-        Some(p) if p.starts_with('/') => p.to_string(),
-        Some(p) => format!("/{p}"),
-        None => "/".into(),
-    };
-    let stream = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {host}:{port}: {e}"))?;
-    tokio::spawn(conn);
-    let mut req =
-        hyper::Request::get(path.as_str()).header(hyper::header::HOST, format!("{host}:{port}"));
-    for h in action.http_headers.iter().flatten() {
-        req = req.header(h.name.as_str(), h.value.as_str());
-    }
-    let req = req
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("building the request: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET http://{host}:{port}{path}: {e}"))?;
-    if resp.status().is_client_error() || resp.status().is_server_error() {
-        return Err(format!(
-            "GET http://{host}:{port}{path}: HTTP {}",
-            resp.status()
-        ));
-    }
-    Ok(())
 }
 
 /// At most this much of a hook's output goes into a status message or an Event.
@@ -298,29 +223,5 @@ mod tests {
         assert_eq!(stop_grace(s(20)), s(20));
         assert_eq!(stop_grace(s(1)), s(2));
         assert_eq!(stop_grace(s(0)), s(2));
-    }
-
-    #[test]
-    fn ports_resolve_by_name_or_number() {
-        let http = |port| HTTPGetAction {
-            port,
-            ..Default::default()
-        };
-        let ports = [NamedPort {
-            name: "admin".into(),
-            port: 9090,
-        }];
-        assert_eq!(
-            resolve_port(&http(IntOrString::String("admin".into())), &ports),
-            Ok(9090)
-        );
-        assert_eq!(
-            resolve_port(&http(IntOrString::String("8080".into())), &ports),
-            Ok(8080)
-        );
-        assert_eq!(resolve_port(&http(IntOrString::Int(80)), &[]), Ok(80));
-        assert!(resolve_port(&http(IntOrString::Int(0)), &[]).is_err());
-        assert!(resolve_port(&http(IntOrString::Int(70000)), &[]).is_err());
-        assert!(resolve_port(&http(IntOrString::String("web".into())), &ports).is_err());
     }
 }

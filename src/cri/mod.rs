@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod handler;
 pub mod image;
 pub mod kill;
 pub mod kubelet;

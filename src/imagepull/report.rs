@@ -222,7 +222,7 @@ impl Events {
     }
 
     async fn record(&self, object: ObjectReference, type_: EventType, reason: &str, message: &str) {
-        let note = Note::new(object, type_, reason, message);
+        let note = Note::new(object, type_, reason, "PullImage", message);
         if let Err(e) = self.events.write(&note).await {
             warn!(error = %e, object = ?note.object.name, reason, "recording the event failed");
         }

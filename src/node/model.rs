@@ -57,6 +57,8 @@ pub struct ContainerRecord {
     pub meta: ContainerMeta,
     pub created_at: i64,
     pub state: State,
+    /// Runtime-reported start time (Unix nanos), 0 until a status read tells it.
+    pub started_at: i64,
     /// Runtime-reported exit time (Unix nanos), when known.
     pub finished_at: i64,
     /// `None` until the verbose status (with env) has been read.
@@ -197,6 +199,7 @@ impl NodeModel {
                                 State::Exited { .. } => State::Exited { code: None },
                                 s => s,
                             },
+                            started_at: 0,
                             finished_at: 0,
                             role: None,
                             pid: None,
@@ -271,7 +274,7 @@ impl NodeModel {
         info: Option<&VerboseInfo>,
     ) -> Option<String> {
         let rec = self.containers.get_mut(&st.id)?;
-        let before = (rec.state, rec.role);
+        let before = (rec.state, rec.role, rec.started_at);
         let reported = State::from_cri(st.state, st.exit_code);
         rec.state = match (rec.state, reported) {
             // Never move back from exited to running because of a lagging runtime.
@@ -280,6 +283,9 @@ impl NodeModel {
             }
             (_, s) => s,
         };
+        if st.started_at > 0 {
+            rec.started_at = st.started_at;
+        }
         if st.finished_at > 0 {
             rec.finished_at = st.finished_at;
         }
@@ -298,7 +304,8 @@ impl NodeModel {
                 rec.pid = info.pid;
             }
         }
-        let changed = (before != (rec.state, rec.role)).then(|| rec.pod_uid.clone());
+        let changed =
+            (before != (rec.state, rec.role, rec.started_at)).then(|| rec.pod_uid.clone());
         if let Some(uid) = &changed {
             self.changed.insert(uid.clone());
         }

@@ -15,6 +15,8 @@ pub struct ContainerView {
     pub id: String,
     pub sandbox_id: String,
     pub state: State,
+    /// When it started (Unix nanos), 0 when not known yet.
+    pub started_at: i64,
     /// The kubelet's restart count annotation.
     pub restart_count: u32,
     /// The Pod spec's preStop hook and named ports, as the kubelet annotated the container.
@@ -65,6 +67,7 @@ impl NodeView {
                     id: c.id.clone(),
                     sandbox_id: c.sandbox_id.clone(),
                     state: c.state,
+                    started_at: c.started_at,
                     restart_count: c.meta.restart_count,
                     pre_stop: c.meta.pre_stop.clone(),
                     ports: c.meta.ports.clone(),

@@ -128,8 +128,13 @@ impl Executor {
         reason: &str,
         note: String,
     ) {
-        let mut n = Note::new(Self::pod_reference(crr, container), type_, reason, note);
-        n.action = Some("RecreateContainer".into());
+        let n = Note::new(
+            Self::pod_reference(crr, container),
+            type_,
+            reason,
+            "RecreateContainer",
+            note,
+        );
         self.events.spawn(n);
     }
 

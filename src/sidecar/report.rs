@@ -103,10 +103,15 @@ pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
         ..Default::default()
     };
     let note = Note {
-        action: Some("StopContainer".into()),
         name: Some(event_name(&pod.name, &ev.key)),
         at: ev.outcome.finished_at,
-        ..Note::new(object, EventType::Normal, SIDECAR_TERMINATED, message(ev))
+        ..Note::new(
+            object,
+            EventType::Normal,
+            SIDECAR_TERMINATED,
+            "StopContainer",
+            message(ev),
+        )
     };
     events::build(&note, COMPONENT, Some(node))
 }

@@ -152,3 +152,10 @@ pub const NODE_IMAGE_MESSAGE_DEADLINE_EXCEEDED: &str = "pulling exceeds the acti
 pub const EVENT_REASON_PULL_IMAGE_SUCCEED: &str = "PullImageSucceed";
 /// Event reason on the NodeImage (and the owning jobs) after a failed pull.
 pub const EVENT_REASON_PULL_IMAGE_FAILED: &str = "PullImageFailed";
+
+/// Event reason on a Pod whose NodePodProbe probe succeeded (kruise-daemon's podprobe).
+pub const EVENT_REASON_PROBE_SUCCEEDED: &str = "KruiseProbeSucceeded";
+/// Event reason on a Pod whose NodePodProbe probe failed.
+pub const EVENT_REASON_PROBE_FAILED: &str = "KruiseProbeFailed";
+/// The longest probe message kept in a NodePodProbe status (characters).
+pub const MAX_PROBE_MESSAGE_LENGTH: usize = 1024;

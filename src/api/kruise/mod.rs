@@ -1,5 +1,5 @@
 //! OpenKruise `apps.kruise.io/v1alpha1` kinds spoken by nodeward: [`ContainerRecreateRequest`],
-//! [`ImagePullJob`] and [`NodeImage`], plus their well-known labels, annotations, finalizers and
+//! [`ImagePullJob`], [`NodeImage`] and [`NodePodProbe`], plus their well-known labels, annotations, finalizers and
 //! status messages.
 //!
 //! The types are wire-compatible with upstream (`apis/apps/v1alpha1/*_types.go`, served by every
@@ -20,7 +20,7 @@
 //! which a controller re-implementing the webhook can call; the agent reads them through the
 //! `*_or_default` accessors.
 //!
-//! [`crds`] / [`crds_yaml`] produce the three CustomResourceDefinitions (structural schemas,
+//! [`crds`] / [`crds_yaml`] produce the four CustomResourceDefinitions (structural schemas,
 //! printer columns and short names as upstream) for `nodeward crds`.
 
 mod constants;
@@ -28,12 +28,14 @@ mod crr;
 mod go;
 mod image_pull_job;
 mod node_image;
+mod node_pod_probe;
 mod shared;
 
 pub use constants::*;
 pub use crr::*;
 pub use image_pull_job::*;
 pub use node_image::*;
+pub use node_pod_probe::*;
 pub use shared::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -47,12 +49,13 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
 
 /// The CustomResourceDefinitions for the kinds nodeward uses, in a stable order
-/// (ContainerRecreateRequest, ImagePullJob, NodeImage).
+/// (ContainerRecreateRequest, ImagePullJob, NodeImage, NodePodProbe).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ContainerRecreateRequest::crd(),
         ImagePullJob::crd(),
         NodeImage::crd(),
+        NodePodProbe::crd(),
     ]
 }
 

@@ -223,6 +223,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
                     &job_object_ref(&job),
                     EventType::Warning,
                     "FailedValidation",
+                    "Validate",
                     &message,
                 )
                 .await;

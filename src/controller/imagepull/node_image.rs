@@ -231,6 +231,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
                 owner,
                 EventType::Warning,
                 EVENT_REASON_PULL_IMAGE_FAILED,
+                "PullImage",
                 &msg,
             )
             .await;
@@ -241,6 +242,7 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
             &me,
             EventType::Warning,
             EVENT_REASON_PULL_IMAGE_FAILED,
+            "PullImage",
             &msg,
         )
         .await;

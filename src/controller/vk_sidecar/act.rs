@@ -53,6 +53,7 @@ pub async fn swap_images(client: &kube::Client, pod: &Pod) -> Result<(), kube::E
         &pod_ref,
         EventType::Normal,
         decide::EVENT_REASON,
+        "UpdateContainerImage",
         &msg,
     )
     .await;

@@ -150,6 +150,7 @@ pub(crate) fn kruise_resources() -> Vec<ResourceMeta> {
         ),
         r("ImagePullJob", "imagepulljobs", true, &[]),
         r("NodeImage", "nodeimages", false, &[]),
+        r("NodePodProbe", "nodepodprobes", false, &[]),
     ]
 }
 
@@ -600,6 +601,9 @@ pub(crate) fn validate(
     if meta.builtin() == Builtin::Pod {
         validate_pod(obj, old).map_err(|(field, msg)| invalid(&field, &msg))?;
     }
+    if meta.builtin() == Builtin::Event {
+        validate_event(obj).map_err(|(field, msg)| invalid(&field, &msg))?;
+    }
     if meta.builtin() == Builtin::Crd {
         let served = crd_resources(obj).map_err(|msg| invalid("spec", &msg))?;
         if served.is_empty() {
@@ -618,6 +622,38 @@ pub(crate) fn validate(
                 &format!("Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A core/v1 Event with an `eventTime` (a "new" Event) needs what the real server's
+/// `legacyValidateEvent` asks of one: reporting component and instance, an action, a reason,
+/// and a message of at most 1 KiB.
+fn validate_event(obj: &Value) -> Result<(), (String, String)> {
+    let set = |field: &str| obj.get(field).is_some_and(|v| !v.is_null());
+    if !set("eventTime") {
+        return Ok(());
+    }
+    for field in [
+        "reportingComponent",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        if obj
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err((field.into(), "Required value".into()));
+        }
+    }
+    let message = obj.get("message").and_then(Value::as_str).unwrap_or("");
+    if message.len() > 1024 {
+        return Err((
+            "message".into(),
+            "Too long: may not be more than 1024 bytes".into(),
+        ));
     }
     Ok(())
 }
