@@ -1599,7 +1599,8 @@ fn probe_state(npp: &DynamicObject, uid: &str, name: &str) -> Option<(String, St
 /// PodProbeMarker controller writes it: exec through CRI (failing until the container creates
 /// its file, then succeeding), tcpSocket and httpGet against the pod IP; the results land in the
 /// status (written under the own-node policy), each change with its Event on the Pod, and a
-/// probe removed from the spec leaves the status.
+/// probe removed from the spec leaves the status. The pod IP is the runtime's, whatever the
+/// NodePodProbe says (here an unroutable one), and a probe aimed at another host is not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pod_probes_run_on_the_node() {
     let _shared = DISRUPTION.read().await;
@@ -1612,13 +1613,12 @@ async fn node_pod_probes_run_on_the_node() {
     create_pod(&client, ns, "probed", json!({"containers": [app]})).await;
     let pod = until_ready(&client, ns, "probed").await;
     let uid = pod.metadata.uid.clone().unwrap();
-    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
     let npps = kruise_api(&client, None, "NodePodProbe");
     let probe =
         |name: &str, probe: Value| json!({"name": name, "containerName": "app", "probe": probe});
     let spec = |probes: Vec<Value>| {
         json!({"podProbes": [{"name": "probed", "namespace": ns,
-        "uid": uid, "IP": ip, "probes": probes}]})
+        "uid": uid, "IP": "192.0.2.1", "probes": probes}]})
     };
     let all = vec![
         probe(
@@ -1632,6 +1632,10 @@ async fn node_pod_probes_run_on_the_node() {
         probe(
             "ppm#http",
             json!({"httpGet": {"path": "/index.html", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 1}),
+        ),
+        probe(
+            "ppm#elsewhere",
+            json!({"tcpSocket": {"host": "127.0.0.1", "port": 10250}, "periodSeconds": 1}),
         ),
     ];
     let npp = serde_json::from_value(json!({
@@ -1664,6 +1668,11 @@ async fn node_pod_probes_run_on_the_node() {
     })
     .await;
     assert_eq!(message.trim(), "ready");
+    assert_eq!(
+        state("ppm#elsewhere").await,
+        Some(("Unknown".into(), String::new())),
+        "a probe naming a host never runs"
+    );
     assert!(
         !events_for(&client, ns, &uid, "KruiseProbeFailed")
             .await

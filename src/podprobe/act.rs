@@ -1,7 +1,11 @@
 //! Running one probe, as kruise-daemon's prober does: `exec` through CRI ExecSync in the
 //! container (stdout on success, stderr on a non-zero exit), `httpGet` and `tcpSocket` against
-//! the pod IP the NodePodProbe names (a host in the probe wins). Each is bounded by the probe's
-//! timeout.
+//! the pod IP. Each is bounded by the probe's timeout.
+//!
+//! The pod IP is the runtime's (the CRI sandbox status), not the `IP` the NodePodProbe names,
+//! and a probe with a `host` is not run (upstream's webhook refuses one): whoever can write a
+//! NodePodProbe cannot point the agent, on the host network, at another address and read the
+//! answer back from the status.
 
 use std::time::Duration;
 
@@ -10,6 +14,9 @@ use k8s_openapi::api::core::v1::Probe;
 use super::decide;
 use crate::api::kruise::ProbeState;
 use crate::cri::{CriClient, handler};
+
+/// Why a probe naming a host is not run (upstream's webhook message).
+const HOST_REFUSED: &str = "host field in probes is not allowed";
 
 /// At most this much of an HTTP answer's body is read for the message (upstream reads 10 KiB).
 const BODY_READ: usize = 10 * 1024;
@@ -43,11 +50,10 @@ pub async fn probe(
         {
             return Err("HTTPS probes are not supported".into());
         }
-        let host = http
-            .host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .unwrap_or(pod_ip);
+        if http.host.as_deref().is_some_and(|h| !h.is_empty()) {
+            return Err(HOST_REFUSED.into());
+        }
+        let host = pod_ip;
         let port = handler::resolve_port(&http.port, &[])?;
         let answer =
             tokio::time::timeout(timeout, handler::http_get(host, port, http, BODY_READ)).await;
@@ -72,11 +78,10 @@ pub async fn probe(
         });
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = tcp
-            .host
-            .as_deref()
-            .filter(|h| !h.is_empty())
-            .unwrap_or(pod_ip);
+        if tcp.host.as_deref().is_some_and(|h| !h.is_empty()) {
+            return Err(HOST_REFUSED.into());
+        }
+        let host = pod_ip;
         let port = handler::resolve_port(&tcp.port, &[])?;
         return Ok(match handler::tcp_connect(host, port, timeout).await {
             Ok(()) => (ProbeState::Succeeded, String::new()),

@@ -116,6 +116,8 @@ pub fn plan(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub id: String,
+    /// Its sandbox: the pod IP comes from the runtime.
+    pub sandbox_id: String,
     pub running: bool,
     /// Unix nanoseconds, 0 when not known yet.
     pub started_at: i64,
@@ -371,6 +373,7 @@ mod tests {
         let s = 1_000_000_000i64;
         let running = |started_at| Target {
             id: "c".into(),
+            sandbox_id: "s".into(),
             running: true,
             started_at,
         };

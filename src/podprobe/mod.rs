@@ -5,6 +5,12 @@
 //! from the node model (`NodeView`): a container known to have exited is reported Failed without
 //! a probe, and the initial delay counts from its start.
 //!
+//! The agent trusts the kubelet's view, not the NodePodProbe: a probe runs only in a container of
+//! a pod the runtime knows under that uid, namespace and name; httpGet and tcpSocket go to the
+//! pod IP from the CRI sandbox status (not the spec's `IP`), and a probe naming a `host` is not
+//! run. (Whoever writes a NodePodProbe spec still chooses the exec commands: only the controller
+//! may, see SECURITY.md.)
+//!
 //! Differences from kruise-daemon: results are kept per probe (upstream keys them by container,
 //! so two probes of one container overwrite each other); a period change takes effect at once
 //! (upstream keeps the first ticker); Events only on a change of state (upstream repeats every
@@ -32,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::api::kruise::{NodePodProbe, NodePodProbeSpec, NodePodProbeStatus, ProbeState};
 use crate::cluster::COMPONENT;
 use crate::cluster::events::EventWriter;
-use crate::cri::CriClient;
+use crate::cri::{CriClient, handler};
 use crate::node::model::State as ContainerState;
 use crate::node::view::NodeView;
 use crate::telemetry::http::Listed;
@@ -228,12 +234,18 @@ pub async fn run(client: kube::Client, cri: CriClient, view: NodeView, cfg: Conf
     }
 }
 
-/// The container `key` probes, as the node model has it now.
+/// The container `key` probes, as the node model has it now: a pod the runtime knows by that
+/// uid, under the namespace and name the NodePodProbe gives (the kubelet's labels decide).
 fn target(view: &NodeView, key: &ProbeKey) -> Option<Target> {
+    let pod = view.identity(&key.pod_uid)?;
+    if pod.namespace != key.pod_namespace || pod.name != key.pod_name {
+        return None;
+    }
     let containers = view.pod(&key.pod_uid)?;
     let c = containers.iter().find(|c| c.name == key.container)?;
     Some(Target {
         id: c.id.clone(),
+        sandbox_id: c.sandbox_id.clone(),
         running: c.state == ContainerState::Running,
         started_at: c.started_at,
     })
@@ -261,6 +273,7 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
     let mut tick = ticker(spec.period);
     let mut thresholds = Thresholds::default();
     let mut container: Option<String> = None;
+    let mut pod_ip: Option<String> = None;
     let mut last: Option<Reported> = None;
     let send = |state: ProbeState, message: &str, last: &mut Option<Reported>| {
         let r = Reported {
@@ -296,6 +309,7 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
         let id = target.as_ref().map(|t| t.id.clone());
         if id.is_some() && id != container {
             container = id;
+            pod_ip = None;
             thresholds = Thresholds::default();
             send(ProbeState::Unknown, "", &mut last);
         }
@@ -304,7 +318,19 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
             Step::NotRunning(message) => send(ProbeState::Failed, &message, &mut last),
             Step::Probe => {
                 let Some(t) = &target else { continue };
-                match act::probe(&ctx.cri, &spec.probe, &t.id, &key.pod_ip, spec.timeout).await {
+                if pod_ip.is_none()
+                    && (spec.probe.http_get.is_some() || spec.probe.tcp_socket.is_some())
+                {
+                    match handler::pod_ip(&ctx.cri, &t.sandbox_id).await {
+                        Ok(ip) => pod_ip = Some(ip),
+                        Err(e) => {
+                            debug!(pod_uid = %key.pod_uid, error = %e, "no pod IP yet");
+                            continue;
+                        }
+                    }
+                }
+                let ip = pod_ip.as_deref().unwrap_or_default();
+                match act::probe(&ctx.cri, &spec.probe, &t.id, ip, spec.timeout).await {
                     Ok((state, message)) => {
                         if let Some(state) = thresholds.observe(state, &spec) {
                             send(state, &message, &mut last);
