@@ -1705,3 +1705,42 @@ async fn node_pod_probes_run_on_the_node() {
         .unwrap();
     teardown(&client, ns).await;
 }
+
+/// Durations above a year are refused by the CRDs' schemas on the real API server (upstream's
+/// have no maximum; the agent and the controller clamp on ingest all the same, for objects
+/// stored before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_above_a_year_are_refused_by_the_crds() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-maximums";
+    let (cluster, client) = setup(ns).await;
+    let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
+    let job = |deadline: i64| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+            "metadata": {"name": format!("deadline-{deadline}")},
+            "spec": {"image": cluster.image("busybox:1"), "parallelism": 0,
+                     "completionPolicy": {"type": "Always", "activeDeadlineSeconds": deadline}}}))
+        .unwrap()
+    };
+    let m = refusal(
+        jobs.create(&PostParams::default(), &job(10_000_000_000))
+            .await,
+    );
+    assert!(m.contains("less than or equal to"), "{m}");
+    jobs.create(&PostParams::default(), &job(31_536_000))
+        .await
+        .unwrap();
+    // (A CRR meets the admission webhook before its schema: the webhook refuses a CRR naming no
+    // Pod first.) A NodeImage has no webhook.
+    let images = kruise_api(&client, None, "NodeImage");
+    let image = serde_json::from_value::<DynamicObject>(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodeImage",
+        "metadata": {"name": "rc-maximums", "labels": {LABEL_FAKE_NODE_IMAGE: "true"}},
+        "spec": {"images": {"busybox": {"tags": [{"tag": "1", "version": 1,
+                 "pullPolicy": {"activeDeadlineSeconds": 400_000_000}}]}}}}))
+    .unwrap();
+    let m = refusal(images.create(&PostParams::default(), &image).await);
+    assert!(m.contains("less than or equal to"), "{m}");
+    teardown(&client, ns).await;
+}

@@ -75,11 +75,11 @@ pub struct ContainerRecreateRequestSpec {
     /// ActiveDeadlineSeconds is the deadline duration of this ContainerRecreateRequest, counted
     /// from its creation. The webhook rejects values below 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 3))]
+    #[schemars(range(min = 3, max = 31_536_000))]
     pub active_deadline_seconds: Option<i64>,
     /// TTLSecondsAfterFinished is the TTL duration after this ContainerRecreateRequest has completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 
@@ -180,18 +180,18 @@ pub struct ContainerRecreateRequestStrategy {
     /// Value must be non-negative integer. The value zero indicates delete immediately.
     /// If this value is nil, we will use pod.Spec.TerminationGracePeriodSeconds as default value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31_536_000))]
     pub termination_grace_period_seconds: Option<i64>,
     /// UnreadyGracePeriodSeconds is the optional duration in seconds to mark Pod as not ready over this duration before
     /// executing preStop hook and stopping the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31_536_000))]
     pub unready_grace_period_seconds: Option<i64>,
     /// Minimum number of seconds for which a newly created container should be started and ready
     /// without any of its container crashing, for it to be considered Succeeded.
     /// Defaults to 0 (container will be considered Succeeded as soon as it is started and ready)
     #[serde(default, skip_serializing_if = "go::is_zero_i32")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 31_536_000))]
     pub min_started_seconds: i32,
 }
 

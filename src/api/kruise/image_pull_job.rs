@@ -129,6 +129,7 @@ pub struct PullPolicy {
     /// Specifies the timeout of the pulling task.
     /// Defaults to 600
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub timeout_seconds: Option<i32>,
     /// Specifies the number of retries before marking the pulling task failed.
     /// Defaults to 3
@@ -153,6 +154,7 @@ pub struct CompletionPolicy {
     /// before the system tries to terminate it; value must be positive integer.
     /// Only works for Always type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub active_deadline_seconds: Option<i64>,
     /// ttlSecondsAfterFinished limits the lifetime of a Job that has finished
     /// execution (either Complete or Failed). If this field is set,
@@ -162,6 +164,7 @@ pub struct CompletionPolicy {
     /// the Job becomes eligible to be deleted immediately after it finishes.
     /// Only works for Always type
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
 }
 

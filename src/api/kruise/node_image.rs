@@ -133,6 +133,7 @@ pub struct ImageTagPullPolicy {
     /// Specifies the timeout of the pulling task.
     /// Defaults to 600
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub timeout_seconds: Option<i32>,
     /// Specifies the number of retries before marking the pulling task failed.
     /// Defaults to 3
@@ -143,11 +144,13 @@ pub struct ImageTagPullPolicy {
     /// If this field is unset, the task won't be automatically deleted.
     /// If this field is set to zero, the task becomes eligible to be deleted immediately after it finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// ActiveDeadlineSeconds specifies the duration in seconds relative to the startTime that the task may be active
     /// before the system tries to terminate it; value must be positive integer.
     /// if not specified, the system will never terminate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31_536_000))]
     pub active_deadline_seconds: Option<i64>,
 }
 
