@@ -660,7 +660,8 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
         [
             "containerrecreaterequests.apps.kruise.io",
             "imagepulljobs.apps.kruise.io",
-            "nodeimages.apps.kruise.io"
+            "nodeimages.apps.kruise.io",
+            "nodepodprobes.apps.kruise.io"
         ]
     );
     for crd in &crds {
@@ -888,7 +889,7 @@ fn crd_schema_details() {
 fn crds_yaml_matches_snapshot() {
     let actual = crds_yaml();
     assert_eq!(actual, try_crds_yaml().unwrap());
-    assert_eq!(actual.matches("\n---\n").count(), 2);
+    assert_eq!(actual.matches("\n---\n").count(), 3);
     assert!(!actual.starts_with("---"));
 
     let path = manifest_path("tests/snapshots/crds.yaml");
@@ -907,4 +908,40 @@ fn crds_yaml_matches_snapshot() {
     let parsed: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&actual).unwrap();
     assert_eq!(parsed, crds());
     assert_eq!(crds_yaml(), actual, "rendering is deterministic");
+}
+
+#[test]
+fn node_pod_probe_is_upstreams() {
+    let crds = crds();
+    let npp = crd_named(&crds, "nodepodprobes.apps.kruise.io");
+    assert_eq!(npp.spec.scope, "Cluster");
+    assert_eq!(npp.spec.names.kind, "NodePodProbe");
+    assert_eq!(npp.spec.names.singular.as_deref(), Some("nodepodprobe"));
+    assert!(columns(npp).is_empty());
+    // The pod IP's JSON name is upstream's `IP`; an unknown or empty state reads as Unknown.
+    let obj: NodePodProbe = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodePodProbe",
+        "metadata": {"name": "node-a"},
+        "spec": {"podProbes": [{"name": "p", "namespace": "n", "uid": "u", "IP": "10.0.0.9",
+            "probes": [{"name": "m#x", "containerName": "c",
+                        "probe": {"exec": {"command": ["true"]}}}]}]},
+        "status": {"podProbeStatuses": [{"name": "p", "namespace": "n", "uid": "u",
+            "probeStates": [{"name": "m#x", "state": ""}, {"name": "m#y", "state": "Weird"},
+                            {"name": "m#z", "state": "Succeeded"}]}]}
+    }))
+    .unwrap();
+    assert_eq!(obj.spec.pod_probes[0].ip, "10.0.0.9");
+    let states: Vec<ProbeState> = obj.status.unwrap().pod_probe_statuses[0]
+        .probe_states
+        .iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ProbeState::Unknown,
+            ProbeState::Unknown,
+            ProbeState::Succeeded
+        ]
+    );
 }

@@ -434,7 +434,10 @@ impl TestBed {
 
     fn spawn_containerd(&self) -> Result<Child> {
         let log = log_file(&self.containerd_log())?;
-        Command::new("containerd")
+        // containerd's own unit sets LimitNOFILE=infinity: a node of a thousand pods holds more
+        // descriptors in containerd than the default limit allows (prlimit execs containerd).
+        Command::new("prlimit")
+            .args(["--nofile=1048576:1048576", "--", "containerd"])
             .arg("--config")
             .arg(self.dir.join("containerd.toml"))
             .stdin(Stdio::null())
