@@ -224,7 +224,8 @@ async fn readiness_waits_for_the_first_lists_but_the_agent_starts_without_the_ap
         during_outage,
         (
             503,
-            "waiting for: Pods list, ContainerRecreateRequests list, NodeImage list".into()
+            "waiting for: Pods list, ContainerRecreateRequests list, NodeImage list, NodePodProbe list"
+                .into()
         )
     );
     wait_readyz(&agent, 30).await;
