@@ -61,6 +61,49 @@ where
     })
 }
 
+/// What the watch of one object by name says.
+#[derive(Debug)]
+pub enum Named<K> {
+    /// The object as it is now (listed or changed).
+    Seen(K),
+    /// It was deleted, or a (re)list did not find it.
+    Gone,
+}
+
+/// Watch the one object `name` of `api` (a field selector on its name, default backoff),
+/// marking `first_list` done as [`marking_first_list`] does: each listing or change of it, and
+/// its absence. The node's own NodeImage and NodePodProbe are watched so.
+pub fn watch_named<K>(
+    api: kube::Api<K>,
+    name: &str,
+    first_list: Listed,
+) -> impl Stream<Item = Result<Named<K>, watcher::Error>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let selector = format!("metadata.name={name}");
+    let events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff();
+    marking_first_list(events, first_list)
+        .scan(false, |seen_in_listing, ev| {
+            let named = match ev {
+                Ok(watcher::Event::Init) => {
+                    *seen_in_listing = false;
+                    None
+                }
+                Ok(watcher::Event::InitApply(obj) | watcher::Event::Apply(obj)) => {
+                    *seen_in_listing = true;
+                    Some(Ok(Named::Seen(obj)))
+                }
+                Ok(watcher::Event::InitDone) => (!*seen_in_listing).then_some(Ok(Named::Gone)),
+                Ok(watcher::Event::Delete(_)) => Some(Ok(Named::Gone)),
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(Some(named))
+        })
+        .filter_map(futures::future::ready)
+}
+
 /// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
@@ -27,6 +26,7 @@ use tracing::{info, warn};
 use crate::api::kruise::{
     ImageTagStatus, KRUISE_DAEMON_CONFIG_NAMESPACE, NodeImage, NodeImageSpec, NodeImageStatus,
 };
+use crate::cluster::{Named, watch_named};
 use crate::cri::CriClient;
 use crate::telemetry::http::Listed;
 use crate::telemetry::metrics::Metrics;
@@ -190,36 +190,23 @@ pub async fn run(client: kube::Client, cri: CriClient, metrics: Metrics, cfg: Co
         running: BTreeMap::new(),
     };
     info!(nodeimage = %node, max_concurrent_pulls = cfg.max_concurrent_pulls, secret_namespace = %cfg.secret_namespace, "image puller watching its NodeImage");
-    let selector = format!("metadata.name={node}");
-    let mut events = std::pin::pin!(crate::cluster::marking_first_list(
-        watcher(api, watcher::Config::default().fields(&selector)).default_backoff(),
-        cfg.first_list.clone(),
-    ));
-    let mut seen_in_listing = false;
+    let mut events = std::pin::pin!(watch_named(api, &node, cfg.first_list.clone()));
     loop {
         tokio::select! {
-            ev = events.next() => {
-                let Some(ev) = ev else { return };
-                match ev {
-                    Ok(watcher::Event::Init) => seen_in_listing = false,
-                    Ok(watcher::Event::InitApply(obj) | watcher::Event::Apply(obj)) => {
-                        seen_in_listing = true;
-                        observed_tx.send_replace(Some(obj.clone()));
-                        state.observed(&obj);
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if !seen_in_listing && state.spec.is_some() {
-                            observed_tx.send_replace(None);
-                            state.deleted();
-                        }
-                    }
-                    Ok(watcher::Event::Delete(_)) => {
+            ev = events.next() => match ev {
+                None => return,
+                Some(Ok(Named::Seen(obj))) => {
+                    observed_tx.send_replace(Some(obj.clone()));
+                    state.observed(&obj);
+                }
+                Some(Ok(Named::Gone)) => {
+                    if state.spec.is_some() {
                         observed_tx.send_replace(None);
                         state.deleted();
                     }
-                    Err(e) => warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying"),
                 }
-            }
+                Some(Err(e)) => warn!(nodeimage = %node, error = %e, "NodeImage watch failed; retrying"),
+            },
             Some(u) = updates_rx.recv() => state.update(u),
         }
     }

@@ -29,15 +29,14 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::api::kruise::{NodePodProbe, NodePodProbeSpec, NodePodProbeStatus, ProbeState};
-use crate::cluster::COMPONENT;
 use crate::cluster::events::EventWriter;
+use crate::cluster::{COMPONENT, Named, watch_named};
 use crate::cri::{CriClient, handler};
 use crate::node::model::State as ContainerState;
 use crate::node::view::NodeView;
@@ -204,31 +203,15 @@ pub async fn run(client: kube::Client, cri: CriClient, view: NodeView, cfg: Conf
         events: EventWriter::new(client, COMPONENT, Some(node.clone())),
     };
     info!(nodepodprobe = %node, "pod prober watching its NodePodProbe");
-    let selector = format!("metadata.name={node}");
-    let mut events = std::pin::pin!(crate::cluster::marking_first_list(
-        watcher(api, watcher::Config::default().fields(&selector)).default_backoff(),
-        cfg.first_list.clone(),
-    ));
-    let mut seen_in_listing = false;
+    let mut events = std::pin::pin!(watch_named(api, &node, cfg.first_list.clone()));
     loop {
         tokio::select! {
-            ev = events.next() => {
-                let Some(ev) = ev else { return };
-                match ev {
-                    Ok(watcher::Event::Init) => seen_in_listing = false,
-                    Ok(watcher::Event::InitApply(obj) | watcher::Event::Apply(obj)) => {
-                        seen_in_listing = true;
-                        prober.observed(&obj);
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if !seen_in_listing && prober.spec.is_some() {
-                            prober.deleted();
-                        }
-                    }
-                    Ok(watcher::Event::Delete(_)) => prober.deleted(),
-                    Err(e) => warn!(nodepodprobe = %node, error = %e, "NodePodProbe watch failed; retrying"),
-                }
-            }
+            ev = events.next() => match ev {
+                None => return,
+                Some(Ok(Named::Seen(obj))) => prober.observed(&obj),
+                Some(Ok(Named::Gone)) => prober.deleted(),
+                Some(Err(e)) => warn!(nodepodprobe = %node, error = %e, "NodePodProbe watch failed; retrying"),
+            },
             Some((key, r)) = results_rx.recv() => prober.result(key, r),
         }
     }
