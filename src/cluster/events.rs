@@ -69,6 +69,18 @@ impl Note {
     }
 }
 
+/// A Pod as an Event's subject (`involvedObject`).
+pub fn pod_reference(namespace: &str, name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        uid: uid.map(str::to_string),
+        ..Default::default()
+    }
+}
+
 /// Writes Events as one component (and, for the agent, one node).
 #[derive(Clone)]
 pub struct EventWriter {

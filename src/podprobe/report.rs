@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -18,7 +17,7 @@ use crate::api::kruise::{
     EVENT_REASON_PROBE_FAILED, EVENT_REASON_PROBE_SUCCEEDED, NodePodProbe, NodePodProbeStatus,
     ProbeState,
 };
-use crate::cluster::events::{EventType, EventWriter, Note};
+use crate::cluster::events::{EventType, EventWriter, Note, pod_reference};
 use crate::cluster::is_not_found;
 
 /// The least time between two status writes: results that arrive meanwhile go out together.
@@ -78,14 +77,7 @@ pub fn note(key: &ProbeKey, state: ProbeState, message: &str) -> Option<Note> {
         ProbeState::Failed => EVENT_REASON_PROBE_FAILED,
         ProbeState::Unknown => return None,
     };
-    let pod = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        namespace: Some(key.pod_namespace.clone()),
-        name: Some(key.pod_name.clone()),
-        uid: Some(key.pod_uid.clone()),
-        ..Default::default()
-    };
+    let pod = pod_reference(&key.pod_namespace, &key.pod_name, Some(&key.pod_uid));
     Some(Note::new(pod, EventType::Normal, reason, "Probe", message))
 }
 

@@ -141,13 +141,12 @@ impl Executor {
     /// The Pod as an Event's subject (`spec.containers{name}` as the kubelet's Events do).
     pub(super) fn pod_reference(crr: &Crr, container: &str) -> ObjectReference {
         ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: crr.namespace(),
-            name: Some(crr.spec.pod_name.clone()),
-            uid: crr.pod_uid().map(str::to_string),
             field_path: Some(format!("spec.containers{{{container}}}")),
-            ..Default::default()
+            ..crate::cluster::events::pod_reference(
+                &crr.namespace().unwrap_or_default(),
+                &crr.spec.pod_name,
+                crr.pod_uid(),
+            )
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::ContainerStatus;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -94,14 +94,7 @@ pub fn message(ev: &Event) -> String {
 /// The Event object for an outbox entry.
 pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
     let pod = &ev.action.pod;
-    let object = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: Some(pod.name.clone()),
-        namespace: Some(pod.namespace.clone()),
-        uid: Some(pod.uid.clone()),
-        ..Default::default()
-    };
+    let object = crate::cluster::events::pod_reference(&pod.namespace, &pod.name, Some(&pod.uid));
     let note = Note {
         name: Some(event_name(&pod.name, &ev.key)),
         at: ev.outcome.finished_at,

@@ -1,6 +1,6 @@
 //! Swapping the sidecar images of a pod on a virtual node, and the Event that says so.
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use tracing::info;
@@ -40,14 +40,8 @@ pub async fn swap_images(client: &kube::Client, pod: &Pod) -> Result<(), kube::E
     let names: Vec<&str> = swaps.iter().map(|s| s.container.as_str()).collect();
     info!(pod = %name, namespace = %ns, sidecars = ?names, "sidecar images swapped for the quick-exit image");
     let msg = format!("nodeward is terminating sidecar {names:?} using in-place update");
-    let pod_ref = ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: Some(name.clone()),
-        namespace: Some(ns.clone()),
-        uid: written.uid(),
-        ..Default::default()
-    };
+    let uid = written.uid();
+    let pod_ref = crate::cluster::events::pod_reference(&ns, &name, uid.as_deref());
     record_event(
         client,
         &pod_ref,
