@@ -193,6 +193,73 @@ async fn the_verdict_is_retried_before_the_sidecar_stops() {
     api().assert_no_denials();
 }
 
+/// The kubelet's status reconcile writes its cached phase (Running) back over a verdict it has not
+/// seen in a container exit yet; the agent writes the verdict again while the sidecar stops, so
+/// the kubelet judges the exit with it in view. Here the test plays the reconcile while the
+/// sidecar takes 4 s to exit; the pod still ends Succeeded although the sidecar exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_the_kubelet_reverts_is_written_again_before_the_sidecar_exits() {
+    let _serial = SERIAL.lock().await;
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let proxy = sidecar("trap 'sleep 4; exit 1' TERM; sleep 100000 & wait")
+        .env("KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE", "true");
+    let spec = job("c-reverted", RestartPolicy::Never, "exit 0", proxy, 30);
+    let pod = ClusterPod::run(TestBed::shared(), api().client(), NODE, spec)
+        .await
+        .unwrap();
+    let phase = |object: &Pod| {
+        object
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default()
+    };
+    support::wait::until("the verdict in the Pod", 30, || async {
+        let object = pod.object().await.ok()?;
+        (phase(&object) == "Succeeded").then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(api().client(), "default");
+    let reconcile = json!({"status": {"phase": "Running"}});
+    pods.patch_status(
+        "c-reverted",
+        &PatchParams::default(),
+        &Patch::Merge(&reconcile),
+    )
+    .await
+    .unwrap();
+    support::wait::until("the verdict written again", 30, || async {
+        let object = pod.object().await.ok()?;
+        (phase(&object) == "Succeeded").then_some(())
+    })
+    .await;
+    let proxy = pod.handle.container("proxy").await.unwrap();
+    assert!(
+        proxy.is_running(),
+        "the verdict came back only after the exit"
+    );
+    pod.handle.wait_exited("proxy").await.unwrap();
+    support::wait::until("the sidecar's exit code in the Pod", 30, || async {
+        let pod = pod.object().await.ok()?;
+        let statuses = pod.status?.container_statuses?;
+        let proxy = statuses.into_iter().find(|c| c.name == "proxy")?;
+        proxy.state?.terminated.map(|_| ())
+    })
+    .await;
+    let object = pod.object().await.unwrap();
+    assert_eq!(phase(&object), "Succeeded", "{:?}", object.status);
+    assert_eq!(
+        agent
+            .messages("job verdict replaced by the kubelet's cached phase; writing it again")
+            .len(),
+        1
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+    api().assert_no_denials();
+}
+
 /// Wait at most `secs` seconds for the agent's `/readyz` to answer 200.
 async fn wait_readyz(agent: &AgentProcess, secs: u64) {
     support::wait::until("/readyz 200", secs, || async {

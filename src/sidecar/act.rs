@@ -162,12 +162,24 @@ pub async fn carry_out(
         std::process::abort();
     }
     // Upstream v1.9: with ignore-exit-code sidecars, the Job's phase is written before they are
-    // stopped, so the kubelet never reports a phase from the sidecar's exit code.
+    // stopped, so the kubelet never reports a phase from the sidecar's exit code; it is guarded
+    // until the kubelet has judged the exits with it in view.
+    let mut stopped = None;
     if let (Some((client, _)), Ok(Recorded::New(_) | Recorded::Pending)) = (&cfg.cluster, &recorded)
     {
         let ignoring = requests.iter().any(|r| r.target.ignore_exit_code);
         if let Some(patch) = super::report::verdict_patch(&action, ignoring) {
             super::report::patch_verdict(client, &action.pod, &patch).await;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sidecars = requests.iter().map(|r| r.target.name.clone()).collect();
+            tokio::spawn(super::report::guard_verdict(
+                client.clone(),
+                action.pod.clone(),
+                patch,
+                sidecars,
+                rx,
+            ));
+            stopped = Some(tx);
         }
     }
     let outcomes = match recorded {
@@ -177,6 +189,7 @@ pub async fn carry_out(
             futures::future::join_all(requests.iter().cloned().map(|r| stop(&cfg.cri, r))).await,
         ),
     };
+    drop(stopped);
     Done {
         key,
         action,

@@ -129,6 +129,40 @@ pub enum Decision {
     Hold(Hold),
 }
 
+/// What the verdict guard does with the pod as the API shows it while its ignore-exit-code
+/// sidecars stop (see `report::guard_verdict`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardStep {
+    /// The verdict stands; the kubelet has not judged the sidecars' exits yet.
+    Watch,
+    /// The phase is not terminal: the kubelet's status reconcile wrote its cached phase over the
+    /// verdict (or the verdict never landed). Write it again before the sidecar's exit is judged.
+    Rewrite,
+    /// The kubelet reported every stopped sidecar terminated and kept the verdict: it is final.
+    Settled,
+    /// The kubelet wrote the other terminal phase first; a terminal phase never changes.
+    Lost,
+    /// Another pod of that name (the one guarded was deleted).
+    Gone,
+}
+
+/// The guard's step for the pod seen: `same_pod` (its uid is the guarded one), its phase, the
+/// verdict's phase, and whether its status shows every stopped sidecar terminated.
+pub fn guard_step(
+    same_pod: bool,
+    phase: Option<&str>,
+    verdict: &str,
+    sidecars_reported: bool,
+) -> GuardStep {
+    match phase {
+        _ if !same_pod => GuardStep::Gone,
+        Some(p) if p == verdict && sidecars_reported => GuardStep::Settled,
+        Some(p) if p == verdict => GuardStep::Watch,
+        Some("Succeeded" | "Failed") => GuardStep::Lost,
+        _ => GuardStep::Rewrite,
+    }
+}
+
 /// Decide what to do with a pod's sidecars, given the latest attempt of each container.
 pub fn decide(pod: &PodFacts) -> Decision {
     if pod.containers.iter().any(|c| c.role.is_none()) {
@@ -228,6 +262,32 @@ mod tests {
     const RUNNING: State = State::Running;
     const SUCCEEDED: State = State::Exited { code: Some(0) };
     const FAILED: State = State::Exited { code: Some(1) };
+
+    #[test]
+    fn the_verdict_guard_rewrites_a_reverted_phase_until_the_kubelet_keeps_it() {
+        use GuardStep::*;
+        let table = [
+            (true, Some("Succeeded"), "Succeeded", false, Watch),
+            (true, Some("Succeeded"), "Succeeded", true, Settled),
+            (true, Some("Running"), "Succeeded", false, Rewrite),
+            (true, Some("Running"), "Succeeded", true, Rewrite),
+            (true, Some("Pending"), "Failed", false, Rewrite),
+            (true, None, "Succeeded", false, Rewrite),
+            (true, Some("Failed"), "Succeeded", false, Lost),
+            (true, Some("Failed"), "Succeeded", true, Lost),
+            (true, Some("Succeeded"), "Failed", true, Lost),
+            (true, Some("Failed"), "Failed", true, Settled),
+            (false, Some("Running"), "Succeeded", false, Gone),
+            (false, Some("Succeeded"), "Succeeded", true, Gone),
+        ];
+        for (same, phase, verdict, reported, want) in table {
+            assert_eq!(
+                guard_step(same, phase, verdict, reported),
+                want,
+                "{same} {phase:?} {verdict} {reported}"
+            );
+        }
+    }
 
     fn c(name: &str, role: Option<Role>, state: State) -> ContainerFacts {
         ContainerFacts {

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::Config;
 use super::act::Done;
-use super::decide::{Decision, decide, facts};
+use super::decide::{Decision, GuardStep, decide, facts};
 use crate::api::role::Role;
 use crate::cluster::events::{self, EventType, Note};
 use crate::cluster::{COMPONENT, is_already_exists, is_not_found};
@@ -144,24 +144,11 @@ pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Valu
 
 /// Write the verdict before stopping, retried within [`VERDICT_BUDGET`] (each call bounded by
 /// [`VERDICT_CALL_TIMEOUT`]) so that an unreachable API delays the stop by that much at most; the
-/// outbox writes it again after the stop in any case. A stop before the verdict lands lets the
-/// kubelet report the sidecar's exit code as the pod's phase, which the verdict then cannot change.
+/// guard ([`guard_verdict`]) and the outbox write it again in any case. A stop before the verdict
+/// lands lets the kubelet report the sidecar's exit code as the pod's phase, which the verdict then
+/// cannot change.
 pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let attempts = async {
-        let mut delays = crate::backoff::exponential(VERDICT_RETRY_MIN, VERDICT_RETRY_MAX);
-        loop {
-            let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
-            let error = match tokio::time::timeout(VERDICT_CALL_TIMEOUT, call).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {VERDICT_CALL_TIMEOUT:?}"),
-            };
-            debug!(pod = %pod.name, %error, "job verdict not written yet; retrying");
-            tokio::time::sleep(delays.next().unwrap_or(VERDICT_RETRY_MAX)).await;
-        }
-    };
-    match tokio::time::timeout(VERDICT_BUDGET, attempts).await {
+    match tokio::time::timeout(VERDICT_BUDGET, write_verdict(client, pod, patch)).await {
         Ok(()) => debug!(pod = %pod.name, "job verdict written before stopping"),
         Err(_) => warn!(
             pod = %pod.name,
@@ -171,12 +158,116 @@ pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_j
     }
 }
 
+/// Write the verdict until a write succeeds (the caller bounds the time).
+async fn write_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let mut delays = crate::backoff::exponential(VERDICT_RETRY_MIN, VERDICT_RETRY_MAX);
+    loop {
+        let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
+        let error = match tokio::time::timeout(VERDICT_CALL_TIMEOUT, call).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {VERDICT_CALL_TIMEOUT:?}"),
+        };
+        debug!(pod = %pod.name, %error, "job verdict not written yet; retrying");
+        tokio::time::sleep(delays.next().unwrap_or(VERDICT_RETRY_MAX)).await;
+    }
+}
+
+/// Keep the verdict in place until the kubelet has judged the stopped sidecars' exits with it in
+/// view. The kubelet's periodic status reconcile (every 10 s) writes its own cached phase
+/// (Running) back over a phase it did not set, until it sees a container exit; its judgement of
+/// the exit keeps a terminal phase only if the API shows one then. So while `sidecars` stop, the
+/// pod is watched and a phase that is not terminal gets the verdict again. The guard ends when
+/// the API shows every sidecar terminated under the verdict, when the kubelet wrote the other
+/// terminal phase first (logged), when the pod is gone, or [`VERDICT_SETTLE`] after `stopped`
+/// fires (or is dropped).
+pub async fn guard_verdict(
+    client: kube::Client,
+    pod: PodInfo,
+    patch: serde_json::Value,
+    sidecars: Vec<String>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let Some(verdict) = patch["status"]["phase"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", pod.name));
+    let watch = async {
+        let stream = watcher(api, cfg).default_backoff().applied_objects();
+        futures::pin_mut!(stream);
+        loop {
+            let seen = match stream.try_next().await {
+                Ok(Some(seen)) => seen,
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(pod = %pod.name, error = %e, "verdict guard: watch interrupted");
+                    continue;
+                }
+            };
+            let status = seen.status.as_ref();
+            let phase = status.and_then(|s| s.phase.as_deref());
+            let reported = sidecars.iter().all(|name| {
+                status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        &c.name == name
+                            && c.state.as_ref().is_some_and(|st| st.terminated.is_some())
+                    })
+            });
+            let same_pod = seen.metadata.uid.as_deref() == Some(pod.uid.as_str());
+            match super::decide::guard_step(same_pod, phase, &verdict, reported) {
+                GuardStep::Watch => {}
+                GuardStep::Settled | GuardStep::Gone => return,
+                GuardStep::Rewrite => {
+                    info!(
+                        pod_namespace = %pod.namespace,
+                        pod_name = %pod.name,
+                        pod_uid = %pod.uid,
+                        phase = phase.unwrap_or_default(),
+                        verdict = %verdict,
+                        "job verdict replaced by the kubelet's cached phase; writing it again"
+                    );
+                    write_verdict(&client, &pod, &patch).await;
+                }
+                GuardStep::Lost => {
+                    warn!(
+                        pod_namespace = %pod.namespace,
+                        pod_name = %pod.name,
+                        pod_uid = %pod.uid,
+                        phase = phase.unwrap_or_default(),
+                        verdict = %verdict,
+                        "the kubelet set a terminal phase before the job verdict reached it"
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    let settled = async {
+        let _ = stopped.await;
+        tokio::time::sleep(VERDICT_SETTLE).await;
+    };
+    tokio::select! {
+        () = watch => {}
+        () = settled => {}
+    }
+}
+
 /// How long the pre-stop verdict may hold the stop back in all.
 const VERDICT_BUDGET: Duration = Duration::from_secs(15);
 /// One read-and-patch of the verdict.
 const VERDICT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const VERDICT_RETRY_MIN: Duration = Duration::from_millis(200);
 const VERDICT_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long the guard watches after the stop: longer than the kubelet's status reconcile period
+/// (10 s) and its container-exit relist (1 s).
+const VERDICT_SETTLE: Duration = Duration::from_secs(15);
 
 /// Never change a phase that is already terminal: a pod the kubelet (or a user) already marked
 /// Failed stays Failed, as upstream's `markJobPodTerminated` checks. `current` is the pod's phase.
@@ -193,15 +284,34 @@ pub fn keep_terminal_phase(patch: &mut serde_json::Value, current: Option<&str>)
 async fn patch_status_keeping_terminal_phase(
     pods: &Api<Pod>,
     name: &str,
-    mut patch: serde_json::Value,
+    patch: serde_json::Value,
 ) -> Result<Option<Pod>, kube::Error> {
-    if patch["status"].get("phase").is_some() {
-        let Some(pod) = pods.get_opt(name).await? else {
-            return Ok(None);
-        };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        keep_terminal_phase(&mut patch, phase);
+    if patch["status"].get("phase").is_none() {
+        return patch_status(pods, name, patch).await;
     }
+    // Read and write as one: the write carries the resourceVersion read, so a phase the kubelet
+    // set in between is seen (Conflict, read again) rather than overwritten.
+    crate::cluster::retry_on_conflict(5, || {
+        let mut patch = patch.clone();
+        async move {
+            let Some(pod) = pods.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            keep_terminal_phase(&mut patch, phase);
+            patch["metadata"]["resourceVersion"] = pod.metadata.resource_version.into();
+            patch_status(pods, name, patch).await
+        }
+    })
+    .await
+}
+
+/// A strategic merge patch of the pod's status; a pod that is gone is `Ok(None)`.
+async fn patch_status(
+    pods: &Api<Pod>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<Option<Pod>, kube::Error> {
     match pods
         .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
         .await
