@@ -154,7 +154,7 @@ struct ControllerArgs {
     /// Seconds added to the TTL of an Always job's NodeImage tags.
     #[arg(long, default_value_t = 300)]
     default_ttlseconds_for_always_nodeimage: i32,
-    /// Listen address of the CRR admission webhook (HTTPS); "off" (the default outside the
+    /// Listen address of the admission webhooks (HTTPS); "off" (the default outside the
     /// shipped Deployment) serves none.
     #[arg(long, default_value = "off")]
     webhook_addr: String,
@@ -164,9 +164,12 @@ struct ControllerArgs {
     /// The Secret holding the webhook's certificate, in the Lease's namespace.
     #[arg(long, default_value = "nodeward-controller-webhook-certs")]
     webhook_secret: String,
-    /// The MutatingWebhookConfiguration whose CA bundle the controller keeps.
+    /// The MutatingWebhookConfiguration (CRR) whose CA bundle the controller keeps.
     #[arg(long, default_value = "nodeward-crr")]
     webhook_configuration: String,
+    /// The ValidatingWebhookConfiguration (PodProbeMarker) whose CA bundle the controller keeps.
+    #[arg(long, default_value = "nodeward-validate")]
+    webhook_validating_configuration: String,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -492,6 +495,7 @@ async fn controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
             service: args.webhook_service,
             secret: args.webhook_secret,
             configuration: args.webhook_configuration,
+            validating_configuration: args.webhook_validating_configuration,
         });
     let cfg = nodeward::controller::Config {
         lease_name: args.lease_name,

@@ -661,7 +661,8 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
             "containerrecreaterequests.apps.kruise.io",
             "imagepulljobs.apps.kruise.io",
             "nodeimages.apps.kruise.io",
-            "nodepodprobes.apps.kruise.io"
+            "nodepodprobes.apps.kruise.io",
+            "podprobemarkers.apps.kruise.io"
         ]
     );
     for crd in &crds {
@@ -889,7 +890,7 @@ fn crd_schema_details() {
 fn crds_yaml_matches_snapshot() {
     let actual = crds_yaml();
     assert_eq!(actual, try_crds_yaml().unwrap());
-    assert_eq!(actual.matches("\n---\n").count(), 3);
+    assert_eq!(actual.matches("\n---\n").count(), 4);
     assert!(!actual.starts_with("---"));
 
     let path = manifest_path("tests/snapshots/crds.yaml");
@@ -944,4 +945,32 @@ fn node_pod_probe_is_upstreams() {
             ProbeState::Succeeded
         ]
     );
+
+    let ppm = crd_named(&crds, "podprobemarkers.apps.kruise.io");
+    assert_eq!(ppm.spec.scope, "Namespaced");
+    assert_eq!(ppm.spec.names.kind, "PodProbeMarker");
+    assert_eq!(ppm.spec.names.short_names, None);
+    assert!(columns(ppm).is_empty());
+    let schema = serde_json::to_value(&ppm.spec.versions[0].schema).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["required"], json!(["probes", "selector"]));
+    let probe = &spec["properties"]["probes"]["items"];
+    assert_eq!(probe["required"], json!(["containerName", "name", "probe"]));
+    let status = &schema["openAPIV3Schema"]["properties"]["status"];
+    assert_eq!(status["required"], json!(["observedGeneration"]));
+    // Upstream's e2e object, as its API writes it, reads back unchanged.
+    let obj = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+        "metadata": {"name": "ppm-main", "namespace": "ns"},
+        "spec": {"selector": {"matchLabels": {"app": "probe"}}, "probes": [{
+            "name": "check", "containerName": "main",
+            "probe": {"exec": {"command": ["/bin/sh", "-c", "ps -ef"]}},
+            "podConditionType": "game.kruise.io/check",
+            "markerPolicy": [
+                {"state": "Succeeded", "annotations": {"controller.kubernetes.io/pod-deletion-cost": "10"}},
+                {"state": "Failed", "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-10"}}]}]},
+        "status": {"observedGeneration": 0}
+    });
+    let typed: PodProbeMarker = serde_json::from_value(obj.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), obj);
 }

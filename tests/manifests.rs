@@ -519,7 +519,7 @@ fn controller_rbac_allows_its_calls_and_no_more() {
     check(rbac::CONTROLLER, CONTROLLER_CALLS, CONTROLLER_FORBIDDEN);
 }
 
-/// Calls on one named object: the webhook's certificate Secret and its configuration's CA bundle
+/// Calls on one named object: the webhook's certificate Secret and its configurations' CA bundle
 /// (src/controller/webhook/act.rs), and nothing of the same kind beside them.
 #[test]
 fn controller_rbac_names_the_webhook_objects() {
@@ -545,6 +545,11 @@ fn controller_rbac_names_the_webhook_objects() {
     assert!(!call("update", reg, mwc, None, Some("other")));
     assert!(!call("list", reg, mwc, None, None));
     assert!(!call("create", reg, mwc, None, None));
+    let vwc = "validatingwebhookconfigurations";
+    assert!(call("get", reg, vwc, None, Some("nodeward-validate")));
+    assert!(call("update", reg, vwc, None, Some("nodeward-validate")));
+    assert!(!call("update", reg, vwc, None, Some("other")));
+    assert!(!call("list", reg, vwc, None, None));
 }
 
 /// Whether `sa` may make `call` on the object `name`.

@@ -89,6 +89,8 @@ async fn shipped_manifests_run_nodeward_as_pods() {
         "containerrecreaterequests.apps.kruise.io",
         "imagepulljobs.apps.kruise.io",
         "nodeimages.apps.kruise.io",
+        "nodepodprobes.apps.kruise.io",
+        "podprobemarkers.apps.kruise.io",
     ] {
         let crd = crds.get(name).await.unwrap();
         let established = crd.status.and_then(|s| s.conditions).is_some_and(|cs| {
@@ -1595,61 +1597,116 @@ fn probe_state(npp: &DynamicObject, uid: &str, name: &str) -> Option<(String, St
     ))
 }
 
-/// The agent runs the probes of its node's NodePodProbe, written here as OpenKruise's
-/// PodProbeMarker controller writes it: exec through CRI (failing until the container creates
-/// its file, then succeeding), tcpSocket and httpGet against the pod IP; the results land in the
-/// status (written under the own-node policy), each change with its Event on the Pod, and a
-/// probe removed from the spec leaves the status. The pod IP is the runtime's, whatever the
-/// NodePodProbe says (here an unroutable one), and a probe aimed at another host is not run.
+/// A PodProbeMarker end to end, as OpenKruise's e2e drives it: the controller gives the node its
+/// NodePodProbe and writes the spec (named ports as numbers, the pod's IP), the agent runs the
+/// probes (exec through CRI, failing until the container creates its file, then succeeding;
+/// tcpSocket and httpGet against the pod IP) and writes the results under the own-node policy, each change with its Event on the Pod; the
+/// controller marks the pod (conditions, the policy's labels and annotations) and counts it in
+/// the marker's status. A probe removed from the marker leaves the node's spec and status; a
+/// marker deleted keeps its finalizer until no node runs its probes. The validating webhook
+/// refuses what upstream's refuses (and a kubelet-owned condition), every reason at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_pod_probes_run_on_the_node() {
+async fn pod_probe_markers_probe_and_mark_pods() {
     let _shared = DISRUPTION.read().await;
     let ns = "rc-podprobe";
     let (cluster, client) = setup(ns).await;
     let script = "mkdir -p /www && echo ok > /www/index.html && httpd -p 8080 -h /www && \
-                  sleep 8 && echo ready > /tmp/healthy && exec sleep 100000";
-    let app = json!({"name": "app", "image": cluster.image("busybox:1"),
-        "command": ["sh", "-c", script]});
-    create_pod(&client, ns, "probed", json!({"containers": [app]})).await;
+                  sleep 30 && echo ready > /tmp/healthy && exec sleep 100000";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "probed", "labels": {"app": "probed"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "app", "image": cluster.image("busybox:1"), "command": ["sh", "-c", script],
+            "ports": [{"name": "http", "containerPort": 8080}]}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
     let pod = until_ready(&client, ns, "probed").await;
     let uid = pod.metadata.uid.clone().unwrap();
-    let npps = kruise_api(&client, None, "NodePodProbe");
-    let probe =
-        |name: &str, probe: Value| json!({"name": name, "containerName": "app", "probe": probe});
-    let spec = |probes: Vec<Value>| {
-        json!({"podProbes": [{"name": "probed", "namespace": ns,
-        "uid": uid, "IP": "192.0.2.1", "probes": probes}]})
+    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+    let cost = "controller.kubernetes.io/pod-deletion-cost";
+    let probe = |name: &str, probe: Value| {
+        json!({"name": name, "containerName": "app", "probe": probe,
+               "podConditionType": format!("game.kruise.io/{name}")})
     };
+    let mut exec = probe(
+        "exec",
+        json!({"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1}),
+    );
+    exec["markerPolicy"] = json!([
+        {"state": "Succeeded", "labels": {"healthy": "yes"}, "annotations": {cost: "10"}},
+        {"state": "Failed", "annotations": {cost: "-10"}}]);
     let all = vec![
+        exec,
         probe(
-            "ppm#exec",
-            json!({"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1}),
+            "tcp",
+            json!({"tcpSocket": {"port": "http"}, "periodSeconds": 1}),
         ),
         probe(
-            "ppm#tcp",
-            json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1}),
-        ),
-        probe(
-            "ppm#http",
+            "http",
             json!({"httpGet": {"path": "/index.html", "port": 8080, "scheme": "HTTP"}, "periodSeconds": 1}),
         ),
-        probe(
-            "ppm#elsewhere",
-            json!({"tcpSocket": {"host": "127.0.0.1", "port": 10250}, "periodSeconds": 1}),
-        ),
     ];
-    let npp = serde_json::from_value(json!({
-        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "NodePodProbe",
-        "metadata": {"name": cluster.node}, "spec": spec(all.clone())}))
-    .unwrap();
-    // One left behind by an earlier run that failed goes first (it names an older pod).
-    npps.delete(&cluster.node, &DeleteParams::default())
+    let markers = kruise_api(&client, Some(ns), "PodProbeMarker");
+    let marker = |probes: &[Value]| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+            "metadata": {"name": "ppm"},
+            "spec": {"selector": {"matchLabels": {"app": "probed"}}, "probes": probes}}))
+        .unwrap()
+    };
+    // The validating webhook refuses a probe aimed at another host (the agent would not run it
+    // either) and a kubelet-owned condition, with every reason at once.
+    let elsewhere = json!({"name": "elsewhere", "containerName": "app", "podConditionType": "Ready",
+        "probe": {"tcpSocket": {"host": "127.0.0.1", "port": 10250}}});
+    let m = refusal(
+        markers
+            .create(
+                &PostParams::default(),
+                &marker(&[all[0].clone(), elsewhere]),
+            )
+            .await,
+    );
+    assert!(m.contains("denied the request: [spec.probes[1].probe.tcpSocket.host: Invalid value: host field in probes is not allowed, spec.probes[1].podConditionType: Invalid value: Ready is the kubelet's or OpenKruise's own condition]"), "{m}");
+    markers
+        .create(&PostParams::default(), &marker(&all))
         .await
-        .ok();
-    npps.create(&PostParams::default(), &npp).await.unwrap();
+        .unwrap();
+
+    let npps = kruise_api(&client, None, "NodePodProbe");
+    let entry = wait::until("the pod in the node's NodePodProbe", 60, || async {
+        let npp = npps.get(&cluster.node).await.ok()?;
+        let pods = npp.data["spec"]["podProbes"].as_array()?.clone();
+        pods.into_iter().find(|p| p["uid"] == uid.as_str())
+    })
+    .await;
+    assert_eq!(entry["IP"], pod_ip.as_str());
+    let names: Vec<&str> = entry["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ppm#exec", "ppm#tcp", "ppm#http"]);
+    assert_eq!(entry["probes"][1]["probe"]["tcpSocket"]["port"], 8080);
+
     let state = |name: &'static str| {
         let (npps, uid, node) = (npps.clone(), uid.clone(), cluster.node.clone());
         async move { probe_state(&npps.get(&node).await.ok()?, &uid, name) }
+    };
+    let marked = |condition: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("probed").await.ok()?;
+            let c = pod
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == condition)?
+                .clone();
+            Some((pod, c))
+        }
     };
     let (exec, message) = wait::until("the exec probe failing", 60, || async {
         state("ppm#exec").await.filter(|(s, _)| s == "Failed")
@@ -1657,42 +1714,69 @@ async fn node_pod_probes_run_on_the_node() {
     .await;
     assert_eq!(exec, "Failed");
     assert!(message.contains("/tmp/healthy"), "{message}");
-    wait::until("tcp and http succeeding", 60, || async {
+    let (failed, _) = wait::until("the pod marked failed", 60, || async {
+        marked("game.kruise.io/exec")
+            .await
+            .filter(|(_, c)| c.status == "False")
+    })
+    .await;
+    assert_eq!(
+        failed.annotations().get(cost).map(String::as_str),
+        Some("-10")
+    );
+    assert!(!failed.labels().contains_key("healthy"));
+    wait::until("tcp and http succeeding, and marked", 60, || async {
         let tcp = state("ppm#tcp").await?;
         let http = state("ppm#http").await?;
-        (tcp.0 == "Succeeded" && http.0 == "Succeeded" && http.1.contains("ok")).then_some(())
+        let (_, c) = marked("game.kruise.io/http").await?;
+        (tcp.0 == "Succeeded"
+            && http.0 == "Succeeded"
+            && http.1.contains("ok")
+            && c.status == "True")
+            .then_some(())
     })
     .await;
-    let (_, message) = wait::until("the exec probe succeeding", 60, || async {
-        state("ppm#exec").await.filter(|(s, _)| s == "Succeeded")
+    let (healthy, condition) = wait::until("the pod marked healthy", 90, || async {
+        marked("game.kruise.io/exec")
+            .await
+            .filter(|(_, c)| c.status == "True")
     })
     .await;
-    assert_eq!(message.trim(), "ready");
+    assert_eq!(condition.message.as_deref().map(str::trim), Some("ready"));
     assert_eq!(
-        state("ppm#elsewhere").await,
-        Some(("Unknown".into(), String::new())),
-        "a probe naming a host never runs"
+        healthy.labels().get("healthy").map(String::as_str),
+        Some("yes")
     );
-    assert!(
-        !events_for(&client, ns, &uid, "KruiseProbeFailed")
-            .await
-            .is_empty()
+    assert_eq!(
+        healthy.annotations().get(cost).map(String::as_str),
+        Some("10")
     );
-    assert!(
-        !events_for(&client, ns, &uid, "KruiseProbeSucceeded")
-            .await
-            .is_empty()
+    for reason in ["KruiseProbeFailed", "KruiseProbeSucceeded"] {
+        assert!(
+            !events_for(&client, ns, &uid, reason).await.is_empty(),
+            "{reason}"
+        );
+    }
+    let ppm = markers.get("ppm").await.unwrap();
+    assert_eq!(
+        ppm.metadata.finalizers.as_deref(),
+        Some(&["kruise.io/node-pod-probe-cleanup".to_string()][..])
     );
+    wait::until("the marker's status", 30, || async {
+        let ppm = markers.get("ppm").await.ok()?;
+        let generation = ppm.metadata.generation?;
+        (ppm.data["status"]["observedGeneration"] == generation
+            && ppm.data["status"]["matchedPods"] == 1)
+            .then_some(())
+    })
+    .await;
 
-    // The tcp probe leaves the spec: its state leaves the status.
-    let fewer = vec![all[0].clone(), all[2].clone()];
-    npps.patch(
-        &cluster.node,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": spec(fewer)})),
-    )
-    .await
-    .unwrap();
+    // The tcp probe leaves the marker: it leaves the node's spec, and its state the status.
+    let fewer = json!({"spec": {"probes": [all[0], all[2]]}});
+    markers
+        .patch("ppm", &PatchParams::default(), &Patch::Merge(&fewer))
+        .await
+        .unwrap();
     wait::until("the tcp probe's state pruned", 30, || async {
         let npp = npps.get(&cluster.node).await.ok()?;
         (probe_state(&npp, &uid, "ppm#tcp").is_none()
@@ -1700,9 +1784,24 @@ async fn node_pod_probes_run_on_the_node() {
         .then_some(())
     })
     .await;
-    npps.delete(&cluster.node, &DeleteParams::default())
+
+    // Deleted: gone once no node runs its probes.
+    markers
+        .delete("ppm", &DeleteParams::default())
         .await
         .unwrap();
+    wait::until("the marker gone", 60, || async {
+        markers.get_opt("ppm").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let npp = npps.get(&cluster.node).await.unwrap();
+    let left = npp.data["spec"]["podProbes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["namespace"] == ns)
+        .count();
+    assert_eq!(left, 0, "{:?}", npp.data["spec"]);
     teardown(&client, ns).await;
 }
 

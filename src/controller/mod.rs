@@ -1,6 +1,7 @@
 //! `nodeward controller`: one active replica, chosen by Lease leader election, running the
 //! reconcilers: CRR defaulting and lifecycle (`crr`), image pre-pull (`imagepull`: ImagePullJob →
-//! NodeImage) and the sidecar image swap on virtual nodes (`vk_sidecar`); and, on every replica,
+//! NodeImage), custom pod probes (`podprobe`: PodProbeMarker → NodePodProbe → pod marks) and the
+//! sidecar image swap on virtual nodes (`vk_sidecar`); and, on every replica,
 //! the CRR admission webhook (`webhook`).
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use metrics::ControllerMetrics;
 pub mod crr;
 pub mod imagepull;
 pub mod metrics;
+pub mod podprobe;
 pub mod retries;
 pub mod vk_sidecar;
 pub mod webhook;
@@ -141,6 +143,7 @@ async fn run_reconcilers(
     futures::join!(
         vk_sidecar::run(client.clone(), metrics.clone()),
         crr::run(client.clone(), metrics.clone()),
+        podprobe::run(client.clone(), metrics.clone()),
         imagepull::run(client, image_pull, metrics)
     );
 }

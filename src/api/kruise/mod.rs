@@ -1,6 +1,6 @@
 //! OpenKruise `apps.kruise.io/v1alpha1` kinds spoken by nodeward: [`ContainerRecreateRequest`],
-//! [`ImagePullJob`], [`NodeImage`] and [`NodePodProbe`], plus their well-known labels, annotations, finalizers and
-//! status messages.
+//! [`ImagePullJob`], [`NodeImage`], [`NodePodProbe`] and [`PodProbeMarker`], plus their well-known
+//! labels, annotations, finalizers and status messages.
 //!
 //! The types are wire-compatible with upstream (`apis/apps/v1alpha1/*_types.go`, served by every
 //! release v1.4 → master):
@@ -20,7 +20,7 @@
 //! which a controller re-implementing the webhook can call; the agent reads them through the
 //! `*_or_default` accessors.
 //!
-//! [`crds`] / [`crds_yaml`] produce the four CustomResourceDefinitions (structural schemas,
+//! [`crds`] / [`crds_yaml`] produce the five CustomResourceDefinitions (structural schemas,
 //! printer columns and short names as upstream) for `nodeward crds`.
 
 mod constants;
@@ -29,6 +29,7 @@ mod go;
 mod image_pull_job;
 mod node_image;
 mod node_pod_probe;
+mod pod_probe_marker;
 mod shared;
 
 pub use constants::*;
@@ -36,6 +37,7 @@ pub use crr::*;
 pub use image_pull_job::*;
 pub use node_image::*;
 pub use node_pod_probe::*;
+pub use pod_probe_marker::*;
 pub use shared::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -49,13 +51,14 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
 
 /// The CustomResourceDefinitions for the kinds nodeward uses, in a stable order
-/// (ContainerRecreateRequest, ImagePullJob, NodeImage, NodePodProbe).
+/// (ContainerRecreateRequest, ImagePullJob, NodeImage, NodePodProbe, PodProbeMarker).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ContainerRecreateRequest::crd(),
         ImagePullJob::crd(),
         NodeImage::crd(),
         NodePodProbe::crd(),
+        PodProbeMarker::crd(),
     ]
 }
 

@@ -102,7 +102,7 @@ pub struct ContainerProbeState {
 }
 
 /// A probe's state. Upstream's is a plain string: anything else (or `""`) reads as `Unknown`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq, Hash)]
 pub enum ProbeState {
     Succeeded,
     Failed,

@@ -6,10 +6,16 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use std::fmt::Debug;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::certs::{self, Bundle, KEY_CA, KEY_CERT, KEY_KEY};
@@ -23,8 +29,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("MutatingWebhookConfiguration {name}: {source}")]
+    #[error("{kind} {name}: {source}")]
     Configuration {
+        kind: &'static str,
         name: String,
         #[source]
         source: kube::Error,
@@ -117,10 +124,40 @@ pub async fn ensure_bundle(
     }
 }
 
-/// Set `ca` as the caBundle of every webhook in MutatingWebhookConfiguration `name` that calls
-/// our Service; `Ok(true)` when something changed.
-pub async fn inject_ca(
-    api: &Api<MutatingWebhookConfiguration>,
+/// A webhook configuration kind whose webhooks may call our Service.
+pub trait WebhookConfiguration:
+    kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize
+{
+    const KIND: &'static str;
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig>;
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    const KIND: &'static str = "MutatingWebhookConfiguration";
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
+    }
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    const KIND: &'static str = "ValidatingWebhookConfiguration";
+    fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
+    }
+}
+
+/// Set `ca` as the caBundle of every webhook in configuration `name` that calls our Service;
+/// `Ok(true)` when something changed.
+pub async fn inject_ca<K: WebhookConfiguration>(
+    api: &Api<K>,
     name: &str,
     service: (&str, &str),
     ca: &str,
@@ -129,25 +166,25 @@ pub async fn inject_ca(
     retry_on_conflict(5, || async {
         let mut config = api.get(name).await?;
         let mut changed = false;
-        for hook in config.webhooks.iter_mut().flatten() {
-            let ours = hook
-                .client_config
+        for client in config.client_configs() {
+            let ours = client
                 .service
                 .as_ref()
                 .is_some_and(|s| s.namespace == service.0 && s.name == service.1);
-            if ours && hook.client_config.ca_bundle.as_ref() != Some(&want) {
-                hook.client_config.ca_bundle = Some(want.clone());
+            if ours && client.ca_bundle.as_ref() != Some(&want) {
+                client.ca_bundle = Some(want.clone());
                 changed = true;
             }
         }
         if changed {
             api.replace(name, &PostParams::default(), &config).await?;
-            info!(configuration = %name, "webhook CA bundle injected");
+            info!(kind = K::KIND, configuration = %name, "webhook CA bundle injected");
         }
         Ok(changed)
     })
     .await
     .map_err(|source| Error::Configuration {
+        kind: K::KIND,
         name: name.to_string(),
         source,
     })

@@ -1,7 +1,8 @@
 //! The admission webhook server, on every replica (leader or not: the Service sends the API
 //! server to any ready one): HTTPS with a certificate the controller makes itself ([`certs`]),
-//! kept in a Secret and injected as the CA bundle of the webhook configuration ([`act`]), and
-//! the CRR admission ([`crate::controller::crr::admission`]) behind it.
+//! kept in a Secret and injected as the CA bundle of the webhook configurations ([`act`]), and
+//! behind it the CRR admission ([`crate::controller::crr::admission`], mutating) and the
+//! PodProbeMarker admission ([`crate::controller::podprobe::admission`], validating).
 //!
 //! With the shipped `failurePolicy: Fail`, CRRs cannot be created while no replica serves; the
 //! rules that need no lookup are also a ValidatingAdmissionPolicy, which holds without us.
@@ -16,7 +17,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Json, State};
 use axum::routing::post;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::core::DynamicObject;
@@ -24,6 +27,7 @@ use kube::core::admission::AdmissionReview;
 use tracing::{info, warn};
 
 use crate::controller::crr::admission;
+use crate::controller::podprobe;
 use crate::telemetry::http::{Limits, Listed};
 
 /// How often the Secret is read again (renewal, another replica's renewal, a deleted Secret).
@@ -38,8 +42,10 @@ pub struct Config {
     pub service: String,
     /// The Secret holding the certificate bundle.
     pub secret: String,
-    /// The MutatingWebhookConfiguration whose CA bundle we keep.
+    /// The MutatingWebhookConfiguration (CRR) whose CA bundle we keep.
     pub configuration: String,
+    /// The ValidatingWebhookConfiguration (PodProbeMarker) whose CA bundle we keep.
+    pub validating_configuration: String,
 }
 
 /// Serve until `shutdown`; `ready` is done once a certificate is served and its CA injected.
@@ -63,6 +69,7 @@ pub async fn run(
     ));
     let app = Router::new()
         .route(admission::PATH, post(crr))
+        .route(podprobe::admission::PATH, post(pod_probe_marker))
         .with_state(client);
     let served =
         crate::telemetry::http::serve_tls(listener, app, tls, Limits::default(), shutdown).await;
@@ -77,6 +84,12 @@ async fn crr(
     Json(admission::review(&client, review).await)
 }
 
+async fn pod_probe_marker(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(podprobe::admission::review(review))
+}
+
 /// Keep the served certificate and the configuration's CA bundle in step with the Secret.
 async fn keep_certificate(
     client: kube::Client,
@@ -85,7 +98,8 @@ async fn keep_certificate(
     ready: Listed,
 ) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let names = certs::dns_names(&cfg.service, &cfg.namespace);
     let mut failures = 0u32;
     let mut served: Option<certs::Bundle> = None;
@@ -96,10 +110,12 @@ async fn keep_certificate(
                 resolver.set(certs::certified_key(&bundle)?);
                 served = Some(bundle.clone());
             }
+            let service = (cfg.namespace.as_str(), cfg.service.as_str());
+            act::inject_ca(&mutating, &cfg.configuration, service, &bundle.ca).await?;
             act::inject_ca(
-                &configs,
-                &cfg.configuration,
-                (&cfg.namespace, &cfg.service),
+                &validating,
+                &cfg.validating_configuration,
+                service,
                 &bundle.ca,
             )
             .await?;

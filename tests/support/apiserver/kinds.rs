@@ -151,6 +151,7 @@ pub(crate) fn kruise_resources() -> Vec<ResourceMeta> {
         r("ImagePullJob", "imagepulljobs", true, &[]),
         r("NodeImage", "nodeimages", false, &[]),
         r("NodePodProbe", "nodepodprobes", false, &[]),
+        r("PodProbeMarker", "podprobemarkers", true, &[]),
     ]
 }
 
