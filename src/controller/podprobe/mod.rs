@@ -63,6 +63,8 @@ impl Reason for Error {
 
 /// Longest wait between two passes over a NodePodProbe or a PodProbeMarker.
 const RESYNC: Duration = Duration::from_secs(300);
+/// A marker's matched pods are counted again at least this often.
+const MARKER_RESYNC: Duration = Duration::from_secs(60);
 /// Changes arriving within this window are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// A marker being deleted looks again this soon for nodes still running its probes.
@@ -91,11 +93,9 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
         .touched_objects();
     // Every Pod change passes through, deserialized one page at a time, and is dropped once
     // routed: nothing of it is kept.
-    let pod_events = || {
-        watcher(Api::<Pod>::all(client.clone()), wc().page_size(100))
-            .default_backoff()
-            .touched_objects()
-    };
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), wc().page_size(100))
+        .default_backoff()
+        .touched_objects();
     let probe_ctrl =
         Controller::new(Api::<NodePodProbe>::all(client.clone()), wc()).with_config(debounced());
     let probes = probe_ctrl.store();
@@ -109,20 +109,18 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
                 .map(|n| ObjectRef::from_obj(&**n))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(pod_events(), move |pod| {
+        .watches_stream(pod_events, move |pod| {
             node_of_probed_pod(&pod, &route_markers, &route_pods)
         });
-    let marker_ctrl =
-        Controller::new(Api::<PodProbeMarker>::all(client.clone()), wc()).with_config(debounced());
-    let own_markers = marker_ctrl.store();
-    let marker_ctrl = marker_ctrl.watches_stream(pod_events(), move |pod| {
-        own_markers
-            .state()
-            .iter()
-            .filter(|m| decide::selects(m, &pod))
-            .map(|m| ObjectRef::from_obj(&**m))
-            .collect::<Vec<_>>()
-    });
+    // A marker's matched pods change with the node specs that list them (a second full Pod
+    // watch would cost more than it tells); a pod that left every spec is recounted at the
+    // marker's resync.
+    let probe_events = watcher(Api::<NodePodProbe>::all(client.clone()), wc())
+        .default_backoff()
+        .touched_objects();
+    let marker_ctrl = Controller::new(Api::<PodProbeMarker>::all(client.clone()), wc())
+        .with_config(debounced())
+        .watches_stream(probe_events, |npp| markers_listed(&npp));
     let creator = Controller::new(Api::<Node>::all(client.clone()), wc());
     let ctx = Arc::new(Ctx {
         client,
@@ -177,6 +175,23 @@ fn node_of_probed_pod(
     };
     let selected = || markers.state().iter().any(|m| decide::selects(m, pod));
     (selected() || listed()).then(|| ObjectRef::new(node))
+}
+
+/// The markers whose probes a NodePodProbe's spec lists.
+fn markers_listed(npp: &NodePodProbe) -> Vec<ObjectRef<PodProbeMarker>> {
+    let mut refs: Vec<ObjectRef<PodProbeMarker>> = npp
+        .spec
+        .pod_probes
+        .iter()
+        .flat_map(|p| {
+            p.probes.iter().filter_map(|c| {
+                decide::marker_of(&c.name).map(|(m, _)| ObjectRef::new(m).within(&p.namespace))
+            })
+        })
+        .collect();
+    refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    refs.dedup();
+    refs
 }
 
 fn is_virtual(node: &Node) -> bool {
@@ -288,5 +303,5 @@ async fn reconcile_marker(ppm: Arc<PodProbeMarker>, ctx: Arc<Ctx>) -> Result<Act
     })
     .await?;
     act::write_status(&ctx.client, &ppm, matched).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(MARKER_RESYNC))
 }
