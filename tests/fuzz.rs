@@ -16,12 +16,15 @@ use k8s_openapi::jiff::Timestamp;
 use nodeward::api::clamp;
 use nodeward::api::kruise::{
     ContainerRecreateRequest, ImagePullJobSpec, NodeImage, NodeImageSpec, NodeImageStatus,
+    PodProbeMarker, PodProbeStatus,
 };
 use nodeward::api::role::Role;
 use nodeward::controller::crr::admission;
 use nodeward::controller::crr::decide as crr_controller;
 use nodeward::controller::imagepull::job::decide as job;
 use nodeward::controller::imagepull::node_image::decide as node_image;
+use nodeward::controller::podprobe::decide as probe_controller;
+use nodeward::controller::podprobe::decide::validate as probe_validate;
 use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop, RestartPolicy};
 use nodeward::imagepull::credentials::Keyring;
 use nodeward::imagepull::decide as pull;
@@ -204,6 +207,38 @@ fn pod_seed() -> Value {
             ]
         }
     })
+}
+
+fn marker_seed() -> Value {
+    json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+        "metadata": {"name": "ppm", "namespace": "default", "generation": 2},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"},
+                         "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]},
+            "probes": [
+                {"name": "healthy", "containerName": "app",
+                 "probe": {"httpGet": {"path": "/", "port": "http", "scheme": "HTTP"},
+                           "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+                 "podConditionType": "game.kruise.io/healthy",
+                 "markerPolicy": [
+                     {"state": "Succeeded", "labels": {"healthy": "yes"},
+                      "annotations": {"controller.kubernetes.io/pod-deletion-cost": "10"}},
+                     {"state": "Failed", "annotations": {"controller.kubernetes.io/pod-deletion-cost": "-10"}}]},
+                {"name": "tcp", "containerName": "app", "probe": {"tcpSocket": {"port": 8080}},
+                 "podConditionType": "tcp"}
+            ]
+        },
+        "status": {"observedGeneration": 1, "matchedPods": 3}
+    })
+}
+
+fn probe_status_seed() -> Value {
+    json!({"name": "web-0", "namespace": "default", "uid": "pod-uid-1", "probeStates": [
+        {"name": "ppm#healthy", "state": "Succeeded", "message": "ok",
+         "lastProbeTime": "2026-12-06T10:00:02Z", "lastTransitionTime": "2026-12-06T10:00:02Z"},
+        {"name": "ppm#tcp", "state": "Failed", "message": "refused"},
+        {"name": "gone#x", "state": "Unknown"}]})
 }
 
 fn node_image_seed() -> Value {
@@ -598,6 +633,37 @@ proptest! {
         let _ = keyring.add_secret(&BTreeMap::from([(".dockercfg".to_string(), raw)]));
         let _ = keyring.lookup(&path);
         let _ = keyring.lookup("r.io/app");
+    }
+
+    /// PodProbeMarkers, pods and results as stored objects may hold them: judged at admission,
+    /// turned into a node's spec and into the pod's marks. The spec lists only pods that are
+    /// probed, and the marks never write a condition the kubelet owns.
+    #[test]
+    fn pod_probe_markers(marker_muts in mutations(), pod_muts in mutations(), status_muts in mutations()) {
+        let Ok(marker) = serde_json::from_value::<PodProbeMarker>(mutate(&marker_seed(), &marker_muts)) else {
+            return Ok(());
+        };
+        let mut pod = pod_seed();
+        pod["metadata"]["labels"] = json!({"app": "web", "tier": "a"});
+        pod["status"]["conditions"] = json!([{"type": "Initialized", "status": "True"}]);
+        let Ok(pod) = serde_json::from_value::<Pod>(mutate(&pod, &pod_muts)) else {
+            return Ok(());
+        };
+        let _ = probe_validate::validate(&marker, Some(&marker));
+        let (spec, _) = probe_controller::node_spec(std::slice::from_ref(&pod), &[&marker]);
+        for entry in &spec.pod_probes {
+            prop_assert!(probe_controller::is_probed(&pod));
+            prop_assert_eq!(Some(&entry.uid), pod.metadata.uid.as_ref());
+        }
+        let Ok(status) = serde_json::from_value::<PodProbeStatus>(mutate(&probe_status_seed(), &status_muts)) else {
+            return Ok(());
+        };
+        let marks = probe_controller::marks(&status, |m| (m == "ppm").then_some(&marker));
+        for c in &marks.conditions {
+            prop_assert!(!probe_controller::RESERVED_CONDITIONS.contains(&c.type_.as_str()));
+        }
+        let _ = probe_controller::pod_patch(&pod, &marks);
+        let _ = probe_controller::still_probed(&spec, "default", "ppm");
     }
 
     #[test]

@@ -253,6 +253,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             view.clone(),
             crate::podprobe::Config {
                 node_name: cfg.node_name.clone(),
+                metrics: metrics.clone(),
                 first_list: health.expect("NodePodProbe list"),
             },
         ));

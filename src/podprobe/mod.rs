@@ -41,6 +41,7 @@ use crate::cri::{CriClient, handler};
 use crate::node::model::State as ContainerState;
 use crate::node::view::NodeView;
 use crate::telemetry::http::Listed;
+use crate::telemetry::metrics::Metrics;
 use decide::{ProbeKey, ProbeSpec, Reported, Step, Target, Thresholds};
 
 /// The prober's settings.
@@ -48,6 +49,7 @@ use decide::{ProbeKey, ProbeSpec, Reported, Step, Target, Thresholds};
 pub struct Config {
     /// This node's name = the NodePodProbe's name.
     pub node_name: String,
+    pub metrics: Metrics,
     /// Marked done after the first list of this node's NodePodProbe.
     pub first_list: Listed,
 }
@@ -58,6 +60,7 @@ struct Ctx {
     view: NodeView,
     results: mpsc::UnboundedSender<(ProbeKey, Reported)>,
     started: Instant,
+    metrics: Metrics,
 }
 
 struct Worker {
@@ -194,6 +197,7 @@ pub async fn run(client: kube::Client, cri: CriClient, view: NodeView, cfg: Conf
             view,
             results: results_tx,
             started: Instant::now(),
+            metrics: cfg.metrics.clone(),
         }),
         spec: None,
         status: None,
@@ -270,8 +274,8 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
         }
     };
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let due = tokio::select! {
+            due = tick.tick() => due,
             changed = specs.changed() => {
                 if changed.is_err() {
                     return;
@@ -287,7 +291,7 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
                 spec = next;
                 continue;
             }
-        }
+        };
         let target = target(&ctx.view, &key);
         let id = target.as_ref().map(|t| t.id.clone());
         if id.is_some() && id != container {
@@ -313,6 +317,7 @@ async fn run_worker(ctx: Arc<Ctx>, key: ProbeKey, mut specs: watch::Receiver<Pro
                     }
                 }
                 let ip = pod_ip.as_deref().unwrap_or_default();
+                ctx.metrics.probe_lateness(due.elapsed().as_secs_f64());
                 match act::probe(&ctx.cri, &spec.probe, &t.id, ip, spec.timeout).await {
                     Ok((state, message)) => {
                         if let Some(state) = thresholds.observe(state, &spec) {

@@ -116,6 +116,7 @@ struct Inner {
     image_pull_duration: Histogram,
     image_pulls_in_flight: Gauge,
     crr_stop_latency: Histogram,
+    probe_lateness: Histogram,
     reports: Family<ResultLabel, Counter>,
 }
 
@@ -244,6 +245,13 @@ impl Metrics {
             Unit::Seconds,
             crr_stop_latency.clone(),
         );
+        let probe_lateness = Histogram::new(exponential_buckets(0.0005, 1.5, 24));
+        registry.register_with_unit(
+            "probe_lateness",
+            "How late a NodePodProbe probe started after its due time (its period's tick)",
+            Unit::Seconds,
+            probe_lateness.clone(),
+        );
         let reports = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reports",
@@ -285,6 +293,7 @@ impl Metrics {
                 image_pull_duration,
                 image_pulls_in_flight,
                 crr_stop_latency,
+                probe_lateness,
                 reports,
             }),
         };
@@ -355,6 +364,11 @@ impl Metrics {
     /// The time from the event that started a CRR executor pass to the start of a stop.
     pub fn crr_stop_latency(&self, secs: f64) {
         self.inner.crr_stop_latency.observe(secs);
+    }
+
+    /// How late one probe started after its due time.
+    pub fn probe_lateness(&self, secs: f64) {
+        self.inner.probe_lateness.observe(secs);
     }
 
     /// A termination latency in seconds for `stage` ("exit_to_stop", "exit_to_sidecar_exit").
