@@ -171,13 +171,7 @@ async fn the_verdict_is_retried_before_the_sidecar_stops() {
         .await
         .unwrap();
     pod.handle.wait_exited("proxy").await.unwrap();
-    support::wait::until("the sidecar's exit code in the Pod", 30, || async {
-        let pod = pod.object().await.ok()?;
-        let statuses = pod.status?.container_statuses?;
-        let proxy = statuses.into_iter().find(|c| c.name == "proxy")?;
-        proxy.state?.terminated.map(|_| ())
-    })
-    .await;
+    sidecar_exit_in_api(&pod).await;
     let object = pod.object().await.unwrap();
     let phase = object.status.as_ref().and_then(|s| s.phase.as_deref());
     assert_eq!(phase, Some("Succeeded"), "{:?}", object.status);
@@ -240,13 +234,7 @@ async fn a_verdict_the_kubelet_reverts_is_written_again_before_the_sidecar_exits
         "the verdict came back only after the exit"
     );
     pod.handle.wait_exited("proxy").await.unwrap();
-    support::wait::until("the sidecar's exit code in the Pod", 30, || async {
-        let pod = pod.object().await.ok()?;
-        let statuses = pod.status?.container_statuses?;
-        let proxy = statuses.into_iter().find(|c| c.name == "proxy")?;
-        proxy.state?.terminated.map(|_| ())
-    })
-    .await;
+    sidecar_exit_in_api(&pod).await;
     let object = pod.object().await.unwrap();
     assert_eq!(phase(&object), "Succeeded", "{:?}", object.status);
     assert_eq!(
@@ -258,6 +246,17 @@ async fn a_verdict_the_kubelet_reverts_is_written_again_before_the_sidecar_exits
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
     api().assert_no_denials();
+}
+
+/// Wait until the Pod shows its sidecar `proxy` terminated.
+async fn sidecar_exit_in_api(pod: &ClusterPod) {
+    support::wait::until("the sidecar's exit code in the Pod", 30, || async {
+        let pod = pod.object().await.ok()?;
+        let statuses = pod.status?.container_statuses?;
+        let proxy = statuses.into_iter().find(|c| c.name == "proxy")?;
+        proxy.state?.terminated.map(|_| ())
+    })
+    .await;
 }
 
 /// Wait at most `secs` seconds for the agent's `/readyz` to answer 200.

@@ -19,7 +19,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Config;
 use super::act::Done;
@@ -226,22 +226,14 @@ pub async fn guard_verdict(
                 GuardStep::Settled | GuardStep::Gone => return,
                 GuardStep::Rewrite => {
                     info!(
-                        pod_namespace = %pod.namespace,
-                        pod_name = %pod.name,
-                        pod_uid = %pod.uid,
                         phase = phase.unwrap_or_default(),
-                        verdict = %verdict,
                         "job verdict replaced by the kubelet's cached phase; writing it again"
                     );
                     write_verdict(&client, &pod, &patch).await;
                 }
                 GuardStep::Lost => {
                     warn!(
-                        pod_namespace = %pod.namespace,
-                        pod_name = %pod.name,
-                        pod_uid = %pod.uid,
                         phase = phase.unwrap_or_default(),
-                        verdict = %verdict,
                         "the kubelet set a terminal phase before the job verdict reached it"
                     );
                     return;
@@ -253,8 +245,15 @@ pub async fn guard_verdict(
         let _ = stopped.await;
         tokio::time::sleep(VERDICT_SETTLE).await;
     };
+    let span = tracing::info_span!(
+        "job verdict guard",
+        pod_namespace = %pod.namespace,
+        pod_name = %pod.name,
+        pod_uid = %pod.uid,
+        verdict = %verdict,
+    );
     tokio::select! {
-        () = watch => {}
+        () = watch.instrument(span) => {}
         () = settled => {}
     }
 }

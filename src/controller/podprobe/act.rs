@@ -140,21 +140,33 @@ async fn set_finalizers(
     ppm: &PodProbeMarker,
     finalizers: Vec<String>,
 ) -> Result<(), Error> {
-    let (ns, name) = (ppm.namespace().unwrap_or_default(), ppm.name_any());
-    let api: Api<PodProbeMarker> = Api::namespaced(client.clone(), &ns);
     let patch = json!({"metadata": {
         "resourceVersion": ppm.resource_version(),
         "finalizers": finalizers,
     }});
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    patch_marker(client, ppm, false, patch, "set the finalizers of").await
+}
+
+/// Merge-patch the marker (or its status); a marker that is gone is done.
+async fn patch_marker(
+    client: &kube::Client,
+    ppm: &PodProbeMarker,
+    status: bool,
+    patch: serde_json::Value,
+    what: &str,
+) -> Result<(), Error> {
+    let (ns, name) = (ppm.namespace().unwrap_or_default(), ppm.name_any());
+    let api: Api<PodProbeMarker> = Api::namespaced(client.clone(), &ns);
+    let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
+    let written = if status {
+        api.patch_status(&name, &pp, &patch).await
+    } else {
+        api.patch(&name, &pp, &patch).await
+    };
+    match written {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "set the finalizers of PodProbeMarker {ns}/{name}"
-        ))(e)),
+        Err(e) => Err(Error::kube(format!("{what} PodProbeMarker {ns}/{name}"))(e)),
     }
 }
 
@@ -230,17 +242,6 @@ pub async fn write_status(
     {
         return Ok(());
     }
-    let (ns, name) = (ppm.namespace().unwrap_or_default(), ppm.name_any());
-    let api: Api<PodProbeMarker> = Api::namespaced(client.clone(), &ns);
     let patch = json!({"status": {"observedGeneration": generation, "matchedPods": matched}});
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "write the status of PodProbeMarker {ns}/{name}"
-        ))(e)),
-    }
+    patch_marker(client, ppm, true, patch, "write the status of").await
 }

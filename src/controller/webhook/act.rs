@@ -132,25 +132,25 @@ pub trait WebhookConfiguration:
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig>;
 }
 
+/// The client configs of a configuration's webhooks.
+fn client_configs<W>(
+    webhooks: &mut Option<Vec<W>>,
+    config: fn(&mut W) -> &mut WebhookClientConfig,
+) -> Vec<&mut WebhookClientConfig> {
+    webhooks.iter_mut().flatten().map(config).collect()
+}
+
 impl WebhookConfiguration for MutatingWebhookConfiguration {
     const KIND: &'static str = "MutatingWebhookConfiguration";
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
-        self.webhooks
-            .iter_mut()
-            .flatten()
-            .map(|w| &mut w.client_config)
-            .collect()
+        client_configs(&mut self.webhooks, |w| &mut w.client_config)
     }
 }
 
 impl WebhookConfiguration for ValidatingWebhookConfiguration {
     const KIND: &'static str = "ValidatingWebhookConfiguration";
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
-        self.webhooks
-            .iter_mut()
-            .flatten()
-            .map(|w| &mut w.client_config)
-            .collect()
+        client_configs(&mut self.webhooks, |w| &mut w.client_config)
     }
 }
 
