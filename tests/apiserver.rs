@@ -84,6 +84,52 @@ where
     }
 }
 
+/// Whether `name` has a deletion timestamp (waits on a finalizer).
+async fn being_deleted<K>(api: &Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.get(name)
+        .await
+        .unwrap()
+        .meta()
+        .deletion_timestamp
+        .is_some()
+}
+
+/// Remove every finalizer of `name` (as the controller that owns them would).
+async fn clear_finalizers<K>(api: &Api<K>, name: &str)
+where
+    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The watcher's initial list: `Init`, the one pod `name`, `InitDone`.
+async fn initial_list<S>(stream: &mut S, name: &str)
+where
+    S: Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Unpin,
+{
+    assert!(matches!(
+        next_event(stream, "Init").await,
+        watcher::Event::Init
+    ));
+    match next_event(stream, "InitApply").await {
+        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), name),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        next_event(stream, "InitDone").await,
+        watcher::Event::InitDone
+    ));
+}
+
 /// Runs a kube-runtime watcher in a task of its own (so it keeps re-watching while the test
 /// waits elsewhere) and hands its items over.
 fn drive_watcher(
@@ -706,18 +752,7 @@ async fn watcher_with_field_selector() {
 
     let config = watcher::Config::default().fields("spec.nodeName=node-a");
     let mut events = drive_watcher(pods.clone(), config);
-    assert!(matches!(
-        next_event(&mut events, "Init").await,
-        watcher::Event::Init
-    ));
-    match next_event(&mut events, "InitApply").await {
-        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), "before"),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert!(matches!(
-        next_event(&mut events, "InitDone").await,
-        watcher::Event::InitDone
-    ));
+    initial_list(&mut events, "before").await;
 
     pods.create(&pp, &pod("skipped", Some("node-b"), json!({})))
         .await
@@ -859,18 +894,7 @@ async fn watch_bookmarks_and_timeout() {
         .await
         .unwrap();
     let mut streamed = drive_watcher(pods.clone(), watcher::Config::default().streaming_lists());
-    assert!(matches!(
-        next_event(&mut streamed, "Init").await,
-        watcher::Event::Init
-    ));
-    match next_event(&mut streamed, "InitApply").await {
-        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), "streamed"),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert!(matches!(
-        next_event(&mut streamed, "InitDone").await,
-        watcher::Event::InitDone
-    ));
+    initial_list(&mut streamed, "streamed").await;
     pods.delete("streamed", &DeleteParams::default())
         .await
         .unwrap();
@@ -1097,23 +1121,8 @@ async fn finalizers_and_deletion_timestamp() {
         terminating.status.unwrap().phase.as_deref(),
         Some("Terminating")
     );
-    assert!(
-        in_team
-            .get("t")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
-    in_team
-        .patch(
-            "t",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await
-        .unwrap();
+    assert!(being_deleted(&in_team, "t").await);
+    clear_finalizers(&in_team, "t").await;
     eventually("the namespace to go", || async {
         namespaces.get_opt("team").await.unwrap().is_none()
     })
@@ -1205,21 +1214,8 @@ async fn owner_reference_garbage_collection() {
             .finalizers()
             .contains(&"foregroundDeletion".to_owned())
     );
-    assert!(
-        pods.get("fg-1")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
-    pods.patch(
-        "fg-1",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    assert!(being_deleted(&pods, "fg-1").await);
+    clear_finalizers(&pods, "fg-1").await;
     eventually("the foreground owner to go", || async {
         jobs.get_opt("fg").await.unwrap().is_none()
     })
