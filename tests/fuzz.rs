@@ -19,12 +19,12 @@ use nodeward::api::kruise::{
     PodProbeMarker, PodProbeStatus,
 };
 use nodeward::api::role::Role;
-use nodeward::controller::crr::admission;
 use nodeward::controller::crr::decide as crr_controller;
 use nodeward::controller::imagepull::job::decide as job;
 use nodeward::controller::imagepull::node_image::decide as node_image;
 use nodeward::controller::podprobe::decide as probe_controller;
 use nodeward::controller::podprobe::decide::validate as probe_validate;
+use nodeward::controller::webhook;
 use nodeward::cri::kubelet::{ContainerMeta, PodRef, PreStop, RestartPolicy};
 use nodeward::imagepull::credentials::Keyring;
 use nodeward::imagepull::decide as pull;
@@ -471,7 +471,7 @@ proptest! {
         };
         let pod = serde_json::from_value::<Pod>(mutate(&pod_seed(), &pod_muts)).ok();
         if let crr_controller::Admission::Mutate(next) = crr_controller::admit_create(&crr, pod.as_ref()) {
-            let patch = admission::patch(&raw, &next).unwrap();
+            let patch = webhook::patch(&raw, &next).unwrap();
             let mut applied = raw.clone();
             json_patch::patch(&mut applied, &patch).unwrap();
             let got: ContainerRecreateRequest = serde_json::from_value(applied).unwrap();

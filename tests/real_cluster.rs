@@ -709,7 +709,7 @@ async fn crr_strategies_on_real_pods() {
 }
 
 /// The shipped MutatingWebhookConfiguration.
-const WEBHOOK_CONFIGURATION: &str = "nodeward-crr";
+const WEBHOOK_CONFIGURATION: &str = "nodeward-mutate";
 
 /// The message of an API refusal; panics when the request was allowed.
 fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
@@ -1802,6 +1802,73 @@ async fn pod_probe_markers_probe_and_mark_pods() {
         .filter(|p| p["namespace"] == ns)
         .count();
     assert_eq!(left, 0, "{:?}", npp.data["spec"]);
+    teardown(&client, ns).await;
+}
+
+/// The ImagePullJob webhooks on the real kube-apiserver: what Create returns carries upstream's
+/// defaults and the deletion-protection finalizer; what upstream's validating webhook refuses is
+/// refused with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_job_admission_as_upstream() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-ipj-admission";
+    let (cluster, client) = setup(ns).await;
+    let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
+    let job = |name: &str, extra: Value| {
+        let mut spec = json!({"image": cluster.image("busybox:1"), "parallelism": 0,
+                              "completionPolicy": {}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
+            "metadata": {"name": name}, "spec": spec}))
+        .unwrap()
+    };
+    let created = jobs
+        .create(&PostParams::default(), &job("defaulted", json!({})))
+        .await
+        .unwrap();
+    let spec = &created.data["spec"];
+    assert_eq!(spec["completionPolicy"]["type"], "Always");
+    assert_eq!(
+        spec["pullPolicy"],
+        json!({"timeoutSeconds": 600, "backoffLimit": 3})
+    );
+    assert_eq!(spec["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        created.metadata.finalizers.as_deref(),
+        Some(&["apps.kruise.io/deletion-protection".to_string()][..])
+    );
+    let both = json!({"selector": {"names": ["a"]}, "podSelector": {"matchLabels": {"a": "b"}}});
+    let m = refusal(
+        jobs.create(&PostParams::default(), &job("both", both))
+            .await,
+    );
+    assert!(
+        m.contains("denied the request: selector and podSelector can not be set at the same time"),
+        "{m}"
+    );
+    let never = json!({"completionPolicy": {"type": "Never", "ttlSecondsAfterFinished": 10}});
+    let m = refusal(
+        jobs.create(&PostParams::default(), &job("never", never))
+            .await,
+    );
+    assert!(
+        m.contains("activeDeadlineSeconds and ttlSecondsAfterFinished can only work with Always CompletionPolicyType"),
+        "{m}"
+    );
+    jobs.delete("defaulted", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("the job gone (its finalizer released)", 60, || async {
+        jobs.get_opt("defaulted")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
     teardown(&client, ns).await;
 }
 

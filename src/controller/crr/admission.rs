@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::Crr;
 use super::decide::{self, Admission};
+use crate::controller::webhook;
 
 /// Path of the mutating webhook, as kruise-manager serves it.
 pub const PATH: &str = "/mutate-apps-kruise-io-v1alpha1-containerrecreaterequest";
@@ -44,7 +45,7 @@ pub async fn review(
             info!(crr = %name, operation = ?req.operation, user = %req.user_info.username.as_deref().unwrap_or_default(), reason = %message, "CRR denied at admission");
             resp.deny(message)
         }
-        (Admission::Mutate(next), Some(raw)) => match patch(&raw, &next) {
+        (Admission::Mutate(next), Some(raw)) => match webhook::patch(&raw, &next) {
             Ok(p) => {
                 info!(crr = %name, pod = %next.spec.pod_name, pod_uid = %next.pod_uid().unwrap_or_default(), node = %next.node_name().unwrap_or_default(), "CRR admitted and filled from its Pod");
                 match resp.clone().with_patch(p) {
@@ -100,21 +101,6 @@ async fn judge(
     }
 }
 
-/// A JSON patch from the object as sent to it with the decided changes laid over it (a merge:
-/// fields the typed model does not know stay as they are).
-pub fn patch(raw: &serde_json::Value, next: &Crr) -> Result<json_patch::Patch, serde_json::Error> {
-    let mut want = raw.clone();
-    let next = serde_json::to_value(next)?;
-    for key in ["metadata", "spec"] {
-        if let Some(v) = next.get(key) {
-            let mut part = want.get(key).cloned().unwrap_or_default();
-            json_patch::merge(&mut part, v);
-            want[key] = part;
-        }
-    }
-    Ok(json_patch::diff(raw, &want))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +119,7 @@ mod tests {
         labels.insert("crr.apps.kruise.io/pod-uid".into(), "real".into());
         labels.insert("crr.apps.kruise.io/active".into(), "true".into());
         next.spec.apply_webhook_defaults();
-        let p = patch(&raw, &next).unwrap();
+        let p = webhook::patch(&raw, &next).unwrap();
         let mut applied = raw.clone();
         json_patch::patch(&mut applied, &p).unwrap();
         assert_eq!(

@@ -2,8 +2,10 @@
 //! `imagepulljob_controller.go`) and the NodeImage lifecycle (`node_image`: one per Ready node,
 //! deleted with its node, tags failed when the agent stays silent, expired tags dropped). Both
 //! share the settings, the error type, the requeue rule and the read-modify-write of a NodeImage
-//! defined here; neither imports the other.
+//! defined here; neither imports the other. The ImagePullJob webhooks' answers are in
+//! `admission`.
 
+pub mod admission;
 pub mod job;
 pub mod node_image;
 

@@ -1,7 +1,8 @@
 //! The admission webhook server, on every replica (leader or not: the Service sends the API
 //! server to any ready one): HTTPS with a certificate the controller makes itself ([`certs`]),
 //! kept in a Secret and injected as the CA bundle of the webhook configurations ([`act`]), and
-//! behind it the CRR admission ([`crate::controller::crr::admission`], mutating) and the
+//! behind it the CRR admission ([`crate::controller::crr::admission`], mutating), the ImagePullJob
+//! admission ([`crate::controller::imagepull::admission`], mutating and validating) and the
 //! PodProbeMarker admission ([`crate::controller::podprobe::admission`], validating).
 //!
 //! With the shipped `failurePolicy: Fail`, CRRs cannot be created while no replica serves; the
@@ -27,7 +28,7 @@ use kube::core::admission::AdmissionReview;
 use tracing::{info, warn};
 
 use crate::controller::crr::admission;
-use crate::controller::podprobe;
+use crate::controller::{imagepull, podprobe};
 use crate::telemetry::http::{Limits, Listed};
 
 /// How often the Secret is read again (renewal, another replica's renewal, a deleted Secret).
@@ -70,6 +71,14 @@ pub async fn run(
     let app = Router::new()
         .route(admission::PATH, post(crr))
         .route(podprobe::admission::PATH, post(pod_probe_marker))
+        .route(
+            imagepull::admission::MUTATE_PATH,
+            post(image_pull_job_defaults),
+        )
+        .route(
+            imagepull::admission::VALIDATE_PATH,
+            post(image_pull_job_validation),
+        )
         .with_state(client);
     let served =
         crate::telemetry::http::serve_tls(listener, app, tls, Limits::default(), shutdown).await;
@@ -88,6 +97,18 @@ async fn pod_probe_marker(
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     Json(podprobe::admission::review(review))
+}
+
+async fn image_pull_job_defaults(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(imagepull::admission::mutate(review))
+}
+
+async fn image_pull_job_validation(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(imagepull::admission::validate(review))
 }
 
 /// Keep the served certificate and the configuration's CA bundle in step with the Secret.
@@ -137,4 +158,22 @@ async fn keep_certificate(
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// A JSON patch from the object as sent to it with the decided changes laid over it (a merge:
+/// fields the typed model does not know stay as they are).
+pub fn patch<T: serde::Serialize>(
+    raw: &serde_json::Value,
+    next: &T,
+) -> Result<json_patch::Patch, serde_json::Error> {
+    let mut want = raw.clone();
+    let next = serde_json::to_value(next)?;
+    for key in ["metadata", "spec"] {
+        if let Some(v) = next.get(key) {
+            let mut part = want.get(key).cloned().unwrap_or_default();
+            json_patch::merge(&mut part, v);
+            want[key] = part;
+        }
+    }
+    Ok(json_patch::diff(raw, &want))
 }
