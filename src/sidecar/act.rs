@@ -165,7 +165,10 @@ pub async fn carry_out(
     // stopped, so the kubelet never reports a phase from the sidecar's exit code; it is guarded
     // until the kubelet has judged the exits with it in view.
     let mut stopped = None;
-    if let (Some((client, _)), Ok(Recorded::New(_) | Recorded::Pending)) = (&cfg.cluster, &recorded)
+    // (A journal that cannot record still stops the sidecars below: the verdict comes first then
+    // too.)
+    if let (Some((client, _)), Ok(Recorded::New(_) | Recorded::Pending) | Err(_)) =
+        (&cfg.cluster, &recorded)
     {
         let ignoring = requests.iter().any(|r| r.target.ignore_exit_code);
         if let Some(patch) = super::report::verdict_patch(&action, ignoring) {

@@ -163,7 +163,7 @@ async fn write_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json:
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     let mut delays = crate::backoff::exponential(VERDICT_RETRY_MIN, VERDICT_RETRY_MAX);
     loop {
-        let call = patch_status_keeping_terminal_phase(&pods, &pod.name, patch.clone());
+        let call = patch_status_keeping_terminal_phase(&pods, pod, patch.clone());
         let error = match tokio::time::timeout(VERDICT_CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => return,
             Ok(Err(e)) => e.to_string(),
@@ -278,28 +278,28 @@ pub fn keep_terminal_phase(patch: &mut serde_json::Value, current: Option<&str>)
     }
 }
 
-/// Patch the pod's status; a phase in the patch is dropped when the pod's is already terminal
-/// (read first). A pod that is gone is `Ok(None)`.
+/// Patch the status of this pod (`pod`: its uid too); a phase in the patch is dropped when the
+/// pod's is already terminal. Read and written as one: the write carries the resourceVersion
+/// read, so a phase the kubelet set in between is seen (Conflict, read again) rather than
+/// overwritten. A pod that is gone, or replaced by another of the same name, is `Ok(None)`.
 async fn patch_status_keeping_terminal_phase(
     pods: &Api<Pod>,
-    name: &str,
+    pod: &PodInfo,
     patch: serde_json::Value,
 ) -> Result<Option<Pod>, kube::Error> {
-    if patch["status"].get("phase").is_none() {
-        return patch_status(pods, name, patch).await;
-    }
-    // Read and write as one: the write carries the resourceVersion read, so a phase the kubelet
-    // set in between is seen (Conflict, read again) rather than overwritten.
     crate::cluster::retry_on_conflict(5, || {
         let mut patch = patch.clone();
         async move {
-            let Some(pod) = pods.get_opt(name).await? else {
+            let Some(current) = pods.get_opt(&pod.name).await? else {
                 return Ok(None);
             };
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if current.metadata.uid.as_deref() != Some(pod.uid.as_str()) {
+                return Ok(None);
+            }
+            let phase = current.status.as_ref().and_then(|s| s.phase.as_deref());
             keep_terminal_phase(&mut patch, phase);
-            patch["metadata"]["resourceVersion"] = pod.metadata.resource_version.into();
-            patch_status(pods, name, patch).await
+            patch["metadata"]["resourceVersion"] = current.metadata.resource_version.into();
+            patch_status(pods, &pod.name, patch).await
         }
     })
     .await
@@ -393,7 +393,7 @@ pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<()
         Err(e) => return Err(err("Event")(e)),
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    patch_status_keeping_terminal_phase(&pods, &pod.name, condition_patch(ev))
+    patch_status_keeping_terminal_phase(&pods, pod, condition_patch(ev))
         .await
         .map(|_| ())
         .map_err(err("pod condition"))

@@ -3,7 +3,9 @@
 //! `pullPolicy` 600 s / 3 tries, `imagePullPolicy` IfNotPresent) and on a create the
 //! `apps.kruise.io/deletion-protection` finalizer, so the object Create returns is OpenKruise's;
 //! the validating one refuses what [`decide::validate`](super::job::decide::validate) refuses,
-//! with its message, instead of the job failing later.
+//! with its message, instead of the job failing later. An update that leaves the spec alone, and
+//! a job being deleted, always pass: a job stored invalid before the webhook keeps a finalizer
+//! the controller must be able to remove.
 
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -44,10 +46,14 @@ fn typed(obj: Option<&DynamicObject>) -> Result<(ImagePullJob, serde_json::Value
 /// The defaults (and on a create the finalizer), as a JSON patch of the object as sent.
 pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     answer(review, |req, resp| {
-        let (mut job, raw) = match typed(req.object.as_ref()) {
-            Ok(t) => t,
-            Err(e) => return resp.deny(e),
+        // What cannot be read is left to the validating webhook and the schema; a job being
+        // deleted is left as it is (its finalizer must always be able to leave).
+        let Ok((mut job, raw)) = typed(req.object.as_ref()) else {
+            return resp;
         };
+        if job.metadata.deletion_timestamp.is_some() {
+            return resp;
+        }
         job.spec.apply_webhook_defaults();
         if req.operation == Operation::Create {
             let finalizers = job.metadata.finalizers.get_or_insert_with(Vec::new);
@@ -72,6 +78,15 @@ pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 /// Refuse a job the controller would fail, with the reason it would give.
 pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     answer(review, |req, resp| {
+        // An update that leaves the spec alone (a finalizer, a label) passes, or a job stored
+        // before the webhook could never be deleted.
+        if req.operation == Operation::Update
+            && let (Ok((new, _)), Ok((old, _))) =
+                (typed(req.object.as_ref()), typed(req.old_object.as_ref()))
+            && (new.spec == old.spec || new.metadata.deletion_timestamp.is_some())
+        {
+            return resp;
+        }
         let verdict = typed(req.object.as_ref())
             .and_then(|(job, _)| decide::validate(&decide::with_defaults(&job.spec)).map(|_| ()));
         match verdict {
@@ -161,6 +176,13 @@ mod tests {
                 Some("parallelism must be >= 0, got -1"),
             ),
         ];
+        // An invalid job stored earlier: a metadata-only update (its finalizer leaving) passes.
+        let bad = json!({"image": "busybox:1", "completionPolicy": {}, "parallelism": -1});
+        let mut update = review("UPDATE", bad.clone());
+        if let Some(req) = update.request.as_mut() {
+            req.old_object = req.object.clone();
+        }
+        assert_eq!(response(validate(update))["allowed"], true);
         for (spec, want) in table {
             let r = response(validate(review("CREATE", spec.clone())));
             assert_eq!(r["allowed"], want.is_none(), "{spec}");

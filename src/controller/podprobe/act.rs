@@ -3,7 +3,9 @@
 //! read-modify-write carries the resourceVersion read and is retried on a conflict.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::core::Selector;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -14,7 +16,7 @@ use super::decide::{self, Marks};
 use crate::api::kruise::{
     NodePodProbe, NodePodProbeSpec, POD_PROBE_MARKER_FINALIZER, PodProbeMarker,
 };
-use crate::cluster::{is_already_exists, is_not_found, retry_on_conflict};
+use crate::cluster::{is_already_exists, is_conflict, is_not_found, retry_on_conflict};
 
 /// Tries of one read-modify-write before the pass fails (and is retried with backoff).
 const TRIES: usize = 5;
@@ -37,11 +39,21 @@ pub async fn create_node_pod_probe(client: &kube::Client, node: &str) -> Result<
     Ok(())
 }
 
-pub async fn delete_node_pod_probe(client: &kube::Client, node: &str) -> Result<(), Error> {
+/// Delete this NodePodProbe (its uid a precondition: never one made again meanwhile).
+pub async fn delete_node_pod_probe(client: &kube::Client, npp: &NodePodProbe) -> Result<(), Error> {
+    let node = npp.name_any();
+    let node = node.as_str();
     let api: Api<NodePodProbe> = Api::all(client.clone());
-    match api.delete(node, &DeleteParams::default()).await {
+    let dp = DeleteParams {
+        preconditions: npp.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(node, &dp).await {
         Ok(_) => info!(node, "node gone; node pod probe deleted"),
-        Err(e) if is_not_found(&e) => {}
+        Err(e) if is_not_found(&e) || is_conflict(&e) => {}
         Err(e) => return Err(Error::kube(format!("delete NodePodProbe {node}"))(e)),
     }
     Ok(())

@@ -29,7 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -87,10 +87,13 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
         .reflect(node_writer)
         .touched_objects();
     let (markers, marker_writer) = reflector::store();
+    // Only spec changes and the start of a deletion (both move the generation) change what a
+    // node runs; the marker's own status and finalizer writes do not.
     let marker_events = watcher(Api::<PodProbeMarker>::all(client.clone()), wc())
         .default_backoff()
         .reflect(marker_writer)
-        .touched_objects();
+        .touched_objects()
+        .predicate_filter(predicates::generation, Default::default());
     // Every Pod change passes through, deserialized one page at a time, and is dropped once
     // routed: nothing of it is kept.
     let pod_events = watcher(Api::<Pod>::all(client.clone()), wc().page_size(100))
@@ -113,11 +116,12 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics) {
             node_of_probed_pod(&pod, &route_markers, &route_pods)
         });
     // A marker's matched pods change with the node specs that list them (a second full Pod
-    // watch would cost more than it tells); a pod that left every spec is recounted at the
-    // marker's resync.
+    // watch would cost more than it tells; the agents' status writes are filtered out); a pod
+    // that left every spec is recounted at the marker's resync.
     let probe_events = watcher(Api::<NodePodProbe>::all(client.clone()), wc())
         .default_backoff()
-        .touched_objects();
+        .touched_objects()
+        .predicate_filter(predicates::generation, Default::default());
     let marker_ctrl = Controller::new(Api::<PodProbeMarker>::all(client.clone()), wc())
         .with_config(debounced())
         .watches_stream(probe_events, |npp| markers_listed(&npp));
@@ -202,6 +206,7 @@ fn is_virtual(node: &Node) -> bool {
 /// A Ready node (not virtual) without a NodePodProbe gets an empty one.
 async fn create_for_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = node.name_any();
+    let _ = ctx.probes.wait_until_ready().await;
     if creation(&node, Timestamp::now(), Duration::ZERO) != Creation::Now
         || ctx.probes.get(&ObjectRef::new(&name)).is_some()
     {
@@ -220,12 +225,21 @@ async fn reconcile_node_pod_probe(npp: Arc<NodePodProbe>, ctx: Arc<Ctx>) -> Resu
     }
     let _ = ctx.nodes.wait_until_ready().await;
     let _ = ctx.markers.wait_until_ready().await;
-    let node = ctx.nodes.get(&ObjectRef::new(&name));
+    // A node the store has not seen yet (its watch lags the creator's) is read before its
+    // NodePodProbe is taken for an orphan.
+    let node = match ctx.nodes.get(&ObjectRef::new(&name)) {
+        Some(n) => Some(n),
+        None => Api::<Node>::all(ctx.client.clone())
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("read node {name}")))?
+            .map(Arc::new),
+    };
     if node
         .as_ref()
         .is_none_or(|n| n.metadata.deletion_timestamp.is_some() || is_virtual(n))
     {
-        act::delete_node_pod_probe(&ctx.client, &name).await?;
+        act::delete_node_pod_probe(&ctx.client, &npp).await?;
         return Ok(Action::await_change());
     }
     let pods: Api<Pod> = Api::all(ctx.client.clone());
@@ -247,6 +261,7 @@ async fn reconcile_node_pod_probe(npp: Arc<NodePodProbe>, ctx: Arc<Ctx>) -> Resu
             .get(&ObjectRef::new(m).within(ns))
             .filter(|m| m.metadata.deletion_timestamp.is_none())
     };
+    let mut failed = None;
     for status in npp.status.iter().flat_map(|s| &s.pod_probe_statuses) {
         let Some(pod) = pods
             .iter()
@@ -263,9 +278,16 @@ async fn reconcile_node_pod_probe(npp: Arc<NodePodProbe>, ctx: Arc<Ctx>) -> Resu
         let marks = decide::marks(status, |m| {
             found.iter().find(|f| f.name_any() == m).map(|a| &**a)
         });
-        act::mark_pod(&ctx.client, pod, &marks).await?;
+        // One pod the API refuses must not keep the node's other pods unmarked.
+        if let Err(e) = act::mark_pod(&ctx.client, pod, &marks).await {
+            warn!(node = %name, error = %e, "marking a pod failed");
+            failed.get_or_insert(e);
+        }
     }
-    Ok(Action::requeue(RESYNC))
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(RESYNC)),
+    }
 }
 
 /// One marker's pass: its finalizer (removed once no node runs its probes) and its status.

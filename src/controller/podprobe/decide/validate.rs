@@ -1,14 +1,15 @@
 //! The PodProbeMarker admission rules (upstream `webhook/podprobemarker/validating`), with
 //! upstream's messages, as Kubernetes field errors (`<path>: <kind>: <detail>`). Differences: every
 //! error is reported (upstream stops at some), paths carry the probe's index, a probe may not
-//! write the kubelet's own condition types, and probe durations are at most a year (the agent
-//! clamps them all the same). No I/O here.
+//! write the kubelet's own condition types, probe durations are at most a year (the agent clamps
+//! them all the same), an httpGet path must start with `/` (upstream only parses it), and a
+//! gRPC-only probe is refused as unsupported. No I/O here.
 
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::Probe;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::Selector;
 
 use super::RESERVED_CONDITIONS;
 use crate::api::clamp::MAX_SECONDS;
@@ -35,8 +36,8 @@ pub fn validate(ppm: &PodProbeMarker, old: Option<&PodProbeMarker>) -> Vec<Strin
             "spec.selector",
             "empty selector is not valid for podProbeMarker.",
         ));
-    } else if let Err(e) = Selector::try_from(sel.clone()) {
-        errs.push(invalid("spec.selector", &e.to_string()));
+    } else {
+        selector_errors(sel, &mut errs);
     }
     if ppm.spec.probes.is_empty() {
         errs.push(invalid(
@@ -56,6 +57,42 @@ pub fn validate(ppm: &PodProbeMarker, old: Option<&PodProbeMarker>) -> Vec<Strin
         errs.push(invalid("spec.selector", "selector must be immutable"));
     }
     errs
+}
+
+/// `metav1validation.ValidateLabelSelector`: keys are qualified names, values label values, and
+/// the operator agrees with the values (so the API server reads the selector as we do).
+fn selector_errors(sel: &LabelSelector, errs: &mut Vec<String>) {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if let Err(e) = qualified_name(k).and_then(|()| label_value(v)) {
+            errs.push(invalid(&format!("spec.selector.matchLabels[{k}]"), &e));
+        }
+    }
+    for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
+        let path = format!("spec.selector.matchExpressions[{i}]");
+        if let Err(e) = qualified_name(&req.key) {
+            errs.push(invalid(&format!("{path}.key"), &e));
+        }
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => errs.push(required(
+                &format!("{path}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if !values.is_empty() => errs.push(format!(
+                "{path}.values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errs.push(invalid(
+                &format!("{path}.operator"),
+                &format!("{other:?}: not a valid selector operator"),
+            )),
+        }
+        for v in values {
+            if let Err(e) = label_value(v) {
+                errs.push(invalid(&format!("{path}.values"), &e));
+            }
+        }
+    }
 }
 
 fn invalid(path: &str, detail: &str) -> String {
@@ -151,7 +188,8 @@ fn probe_errors<'a>(
             }
         }
         for k in policy.annotations.keys() {
-            if let Err(e) = qualified_name(k) {
+            // Annotation keys are checked lower-cased, as the API server does.
+            if let Err(e) = qualified_name(&k.to_lowercase()) {
                 errs.push(invalid(&format!("{ppath}.annotations[{k}]"), &e));
             }
         }
@@ -480,7 +518,7 @@ mod tests {
                 "a label value must be",
             ),
             (
-                json!({"markerPolicy": [{"state": "Succeeded", "annotations": {"Bad_Prefix.io/x": "1"}}]}),
+                json!({"markerPolicy": [{"state": "Succeeded", "annotations": {"bad_prefix.io/x": "1"}}]}),
                 "the prefix must be a DNS subdomain",
             ),
         ];
@@ -517,6 +555,21 @@ mod tests {
         assert_eq!(
             validate(&empty, None),
             ["spec.selector: Invalid value: empty selector is not valid for podProbeMarker."]
+        );
+        let mut odd = ppm(json!([probe(json!({}))]));
+        odd.spec.selector = serde_json::from_value(json!({"matchExpressions": [
+            {"key": "tier", "operator": "NotIn", "values": []},
+            {"key": "zone", "operator": "Exists", "values": ["a"]},
+            {"key": "bad key", "operator": "Maybe"}]}))
+        .unwrap();
+        assert_eq!(
+            validate(&odd, None),
+            [
+                "spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+                "spec.selector.matchExpressions[1].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                "spec.selector.matchExpressions[2].key: Invalid value: \"bad key\": the name part must be at most 63 characters: letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                "spec.selector.matchExpressions[2].operator: Invalid value: \"Maybe\": not a valid selector operator",
+            ]
         );
         let old = ppm(json!([probe(json!({}))]));
         let mut moved = old.clone();
