@@ -165,7 +165,7 @@ struct ControllerArgs {
     #[arg(long, default_value = "nodeward-controller-webhook-certs")]
     webhook_secret: String,
     /// The MutatingWebhookConfiguration (CRR) whose CA bundle the controller keeps.
-    #[arg(long, default_value = "nodeward-mutate")]
+    #[arg(long, default_value = "nodeward-crr")]
     webhook_configuration: String,
     /// The ValidatingWebhookConfiguration (PodProbeMarker) whose CA bundle the controller keeps.
     #[arg(long, default_value = "nodeward-validate")]

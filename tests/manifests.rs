@@ -540,8 +540,8 @@ fn controller_rbac_names_the_webhook_objects() {
     assert!(!call("update", "", "secrets", Some(NS), Some("other")));
     assert!(!call("delete", "", "secrets", Some(NS), Some(certs)));
     let mwc = "mutatingwebhookconfigurations";
-    assert!(call("get", reg, mwc, None, Some("nodeward-mutate")));
-    assert!(call("update", reg, mwc, None, Some("nodeward-mutate")));
+    assert!(call("get", reg, mwc, None, Some("nodeward-crr")));
+    assert!(call("update", reg, mwc, None, Some("nodeward-crr")));
     assert!(!call("update", reg, mwc, None, Some("other")));
     assert!(!call("list", reg, mwc, None, None));
     assert!(!call("create", reg, mwc, None, None));
