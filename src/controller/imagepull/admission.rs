@@ -8,8 +8,7 @@
 //! the controller must be able to remove.
 
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use tracing::info;
+use kube::core::admission::{AdmissionReview, Operation};
 
 use super::job::decide;
 use crate::api::kruise::{FINALIZER_DELETION_PROTECTION, ImagePullJob};
@@ -18,22 +17,6 @@ use crate::controller::webhook;
 /// Paths of the webhooks, as kruise-manager serves them.
 pub const MUTATE_PATH: &str = "/mutate-apps-kruise-io-imagepulljob";
 pub const VALIDATE_PATH: &str = "/validate-apps-kruise-io-imagepulljob";
-
-/// Answer a create or an update with `judge` (anything else is allowed).
-fn answer(
-    review: AdmissionReview<DynamicObject>,
-    judge: impl FnOnce(&AdmissionRequest<DynamicObject>, AdmissionResponse) -> AdmissionResponse,
-) -> AdmissionReview<DynamicObject> {
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(req) => req,
-        Err(e) => return AdmissionResponse::invalid(e).into_review(),
-    };
-    let resp = AdmissionResponse::from(&req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return resp.into_review();
-    }
-    judge(&req, resp).into_review()
-}
 
 fn typed(obj: Option<&DynamicObject>) -> Result<(ImagePullJob, serde_json::Value), String> {
     let obj = obj.ok_or("the request has no object")?;
@@ -45,7 +28,7 @@ fn typed(obj: Option<&DynamicObject>) -> Result<(ImagePullJob, serde_json::Value
 
 /// The defaults (and on a create the finalizer), as a JSON patch of the object as sent.
 pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
-    answer(review, |req, resp| {
+    webhook::answer(review, |req, resp| {
         // What cannot be read is left to the validating webhook and the schema; a job being
         // deleted is left as it is (its finalizer must always be able to leave).
         let Ok((mut job, raw)) = typed(req.object.as_ref()) else {
@@ -77,7 +60,7 @@ pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 
 /// Refuse a job the controller would fail, with the reason it would give.
 pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
-    answer(review, |req, resp| {
+    webhook::answer(review, |req, resp| {
         // An update that leaves the spec alone (a finalizer, a label) passes, or a job stored
         // before the webhook could never be deleted.
         if req.operation == Operation::Update
@@ -91,17 +74,7 @@ pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynam
             .and_then(|(job, _)| decide::validate(&decide::with_defaults(&job.spec)).map(|_| ()));
         match verdict {
             Ok(()) => resp,
-            Err(message) => {
-                info!(
-                    namespace = %req.namespace.as_deref().unwrap_or_default(),
-                    name = %req.name,
-                    operation = ?req.operation,
-                    user = %req.user_info.username.as_deref().unwrap_or_default(),
-                    reason = %message,
-                    "ImagePullJob denied at admission"
-                );
-                resp.deny(message)
-            }
+            Err(message) => webhook::deny(req, resp, "ImagePullJob", message),
         }
     })
 }

@@ -24,7 +24,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::core::DynamicObject;
-use kube::core::admission::AdmissionReview;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use tracing::{info, warn};
 
 use crate::controller::crr::admission;
@@ -176,4 +176,38 @@ pub fn patch<T: serde::Serialize>(
         }
     }
     Ok(json_patch::diff(raw, &want))
+}
+
+/// Answer a create or an update with `judge` (anything else is allowed).
+pub fn answer(
+    review: AdmissionReview<DynamicObject>,
+    judge: impl FnOnce(&AdmissionRequest<DynamicObject>, AdmissionResponse) -> AdmissionResponse,
+) -> AdmissionReview<DynamicObject> {
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(req) => req,
+        Err(e) => return AdmissionResponse::invalid(e).into_review(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return resp.into_review();
+    }
+    judge(&req, resp).into_review()
+}
+
+/// Refuse with `message`, logged once with who asked.
+pub fn deny(
+    req: &AdmissionRequest<DynamicObject>,
+    resp: AdmissionResponse,
+    kind: &str,
+    message: String,
+) -> AdmissionResponse {
+    info!(
+        namespace = %req.namespace.as_deref().unwrap_or_default(),
+        name = %req.name,
+        operation = ?req.operation,
+        user = %req.user_info.username.as_deref().unwrap_or_default(),
+        reason = %message,
+        "{kind} denied at admission"
+    );
+    resp.deny(message)
 }
