@@ -61,11 +61,7 @@ pub async fn review(
 }
 
 fn typed(obj: Option<&DynamicObject>, what: &str) -> Result<(Crr, serde_json::Value), String> {
-    let obj = obj.ok_or_else(|| format!("the request has no {what}"))?;
-    let raw = serde_json::to_value(obj).map_err(|e| format!("reading the {what}: {e}"))?;
-    let crr = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("not a valid ContainerRecreateRequest: {e}"))?;
-    Ok((crr, raw))
+    webhook::typed(obj, what, "ContainerRecreateRequest")
 }
 
 /// The verdict, and on a CREATE the object as sent (the base of the patch).

@@ -19,11 +19,7 @@ pub const MUTATE_PATH: &str = "/mutate-apps-kruise-io-imagepulljob";
 pub const VALIDATE_PATH: &str = "/validate-apps-kruise-io-imagepulljob";
 
 fn typed(obj: Option<&DynamicObject>) -> Result<(ImagePullJob, serde_json::Value), String> {
-    let obj = obj.ok_or("the request has no object")?;
-    let raw = serde_json::to_value(obj).map_err(|e| format!("reading the object: {e}"))?;
-    let job = serde_json::from_value(raw.clone())
-        .map_err(|e| format!("not a valid ImagePullJob: {e}"))?;
-    Ok((job, raw))
+    webhook::typed(obj, "object", "ImagePullJob")
 }
 
 /// The defaults (and on a create the finalizer), as a JSON patch of the object as sent.

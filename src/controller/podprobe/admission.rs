@@ -30,9 +30,7 @@ pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 }
 
 fn typed(obj: Option<&DynamicObject>, what: &str) -> Result<PodProbeMarker, String> {
-    let obj = obj.ok_or_else(|| format!("the request has no {what}"))?;
-    let raw = serde_json::to_value(obj).map_err(|e| format!("reading the {what}: {e}"))?;
-    serde_json::from_value(raw).map_err(|e| format!("not a valid PodProbeMarker: {e}"))
+    webhook::typed(obj, what, "PodProbeMarker").map(|(m, _)| m)
 }
 
 fn judge(req: &AdmissionRequest<DynamicObject>) -> Result<Vec<String>, String> {

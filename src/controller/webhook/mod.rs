@@ -211,3 +211,16 @@ pub fn deny(
     );
     resp.deny(message)
 }
+
+/// The `what` of a review (object or old object) as a `kind`, and as sent (the base of a patch).
+pub fn typed<T: serde::de::DeserializeOwned>(
+    obj: Option<&DynamicObject>,
+    what: &str,
+    kind: &str,
+) -> Result<(T, serde_json::Value), String> {
+    let obj = obj.ok_or_else(|| format!("the request has no {what}"))?;
+    let raw = serde_json::to_value(obj).map_err(|e| format!("reading the {what}: {e}"))?;
+    let typed =
+        serde_json::from_value(raw.clone()).map_err(|e| format!("not a valid {kind}: {e}"))?;
+    Ok((typed, raw))
+}
