@@ -8,6 +8,7 @@ pub mod api;
 pub mod backoff;
 pub mod cluster;
 pub mod config_file;
+pub mod containermeta;
 pub mod controller;
 pub mod cri;
 pub mod ctl;

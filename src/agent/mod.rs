@@ -1,8 +1,9 @@
 //! The agent: wiring, and one loop that routes events. The node tracker (`node::tracker`) keeps the
 //! node model current; every pod it reports changed is handed at once, in the same turn, to the
 //! capabilities that decide on the model (today the Job sidecar terminator); their finished work
-//! comes back as events too. Capabilities that follow API objects (CRR executor, image puller) run
-//! their own tasks and read the model through the `NodeView`. Slow work always runs in spawned
+//! comes back as events too. Capabilities that follow API objects (CRR executor, image puller,
+//! pod prober) run their own tasks and read the model through the `NodeView`; container meta
+//! runs its own task too, fed the Pod watch's updates by this loop. Slow work always runs in spawned
 //! tasks, so the loop never blocks.
 
 mod systemd;
@@ -201,6 +202,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let commits = crate::journal::Commits::new(journal.clone());
     let view = NodeView::default();
     let mut pods_listed = Listed::default();
+    let mut container_meta = None;
     if let Some(client) = &cfg.cluster {
         info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
@@ -247,6 +249,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 first_list: health.expect("NodeImage list"),
             },
         ));
+        container_meta = Some(crate::containermeta::start(crate::containermeta::Config {
+            client: client.clone(),
+            cri: cri.clone(),
+            runtime: runtime.name.clone(),
+            node_name: cfg.node_name.clone(),
+            view: view.clone(),
+            commits: commits.clone(),
+            metrics: metrics.clone(),
+        }));
         tokio::spawn(crate::podprobe::run(
             client.clone(),
             cri.clone(),
@@ -352,6 +363,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let mut agent = Agent {
         tracker,
         terminator,
+        container_meta,
         node_name: cfg.node_name.clone(),
         cluster: cfg.cluster.is_some(),
         runtime,
@@ -380,6 +392,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 struct Agent {
     tracker: Tracker<Event>,
     terminator: Terminator<Event>,
+    /// Container meta follows the Pod watch (cluster mode only).
+    container_meta: Option<crate::containermeta::Handle>,
     node_name: String,
     cluster: bool,
     runtime: RuntimeInfo,
@@ -433,6 +447,9 @@ impl Agent {
                 }
             }
             Event::Pod(update) => {
+                if let Some(meta) = &self.container_meta {
+                    meta.observe(&update);
+                }
                 if let Some(uid) = self.tracker.on_pod(update) {
                     self.evaluate(&[uid]);
                 }

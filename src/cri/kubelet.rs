@@ -129,6 +129,8 @@ impl PreStop {
 pub struct ContainerMeta {
     pub name: String,
     pub restart_count: u32,
+    /// The kubelet's container hash (its hex annotation), 0 when missing or unreadable.
+    pub hash: u64,
     pub grace: Duration,
     pub pre_stop: Option<PreStop>,
     pub ports: Vec<NamedPort>,
@@ -172,6 +174,10 @@ impl ContainerMeta {
             .get(wk::ANNOTATION_RESTART_COUNT)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let hash = annotations
+            .get(wk::ANNOTATION_CONTAINER_HASH)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0);
         let grace_secs = annotations
             .get(wk::ANNOTATION_TERMINATION_GRACE_PERIOD)
             .and_then(|v| v.parse::<i64>().ok())
@@ -180,6 +186,7 @@ impl ContainerMeta {
         Self {
             name,
             restart_count,
+            hash,
             grace: clamp::seconds(grace_secs),
             pre_stop: PreStop::from_annotations(annotations),
             ports: named_ports(annotations),

@@ -45,8 +45,9 @@ use serde::de::DeserializeOwned;
 
 pub use batch::Commits;
 pub use model::{
-    Action, ContainerOutcome, ContainerRef, Event, KIND_RECREATE_CONTAINER, KIND_STOP_SIDECAR,
-    Outcome, PodInfo, RESULT_FAILED, RESULT_SKIPPED, RESULT_STOPPED,
+    Action, ContainerOutcome, ContainerRef, Event, KIND_RECREATE_CONTAINER,
+    KIND_RESTART_FOR_METADATA_ENV, KIND_STOP_SIDECAR, Outcome, PodInfo, RESULT_FAILED,
+    RESULT_SKIPPED, RESULT_STOPPED,
 };
 use model::{PendingRecord, to_millis};
 

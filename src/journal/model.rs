@@ -12,6 +12,9 @@ pub const KIND_STOP_SIDECAR: &str = "stop_sidecar";
 /// `Action::kind` for stopping one container on behalf of a ContainerRecreateRequest.
 pub const KIND_RECREATE_CONTAINER: &str = "recreate_container";
 
+/// `Action::kind` for stopping a container whose env from pod metadata is stale (in-place update).
+pub const KIND_RESTART_FOR_METADATA_ENV: &str = "restart_for_metadata_env";
+
 /// `Outcome::result` values used by the agent. The field is a free string so that new results do
 /// not break older readers.
 pub const RESULT_STOPPED: &str = "stopped";

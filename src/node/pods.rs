@@ -1,6 +1,8 @@
 //! This node's Pods from the API: watched with the field selector `spec.nodeName=<node>` and
 //! reduced to the facts the node model keeps of them (restart policy, roles, init containers).
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -18,6 +20,8 @@ pub enum PodUpdate {
         pod: PodRef,
         phase: String,
         spec: PodSpecFacts,
+        /// The whole Pod, for capabilities that read more than the facts (container meta).
+        object: Arc<Pod>,
     },
     Remove {
         uid: String,
@@ -64,6 +68,16 @@ pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
     Some((pod_ref, phase, facts))
 }
 
+fn upsert(object: Pod) -> Option<PodUpdate> {
+    let (pod, phase, spec) = facts(&object)?;
+    Some(PodUpdate::Upsert {
+        pod,
+        phase,
+        spec,
+        object: Arc::new(object),
+    })
+}
+
 /// Watch this node's Pods until `updates` closes. The watcher relists and resumes on its own
 /// after API outages (with backoff), so no pod is missed.
 pub async fn watch(client: kube::Client, node: String, updates: mpsc::UnboundedSender<PodUpdate>) {
@@ -75,12 +89,11 @@ pub async fn watch(client: kube::Client, node: String, updates: mpsc::UnboundedS
     let mut uids: Vec<String> = Vec::new();
     while let Some(ev) = stream.next().await {
         let update = match ev {
-            Ok(watcher::Event::Apply(pod)) => {
-                facts(&pod).map(|(pod, phase, spec)| PodUpdate::Upsert { pod, phase, spec })
-            }
-            Ok(watcher::Event::InitApply(pod)) => facts(&pod).map(|(pod, phase, spec)| {
-                uids.push(pod.uid.clone());
-                PodUpdate::Upsert { pod, phase, spec }
+            Ok(watcher::Event::Apply(object)) => upsert(object),
+            Ok(watcher::Event::InitApply(object)) => upsert(object).inspect(|u| {
+                if let PodUpdate::Upsert { pod, .. } = u {
+                    uids.push(pod.uid.clone());
+                }
             }),
             Ok(watcher::Event::Delete(pod)) => pod.uid().map(|uid| PodUpdate::Remove { uid }),
             Ok(watcher::Event::Init) => {

@@ -541,7 +541,9 @@ impl<E: From<NodeEvent> + Send + 'static> Tracker<E> {
     /// This node's Pods changed (cluster mode). Returns the pod to decide for again.
     pub fn on_pod(&mut self, update: PodUpdate) -> Option<String> {
         match update {
-            PodUpdate::Upsert { pod, phase, spec } => {
+            PodUpdate::Upsert {
+                pod, phase, spec, ..
+            } => {
                 self.api_pods.insert(pod.uid.clone());
                 let terminal = phase == "Succeeded" || phase == "Failed";
                 (self.model.set_pod_spec(&pod.uid, spec) && !terminal).then_some(pod.uid)

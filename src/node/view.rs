@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::model::{NodeModel, State};
 use crate::cri::kubelet::{NamedPort, PodRef, PreStop};
@@ -19,6 +22,10 @@ pub struct ContainerView {
     pub started_at: i64,
     /// The kubelet's restart count annotation.
     pub restart_count: u32,
+    /// The kubelet's container hash annotation (0 when missing).
+    pub hash: u64,
+    /// The termination grace period the kubelet annotated.
+    pub grace: Duration,
     /// The Pod spec's preStop hook and named ports, as the kubelet annotated the container.
     pub pre_stop: Option<PreStop>,
     pub ports: Vec<NamedPort>,
@@ -28,9 +35,20 @@ pub struct ContainerView {
 type Pods = HashMap<String, (PodRef, Arc<[ContainerView]>)>;
 
 /// Cheap to clone; all clones share the same data.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NodeView {
     pods: Arc<RwLock<Pods>>,
+    /// Counts the publishes that changed something.
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl Default for NodeView {
+    fn default() -> Self {
+        Self {
+            pods: Arc::default(),
+            version: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl NodeView {
@@ -42,6 +60,11 @@ impl NodeView {
     /// The pod's identity as the kubelet labelled its sandbox.
     pub fn identity(&self, uid: &str) -> Option<PodRef> {
         Some(self.pods.read().ok()?.get(uid)?.0.clone())
+    }
+
+    /// Wakes whenever a publish changed a pod.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Copy the pods that changed in the model since the last call.
@@ -69,11 +92,15 @@ impl NodeView {
                     state: c.state,
                     started_at: c.started_at,
                     restart_count: c.meta.restart_count,
+                    hash: c.meta.hash,
+                    grace: c.meta.grace,
                     pre_stop: c.meta.pre_stop.clone(),
                     ports: c.meta.ports.clone(),
                 })
                 .collect();
             pods.insert(uid, (identity, containers));
         }
+        drop(pods);
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
     }
 }

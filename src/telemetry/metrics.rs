@@ -101,6 +101,8 @@ struct Inner {
     registry: Registry,
     terminations: Family<ResultLabel, Counter>,
     crr_stops: Family<ResultLabel, Counter>,
+    meta_writes: Family<ResultLabel, Counter>,
+    meta_restarts: Family<ResultLabel, Counter>,
     latency: HistogramFamily<StageLabel>,
     cri_requests: Family<CriLabels, Counter>,
     cri_duration: HistogramFamily<MethodLabel>,
@@ -153,6 +155,18 @@ impl Metrics {
             "crr_container_stops",
             "Containers stopped for ContainerRecreateRequests, by result (stopped, failed)",
             crr_stops.clone(),
+        );
+        let meta_writes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "container_meta_writes",
+            "Writes of the apps.kruise.io/runtime-containers-meta pod annotation, by result (written, failed)",
+            meta_writes.clone(),
+        );
+        let meta_restarts = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "container_meta_restarts",
+            "Containers stopped because their env from pod metadata is stale during an in-place update, by result (stopped, failed, skipped)",
+            meta_restarts.clone(),
         );
         let latency: HistogramFamily<StageLabel> = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
@@ -278,6 +292,8 @@ impl Metrics {
                 registry,
                 terminations,
                 crr_stops,
+                meta_writes,
+                meta_restarts,
                 latency,
                 cri_requests,
                 cri_duration,
@@ -355,6 +371,26 @@ impl Metrics {
     pub fn crr_container_stopped(&self, result: &str) {
         self.inner
             .crr_stops
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// One write of a pod's container meta annotation finished with `result`.
+    pub fn container_meta_written(&self, result: &str) {
+        self.inner
+            .meta_writes
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// One container restart for stale env from metadata finished with `result`.
+    pub fn container_meta_restarted(&self, result: &str) {
+        self.inner
+            .meta_restarts
             .get_or_create(&ResultLabel {
                 result: result.into(),
             })

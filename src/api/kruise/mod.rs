@@ -24,6 +24,7 @@
 //! printer columns and short names as upstream) for `nodeward crds`.
 
 mod constants;
+mod container_meta;
 mod crr;
 mod go;
 mod image_pull_job;
@@ -33,6 +34,7 @@ mod pod_probe_marker;
 mod shared;
 
 pub use constants::*;
+pub use container_meta::*;
 pub use crr::*;
 pub use image_pull_job::*;
 pub use node_image::*;

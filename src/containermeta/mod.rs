@@ -1,0 +1,483 @@
+//! Container meta (the node half of OpenKruise's `DaemonWatchingPod` and
+//! `InPlaceUpdateEnvFromMetadata`): for this node's pods that a Kruise workload controls (or a
+//! SidecarSet injected), write the pod annotation `apps.kruise.io/runtime-containers-meta` (each
+//! container's runtime id, restart count, the kubelet's container hash and the hash of its env
+//! from labels and annotations as the running container sees it), which kruise-manager's
+//! in-place update reads; and while the pod's `InPlaceUpdateReady` condition is `False`, stop a
+//! container whose env from metadata is stale, so that the kubelet starts it again with the new
+//! values. Facts: `docs/upstream/container-meta.md`.
+//!
+//! The pods come from the agent's node-scoped Pod watch (routed here by the agent), the containers
+//! from the node model (`NodeView`: the runtime's view, never a field a user could set), the env
+//! from `env` run in the container through CRI ExecSync, once per container instance. A stop goes
+//! through the one kill path (`cri::kill`: preStop, then StopContainer with the rest of the
+//! grace) and is recorded in the journal first: at most one per container instance, and one
+//! interrupted by a crash is finished without a second preStop.
+//!
+//! Differences from kruise-daemon: containers are matched by name (upstream pairs spec, status
+//! and annotation entries by index in its event filter, and the kubelet sorts statuses by name);
+//! a pod is handled on first sight, also at the agent's start (upstream skips pods without the
+//! annotation until their next status change); a value with spaces or newlines is compared whole
+//! (upstream trims it, and restarts such a container again and again); no stop while the
+//! kubelet's own container hash says it recreates the container itself (an image change in the
+//! same update: upstream relies on its 3 s delay); the hash is checked again when the delay ends;
+//! failed `env` reads back off from 3 s to 5 min (upstream: every 3 s forever).
+
+pub mod act;
+pub mod decide;
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::api::kruise::ANNOTATION_RUNTIME_CONTAINERS_META;
+use crate::cluster::COMPONENT;
+use crate::cluster::events::EventWriter;
+use crate::cri::CriClient;
+use crate::cri::kubelet::PodRef;
+use crate::journal::Commits;
+use crate::node::pods::PodUpdate;
+use crate::node::view::NodeView;
+use crate::telemetry::metrics::Metrics;
+use act::Restarted;
+use decide::{EnvRead, Restart};
+
+/// A stale container is stopped this long after it is first seen stale (upstream's delay).
+pub const RESTART_DELAY: Duration = Duration::from_secs(3);
+/// Failed stops and failed `env` reads back off up to these.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(600);
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Failed annotation writes back off from 500 ms up to this.
+const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Container meta's settings.
+#[derive(Clone)]
+pub struct Config {
+    pub client: kube::Client,
+    pub cri: CriClient,
+    /// The runtime's name in container ids (`containerd` in `containerd://<id>`).
+    pub runtime: String,
+    pub node_name: String,
+    pub view: NodeView,
+    pub commits: Commits,
+    pub metrics: Metrics,
+}
+
+/// What the agent's router hands over.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<PodUpdate>,
+}
+
+impl Handle {
+    /// A change to this node's Pods, as the Pod watch reported it.
+    pub fn observe(&self, update: &PodUpdate) {
+        let _ = self.tx.send(update.clone());
+    }
+}
+
+/// Start container meta; it runs until the agent stops.
+pub fn start(cfg: Config) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(cfg, rx));
+    Handle { tx }
+}
+
+/// A finished piece of I/O.
+enum Done {
+    Read {
+        id: String,
+        uid: String,
+        result: Result<String, String>,
+    },
+    Written {
+        uid: String,
+        value: String,
+        ok: bool,
+    },
+    Restarted {
+        id: String,
+        uid: String,
+        result: Restarted,
+    },
+}
+
+/// Backoff of one thing: consecutive failures and when to try again.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    failures: u32,
+    at: Instant,
+}
+
+impl Retry {
+    fn after_failure(previous: Option<Retry>, min: Duration, max: Duration) -> Retry {
+        let failures = previous.map_or(1, |r| r.failures.saturating_add(1));
+        Retry {
+            failures,
+            at: Instant::now() + crate::backoff::after(failures, min, max),
+        }
+    }
+}
+
+struct Meta {
+    cfg: Config,
+    events: EventWriter,
+    done: mpsc::UnboundedSender<Done>,
+    /// This node's eligible pods, by uid, as the watch last showed them.
+    pods: BTreeMap<String, Arc<Pod>>,
+    /// What is known of running containers' env, by container id.
+    reads: HashMap<String, EnvRead>,
+    reading: BTreeSet<String>,
+    /// Failed reads: consecutive failures, and when to read again (`None`: asked again already).
+    read_failures: HashMap<String, (u32, Option<Instant>)>,
+    /// The container ids each pod's entries above are kept under, to forget them with the pod.
+    ids: HashMap<String, BTreeSet<String>>,
+    /// The annotation value last sent per pod, until the watch shows it.
+    written: HashMap<String, String>,
+    writing: BTreeSet<String>,
+    write_retry: HashMap<String, Retry>,
+    /// Stale containers by id: (pod uid, when the stop is due).
+    due: HashMap<String, (String, Instant)>,
+    restarting: BTreeSet<String>,
+    /// Stops that failed (pending in the journal), with their backoff.
+    restart_retry: HashMap<String, Retry>,
+    /// Containers stopped (or found stopped before): never again.
+    stopped: BTreeSet<String>,
+    dirty: BTreeSet<String>,
+}
+
+async fn run(cfg: Config, mut updates: mpsc::UnboundedReceiver<PodUpdate>) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut view_changes = cfg.view.subscribe();
+    let mut meta = Meta {
+        events: EventWriter::new(cfg.client.clone(), COMPONENT, Some(cfg.node_name.clone())),
+        cfg,
+        done: done_tx,
+        pods: BTreeMap::new(),
+        reads: HashMap::new(),
+        reading: BTreeSet::new(),
+        read_failures: HashMap::new(),
+        ids: HashMap::new(),
+        written: HashMap::new(),
+        writing: BTreeSet::new(),
+        write_retry: HashMap::new(),
+        due: HashMap::new(),
+        restarting: BTreeSet::new(),
+        restart_retry: HashMap::new(),
+        stopped: BTreeSet::new(),
+        dirty: BTreeSet::new(),
+    };
+    loop {
+        let wake = meta.next_wake();
+        tokio::select! {
+            update = updates.recv() => match update {
+                Some(u) => meta.on_pod(u),
+                None => return,
+            },
+            changed = view_changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                meta.dirty.extend(meta.pods.keys().cloned());
+            }
+            Some(done) = done_rx.recv() => meta.on_done(done),
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                meta.on_timer();
+            }
+        }
+        meta.evaluate();
+    }
+}
+
+impl Meta {
+    fn on_pod(&mut self, update: PodUpdate) {
+        match update {
+            PodUpdate::Upsert { pod, object, .. } => {
+                if decide::eligible(&object) {
+                    let shown = object
+                        .annotations()
+                        .get(ANNOTATION_RUNTIME_CONTAINERS_META)
+                        .cloned();
+                    if shown.is_some() && self.written.get(&pod.uid) == shown.as_ref() {
+                        self.written.remove(&pod.uid);
+                    }
+                    self.pods.insert(pod.uid.clone(), object);
+                    self.dirty.insert(pod.uid);
+                } else {
+                    self.forget(&pod.uid);
+                }
+            }
+            PodUpdate::Remove { uid } => self.forget(&uid),
+            PodUpdate::Resync { uids } => {
+                let live: BTreeSet<String> = uids.into_iter().collect();
+                let gone: Vec<String> = self
+                    .pods
+                    .keys()
+                    .filter(|u| !live.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.forget(&uid);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, uid: &str) {
+        if self.pods.remove(uid).is_none() {
+            return;
+        }
+        self.written.remove(uid);
+        self.write_retry.remove(uid);
+        self.due.retain(|_, (u, _)| u != uid);
+        for id in self.ids.remove(uid).unwrap_or_default() {
+            self.reads.remove(&id);
+            self.read_failures.remove(&id);
+            self.restart_retry.remove(&id);
+            self.stopped.remove(&id);
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Read { id, uid, result } => {
+                self.reading.remove(&id);
+                let read = match (result, self.pods.get(&uid)) {
+                    (Ok(output), Some(pod)) => {
+                        self.read_failures.remove(&id);
+                        self.hash_of(pod, &id, &output).map(EnvRead::Hash)
+                    }
+                    (Err(why), Some(_)) => {
+                        let failures = self.read_failures.get(&id).map_or(1, |f| f.0 + 1);
+                        let wait = crate::backoff::after(failures, RESTART_DELAY, READ_BACKOFF_MAX);
+                        warn!(pod_uid = %uid, container_id = %id, error = %why, failures,
+                            retry_in_s = wait.as_secs(),
+                            "reading the container's env failed; its env-from-metadata hash stays unknown");
+                        self.read_failures
+                            .insert(id.clone(), (failures, Some(Instant::now() + wait)));
+                        Some(EnvRead::Failed)
+                    }
+                    (_, None) => None,
+                };
+                if let Some(read) = read {
+                    self.ids.entry(uid.clone()).or_default().insert(id.clone());
+                    self.reads.insert(id, read);
+                }
+                self.dirty.insert(uid);
+            }
+            Done::Written { uid, value, ok } => {
+                self.writing.remove(&uid);
+                if ok {
+                    self.write_retry.remove(&uid);
+                } else {
+                    if self.written.get(&uid) == Some(&value) {
+                        self.written.remove(&uid);
+                    }
+                    let previous = self.write_retry.get(&uid).copied();
+                    self.write_retry.insert(
+                        uid.clone(),
+                        Retry::after_failure(
+                            previous,
+                            Duration::from_millis(500),
+                            WRITE_BACKOFF_MAX,
+                        ),
+                    );
+                }
+                self.dirty.insert(uid);
+            }
+            Done::Restarted { id, uid, result } => {
+                self.restarting.remove(&id);
+                report::count_restart(&self.cfg.metrics, &result);
+                match result {
+                    Restarted::Stopped | Restarted::AlreadyDone => {
+                        self.restart_retry.remove(&id);
+                        self.due.remove(&id);
+                        self.ids.entry(uid.clone()).or_default().insert(id.clone());
+                        self.stopped.insert(id);
+                    }
+                    Restarted::Failed(_) => {
+                        let previous = self.restart_retry.get(&id).copied();
+                        let retry =
+                            Retry::after_failure(previous, RESTART_DELAY, RESTART_BACKOFF_MAX);
+                        self.due.insert(id.clone(), (uid.clone(), retry.at));
+                        self.restart_retry.insert(id, retry);
+                    }
+                }
+                self.dirty.insert(uid);
+            }
+        }
+    }
+
+    /// The env hash of container `id` of the pod from `env`'s output.
+    fn hash_of(&self, pod: &Pod, id: &str, output: &str) -> Option<u64> {
+        let runtime = self.cfg.view.pod(pod.metadata.uid.as_deref()?)?;
+        let name = &runtime.iter().find(|c| c.id == id)?.name;
+        let container = pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| &c.name == name)?;
+        Some(decide::current_hash(container, pod, output))
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let due = self.due.values().map(|(_, at)| *at);
+        let reads = self.read_failures.values().filter_map(|f| f.1);
+        let writes = self.write_retry.values().map(|r| r.at);
+        due.chain(reads).chain(writes).min()
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        for (uid, at) in self.due.values() {
+            if *at <= now {
+                self.dirty.insert(uid.clone());
+            }
+        }
+        for (id, (_, at)) in &mut self.read_failures {
+            if at.is_some_and(|at| at <= now) {
+                // Read again: the plan asks for it once the failure is forgotten.
+                *at = None;
+                self.reads.remove(id);
+                self.dirty.extend(self.pods.keys().cloned());
+            }
+        }
+        for (uid, r) in &self.write_retry {
+            if r.at <= now {
+                self.dirty.insert(uid.clone());
+            }
+        }
+    }
+
+    fn evaluate(&mut self) {
+        for uid in std::mem::take(&mut self.dirty) {
+            self.evaluate_pod(&uid);
+        }
+    }
+
+    fn evaluate_pod(&mut self, uid: &str) {
+        let Some(pod) = self.pods.get(uid).cloned() else {
+            return;
+        };
+        let (Some(runtime), Some(identity)) = (self.cfg.view.pod(uid), self.cfg.view.identity(uid))
+        else {
+            return;
+        };
+        let pod_ref = PodRef {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            uid: uid.to_string(),
+        };
+        if identity != pod_ref {
+            return;
+        }
+        let plan = decide::plan(&pod, &runtime, &self.cfg.runtime, &self.reads);
+        for (name, id) in plan.read_env {
+            if self.reading.insert(id.clone()) {
+                debug!(pod = %pod_ref, container = %name, container_id = %id, "reading the container's env");
+                let cri = self.cfg.cri.clone();
+                let done = self.done.clone();
+                let uid = uid.to_string();
+                tokio::spawn(async move {
+                    let result = act::read_env(&cri, &id).await;
+                    let _ = done.send(Done::Read { id, uid, result });
+                });
+            }
+        }
+        if let Some(value) = plan.annotation {
+            self.write(&pod_ref, value);
+        }
+        self.restart(&pod_ref, &runtime, plan.restart);
+    }
+
+    fn write(&mut self, pod: &PodRef, value: String) {
+        let blocked = self
+            .write_retry
+            .get(&pod.uid)
+            .is_some_and(|r| r.at > Instant::now());
+        if self.writing.contains(&pod.uid) || blocked || self.written.get(&pod.uid) == Some(&value)
+        {
+            return;
+        }
+        self.writing.insert(pod.uid.clone());
+        self.written.insert(pod.uid.clone(), value.clone());
+        let client = self.cfg.client.clone();
+        let metrics = self.cfg.metrics.clone();
+        let done = self.done.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            let result = act::write_annotation(&client, &pod, &value).await;
+            report::written(&metrics, &pod, &result);
+            let _ = done.send(Done::Written {
+                uid: pod.uid,
+                value,
+                ok: result.is_ok(),
+            });
+        });
+    }
+
+    fn restart(
+        &mut self,
+        pod: &PodRef,
+        runtime: &[crate::node::view::ContainerView],
+        stale: Vec<Restart>,
+    ) {
+        let now = Instant::now();
+        let wanted: BTreeSet<&str> = stale.iter().map(|r| r.id.as_str()).collect();
+        // No longer stale (the update ended, the container exited): no stop, and a failed one
+        // is closed in the journal.
+        let dropped: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(id, (u, _))| u == &pod.uid && !wanted.contains(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dropped {
+            self.due.remove(&id);
+            if self.restart_retry.remove(&id).is_some() {
+                let commits = self.cfg.commits.clone();
+                tokio::spawn(async move {
+                    act::abandon(&commits, &id, "no longer stale").await;
+                });
+            }
+        }
+        for target in stale {
+            if self.stopped.contains(&target.id) || self.restarting.contains(&target.id) {
+                continue;
+            }
+            let at = self
+                .due
+                .entry(target.id.clone())
+                .or_insert_with(|| (pod.uid.clone(), now + RESTART_DELAY))
+                .1;
+            if at > now {
+                continue;
+            }
+            let Some(container) = runtime.iter().find(|c| c.id == target.id).cloned() else {
+                continue;
+            };
+            self.restarting.insert(target.id.clone());
+            let cri = self.cfg.cri.clone();
+            let commits = self.cfg.commits.clone();
+            let events = self.events.clone();
+            let done = self.done.clone();
+            let pod = pod.clone();
+            tokio::spawn(async move {
+                let result = act::restart(&cri, &commits, &events, &pod, &target, &container).await;
+                let _ = done.send(Done::Restarted {
+                    id: target.id,
+                    uid: pod.uid,
+                    result,
+                });
+            });
+        }
+    }
+}
