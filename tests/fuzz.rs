@@ -16,9 +16,10 @@ use k8s_openapi::jiff::Timestamp;
 use nodeward::api::clamp;
 use nodeward::api::kruise::{
     ContainerRecreateRequest, ImagePullJobSpec, NodeImage, NodeImageSpec, NodeImageStatus,
-    PodProbeMarker, PodProbeStatus,
+    PodProbeMarker, PodProbeStatus, RuntimeContainerMetaSet,
 };
 use nodeward::api::role::Role;
+use nodeward::containermeta::decide::{self as meta, EnvRead};
 use nodeward::controller::crr::decide as crr_controller;
 use nodeward::controller::imagepull::job::decide as job;
 use nodeward::controller::imagepull::node_image::decide as node_image;
@@ -31,6 +32,7 @@ use nodeward::imagepull::decide as pull;
 use nodeward::imagepull::reference::ImageRef;
 use nodeward::journal::{Action, Journal, Outcome, Recorded, Retention};
 use nodeward::node::model::State;
+use nodeward::node::view::ContainerView;
 use nodeward::recreate::decide as crr_agent;
 use nodeward::sidecar::decide::{self as sidecar, ContainerFacts, Decision, Hold, PodFacts};
 use proptest::prelude::*;
@@ -664,6 +666,50 @@ proptest! {
         }
         let _ = probe_controller::pod_patch(&pod, &marks);
         let _ = probe_controller::still_probed(&spec, "default", "ppm");
+    }
+
+    /// Container meta over any pod and env output: the plan never panics, the annotation it
+    /// writes reads back, a restart happens only during an in-place update and only for a
+    /// running container the runtime reported, and the hashes are 32-bit as upstream's.
+    #[test]
+    fn container_meta(pod_muts in mutations(), env_output in "\\PC{0,80}", labels in prop::collection::btree_map("[a-z-]{1,6}", "\\PC{0,12}", 0..3), stale in any::<bool>()) {
+        let mut pod = pod_seed();
+        pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps.kruise.io/v1alpha1",
+            "kind": "CloneSet", "name": "c", "uid": "o", "controller": true}]);
+        pod["metadata"]["labels"] = json!(labels);
+        pod["spec"]["containers"][0]["env"] = json!([
+            {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['a']"}}},
+            {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['b']"}}}]);
+        pod["status"]["conditions"] = json!([{"type": "InPlaceUpdateReady", "status": "False"}]);
+        let Ok(pod) = serde_json::from_value::<Pod>(mutate(&pod, &pod_muts)) else {
+            return Ok(());
+        };
+        let view = |name: &str, id: &str| ContainerView {
+            name: name.into(), id: id.into(), sandbox_id: "s".into(), state: State::Running,
+            started_at: 1, restart_count: 3, hash: 1, grace: Duration::from_secs(1),
+            pre_stop: None, ports: vec![],
+        };
+        let runtime = [view("app", "app-3"), view("sidecar", "side-0")];
+        let mut reads = HashMap::new();
+        if let Some(app) = pod.spec.as_ref().and_then(|s| s.containers.first()) {
+            let h = meta::current_hash(app, &pod, &env_output);
+            prop_assert!(h <= u64::from(u32::MAX));
+            prop_assert!(meta::expected_hash(app, &pod) <= u64::from(u32::MAX));
+            prop_assert!(meta::kubelet_hash(app) <= u64::from(u32::MAX));
+            reads.insert("app-3".to_string(), if stale { EnvRead::Hash(h ^ 1) } else { EnvRead::Hash(h) });
+        }
+        let plan = meta::plan(&pod, &runtime, "containerd", &reads);
+        if let Some(value) = &plan.annotation {
+            prop_assert!(RuntimeContainerMetaSet::parse(Some(value)).is_some());
+        }
+        for r in &plan.restart {
+            prop_assert!(runtime.iter().any(|c| c.id == r.id));
+            prop_assert!(r.running != r.expected);
+            let updating = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                c.iter().any(|c| c.type_ == "InPlaceUpdateReady" && c.status == "False")
+            });
+            prop_assert!(updating);
+        }
     }
 
     #[test]

@@ -21,7 +21,11 @@ use kube::api::{
     PostParams,
 };
 use kube::{Api, Client, ResourceExt};
-use nodeward::api::kruise::LABEL_FAKE_NODE_IMAGE;
+use nodeward::api::kruise::{
+    ANNOTATION_INPLACE_UPDATE_STATE, ANNOTATION_RUNTIME_CONTAINERS_META, LABEL_FAKE_NODE_IMAGE,
+    POD_CONDITION_INPLACE_UPDATE_READY, RuntimeContainerMetaSet,
+};
+use nodeward::containermeta::decide;
 use serde_json::{Value, json};
 use support::cluster::events_for;
 use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
@@ -1906,5 +1910,230 @@ async fn durations_above_a_year_are_refused_by_the_crds() {
     .unwrap();
     let m = refusal(images.create(&PostParams::default(), &image).await);
     assert!(m.contains("less than or equal to"), "{m}");
+    teardown(&client, ns).await;
+}
+
+/// The pod's container meta annotation, read.
+fn containers_meta(pod: &Pod) -> Option<RuntimeContainerMetaSet> {
+    RuntimeContainerMetaSet::parse(
+        pod.annotations()
+            .get(ANNOTATION_RUNTIME_CONTAINERS_META)
+            .map(String::as_str),
+    )
+}
+
+fn status_of<'a>(pod: &'a Pod, name: &str) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == name))
+        .unwrap()
+}
+
+/// Container meta as a CloneSet's in-place update meets it (OpenKruise's e2e
+/// `containermeta.go`): a pod controlled by an `apps.kruise.io` object, with the
+/// `InPlaceUpdateReady` readiness gate and `TEST_ENV` from its label `test-env`. The agent writes
+/// `apps.kruise.io/runtime-containers-meta` (the real kubelet's container hash, the env hash
+/// kruise-manager expects); a label changed by hand while the condition is True restarts
+/// nothing; once the manager's steps are replayed (condition False, then the new label and the
+/// in-place update state), the stale container alone is stopped and the kubelet starts it with
+/// the new value (read with `env` through CRI), the annotation follows, a `Killing` Event is on
+/// the pod, and nothing is stopped twice. A pod without a Kruise controller gets no annotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_meta_restarts_stale_env_in_an_in_place_update() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-containermeta";
+    let (cluster, client) = setup(ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // The controlling object: any apps.kruise.io kind counts (a marker that selects nothing).
+    let markers = kruise_api(&client, Some(ns), "PodProbeMarker");
+    let owner: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
+        "metadata": {"name": "owner"},
+        "spec": {"selector": {"matchLabels": {"selects": "nothing"}}, "probes": [
+            {"name": "p", "containerName": "app", "probe": {"exec": {"command": ["true"]}}}]}}))
+    .unwrap();
+    let owner = markers
+        .create(&PostParams::default(), &owner)
+        .await
+        .unwrap();
+    let mut app = polite_container(cluster, "app", None);
+    app["env"] = json!([{"name": "TEST_ENV",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['test-env']"}}}]);
+    let spec = json!({"terminationGracePeriodSeconds": 5,
+        "readinessGates": [{"conditionType": POD_CONDITION_INPLACE_UPDATE_READY}],
+        "containers": [app, polite_container(cluster, "side", None)]});
+    let pod = |name: &str, owned: bool| {
+        let mut metadata = json!({"name": name, "labels": {"test-env": "foo"}});
+        if owned {
+            metadata["ownerReferences"] = json!([{"apiVersion": "apps.kruise.io/v1alpha1",
+                "kind": "PodProbeMarker", "name": "owner", "uid": owner.uid().unwrap(),
+                "controller": true}]);
+        }
+        serde_json::from_value::<Pod>(json!({"metadata": metadata, "spec": spec.clone()})).unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("cm", true))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("plain", false))
+        .await
+        .unwrap();
+    let condition = |status: &str, reason: &str| {
+        Patch::Strategic(
+            json!({"status": {"conditions": [{"type": POD_CONDITION_INPLACE_UPDATE_READY,
+            "status": status, "reason": reason}]}}),
+        )
+    };
+    // As the manager marks a new pod of the workload.
+    pods.patch_status("cm", &PatchParams::default(), &condition("True", ""))
+        .await
+        .unwrap();
+    let before = until_ready(&client, ns, "cm").await;
+    let app_id = status_of(&before, "app").container_id.clone().unwrap();
+    let side_id = status_of(&before, "side").container_id.clone().unwrap();
+    let spec_of = |pod: &Pod, name: &str| {
+        pod.spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .unwrap()
+    };
+
+    let meta =
+        wait::until("the container meta annotation", 60, || {
+            let pods = pods.clone();
+            async move {
+                containers_meta(&pods.get("cm").await.ok()?).filter(|m| m.containers.len() == 2)
+            }
+        })
+        .await;
+    let entry = |meta: &RuntimeContainerMetaSet, name: &str| {
+        meta.containers
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+            .unwrap()
+    };
+    let a = entry(&meta, "app");
+    assert_eq!(a.container_id, app_id);
+    assert_eq!(a.restart_count, 0);
+    // The real kubelet's hash is the one kruise-manager computes (name and image, since 1.31).
+    assert_eq!(
+        a.hashes.plain_hash,
+        decide::kubelet_hash(&spec_of(&before, "app"))
+    );
+    // fnv32a of [{"name":"TEST_ENV","value":"foo"}], as upstream.
+    assert_eq!(a.hashes.extracted_env_from_metadata_hash, 27_323_935);
+    let s = entry(&meta, "side");
+    assert_eq!(s.container_id, side_id);
+    assert_eq!(
+        s.hashes.extracted_env_from_metadata_hash,
+        decide::NO_METADATA_ENV_HASH
+    );
+    let plain = pods.get("plain").await.unwrap();
+    assert!(
+        containers_meta(&plain).is_none(),
+        "{:?}",
+        plain.annotations()
+    );
+
+    // A label changed by hand while InPlaceUpdateReady is True restarts nothing.
+    let label = |value: &str| Patch::Merge(json!({"metadata": {"labels": {"test-env": value}}}));
+    pods.patch("cm", &PatchParams::default(), &label("bar"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let now = pods.get("cm").await.unwrap();
+    assert_eq!(status_of(&now, "app").container_id.as_ref(), Some(&app_id));
+    assert_eq!(status_of(&now, "app").restart_count, 0);
+
+    // kruise-manager's in-place update of env from metadata: the condition False first, then
+    // the new label and the update's state.
+    pods.patch_status(
+        "cm",
+        &PatchParams::default(),
+        &condition("False", "StartInPlaceUpdate"),
+    )
+    .await
+    .unwrap();
+    let state = json!({"revision": "cm-2", "updateTimestamp": "2026-12-07T00:00:00Z",
+        "lastContainerStatuses": null, "updateEnvFromMetadata": true})
+    .to_string();
+    pods.patch(
+        "cm",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"test-env": "baz"},
+            "annotations": {ANNOTATION_INPLACE_UPDATE_STATE: state}}})),
+    )
+    .await
+    .unwrap();
+    let after = wait::until("app restarted by the kubelet", 90, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("cm").await.ok()?;
+            let app = status_of(&pod, "app");
+            (app.restart_count == 1 && app.ready).then_some(pod)
+        }
+    })
+    .await;
+    let new_id = status_of(&after, "app").container_id.clone().unwrap();
+    assert_ne!(new_id, app_id);
+    assert_eq!(
+        status_of(&after, "side").container_id.as_ref(),
+        Some(&side_id)
+    );
+    assert_eq!(status_of(&after, "side").restart_count, 0);
+    let runtime_id = new_id.split_once("://").unwrap().1;
+    let env = cluster.exec(runtime_id, &["env"]).await.unwrap();
+    assert!(env.lines().any(|l| l == "TEST_ENV=baz"), "{env}");
+
+    // The annotation follows the new container, with the hash the manager now expects.
+    let meta = wait::until("the new container in the annotation", 60, || {
+        let pods = pods.clone();
+        let new_id = new_id.clone();
+        async move {
+            let meta = containers_meta(&pods.get("cm").await.ok()?)?;
+            meta.containers
+                .iter()
+                .any(|c| c.container_id == new_id && c.hashes.extracted_env_from_metadata_hash > 0)
+                .then_some(meta)
+        }
+    })
+    .await;
+    let a = entry(&meta, "app");
+    assert_eq!(a.restart_count, 1);
+    let now = pods.get("cm").await.unwrap();
+    assert_eq!(
+        a.hashes.extracted_env_from_metadata_hash,
+        decide::expected_hash(&spec_of(&now, "app"), &now)
+    );
+    assert_eq!(entry(&meta, "side").container_id, side_id);
+    let uid = now.uid().unwrap();
+    let killing = events_for(&client, ns, &uid, "Killing").await;
+    let ours: Vec<_> = killing
+        .iter()
+        .filter(|e| e.reporting_component.as_deref() == Some(nodeward::cluster::COMPONENT))
+        .collect();
+    assert_eq!(ours.len(), 1, "{killing:?}");
+    assert!(
+        ours[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("container app"),
+        "{ours:?}"
+    );
+
+    // The manager sees the hashes agree and ends the update; nothing is stopped again.
+    pods.patch_status("cm", &PatchParams::default(), &condition("True", ""))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let last = pods.get("cm").await.unwrap();
+    assert_eq!(status_of(&last, "app").restart_count, 1);
+    assert_eq!(status_of(&last, "app").container_id.as_ref(), Some(&new_id));
     teardown(&client, ns).await;
 }

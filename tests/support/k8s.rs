@@ -19,7 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerFilter, ContainerStatus, ContainerStatusRequest, ListContainersRequest,
+    ContainerFilter, ContainerStatus, ContainerStatusRequest, ExecSyncRequest,
+    ListContainersRequest,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -194,6 +195,27 @@ impl RealCluster {
             out.insert(name.unwrap_or_default(), status);
         }
         Ok(out)
+    }
+
+    /// Run `cmd` in a container through the cluster's containerd (CRI ExecSync, 10 s): its
+    /// stdout, or an error with its exit code and stderr.
+    pub async fn exec(&self, container_id: &str, cmd: &[&str]) -> Result<String> {
+        let socket = self.runtime_dir.join("containerd/containerd.sock");
+        let mut cri = RuntimeServiceClient::new(nodeward::cri::channel(&socket));
+        let req = ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        };
+        let resp = cri.exec_sync(req).await?.into_inner();
+        if resp.exit_code != 0 {
+            bail!(
+                "{cmd:?} exited with {}: {}",
+                resp.exit_code,
+                String::from_utf8_lossy(&resp.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&resp.stdout).into_owned())
     }
 
     /// The Running pods of one packaged workload.
