@@ -885,8 +885,9 @@ async fn agent_client(cluster: &RealCluster, admin: &Client) -> Client {
 }
 
 /// The policy that confines each agent to its own node (`agent-policy.yaml`), with the agent's
-/// own pod-bound token: it may write the status of a Pod on its node, not of a Pod bound to
-/// another node, nor another node's NodeImage.
+/// own pod-bound token: it may write the status of a Pod on its node (and through it the
+/// container meta annotation, no other annotation and no label), not of a Pod bound to another
+/// node, nor another node's NodeImage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_writes_status_on_its_own_node_only() {
     let _shared = DISRUPTION.read().await;
@@ -915,6 +916,39 @@ async fn the_agent_writes_status_on_its_own_node_only() {
             .await,
     );
     assert!(m.contains("its own node's Pods only"), "{m}");
+    // Through the status: the container meta annotation only, no label, no other annotation.
+    let meta = json!({"metadata": {"annotations": {ANNOTATION_RUNTIME_CONTAINERS_META: "{\"containers\":[]}"}}});
+    pods.patch_status(
+        &here.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(&meta),
+    )
+    .await
+    .unwrap();
+    let label = json!({"metadata": {"labels": {"nodeward.io/forged": "x"}}});
+    let m = refusal(
+        pods.patch_status(
+            &here.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&label),
+        )
+        .await,
+    );
+    assert!(m.contains("may not change a Pod's labels"), "{m}");
+    let other =
+        json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "-9"}}});
+    let m = refusal(
+        pods.patch_status(
+            &here.name_any(),
+            &PatchParams::default(),
+            &Patch::Strategic(&other),
+        )
+        .await,
+    );
+    assert!(
+        m.contains("only the apps.kruise.io/runtime-containers-meta annotation"),
+        "{m}"
+    );
     let images = kruise_api(&client, None, "NodeImage");
     // Marked fake (a NodeImage without a Node), or the controller, running for the shipped
     // manifests' test meanwhile, deletes it before the agent's write reaches the policy.
