@@ -686,10 +686,14 @@ proptest! {
         };
         let view = |name: &str, id: &str| ContainerView {
             name: name.into(), id: id.into(), sandbox_id: "s".into(), state: State::Running,
-            started_at: 1, restart_count: 3, hash: 1, grace: Duration::from_secs(1),
+            started_at: 1, restart_count: 3, hash: 0, grace: Duration::from_secs(1),
             pre_stop: None, ports: vec![],
         };
-        let runtime = [view("app", "app-3"), view("sidecar", "side-0")];
+        let mut runtime = [view("app", "app-3"), view("sidecar", "side-0")];
+        // The kubelet's hash of each spec container, so that stops are possible.
+        for (v, c) in runtime.iter_mut().zip(pod.spec.iter().flat_map(|s| s.containers.iter())) {
+            v.hash = meta::kubelet_hash(c);
+        }
         let mut reads = HashMap::new();
         if let Some(app) = pod.spec.as_ref().and_then(|s| s.containers.first()) {
             let h = meta::current_hash(app, &pod, &env_output);

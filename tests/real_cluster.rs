@@ -1985,7 +1985,8 @@ async fn container_meta_restarts_stale_env_in_an_in_place_update() {
         "apiVersion": "apps.kruise.io/v1alpha1", "kind": "PodProbeMarker",
         "metadata": {"name": "owner"},
         "spec": {"selector": {"matchLabels": {"selects": "nothing"}}, "probes": [
-            {"name": "p", "containerName": "app", "probe": {"exec": {"command": ["true"]}}}]}}))
+            {"name": "p", "containerName": "app", "podConditionType": "game.kruise.io/owner",
+             "probe": {"exec": {"command": ["true"]}}}]}}))
     .unwrap();
     let owner = markers
         .create(&PostParams::default(), &owner)
@@ -2019,9 +2020,11 @@ async fn container_meta_restarts_stale_env_in_an_in_place_update() {
         )
     };
     // As the manager marks a new pod of the workload.
-    pods.patch_status("cm", &PatchParams::default(), &condition("True", ""))
-        .await
-        .unwrap();
+    for name in ["cm", "plain"] {
+        pods.patch_status(name, &PatchParams::default(), &condition("True", ""))
+            .await
+            .unwrap();
+    }
     let before = until_ready(&client, ns, "cm").await;
     let app_id = status_of(&before, "app").container_id.clone().unwrap();
     let side_id = status_of(&before, "side").container_id.clone().unwrap();
@@ -2036,14 +2039,18 @@ async fn container_meta_restarts_stale_env_in_an_in_place_update() {
             .unwrap()
     };
 
-    let meta =
-        wait::until("the container meta annotation", 60, || {
-            let pods = pods.clone();
-            async move {
-                containers_meta(&pods.get("cm").await.ok()?).filter(|m| m.containers.len() == 2)
-            }
-        })
-        .await;
+    let meta = wait::until("the container meta annotation", 60, || {
+        let pods = pods.clone();
+        async move {
+            containers_meta(&pods.get("cm").await.ok()?).filter(|m| {
+                m.containers.len() == 2
+                    && m.containers
+                        .iter()
+                        .all(|c| c.hashes.extracted_env_from_metadata_hash > 0)
+            })
+        }
+    })
+    .await;
     let entry = |meta: &RuntimeContainerMetaSet, name: &str| {
         meta.containers
             .iter()
@@ -2067,7 +2074,8 @@ async fn container_meta_restarts_stale_env_in_an_in_place_update() {
         s.hashes.extracted_env_from_metadata_hash,
         decide::NO_METADATA_ENV_HASH
     );
-    let plain = pods.get("plain").await.unwrap();
+    // The pod without a Kruise controller ran as long: no annotation.
+    let plain = until_ready(&client, ns, "plain").await;
     assert!(
         containers_meta(&plain).is_none(),
         "{:?}",
@@ -2161,7 +2169,15 @@ async fn container_meta_restarts_stale_env_in_an_in_place_update() {
         "{ours:?}"
     );
 
-    // The manager sees the hashes agree and ends the update; nothing is stopped again.
+    // Still within the update, the new container is not stopped again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let still = pods.get("cm").await.unwrap();
+    assert_eq!(status_of(&still, "app").restart_count, 1);
+    assert_eq!(
+        status_of(&still, "app").container_id.as_ref(),
+        Some(&new_id)
+    );
+    // The manager sees the hashes agree and ends the update; nothing is stopped afterwards.
     pods.patch_status("cm", &PatchParams::default(), &condition("True", ""))
         .await
         .unwrap();

@@ -255,6 +255,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             runtime: runtime.name.clone(),
             node_name: cfg.node_name.clone(),
             view: view.clone(),
+            journal: journal.clone(),
             commits: commits.clone(),
             metrics: metrics.clone(),
         }));

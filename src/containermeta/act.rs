@@ -20,6 +20,8 @@ use crate::node::view::ContainerView;
 
 /// The `env` read gets this long (upstream's 3 s).
 pub const ENV_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// The annotation write gets this long.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// At most this much of `env`'s output is read.
 const ENV_OUTPUT_LIMIT: usize = 1 << 20;
 
@@ -46,13 +48,17 @@ pub async fn write_annotation(
     client: &kube::Client,
     pod: &PodRef,
     value: &str,
-) -> Result<(), kube::Error> {
+) -> Result<(), String> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     let patch = json!({"metadata": {"uid": pod.uid,
         "annotations": {ANNOTATION_RUNTIME_CONTAINERS_META: value}}});
-    api.patch_status(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .map(drop)
+    let (params, patch) = (PatchParams::default(), Patch::Strategic(patch));
+    let write = api.patch_status(&pod.name, &params, &patch);
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+    }
 }
 
 /// The journal key of a restart: once per container instance.

@@ -80,7 +80,9 @@ pub fn expected_hash(c: &Container, pod: &Pod) -> u64 {
 /// `GetCurrentHash`). Where the output holds exactly the value the pod's metadata gives now, that
 /// value is taken whole (spaces and newlines included); otherwise the variable's line as
 /// upstream reads it (trimmed; `""` when absent). Upstream trims every value, so a value with
-/// spaces at either end never matches and the container is restarted again and again.
+/// spaces at either end never matches and the container is restarted again and again; here it
+/// matches. (As upstream, a container running with `"v "` where the metadata now says `"v"`
+/// reads as up to date: trimmed, the two are one.)
 pub fn current_hash(c: &Container, pod: &Pod, env_output: &str) -> u64 {
     let lines = env_lines(env_output);
     let envs = metadata_env(c);

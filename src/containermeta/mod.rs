@@ -42,7 +42,7 @@ use crate::cluster::COMPONENT;
 use crate::cluster::events::EventWriter;
 use crate::cri::CriClient;
 use crate::cri::kubelet::PodRef;
-use crate::journal::Commits;
+use crate::journal::{self, Commits, Journal};
 use crate::node::pods::PodUpdate;
 use crate::node::view::NodeView;
 use crate::telemetry::metrics::Metrics;
@@ -66,6 +66,7 @@ pub struct Config {
     pub runtime: String,
     pub node_name: String,
     pub view: NodeView,
+    pub journal: Journal,
     pub commits: Commits,
     pub metrics: Metrics,
 }
@@ -86,8 +87,40 @@ impl Handle {
 /// Start container meta; it runs until the agent stops.
 pub fn start(cfg: Config) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(close_stale_restarts(cfg.clone()));
     tokio::spawn(run(cfg, rx));
     Handle { tx }
+}
+
+/// Restarts left pending by an agent that died after its stop (or whose pod went meanwhile):
+/// once the node model has long been complete, those whose container no longer runs are closed,
+/// so the journal does not keep them for ever. One that still runs is finished by the next pass
+/// that finds it stale (without a second preStop), or stays for the next start.
+async fn close_stale_restarts(cfg: Config) {
+    tokio::time::sleep(STALE_SWEEP_AFTER).await;
+    let journal = cfg.journal.clone();
+    let pending = match tokio::task::spawn_blocking(move || journal.pending()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot read pending restarts from the journal");
+            return;
+        }
+        Err(_) => return,
+    };
+    for (_, action) in pending {
+        if action.kind != journal::KIND_RESTART_FOR_METADATA_ENV {
+            continue;
+        }
+        for c in &action.containers {
+            let running = cfg.view.pod(&action.pod.uid).is_some_and(|cs| {
+                cs.iter()
+                    .any(|v| v.id == c.id && v.state == crate::node::model::State::Running)
+            });
+            if !running {
+                act::abandon(&cfg.commits, &c.id, "the container no longer runs").await;
+            }
+        }
+    }
 }
 
 /// A finished piece of I/O.
@@ -109,22 +142,47 @@ enum Done {
     },
 }
 
-/// Backoff of one thing: consecutive failures and when to try again.
-#[derive(Clone, Copy, Debug)]
-struct Retry {
+/// One pending thing's timer: consecutive failures, and when to act (`None`: the time came and
+/// the next pass acts; no timer runs meanwhile).
+#[derive(Clone, Copy, Debug, Default)]
+struct Timer {
     failures: u32,
-    at: Instant,
+    at: Option<Instant>,
 }
 
-impl Retry {
-    fn after_failure(previous: Option<Retry>, min: Duration, max: Duration) -> Retry {
-        let failures = previous.map_or(1, |r| r.failures.saturating_add(1));
-        Retry {
-            failures,
-            at: Instant::now() + crate::backoff::after(failures, min, max),
+impl Timer {
+    fn at(at: Instant) -> Self {
+        Self {
+            failures: 0,
+            at: Some(at),
         }
     }
+
+    /// The timer after one more failure: the backoff from `min` to `max`.
+    fn failed(previous: Option<&Timer>, min: Duration, max: Duration) -> Self {
+        let failures = previous.map_or(1, |t| t.failures.saturating_add(1));
+        Self {
+            failures,
+            at: Some(Instant::now() + crate::backoff::after(failures, min, max)),
+        }
+    }
+
+    fn waiting(&self, now: Instant) -> bool {
+        self.at.is_some_and(|at| at > now)
+    }
+
+    /// Whether the time has come now; a timer fires once.
+    fn fire(&mut self, now: Instant) -> bool {
+        let fired = self.at.is_some_and(|at| at <= now);
+        if fired {
+            self.at = None;
+        }
+        fired
+    }
 }
+
+/// Timers keyed by a container id or a pod uid, each with its pod's uid.
+type Timers = HashMap<String, (String, Timer)>;
 
 struct Meta {
     cfg: Config,
@@ -135,23 +193,33 @@ struct Meta {
     /// What is known of running containers' env, by container id.
     reads: HashMap<String, EnvRead>,
     reading: BTreeSet<String>,
-    /// Failed reads: consecutive failures, and when to read again (`None`: asked again already).
-    read_failures: HashMap<String, (u32, Option<Instant>)>,
-    /// The container ids each pod's entries above are kept under, to forget them with the pod.
-    ids: HashMap<String, BTreeSet<String>>,
-    /// The annotation value last sent per pod, until the watch shows it.
+    /// Failed reads, by container id: read again when the timer fires.
+    read_retry: Timers,
+    /// The annotation value last written per pod uid, forgotten when the watch shows it or when
+    /// its timer fires (`WRITTEN_EXPIRES`: the watch may never show it, if another writer came
+    /// first).
     written: HashMap<String, String>,
+    written_expiry: Timers,
     writing: BTreeSet<String>,
-    write_retry: HashMap<String, Retry>,
-    /// Stale containers by id: (pod uid, when the stop is due).
-    due: HashMap<String, (String, Instant)>,
+    /// Failed writes, by pod uid.
+    write_retry: Timers,
+    /// Stale containers by id: the stop is due when the timer fires (first sight + 3 s, or the
+    /// backoff after a failed stop).
+    due: Timers,
     restarting: BTreeSet<String>,
-    /// Stops that failed (pending in the journal), with their backoff.
-    restart_retry: HashMap<String, Retry>,
+    /// Containers whose stop failed (pending in the journal): the next one resumes it.
+    failed: BTreeSet<String>,
     /// Containers stopped (or found stopped before): never again.
     stopped: BTreeSet<String>,
+    /// The container ids each pod's entries are kept under, to forget them with the pod.
+    ids: HashMap<String, BTreeSet<String>>,
     dirty: BTreeSet<String>,
 }
+
+/// Pending restarts are swept this long after the agent starts.
+const STALE_SWEEP_AFTER: Duration = Duration::from_secs(120);
+/// A value written is taken as shown after this long even if the watch never showed it.
+const WRITTEN_EXPIRES: Duration = Duration::from_secs(30);
 
 async fn run(cfg: Config, mut updates: mpsc::UnboundedReceiver<PodUpdate>) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
@@ -163,15 +231,16 @@ async fn run(cfg: Config, mut updates: mpsc::UnboundedReceiver<PodUpdate>) {
         pods: BTreeMap::new(),
         reads: HashMap::new(),
         reading: BTreeSet::new(),
-        read_failures: HashMap::new(),
-        ids: HashMap::new(),
+        read_retry: HashMap::new(),
         written: HashMap::new(),
+        written_expiry: HashMap::new(),
         writing: BTreeSet::new(),
         write_retry: HashMap::new(),
         due: HashMap::new(),
         restarting: BTreeSet::new(),
-        restart_retry: HashMap::new(),
+        failed: BTreeSet::new(),
         stopped: BTreeSet::new(),
+        ids: HashMap::new(),
         dirty: BTreeSet::new(),
     };
     loop {
@@ -189,7 +258,7 @@ async fn run(cfg: Config, mut updates: mpsc::UnboundedReceiver<PodUpdate>) {
             }
             Some(done) = done_rx.recv() => meta.on_done(done),
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
-                meta.on_timer();
+                meta.on_timer(Instant::now());
             }
         }
         meta.evaluate();
@@ -201,12 +270,10 @@ impl Meta {
         match update {
             PodUpdate::Upsert { pod, object, .. } => {
                 if decide::eligible(&object) {
-                    let shown = object
-                        .annotations()
-                        .get(ANNOTATION_RUNTIME_CONTAINERS_META)
-                        .cloned();
-                    if shown.is_some() && self.written.get(&pod.uid) == shown.as_ref() {
+                    let shown = object.annotations().get(ANNOTATION_RUNTIME_CONTAINERS_META);
+                    if shown.is_some() && self.written.get(&pod.uid) == shown {
                         self.written.remove(&pod.uid);
+                        self.written_expiry.remove(&pod.uid);
                     }
                     self.pods.insert(pod.uid.clone(), object);
                     self.dirty.insert(pod.uid);
@@ -235,79 +302,103 @@ impl Meta {
             return;
         }
         self.written.remove(uid);
+        self.written_expiry.remove(uid);
         self.write_retry.remove(uid);
         self.due.retain(|_, (u, _)| u != uid);
+        self.read_retry.retain(|_, (u, _)| u != uid);
         for id in self.ids.remove(uid).unwrap_or_default() {
             self.reads.remove(&id);
-            self.read_failures.remove(&id);
-            self.restart_retry.remove(&id);
             self.stopped.remove(&id);
+            if self.failed.remove(&id) {
+                self.abandon(id, "the pod is gone");
+            }
         }
+    }
+
+    fn abandon(&self, id: String, why: &'static str) {
+        let commits = self.cfg.commits.clone();
+        tokio::spawn(async move { act::abandon(&commits, &id, why).await });
     }
 
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Read { id, uid, result } => {
                 self.reading.remove(&id);
-                let read = match (result, self.pods.get(&uid)) {
-                    (Ok(output), Some(pod)) => {
-                        self.read_failures.remove(&id);
-                        self.hash_of(pod, &id, &output).map(EnvRead::Hash)
+                let Some(pod) = self.pods.get(&uid).cloned() else {
+                    return;
+                };
+                self.ids.entry(uid.clone()).or_default().insert(id.clone());
+                let read = match result {
+                    Ok(output) => {
+                        self.read_retry.remove(&id);
+                        self.hash_of(&pod, &id, &output).map(EnvRead::Hash)
                     }
-                    (Err(why), Some(_)) => {
-                        let failures = self.read_failures.get(&id).map_or(1, |f| f.0 + 1);
-                        let wait = crate::backoff::after(failures, RESTART_DELAY, READ_BACKOFF_MAX);
-                        warn!(pod_uid = %uid, container_id = %id, error = %why, failures,
-                            retry_in_s = wait.as_secs(),
+                    Err(why) => {
+                        let timer = Timer::failed(
+                            self.read_retry.get(&id).map(|(_, t)| t),
+                            RESTART_DELAY,
+                            READ_BACKOFF_MAX,
+                        );
+                        warn!(pod_uid = %uid, container_id = %id, error = %why,
+                            failures = timer.failures,
                             "reading the container's env failed; its env-from-metadata hash stays unknown");
-                        self.read_failures
-                            .insert(id.clone(), (failures, Some(Instant::now() + wait)));
+                        self.read_retry.insert(id.clone(), (uid.clone(), timer));
                         Some(EnvRead::Failed)
                     }
-                    (_, None) => None,
                 };
                 if let Some(read) = read {
-                    self.ids.entry(uid.clone()).or_default().insert(id.clone());
                     self.reads.insert(id, read);
                 }
                 self.dirty.insert(uid);
             }
             Done::Written { uid, value, ok } => {
                 self.writing.remove(&uid);
+                if !self.pods.contains_key(&uid) {
+                    return;
+                }
                 if ok {
                     self.write_retry.remove(&uid);
+                    self.written_expiry.insert(
+                        uid.clone(),
+                        (uid.clone(), Timer::at(Instant::now() + WRITTEN_EXPIRES)),
+                    );
                 } else {
                     if self.written.get(&uid) == Some(&value) {
                         self.written.remove(&uid);
                     }
-                    let previous = self.write_retry.get(&uid).copied();
-                    self.write_retry.insert(
-                        uid.clone(),
-                        Retry::after_failure(
-                            previous,
-                            Duration::from_millis(500),
-                            WRITE_BACKOFF_MAX,
-                        ),
+                    let timer = Timer::failed(
+                        self.write_retry.get(&uid).map(|(_, t)| t),
+                        Duration::from_millis(500),
+                        WRITE_BACKOFF_MAX,
                     );
+                    self.write_retry.insert(uid.clone(), (uid.clone(), timer));
                 }
                 self.dirty.insert(uid);
             }
             Done::Restarted { id, uid, result } => {
                 self.restarting.remove(&id);
                 report::count_restart(&self.cfg.metrics, &result);
+                if !self.pods.contains_key(&uid) {
+                    if matches!(result, Restarted::Failed(_)) {
+                        self.abandon(id, "the pod is gone");
+                    }
+                    return;
+                }
+                self.ids.entry(uid.clone()).or_default().insert(id.clone());
                 match result {
                     Restarted::Stopped | Restarted::AlreadyDone => {
-                        self.restart_retry.remove(&id);
+                        self.failed.remove(&id);
                         self.due.remove(&id);
-                        self.ids.entry(uid.clone()).or_default().insert(id.clone());
                         self.stopped.insert(id);
                     }
                     Restarted::Failed(_) => {
-                        let previous = self.restart_retry.get(&id).copied();
-                        let retry =
-                            Retry::after_failure(previous, RESTART_DELAY, RESTART_BACKOFF_MAX);
-                        self.due.insert(id.clone(), (uid.clone(), retry.at));
-                        self.restart_retry.insert(id, retry);
+                        let timer = Timer::failed(
+                            self.due.get(&id).map(|(_, t)| t),
+                            RESTART_DELAY,
+                            RESTART_BACKOFF_MAX,
+                        );
+                        self.failed.insert(id.clone());
+                        self.due.insert(id, (uid.clone(), timer));
                     }
                 }
                 self.dirty.insert(uid);
@@ -328,31 +419,47 @@ impl Meta {
         Some(decide::current_hash(container, pod, output))
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        let due = self.due.values().map(|(_, at)| *at);
-        let reads = self.read_failures.values().filter_map(|f| f.1);
-        let writes = self.write_retry.values().map(|r| r.at);
-        due.chain(reads).chain(writes).min()
+    fn timers(&self) -> impl Iterator<Item = &Timers> {
+        [
+            &self.read_retry,
+            &self.written_expiry,
+            &self.write_retry,
+            &self.due,
+        ]
+        .into_iter()
     }
 
-    fn on_timer(&mut self) {
-        let now = Instant::now();
-        for (uid, at) in self.due.values() {
-            if *at <= now {
-                self.dirty.insert(uid.clone());
-            }
-        }
-        for (id, (_, at)) in &mut self.read_failures {
-            if at.is_some_and(|at| at <= now) {
+    fn next_wake(&self) -> Option<Instant> {
+        self.timers()
+            .flat_map(|t| t.values().filter_map(|(_, t)| t.at))
+            .min()
+    }
+
+    /// Fire the timers whose time came: each marks its pod for the next pass, once.
+    fn on_timer(&mut self, now: Instant) {
+        for (id, (uid, timer)) in &mut self.read_retry {
+            if timer.fire(now) {
                 // Read again: the plan asks for it once the failure is forgotten.
-                *at = None;
                 self.reads.remove(id);
-                self.dirty.extend(self.pods.keys().cloned());
+                self.dirty.insert(uid.clone());
             }
         }
-        for (uid, r) in &self.write_retry {
-            if r.at <= now {
-                self.dirty.insert(uid.clone());
+        let mut expired = Vec::new();
+        for (uid, (_, timer)) in &mut self.written_expiry {
+            if timer.fire(now) {
+                expired.push(uid.clone());
+            }
+        }
+        for uid in expired {
+            self.written_expiry.remove(&uid);
+            self.written.remove(&uid);
+            self.dirty.insert(uid);
+        }
+        for timers in [&mut self.write_retry, &mut self.due] {
+            for (uid, timer) in timers.values_mut() {
+                if timer.fire(now) {
+                    self.dirty.insert(uid.clone());
+                }
             }
         }
     }
@@ -399,11 +506,12 @@ impl Meta {
     }
 
     fn write(&mut self, pod: &PodRef, value: String) {
-        let blocked = self
+        let now = Instant::now();
+        let waiting = self
             .write_retry
             .get(&pod.uid)
-            .is_some_and(|r| r.at > Instant::now());
-        if self.writing.contains(&pod.uid) || blocked || self.written.get(&pod.uid) == Some(&value)
+            .is_some_and(|(_, t)| t.waiting(now));
+        if waiting || self.writing.contains(&pod.uid) || self.written.get(&pod.uid) == Some(&value)
         {
             return;
         }
@@ -442,23 +550,20 @@ impl Meta {
             .collect();
         for id in dropped {
             self.due.remove(&id);
-            if self.restart_retry.remove(&id).is_some() {
-                let commits = self.cfg.commits.clone();
-                tokio::spawn(async move {
-                    act::abandon(&commits, &id, "no longer stale").await;
-                });
+            if self.failed.remove(&id) {
+                self.abandon(id, "no longer stale");
             }
         }
         for target in stale {
             if self.stopped.contains(&target.id) || self.restarting.contains(&target.id) {
                 continue;
             }
-            let at = self
+            let timer = &self
                 .due
                 .entry(target.id.clone())
-                .or_insert_with(|| (pod.uid.clone(), now + RESTART_DELAY))
+                .or_insert_with(|| (pod.uid.clone(), Timer::at(now + RESTART_DELAY)))
                 .1;
-            if at > now {
+            if timer.waiting(now) {
                 continue;
             }
             let Some(container) = runtime.iter().find(|c| c.id == target.id).cloned() else {
@@ -479,5 +584,34 @@ impl Meta {
                 });
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_fires_once_and_backs_off() {
+        let now = Instant::now();
+        let mut t = Timer::at(now);
+        assert!(!t.waiting(now));
+        assert!(t.fire(now));
+        assert!(!t.fire(now), "fired timers do not fire again");
+        assert_eq!(t.at, None);
+        let first = Timer::failed(None, RESTART_DELAY, RESTART_BACKOFF_MAX);
+        assert_eq!(first.failures, 1);
+        assert!(first.waiting(now));
+        let later = Timer::failed(Some(&first), RESTART_DELAY, RESTART_BACKOFF_MAX);
+        assert_eq!(later.failures, 2);
+        assert!(later.at > first.at);
+        let capped = Timer {
+            failures: u32::MAX,
+            at: None,
+        };
+        assert_eq!(
+            Timer::failed(Some(&capped), RESTART_DELAY, RESTART_BACKOFF_MAX).failures,
+            u32::MAX
+        );
     }
 }

@@ -72,7 +72,7 @@ pub fn count_restart(metrics: &Metrics, restarted: &Restarted) {
 }
 
 /// The log line and count of an annotation write.
-pub fn written(metrics: &Metrics, pod: &PodRef, result: &Result<(), kube::Error>) {
+pub fn written(metrics: &Metrics, pod: &PodRef, result: &Result<(), String>) {
     match result {
         Ok(()) => {
             info!(pod = %pod, pod_uid = %pod.uid, "container meta annotation written");

@@ -68,8 +68,10 @@ pub fn facts(pod: &Pod) -> Option<(PodRef, String, PodSpecFacts)> {
     Some((pod_ref, phase, facts))
 }
 
-fn upsert(object: Pod) -> Option<PodUpdate> {
+fn upsert(mut object: Pod) -> Option<PodUpdate> {
     let (pod, phase, spec) = facts(&object)?;
+    // Kept by container meta for its pods: the field managers are of no use to anyone here.
+    object.metadata.managed_fields = None;
     Some(PodUpdate::Upsert {
         pod,
         phase,
