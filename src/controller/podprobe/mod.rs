@@ -67,6 +67,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 const MARKER_RESYNC: Duration = Duration::from_secs(60);
 /// Changes arriving within this window are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+/// The NodePodProbe creator waits at most this long for its store.
+const STORE_WAIT: Duration = Duration::from_secs(10);
 /// A marker being deleted looks again this soon for nodes still running its probes.
 const FINALIZER_RECHECK: Duration = Duration::from_secs(2);
 
@@ -203,17 +205,31 @@ fn is_virtual(node: &Node) -> bool {
     node.labels().get(k).map(String::as_str) == Some(v)
 }
 
-/// A Ready node (not virtual) without a NodePodProbe gets an empty one.
+/// A Ready node (not virtual) without a NodePodProbe gets an empty one; looked at again every
+/// `RESYNC`, so one deleted by hand comes back.
 async fn create_for_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = node.name_any();
-    let _ = ctx.probes.wait_until_ready().await;
-    if creation(&node, Timestamp::now(), Duration::ZERO) != Creation::Now
-        || ctx.probes.get(&ObjectRef::new(&name)).is_some()
-    {
-        return Ok(Action::await_change());
+    if creation(&node, Timestamp::now(), Duration::ZERO) != Creation::Now {
+        return Ok(Action::requeue(RESYNC));
     }
-    act::create_node_pod_probe(&ctx.client, &name).await?;
-    Ok(Action::await_change())
+    // Once seen on a fresh leader: a pass waiting on the NodePodProbe store for ever, and the
+    // node never got its NodePodProbe. The store is trusted only when it is ready in time;
+    // otherwise the API is asked.
+    let exists = match tokio::time::timeout(STORE_WAIT, ctx.probes.wait_until_ready()).await {
+        Ok(_) => ctx.probes.get(&ObjectRef::new(&name)).is_some(),
+        Err(_) => {
+            warn!(node = %name, "the NodePodProbe store is not ready; reading the API");
+            Api::<NodePodProbe>::all(ctx.client.clone())
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube(format!("read NodePodProbe {name}")))?
+                .is_some()
+        }
+    };
+    if !exists {
+        act::create_node_pod_probe(&ctx.client, &name).await?;
+    }
+    Ok(Action::requeue(RESYNC))
 }
 
 /// One node's pass: delete the NodePodProbe of a gone node; write its spec from scratch; put the
