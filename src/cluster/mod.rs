@@ -43,6 +43,23 @@ where
 }
 
 /// A create found the name taken (409 AlreadyExists).
+/// Wait until a reflector's store holds its first list. kube-runtime's
+/// `Store::wait_until_ready` keeps one waker for all its waiters (a oneshot receiver shared by
+/// every clone of the store), so of several tasks waiting at once only the last to poll is
+/// woken, and the others sleep for ever: seen as a NodePodProbe never created on a fresh
+/// leader. The wait is polled again every 200 ms instead.
+pub async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    const REPOLL: std::time::Duration = std::time::Duration::from_millis(200);
+    while tokio::time::timeout(REPOLL, store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
 pub fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_already_exists())
 }
@@ -119,4 +136,33 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
             .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
     };
     Ok(kube::Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Node;
+    use kube::runtime::{reflector, watcher};
+
+    /// Every task waiting on one store wakes when its first list ends, whichever polled last.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_when_the_store_is_ready() {
+        let (store, mut writer) = reflector::store::<Node>();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { super::store_ready(&store).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(2), w)
+                .await
+                .expect("a waiter slept through the store becoming ready")
+                .unwrap();
+        }
+    }
 }

@@ -366,7 +366,7 @@ async fn write_status(
 
 /// The job's NodeImages in selection order (upstream `GetNodeImagesForJob`).
 async fn target_node_images(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<NodeImage>, Error> {
-    let _ = ctx.node_images.wait_until_ready().await;
+    crate::cluster::store_ready(&ctx.node_images).await;
     let mut all: Vec<NodeImage> = ctx
         .node_images
         .state()

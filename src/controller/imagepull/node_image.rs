@@ -137,8 +137,8 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
     if ni.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = ctx.nodes.wait_until_ready().await;
-    let _ = ctx.jobs.wait_until_ready().await;
+    crate::cluster::store_ready(&ctx.nodes).await;
+    crate::cluster::store_ready(&ctx.jobs).await;
     let node = ctx.nodes.get(&ObjectRef::new(&name));
     let fake = decide::is_fake(&ni);
     let node_gone = node

@@ -67,8 +67,6 @@ const RESYNC: Duration = Duration::from_secs(300);
 const MARKER_RESYNC: Duration = Duration::from_secs(60);
 /// Changes arriving within this window are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-/// The NodePodProbe creator waits at most this long for its store.
-const STORE_WAIT: Duration = Duration::from_secs(10);
 /// A marker being deleted looks again this soon for nodes still running its probes.
 const FINALIZER_RECHECK: Duration = Duration::from_secs(2);
 
@@ -212,21 +210,8 @@ async fn create_for_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error
     if creation(&node, Timestamp::now(), Duration::ZERO) != Creation::Now {
         return Ok(Action::requeue(RESYNC));
     }
-    // Once seen on a fresh leader: a pass waiting on the NodePodProbe store for ever, and the
-    // node never got its NodePodProbe. The store is trusted only when it is ready in time;
-    // otherwise the API is asked.
-    let exists = match tokio::time::timeout(STORE_WAIT, ctx.probes.wait_until_ready()).await {
-        Ok(_) => ctx.probes.get(&ObjectRef::new(&name)).is_some(),
-        Err(_) => {
-            warn!(node = %name, "the NodePodProbe store is not ready; reading the API");
-            Api::<NodePodProbe>::all(ctx.client.clone())
-                .get_opt(&name)
-                .await
-                .map_err(Error::kube(format!("read NodePodProbe {name}")))?
-                .is_some()
-        }
-    };
-    if !exists {
+    crate::cluster::store_ready(&ctx.probes).await;
+    if ctx.probes.get(&ObjectRef::new(&name)).is_none() {
         act::create_node_pod_probe(&ctx.client, &name).await?;
     }
     Ok(Action::requeue(RESYNC))
@@ -239,8 +224,8 @@ async fn reconcile_node_pod_probe(npp: Arc<NodePodProbe>, ctx: Arc<Ctx>) -> Resu
     if npp.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = ctx.nodes.wait_until_ready().await;
-    let _ = ctx.markers.wait_until_ready().await;
+    crate::cluster::store_ready(&ctx.nodes).await;
+    crate::cluster::store_ready(&ctx.markers).await;
     // A node the store has not seen yet (its watch lags the creator's) is read before its
     // NodePodProbe is taken for an orphan.
     let node = match ctx.nodes.get(&ObjectRef::new(&name)) {
@@ -318,7 +303,7 @@ async fn reconcile_marker(ppm: Arc<PodProbeMarker>, ctx: Arc<Ctx>) -> Result<Act
         if !has_finalizer {
             return Ok(Action::await_change());
         }
-        let _ = ctx.probes.wait_until_ready().await;
+        crate::cluster::store_ready(&ctx.probes).await;
         let running = ctx
             .probes
             .state()
@@ -333,7 +318,7 @@ async fn reconcile_marker(ppm: Arc<PodProbeMarker>, ctx: Arc<Ctx>) -> Result<Act
     if !has_finalizer {
         act::add_finalizer(&ctx.client, &ppm).await?;
     }
-    let _ = ctx.nodes.wait_until_ready().await;
+    crate::cluster::store_ready(&ctx.nodes).await;
     let matched = act::count_matched(&ctx.client, &ppm, |node| {
         ctx.nodes
             .get(&ObjectRef::new(node))
