@@ -149,6 +149,49 @@ async fn a_report_refused_for_good_does_not_hold_back_the_next() {
     api().assert_no_denials();
 }
 
+/// A report the API refuses for a reason of its own that may pass (here 403: a permission an
+/// operator can grant) waits alone with its own backoff: the report behind it is delivered
+/// meanwhile, and the refused one arrives once the API lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_now_waits_alone() {
+    let _serial = SERIAL.lock().await;
+    let refused = support::apiserver::RequestMatcher::any()
+        .verb("patch")
+        .resource("pods/status")
+        .name("c-stuck")
+        .user(&rbac::user(rbac::AGENT));
+    api().fail_next(refused.clone(), 403, 1000);
+    let agent = cluster_agent();
+    agent.wait_ready().await.unwrap();
+    let tb = TestBed::shared();
+    let mut pods = Vec::new();
+    for name in ["c-stuck", "c-after"] {
+        let spec = job(name, RestartPolicy::Never, "exit 0", sidecar(POLITE), 30);
+        let pod = ClusterPod::run(tb, api().client(), NODE, spec)
+            .await
+            .unwrap();
+        pod.handle.wait_exited("proxy").await.unwrap();
+        pods.push(pod);
+    }
+    let after = &pods[1];
+    support::wait::until("the report behind the refused one", 60, || async {
+        after.object().await.ok().filter(has_condition).map(|_| ())
+    })
+    .await;
+    assert!(api().count_requests(&refused) >= 1);
+    assert!(!has_condition(&pods[0].object().await.unwrap()));
+    api().clear_failures();
+    let stuck = &pods[0];
+    support::wait::until("the refused report once the API lets it", 90, || async {
+        stuck.object().await.ok().filter(has_condition).map(|_| ())
+    })
+    .await;
+    agent.stop().await.unwrap();
+    for pod in pods {
+        pod.remove().await.unwrap();
+    }
+}
+
 /// The ignore-exit-code verdict must land before the sidecar is stopped: once the kubelet has
 /// written Failed from the sidecar's exit code, the verdict cannot change it. The API refuses the
 /// agent's first two verdict writes (500); the agent retries them before stopping, so the Job's

@@ -10,6 +10,7 @@
 //!   Job's verdict is also written before the stop ([`patch_verdict`]).
 //! - The local API's view of the pods and their decisions ([`pods`]).
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::ContainerStatus;
@@ -19,6 +20,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Config;
@@ -368,6 +370,16 @@ impl DeliveryError {
     pub fn is_permanent(&self) -> bool {
         matches!(&self.source, kube::Error::Api(s) if matches!(s.code, 400 | 413 | 415 | 422))
     }
+
+    /// The failure is the API's, not this report's (unreachable, overloaded, failing): no other
+    /// report would get through now either. Otherwise (a permission, a conflict) it is this
+    /// report's own, and the others go on.
+    pub fn is_api_wide(&self) -> bool {
+        match &self.source {
+            kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+            _ => true,
+        }
+    }
 }
 
 /// Deliver one outbox entry. A Pod that no longer exists has nothing to report to: delivered.
@@ -400,9 +412,11 @@ pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<()
 }
 
 /// Deliver the outbox until the process ends: at start, whenever `wake` is notified (a new
-/// entry), and with backoff (1 s → 60 s) while the API is unreachable. An entry the API refuses
-/// for good ([`DeliveryError::is_permanent`]) is dropped with a warning and counted, so that it
-/// cannot hold back the entries behind it.
+/// entry), and with backoff (1 s → 60 s) while the API is unreachable or failing
+/// ([`DeliveryError::is_api_wide`]). An entry the API refuses for good
+/// ([`DeliveryError::is_permanent`]) is dropped with a warning and counted; one refused for a
+/// reason of its own (a permission, a conflict) backs off on its own (1 s → 60 s) while the
+/// entries behind it are delivered. Neither holds back the rest.
 pub async fn run_outbox(
     client: kube::Client,
     node: String,
@@ -410,12 +424,17 @@ pub async fn run_outbox(
     wake: std::sync::Arc<Notify>,
     metrics: crate::telemetry::metrics::Metrics,
 ) {
-    let backoff = || crate::backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
-    let mut delays = backoff();
+    const BATCH: usize = 100;
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+    let mut delays = crate::backoff::exponential(MIN, MAX);
+    // Reports that failed on their own account, by sequence number: consecutive failures and
+    // when to try again. The others are delivered meanwhile.
+    let mut waiting: HashMap<u64, (u32, Instant)> = HashMap::new();
     loop {
         let j = journal.clone();
-        let batch = tokio::task::spawn_blocking(move || j.outbox(100)).await;
-        let batch = match batch {
+        let limit = BATCH.saturating_add(waiting.len());
+        let batch = match tokio::task::spawn_blocking(move || j.outbox(limit)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot read the outbox");
@@ -426,8 +445,13 @@ pub async fn run_outbox(
                 Vec::new()
             }
         };
-        let mut failed = None;
+        waiting.retain(|seq, _| batch.iter().any(|ev| ev.seq == *seq));
+        let (mut api_down, mut done) = (None, 0usize);
         for ev in &batch {
+            let now = Instant::now();
+            if waiting.get(&ev.seq).is_some_and(|(_, at)| *at > now) {
+                continue;
+            }
             let result = match deliver(&client, &node, ev).await {
                 Ok(()) => {
                     debug!(seq = ev.seq, key = %ev.key, "report delivered");
@@ -437,30 +461,50 @@ pub async fn run_outbox(
                     warn!(error = %e, seq = ev.seq, key = %ev.key, "report refused by the API for good; dropped");
                     "dropped"
                 }
-                Err(e) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                Err(e) if e.is_api_wide() => {
+                    let delay = delays.next().unwrap_or(MAX);
                     warn!(error = %e, seq = ev.seq, retry_in_ms = delay.as_millis() as u64, "report not delivered; will retry");
-                    failed = Some(delay);
+                    api_down = Some(delay);
                     break;
+                }
+                Err(e) => {
+                    let failures = waiting.get(&ev.seq).map_or(1, |(n, _)| n.saturating_add(1));
+                    let delay = crate::backoff::after(failures, MIN, MAX);
+                    warn!(error = %e, seq = ev.seq, key = %ev.key, failures, retry_in_ms = delay.as_millis() as u64,
+                        "report not delivered; will retry it, the others go on");
+                    waiting.insert(ev.seq, (failures, now + delay));
+                    continue;
                 }
             };
             metrics.report(result);
+            waiting.remove(&ev.seq);
+            done += 1;
             let j = journal.clone();
             let seq = ev.seq;
             let _ = tokio::task::spawn_blocking(move || j.ack_outbox(&[seq])).await;
         }
-        if let Some(delay) = failed {
+        if let Some(delay) = api_down {
             tokio::time::sleep(delay).await;
             continue;
         }
-        delays = backoff();
-        if batch.len() == 100 {
+        delays = crate::backoff::exponential(MIN, MAX);
+        if batch.len() >= limit && done > 0 {
             continue;
         }
-        // New entries wake us; a periodic pass catches anything else.
-        let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
+        // New entries wake us; so does the next report due again; a periodic pass catches
+        // anything else.
+        let next = waiting
+            .values()
+            .map(|(_, at)| at.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(OUTBOX_PERIOD)
+            .min(OUTBOX_PERIOD);
+        let _ = tokio::time::timeout(next, wake.notified()).await;
     }
 }
+
+/// The outbox is looked at at least this often.
+const OUTBOX_PERIOD: Duration = Duration::from_secs(30);
 
 /// When the pod's main containers finished: the latest main exit, each by the earliest evidence
 /// of it — the runtime's `finishedAt`, or when the agent saw it (under load the runtime may record
