@@ -430,11 +430,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         api_socket: args.api_socket,
         addr,
-        // Crash-test fault injection exists in debug builds (what the tests run) only: a release
-        // build ignores the variable.
-        failpoint: std::env::var("NODEWARD_FAILPOINT")
-            .ok()
-            .filter(|f| cfg!(debug_assertions) && !f.is_empty()),
+        failpoint: failpoint(
+            std::env::var("NODEWARD_FAILPOINT").ok(),
+            cfg!(debug_assertions),
+        ),
         cluster,
         cri_socket: args.cri_socket,
         runtime_dir: args.runtime_dir,
@@ -536,9 +535,37 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Crash-test fault injection exists in debug builds (what the tests run) only: a release build
+/// ignores the variable.
+fn failpoint(value: Option<String>, debug_build: bool) -> Option<String> {
+    value.filter(|f| debug_build && !f.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failpoints_only_in_debug_builds() {
+        let set = || Some("after-decide".to_string());
+        assert_eq!(failpoint(set(), true), set());
+        assert_eq!(failpoint(set(), false), None);
+        assert_eq!(failpoint(Some(String::new()), true), None);
+        assert_eq!(failpoint(None, true), None);
+    }
+
+    /// The agent's HTTP port listens on loopback unless told otherwise (the DaemonSet passes the
+    /// node's address).
+    #[test]
+    fn the_agent_listens_on_loopback_by_default() {
+        let Command::Agent(args) = Cli::try_parse_from(["nodeward", "agent"]).unwrap().command
+        else {
+            panic!("not the agent");
+        };
+        assert_eq!(args.addr, "127.0.0.1:10221");
+        let addr = parse_addr_or_off(&args.addr).unwrap().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
 
     #[test]
     fn durations() {
