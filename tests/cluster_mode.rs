@@ -105,17 +105,24 @@ async fn onfailure_failed_main_leaves_sidecar() {
     api().assert_no_denials();
 }
 
-/// A report the API refuses for good (422 on the first pod's condition) is dropped with a
-/// warning and counted; the next pod's report is delivered behind it, not held back forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_report_refused_for_good_does_not_hold_back_the_next() {
-    let _serial = SERIAL.lock().await;
+/// Until `pod` carries the `SidecarTerminated` condition (its report arrived).
+async fn until_reported(pod: &ClusterPod, what: &str, secs: u64) {
+    support::wait::until(what, secs, || async {
+        pod.object().await.ok().filter(has_condition).map(|_| ())
+    })
+    .await;
+}
+
+/// Two finished Job pods whose sidecars the agent stops; the API answers `code` to every write of
+/// the first one's condition. Returns once the second one's report arrived, with the first one's
+/// still missing: the refused report did not hold back the one behind it.
+async fn one_report_refused(code: u16) -> (AgentProcess, Vec<ClusterPod>) {
     let refused = support::apiserver::RequestMatcher::any()
         .verb("patch")
         .resource("pods/status")
         .name("c-refused")
         .user(&rbac::user(rbac::AGENT));
-    api().fail_next(refused.clone(), 422, 1000);
+    api().fail_next(refused.clone(), code, 1000);
     let agent = cluster_agent();
     agent.wait_ready().await.unwrap();
     let tb = TestBed::shared();
@@ -128,19 +135,24 @@ async fn a_report_refused_for_good_does_not_hold_back_the_next() {
         pod.handle.wait_exited("proxy").await.unwrap();
         pods.push(pod);
     }
-    let behind = &pods[1];
-    support::wait::until("the second report", 60, || async {
-        behind.object().await.ok().filter(has_condition).map(|_| ())
-    })
-    .await;
+    until_reported(&pods[1], "the report behind the refused one", 60).await;
     assert!(api().count_requests(&refused) >= 1);
+    assert!(!has_condition(&pods[0].object().await.unwrap()));
+    (agent, pods)
+}
+
+/// A report the API refuses for good (422 on the first pod's condition) is dropped with a
+/// warning and counted; the next pod's report is delivered behind it, not held back forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_for_good_does_not_hold_back_the_next() {
+    let _serial = SERIAL.lock().await;
+    let (agent, pods) = one_report_refused(422).await;
     assert_eq!(
         agent
             .messages("report refused by the API for good; dropped")
             .len(),
         1
     );
-    assert!(!has_condition(&pods[0].object().await.unwrap()));
     api().clear_failures();
     agent.stop().await.unwrap();
     for pod in pods {
@@ -155,37 +167,9 @@ async fn a_report_refused_for_good_does_not_hold_back_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_refused_for_now_waits_alone() {
     let _serial = SERIAL.lock().await;
-    let refused = support::apiserver::RequestMatcher::any()
-        .verb("patch")
-        .resource("pods/status")
-        .name("c-stuck")
-        .user(&rbac::user(rbac::AGENT));
-    api().fail_next(refused.clone(), 403, 1000);
-    let agent = cluster_agent();
-    agent.wait_ready().await.unwrap();
-    let tb = TestBed::shared();
-    let mut pods = Vec::new();
-    for name in ["c-stuck", "c-after"] {
-        let spec = job(name, RestartPolicy::Never, "exit 0", sidecar(POLITE), 30);
-        let pod = ClusterPod::run(tb, api().client(), NODE, spec)
-            .await
-            .unwrap();
-        pod.handle.wait_exited("proxy").await.unwrap();
-        pods.push(pod);
-    }
-    let after = &pods[1];
-    support::wait::until("the report behind the refused one", 60, || async {
-        after.object().await.ok().filter(has_condition).map(|_| ())
-    })
-    .await;
-    assert!(api().count_requests(&refused) >= 1);
-    assert!(!has_condition(&pods[0].object().await.unwrap()));
+    let (agent, pods) = one_report_refused(403).await;
     api().clear_failures();
-    let stuck = &pods[0];
-    support::wait::until("the refused report once the API lets it", 90, || async {
-        stuck.object().await.ok().filter(has_condition).map(|_| ())
-    })
-    .await;
+    until_reported(&pods[0], "the refused report once the API lets it", 90).await;
     agent.stop().await.unwrap();
     for pod in pods {
         pod.remove().await.unwrap();
