@@ -197,7 +197,11 @@ pub async fn guard_verdict(
         return;
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", pod.name));
+    // The first list is read from etcd, not the watch cache: a cached view from before the
+    // verdict would look like the kubelet's revert and write the verdict once more.
+    let cfg = watcher::Config::default()
+        .fields(&format!("metadata.name={}", pod.name))
+        .list_semantic(watcher::ListSemantic::MostRecent);
     let watch = async {
         let stream = watcher(api, cfg).default_backoff().applied_objects();
         futures::pin_mut!(stream);
