@@ -617,3 +617,30 @@ async fn a_hung_stop_is_retried_after_its_deadline() {
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
 }
+
+/// An agent started on a full node reads every container's runtime spec (a verbose
+/// ContainerStatus) at most 16 at a time: the runtime answers each in a second, 20 are due at
+/// once, and the proxy never sees more than 16 in flight; all are read and the agent is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_status_reads_are_capped_at_sixteen_in_flight() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let state = tb.dir().join(format!("verbose-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    let mut spec = PodSpec::new("verbose-cap");
+    for i in 0..20 {
+        spec = spec.container(ContainerSpec::sh(format!("c{i}"), POLITE));
+    }
+    let pod = Kubelet::run_pod(tb, spec).await.unwrap();
+    let proxy = CriProxy::start(&tb.socket(), &state.join("cri.sock")).unwrap();
+    proxy.delay_verbose_status(Duration::from_secs(1));
+    let agent = AgentProcess::spawn_on(tb, proxy.socket(), &state, &[]).unwrap();
+    let ready = agent.wait_ready().await.unwrap();
+    assert_eq!(proxy.max_verbose_status_in_flight(), 16);
+    assert!(
+        ready["running"].as_u64().is_some_and(|n| n >= 20),
+        "{ready}"
+    );
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}

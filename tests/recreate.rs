@@ -5,8 +5,8 @@
 //! unordered/ordered/forced with a postStart hook, preStop) run on real pods in
 //! `tests/real_cluster.rs`; what stays here is what it does not cover: forceRecreate of a container
 //! still in postStart, an httpGet preStop, the late stop after activeDeadlineSeconds, the unready
-//! grace before the kill, two CRRs in turn, bad requests, kill -9 of the agent mid-recreate, and
-//! kruise-manager's SidecarTerminator CRR.
+//! grace before the kill, two CRRs in turn, bad requests, kill -9 of the agent mid-recreate, a
+//! StopContainer the runtime never answers, and kruise-manager's SidecarTerminator CRR.
 
 use nodeward_testkit as support;
 
@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use support::agent::AgentProcess;
 use support::apiserver::ApiServer;
 use support::cluster::ClusterPod;
+use support::cri_proxy::CriProxy;
 use support::kubelet::{ContainerSpec, PodSpec, RestartPolicy};
 use support::rbac;
 use support::testbed::TestBed;
@@ -663,6 +664,53 @@ async fn agent_kill9_after_a_plain_stop_restarts_once() {
     assert_eq!(after.restart_count, 1, "restarted exactly once");
     second.stop().await.unwrap();
     k9.pod.remove().await.unwrap();
+    api().assert_no_denials();
+}
+
+/// A StopContainer the runtime never answers ends the CRR's pass at its deadline (the grace +
+/// 30 s) instead of holding the pod's queue: the container's state is Failed with the kill error
+/// and, under failurePolicy Fail, the CRR completes (as upstream); the pod's next CRR runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_stop_ends_the_pass_and_the_next_crr_runs() {
+    ready().await;
+    let tb = TestBed::shared();
+    let node = "node-crr-hung";
+    let state_dir = tb
+        .dir()
+        .join(format!("agent-crr-hung-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let proxy = CriProxy::start(&tb.socket(), &state_dir.join("cri.sock")).unwrap();
+    proxy.hang("stop_container", Some(1));
+    let kc = kubeconfig(rbac::AGENT);
+    let args = ["--kubeconfig", kc.as_str(), "--node-name", node];
+    let agent = AgentProcess::spawn_on(tb, proxy.socket(), &state_dir, &args).unwrap();
+    agent.wait_ready().await.unwrap();
+    let spec = PodSpec::new("crr-hung")
+        .grace_seconds(2)
+        .container(ContainerSpec::sh("app", POLITE));
+    let pod = ClusterPod::run(tb, api().client(), node, spec)
+        .await
+        .unwrap();
+    wait_pod_running(&pod).await;
+    let fail = json!({"strategy": {"failurePolicy": "Fail"}});
+    create("crr-hung", "crr-hung", &["app"], fail.clone()).await;
+    let done = wait_completed("crr-hung", 90).await;
+    assert_eq!(proxy.hung(), 1);
+    let failed = states(&done);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].phase, Phase::Failed);
+    assert!(
+        failed[0].message.starts_with("kill container error: ")
+            && failed[0].message.contains("did not answer"),
+        "{failed:?}"
+    );
+    assert_eq!(pod.handle.container("app").await.unwrap().restart_count, 0);
+    create("crr-hung-next", "crr-hung", &["app"], fail).await;
+    let done = wait_completed("crr-hung-next", 30).await;
+    assert_eq!(states(&done), vec![state("app", Phase::Succeeded, true)]);
+    assert_eq!(pod.handle.container("app").await.unwrap().restart_count, 1);
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
     api().assert_no_denials();
 }
 

@@ -1,5 +1,6 @@
 //! The thin adapter to the Kubernetes API shared by the agent and the controller: the client, the
-//! one Event writer (`events`), kube's error predicates, and the first-list mark of a watch.
+//! one Event writer (`events`), the deadline on short requests (`deadline`), kube's error
+//! predicates, and the first-list mark of a watch.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use kube::runtime::watcher;
 
 use crate::telemetry::http::Listed;
 
+pub mod deadline;
 pub mod events;
 
 /// The Event source component of everything the agent writes.
@@ -121,7 +123,8 @@ where
         .filter_map(futures::future::ready)
 }
 
-/// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference.
+/// A client from `--kubeconfig`, or in-cluster / `$KUBECONFIG` / `~/.kube/config` inference,
+/// whose short requests end at [`deadline::REQUEST_DEADLINE`].
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
@@ -135,7 +138,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
             .await
             .map_err(|e| anyhow::anyhow!("no Kubernetes configuration: {e}"))?,
     };
-    Ok(kube::Client::try_from(config)?)
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&deadline::RequestDeadline::new(deadline::REQUEST_DEADLINE))
+        .build();
+    Ok(client)
 }
 
 #[cfg(test)]

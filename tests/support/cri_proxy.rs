@@ -1,8 +1,9 @@
 //! A recording CRI proxy: a tonic server from k8s-cri's service definitions on a unix socket that
 //! forwards every RuntimeService and ImageService call to the test bed's containerd. It records
-//! each `PullImageRequest`, counts the pulls in flight (and the most at once), can hold pulls of
-//! chosen images back for a while (a slow registry, without a slow registry), and can leave calls
-//! of chosen methods unanswered until the client gives up (a hung runtime).
+//! each `PullImageRequest`, counts the pulls and the verbose `ContainerStatus` reads in flight (and
+//! the most at once), can hold pulls of chosen images back for a while (a slow registry, without a
+//! slow registry) and verbose status reads too (a loaded runtime), and can leave calls of chosen
+//! methods unanswered until the client gives up (a hung runtime).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -37,11 +38,19 @@ struct Hang {
     times: Option<usize>,
 }
 
+/// Calls of one kind in flight, and the most at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
 #[derive(Default)]
 struct Recorder {
     pulls: Mutex<Vec<PullImageRequest>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
+    pulls_in_flight: Gauge,
+    verbose_status_in_flight: Gauge,
+    verbose_status_delay: Mutex<Option<Duration>>,
     delays: Mutex<Vec<Delay>>,
     hangs: Mutex<Vec<Hang>>,
     hung: AtomicUsize,
@@ -77,20 +86,20 @@ impl Recorder {
     }
 }
 
-/// Counts a pull as in flight until dropped (also when the client gives up on it).
-struct InFlight(Arc<Recorder>);
+/// Counts a call as in flight until dropped (also when the client gives up on it).
+struct InFlight<'a>(&'a Gauge);
 
-impl InFlight {
-    fn new(r: &Arc<Recorder>) -> Self {
-        let now = r.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        r.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(r.clone())
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+        gauge.max.fetch_max(now, Ordering::SeqCst);
+        Self(gauge)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -165,12 +174,25 @@ impl CriProxy {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.recorder.in_flight.load(Ordering::SeqCst)
+        self.recorder.pulls_in_flight.now.load(Ordering::SeqCst)
     }
 
     /// The most pulls that were in flight at once.
     pub fn max_in_flight(&self) -> usize {
-        self.recorder.max_in_flight.load(Ordering::SeqCst)
+        self.recorder.pulls_in_flight.max.load(Ordering::SeqCst)
+    }
+
+    /// Hold every verbose `ContainerStatus` read for `delay` before forwarding it.
+    pub fn delay_verbose_status(&self, delay: Duration) {
+        *self.recorder.verbose_status_delay.lock().unwrap() = Some(delay);
+    }
+
+    /// The most verbose `ContainerStatus` reads that were in flight at once.
+    pub fn max_verbose_status_in_flight(&self) -> usize {
+        self.recorder
+            .verbose_status_in_flight
+            .max
+            .load(Ordering::SeqCst)
     }
 
     /// Hold the next `times` pulls (all: `None`) of images containing `pattern` for `delay`.
@@ -252,6 +274,24 @@ impl RuntimeService for Runtime {
             .await
     }
 
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        if self.recorder.hangs("container_status") {
+            std::future::pending::<()>().await;
+        }
+        let _in_flight = req
+            .verbose
+            .then(|| InFlight::new(&self.recorder.verbose_status_in_flight));
+        let delay = *self.recorder.verbose_status_delay.lock().unwrap();
+        if let (true, Some(delay)) = (req.verbose, delay) {
+            tokio::time::sleep(delay).await;
+        }
+        self.rt.clone().container_status(req).await
+    }
+
     forward! { rt;
         version(VersionRequest) -> VersionResponse;
         run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
@@ -264,7 +304,6 @@ impl RuntimeService for Runtime {
         stop_container(StopContainerRequest) -> StopContainerResponse;
         remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
         list_containers(ListContainersRequest) -> ListContainersResponse;
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse;
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
         reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
         exec_sync(ExecSyncRequest) -> ExecSyncResponse;
@@ -292,7 +331,7 @@ impl ImageService for Images {
     ) -> Result<Response<PullImageResponse>, Status> {
         let req = request.into_inner();
         self.recorder.pulls.lock().unwrap().push(req.clone());
-        let _in_flight = InFlight::new(&self.recorder);
+        let _in_flight = InFlight::new(&self.recorder.pulls_in_flight);
         let image = req
             .image
             .as_ref()
