@@ -270,23 +270,32 @@ fn node_image_mid_flight() {
 fn image_pull_job_specs() {
     let job: ImagePullJob = round_trip("imagepulljob-with-secret.yaml");
     let spec = &job.spec;
-    assert_eq!(spec.pull_secrets, ["e2e-registry"]);
-    let selector = spec.selector.as_ref().unwrap();
+    assert_eq!(spec.template.pull_secrets, ["e2e-registry"]);
+    let selector = spec.template.selector.as_ref().unwrap();
     assert!(selector.names.is_empty());
     let expr = &selector.label_selector.match_expressions.as_ref().unwrap()[0];
     assert_eq!(expr.key, LABEL_FAKE_NODE_IMAGE);
     assert_eq!(expr.operator, "DoesNotExist");
-    assert_eq!(spec.parallelism_value(), 4);
-    let pull = spec.pull_policy.as_ref().unwrap();
+    assert_eq!(spec.template.parallelism_value(), 4);
+    let pull = spec.template.pull_policy.as_ref().unwrap();
     assert_eq!(
         (pull.timeout_seconds, pull.backoff_limit),
         (Some(50), Some(2))
     );
-    assert_eq!(spec.completion_policy_type(), CompletionPolicyType::Always);
-    assert_eq!(spec.completion_policy.active_deadline_seconds, Some(50));
-    assert_eq!(spec.completion_policy.ttl_seconds_after_finished, Some(20));
     assert_eq!(
-        spec.sandbox_config.as_ref().unwrap().annotations["owner"],
+        spec.template.completion_policy_type(),
+        CompletionPolicyType::Always
+    );
+    assert_eq!(
+        spec.template.completion_policy.active_deadline_seconds,
+        Some(50)
+    );
+    assert_eq!(
+        spec.template.completion_policy.ttl_seconds_after_finished,
+        Some(20)
+    );
+    assert_eq!(
+        spec.template.sandbox_config.as_ref().unwrap().annotations["owner"],
         "e2e"
     );
     assert_eq!(
@@ -297,22 +306,28 @@ fn image_pull_job_specs() {
 
     let job: ImagePullJob = round_trip("imagepulljob-names-never.yaml");
     assert_eq!(
-        job.spec.selector.as_ref().unwrap().names,
+        job.spec.template.selector.as_ref().unwrap().names,
         ["node-1", "node-4"]
     );
-    assert_eq!(job.spec.parallelism, Some(IntOrString::String("2".into())));
-    assert_eq!(job.spec.parallelism_value(), 2);
     assert_eq!(
-        job.spec.completion_policy_type(),
+        job.spec.template.parallelism,
+        Some(IntOrString::String("2".into()))
+    );
+    assert_eq!(job.spec.template.parallelism_value(), 2);
+    assert_eq!(
+        job.spec.template.completion_policy_type(),
         CompletionPolicyType::Never
     );
-    assert_eq!(job.spec.image_pull_policy, Some(ImagePullPolicy::Always));
+    assert_eq!(
+        job.spec.template.image_pull_policy,
+        Some(ImagePullPolicy::Always)
+    );
 
     let job: ImagePullJob = round_trip("imagepulljob-podselector.yaml");
-    let pods = job.spec.pod_selector.as_ref().unwrap();
+    let pods = job.spec.template.pod_selector.as_ref().unwrap();
     assert_eq!(pods.match_labels.as_ref().unwrap()["app"], "web");
-    assert_eq!(job.spec.selector, None);
-    assert_eq!(job.spec.image_pull_policy, None);
+    assert_eq!(job.spec.template.selector, None);
+    assert_eq!(job.spec.template.image_pull_policy, None);
 }
 
 #[test]
@@ -420,7 +435,7 @@ fn go_fields_without_omitempty_are_always_written() {
     let old: NodeImageStatus = serde_json::from_value(json!({"desired": 2})).unwrap();
     assert_eq!(old.waiting, 0);
     let old: ImagePullJobSpec = serde_json::from_value(json!({"image": "nginx"})).unwrap();
-    assert_eq!(old.completion_policy, CompletionPolicy::default());
+    assert_eq!(old.template.completion_policy, CompletionPolicy::default());
 }
 
 #[test]
@@ -494,11 +509,13 @@ fn webhook_defaults() {
 
     let mut job = ImagePullJobSpec {
         image: "nginx".into(),
-        pull_policy: Some(PullPolicy {
-            timeout_seconds: Some(50),
-            backoff_limit: None,
-        }),
-        ..Default::default()
+        template: ImagePullJobTemplate {
+            pull_policy: Some(PullPolicy {
+                timeout_seconds: Some(50),
+                backoff_limit: None,
+            }),
+            ..Default::default()
+        },
     };
     job.apply_webhook_defaults();
     assert_eq!(
@@ -510,7 +527,7 @@ fn webhook_defaults() {
             "imagePullPolicy": "IfNotPresent"
         })
     );
-    assert_eq!(job.parallelism_value(), DEFAULT_PARALLELISM);
+    assert_eq!(job.template.parallelism_value(), DEFAULT_PARALLELISM);
 
     let now = time("2026-07-02T09:00:00Z");
     let mut ni: NodeImageSpec = serde_json::from_value(json!({"images": {"nginx": {"tags": [
@@ -565,8 +582,8 @@ fn helpers() {
         (IntOrString::String("3".into()), 3),
         (IntOrString::String("50%".into()), 0),
     ] {
-        spec.parallelism = Some(value);
-        assert_eq!(spec.parallelism_value(), want);
+        spec.template.parallelism = Some(value);
+        assert_eq!(spec.template.parallelism_value(), want);
     }
 
     let exec = ExecAction {

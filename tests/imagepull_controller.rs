@@ -497,7 +497,7 @@ async fn secret_job_completes_then_ttl_cleans_up() {
             .contains(&"apps.kruise.io/deletion-protection".to_string())
     );
     assert_eq!(
-        running.spec.image_pull_policy.map(|p| p.as_str()),
+        running.spec.template.image_pull_policy.map(|p| p.as_str()),
         Some("IfNotPresent")
     );
     let copies = until("one secret copy", 10, || async {

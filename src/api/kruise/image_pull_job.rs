@@ -69,6 +69,16 @@ use super::{
 pub struct ImagePullJobSpec {
     /// Image is the image to be pulled by the job
     pub image: String,
+    /// What an ImagePullJob shares with the jobs an ImageListPullJob makes (inline).
+    #[serde(flatten)]
+    pub template: ImagePullJobTemplate,
+}
+
+/// ImagePullJobTemplate is everything of an ImagePullJob's spec but its image: the part an
+/// ImageListPullJob copies into each ImagePullJob it makes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePullJobTemplate {
     /// ImagePullSecrets is an optional list of references to secrets in the same namespace to use for pulling the image.
     /// If specified, these secrets will be passed to individual puller implementations for them to use.  For example,
     /// in the case of docker, only DockerConfig type secrets are honored.
@@ -232,10 +242,22 @@ pub struct ImagePullJobStatus {
 }
 
 impl ImagePullJobSpec {
-    /// Applies upstream's mutating-webhook defaults (`SetDefaultsImagePullJob`):
-    /// `completionPolicy.type` `Always`, `pullPolicy` `{timeoutSeconds: 600, backoffLimit: 3}`,
-    /// `imagePullPolicy` `IfNotPresent`. (The webhook also adds the
+    /// Applies upstream's mutating-webhook defaults (`SetDefaultsImagePullJob`): the template's
+    /// (see [`ImagePullJobTemplate::apply_webhook_defaults`]) and `imagePullPolicy`
+    /// `IfNotPresent`. (The webhook also adds the
     /// [`FINALIZER_DELETION_PROTECTION`](super::FINALIZER_DELETION_PROTECTION) finalizer.)
+    pub fn apply_webhook_defaults(&mut self) {
+        self.template.apply_webhook_defaults();
+        self.template
+            .image_pull_policy
+            .get_or_insert(DEFAULT_IMAGE_PULL_POLICY);
+    }
+}
+
+impl ImagePullJobTemplate {
+    /// Applies the defaults upstream's webhooks give both job kinds
+    /// (`SetDefaultsImageListPullJob`): `completionPolicy.type` `Always`, `pullPolicy`
+    /// `{timeoutSeconds: 600, backoffLimit: 3}`. `imagePullPolicy` is left to each ImagePullJob.
     pub fn apply_webhook_defaults(&mut self) {
         self.completion_policy
             .type_
@@ -244,8 +266,6 @@ impl ImagePullJobSpec {
         pull.timeout_seconds
             .get_or_insert(DEFAULT_PULL_TIMEOUT_SECONDS);
         pull.backoff_limit.get_or_insert(DEFAULT_PULL_BACKOFF_LIMIT);
-        self.image_pull_policy
-            .get_or_insert(DEFAULT_IMAGE_PULL_POLICY);
     }
 
     /// `parallelism` as the manager reads it (Go `IntOrString.IntValue()`): an int as is, a

@@ -127,7 +127,7 @@ fn jobs_for_secret(
         .iter()
         .filter(|j| {
             let jns = j.namespace().unwrap_or_default();
-            (jns == ns && j.spec.pull_secrets.contains(&name))
+            (jns == ns && j.spec.template.pull_secrets.contains(&name))
                 || refs.contains(&decide::job_key(&jns, &j.name_any()))
         })
         .map(|j| job_ref(j))
@@ -142,6 +142,7 @@ fn jobs_for_pod(jobs: &Store<ImagePullJob>, p: &impl ResourceExt) -> Vec<ObjectR
         .filter(|j| !completed(j) && j.namespace().as_deref() == Some(ns.as_str()))
         .filter(|j| {
             j.spec
+                .template
                 .pod_selector
                 .clone()
                 .and_then(|s| Selector::try_from(s).ok())
@@ -199,7 +200,12 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let now = Timestamp::now();
     if let Some(done) = job.status.as_ref().and_then(|s| s.completion_time.clone()) {
         release_secrets(&ctx, &job).await?;
-        let Some(ttl) = job.spec.completion_policy.ttl_seconds_after_finished else {
+        let Some(ttl) = job
+            .spec
+            .template
+            .completion_policy
+            .ttl_seconds_after_finished
+        else {
             return Ok(Action::await_change());
         };
         let left = seconds_until(&done, i64::from(ttl), now);
@@ -259,9 +265,10 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
         ),
         image_pull_policy: job
             .spec
+            .template
             .image_pull_policy
             .unwrap_or(crate::api::kruise::DEFAULT_IMAGE_PULL_POLICY),
-        sandbox_config: job.spec.sandbox_config.clone(),
+        sandbox_config: job.spec.template.sandbox_config.clone(),
         secrets,
     };
     let mut nodes = target_node_images(&ctx, &job).await?;
@@ -274,7 +281,8 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let computed = decide::calculate_status(&job.spec, job.status.as_ref(), &progress(&nodes), now);
     if computed.status.completion_time.is_none() {
         let window =
-            usize::try_from(job.spec.parallelism_value() - computed.status.active).unwrap_or(0);
+            usize::try_from(job.spec.template.parallelism_value() - computed.status.active)
+                .unwrap_or(0);
         let mut to_write: Vec<String> = computed.not_synced.iter().take(window).cloned().collect();
         to_write.extend(
             nodes
@@ -303,6 +311,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
         release_secrets(&ctx, &job).await?;
         let ttl = job
             .spec
+            .template
             .completion_policy
             .ttl_seconds_after_finished
             .map(i64::from);
@@ -312,6 +321,7 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
     let deadline = job
         .spec
+        .template
         .completion_policy
         .active_deadline_seconds
         .zip(status.start_time.as_ref())
@@ -374,7 +384,7 @@ async fn target_node_images(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<NodeIma
         .map(|n| (**n).clone())
         .collect();
     all.sort_by_key(|n| n.name_any());
-    if let Some(ps) = &job.spec.pod_selector {
+    if let Some(ps) = &job.spec.template.pod_selector {
         let ns = job.namespace().unwrap_or_default();
         let selector = Selector::try_from(ps.clone()).unwrap_or_default();
         let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
@@ -400,7 +410,7 @@ async fn target_node_images(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<NodeIma
             .filter_map(|n| all.iter().find(|ni| &ni.name_any() == n).cloned())
             .collect());
     }
-    let Some(sel) = &job.spec.selector else {
+    let Some(sel) = &job.spec.template.selector else {
         return Ok(all);
     };
     if !sel.names.is_empty() {
@@ -427,12 +437,13 @@ fn job_object_ref(job: &ImagePullJob) -> ObjectReference {
 async fn sync_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<ReferenceObject>, String> {
     let ns = job.namespace().unwrap_or_default();
     let target_ns = &ctx.cfg.pull_secret_namespace;
-    if job.spec.pull_secrets.is_empty() {
+    if job.spec.template.pull_secrets.is_empty() {
         return Ok(Vec::new());
     }
     if &ns == target_ns {
         return Ok(job
             .spec
+            .template
             .pull_secrets
             .iter()
             .map(|s| ReferenceObject {
@@ -445,7 +456,7 @@ async fn sync_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<ReferenceObje
     let sources: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let copies: Api<Secret> = Api::namespaced(ctx.client.clone(), target_ns);
     let mut out = Vec::new();
-    for src_name in &job.spec.pull_secrets {
+    for src_name in &job.spec.template.pull_secrets {
         let source = sources
             .get_opt(src_name)
             .await
@@ -526,7 +537,7 @@ fn same_secret(a: &Secret, b: &Secret) -> bool {
 async fn release_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_default();
     // `pullSecrets` is immutable (upstream's webhook): a job without any never got a copy.
-    if ns == ctx.cfg.pull_secret_namespace || job.spec.pull_secrets.is_empty() {
+    if ns == ctx.cfg.pull_secret_namespace || job.spec.template.pull_secrets.is_empty() {
         return Ok(());
     }
     let key = decide::job_key(&ns, &job.name_any());

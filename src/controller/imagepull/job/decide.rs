@@ -15,8 +15,8 @@ use crate::api::kruise::{
     ANNOTATION_SECRET_REFERENCES, API_VERSION, CompletionPolicyType, DEFAULT_PULL_BACKOFF_LIMIT,
     DEFAULT_PULL_TIMEOUT_SECONDS, IMAGE_PULL_JOB_MESSAGE_COMPLETED,
     IMAGE_PULL_JOB_MESSAGE_DEADLINE_EXCEEDED, ImagePullJob, ImagePullJobSpec, ImagePullJobStatus,
-    ImagePullPhase, ImagePullPolicy, ImageSpec, ImageTagPullPolicy, ImageTagSpec, NodeImage,
-    NodeImageSpec, NodeImageStatus, ReferenceObject, SandboxConfig,
+    ImagePullJobTemplate, ImagePullPhase, ImagePullPolicy, ImageSpec, ImageTagPullPolicy,
+    ImageTagSpec, NodeImage, NodeImageSpec, NodeImageStatus, ReferenceObject, SandboxConfig,
     image_pull_job_progress_message,
 };
 use crate::imagepull::reference::ImageRef;
@@ -43,8 +43,15 @@ pub fn with_defaults(spec: &ImagePullJobSpec) -> ImagePullJobSpec {
 /// Upstream's validating webhook, as a `status.message` on failure.
 pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
     let image = ImageRef::parse(&spec.image).map_err(|e| e.to_string())?;
-    if let Some(sel) = &spec.selector {
-        if spec.pod_selector.is_some() {
+    validate_template(&spec.template)?;
+    Ok(image)
+}
+
+/// The rules upstream's validating webhooks share for both job kinds: the node or pod
+/// selection, parallelism, the pull policy and the completion policy.
+pub fn validate_template(template: &ImagePullJobTemplate) -> Result<(), String> {
+    if let Some(sel) = &template.selector {
+        if template.pod_selector.is_some() {
             return Err("selector and podSelector can not be set at the same time".into());
         }
         let has_labels = sel
@@ -58,7 +65,9 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
                 .as_ref()
                 .is_some_and(|m| !m.is_empty());
         if !sel.names.is_empty() && has_labels {
-            return Err("can not set both names and labelSelector in this spec.selector".into());
+            return Err(
+                "can not set both names and labelSelector in this template.selector".into(),
+            );
         }
         let mut seen = BTreeSet::new();
         if let Some(dup) = sel.names.iter().find(|n| !seen.insert(n.as_str())) {
@@ -67,10 +76,10 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
         Selector::try_from(sel.label_selector.clone())
             .map_err(|e| format!("invalid selector: {e}"))?;
     }
-    if let Some(ps) = &spec.pod_selector {
+    if let Some(ps) = &template.pod_selector {
         Selector::try_from(ps.clone()).map_err(|e| format!("invalid podSelector: {e}"))?;
     }
-    match &spec.parallelism {
+    match &template.parallelism {
         Some(IntOrString::String(s)) => {
             return Err(format!("parallelism must be an integer, got {s:?}"));
         }
@@ -79,7 +88,7 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
         }
         _ => {}
     }
-    let pull = spec.pull_policy.clone().unwrap_or_default();
+    let pull = template.pull_policy.clone().unwrap_or_default();
     let timeout = pull.timeout_seconds.unwrap_or(DEFAULT_PULL_TIMEOUT_SECONDS);
     if timeout <= 0 {
         return Err(format!(
@@ -89,8 +98,8 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
     if let Some(b) = pull.backoff_limit.filter(|b| *b < 0) {
         return Err(format!("pullPolicy.backoffLimit must be >= 0, got {b}"));
     }
-    let cp = &spec.completion_policy;
-    match spec.completion_policy_type() {
+    let cp = &template.completion_policy;
+    match template.completion_policy_type() {
         CompletionPolicyType::Never => {
             if cp.active_deadline_seconds.is_some() || cp.ttl_seconds_after_finished.is_some() {
                 return Err("activeDeadlineSeconds and ttlSecondsAfterFinished can only work with Always CompletionPolicyType".into());
@@ -111,7 +120,7 @@ pub fn validate(spec: &ImagePullJobSpec) -> Result<ImageRef, String> {
             }
         }
     }
-    Ok(image)
+    Ok(())
 }
 
 /// What one job asks of every NodeImage it targets.
@@ -164,11 +173,11 @@ pub fn tag_pull_policy(
     default_ttl: i32,
     jitter: f64,
 ) -> ImageTagPullPolicy {
-    let pull = spec.pull_policy.clone().unwrap_or_default();
+    let pull = spec.template.pull_policy.clone().unwrap_or_default();
     let timeout = pull.timeout_seconds.unwrap_or(DEFAULT_PULL_TIMEOUT_SECONDS);
     let backoff = pull.backoff_limit.unwrap_or(DEFAULT_PULL_BACKOFF_LIMIT);
     let jitter = jitter.clamp(0.0, 1.0);
-    let (ttl, deadline) = match spec.completion_policy_type() {
+    let (ttl, deadline) = match spec.template.completion_policy_type() {
         CompletionPolicyType::Never => {
             let spread = (jitter * f64::from(2 * NEVER_TTL_JITTER_SECONDS)) as i32;
             (
@@ -177,7 +186,7 @@ pub fn tag_pull_policy(
             )
         }
         CompletionPolicyType::Always => {
-            let cp = &spec.completion_policy;
+            let cp = &spec.template.completion_policy;
             let base = cp
                 .ttl_seconds_after_finished
                 .map(i64::from)
@@ -403,10 +412,10 @@ pub fn is_owner(ni: &NodeImage, uid: &str) -> bool {
 /// True when the job's selection may include this NodeImage (always for `podSelector`, which
 /// depends on pods).
 pub fn may_target(spec: &ImagePullJobSpec, ni: &NodeImage) -> bool {
-    if spec.pod_selector.is_some() {
+    if spec.template.pod_selector.is_some() {
         return true;
     }
-    let Some(sel) = &spec.selector else {
+    let Some(sel) = &spec.template.selector else {
         return true;
     };
     let name = ni.metadata.name.as_deref().unwrap_or_default();
@@ -450,9 +459,10 @@ pub fn calculate_status(
         succeeded: count(succeeded.len()),
         ..Default::default()
     };
-    let always = spec.completion_policy_type() == CompletionPolicyType::Always;
+    let always = spec.template.completion_policy_type() == CompletionPolicyType::Always;
     let unfinished = !pulling.is_empty() || !not_synced.is_empty();
     let past_deadline = spec
+        .template
         .completion_policy
         .active_deadline_seconds
         .is_some_and(|d| now.as_second() - start.0.as_second() >= d);

@@ -20,8 +20,8 @@ fn target(j: &ImagePullJob) -> JobTarget {
         image: validate(&spec).unwrap(),
         owner: owner_ref(j),
         pull_policy: tag_pull_policy(&spec, 300, 0.0),
-        image_pull_policy: spec.image_pull_policy.unwrap(),
-        sandbox_config: spec.sandbox_config.clone(),
+        image_pull_policy: spec.template.image_pull_policy.unwrap(),
+        sandbox_config: spec.template.sandbox_config.clone(),
         secrets: vec![],
     }
 }
