@@ -36,13 +36,16 @@ fn node_image(spec: serde_json::Value, status: serde_json::Value) -> NodeImage {
 #[test]
 fn webhook_defaults() {
     let s = with_defaults(&job(json!({"image": "nginx"})).spec);
-    let p = s.pull_policy.unwrap();
+    let p = s.template.pull_policy.unwrap();
     assert_eq!((p.timeout_seconds, p.backoff_limit), (Some(600), Some(3)));
     assert_eq!(
-        s.completion_policy.type_,
+        s.template.completion_policy.type_,
         Some(CompletionPolicyType::Always)
     );
-    assert_eq!(s.image_pull_policy, Some(ImagePullPolicy::IfNotPresent));
+    assert_eq!(
+        s.template.image_pull_policy,
+        Some(ImagePullPolicy::IfNotPresent)
+    );
 }
 
 #[test]
