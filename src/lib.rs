@@ -12,6 +12,7 @@ pub mod containermeta;
 pub mod controller;
 pub mod cri;
 pub mod ctl;
+pub mod hash;
 pub mod imagepull;
 pub mod journal;
 pub mod node;

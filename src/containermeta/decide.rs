@@ -158,8 +158,6 @@ pub fn kubelet_hash(c: &Container) -> u64 {
 /// `hashutil.DeepHashObject(fnv32a, jsonBytes)`: go-spew prints a `[]byte` as
 /// `([]uint8)[b0 b1 …]` (decimal, one space apart), and that text is hashed with FNV-1a 32.
 fn deep_hash_json(json: &[u8]) -> u64 {
-    const OFFSET: u32 = 2_166_136_261;
-    const PRIME: u32 = 16_777_619;
     let mut text = String::with_capacity(10 + json.len() * 4);
     text.push_str("([]uint8)[");
     for (i, b) in json.iter().enumerate() {
@@ -169,10 +167,7 @@ fn deep_hash_json(json: &[u8]) -> u64 {
         text.push_str(&b.to_string());
     }
     text.push(']');
-    let hash = text
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME));
-    u64::from(hash)
+    u64::from(crate::hash::fnv1a_32(text.bytes()))
 }
 
 /// A string as Go's `encoding/json` writes it (HTML-safe: `<`, `>`, `&` escaped; U+2028 and

@@ -278,14 +278,11 @@ pub fn status(
 /// A stable spread of the workers' first probes over one period, so that many probes with the
 /// same period do not all fire at once after a start (upstream draws a random delay).
 pub fn jitter(key: &ProbeKey, period: Duration) -> Duration {
-    // FNV-1a over the key: stable across builds and platforms.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for part in [&key.pod_uid, &key.container, &key.probe] {
-        for b in part.bytes().chain([0]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
+    let h = crate::hash::fnv1a_64(
+        [&key.pod_uid, &key.container, &key.probe]
+            .into_iter()
+            .flat_map(|part| part.bytes().chain([0])),
+    );
     let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(h % period_ms)
 }

@@ -58,12 +58,7 @@ pub struct InputsContainer {
 
 /// A stable, DNS-safe Event name for an action: `<pod>.<16 hex digits of the key's hash>`.
 pub fn event_name(pod_name: &str, key: &str) -> String {
-    // FNV-1a: stable across builds and platforms (std's hasher is not).
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
+    let h = crate::hash::fnv1a_64(key.bytes());
     let mut prefix: String = pod_name.chars().take(253 - 17).collect();
     prefix.push('.');
     format!("{prefix}{h:016x}")

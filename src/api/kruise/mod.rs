@@ -1,6 +1,6 @@
 //! OpenKruise `apps.kruise.io/v1alpha1` kinds spoken by nodeward: [`ContainerRecreateRequest`],
-//! [`ImagePullJob`], [`NodeImage`], [`NodePodProbe`] and [`PodProbeMarker`], plus their well-known
-//! labels, annotations, finalizers and status messages.
+//! [`ImagePullJob`], [`ImageListPullJob`], [`NodeImage`], [`NodePodProbe`] and
+//! [`PodProbeMarker`], plus their well-known labels, annotations, finalizers and status messages.
 //!
 //! The types are wire-compatible with upstream (`apis/apps/v1alpha1/*_types.go`, served by every
 //! release v1.4 → master):
@@ -20,13 +20,14 @@
 //! which a controller re-implementing the webhook can call; the agent reads them through the
 //! `*_or_default` accessors.
 //!
-//! [`crds`] / [`crds_yaml`] produce the five CustomResourceDefinitions (structural schemas,
+//! [`crds`] / [`crds_yaml`] produce the six CustomResourceDefinitions (structural schemas,
 //! printer columns and short names as upstream) for `nodeward crds`.
 
 mod constants;
 mod container_meta;
 mod crr;
 mod go;
+mod image_list_pull_job;
 mod image_pull_job;
 mod node_image;
 mod node_pod_probe;
@@ -36,6 +37,7 @@ mod shared;
 pub use constants::*;
 pub use container_meta::*;
 pub use crr::*;
+pub use image_list_pull_job::*;
 pub use image_pull_job::*;
 pub use node_image::*;
 pub use node_pod_probe::*;
@@ -53,11 +55,13 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
 
 /// The CustomResourceDefinitions for the kinds nodeward uses, in a stable order
-/// (ContainerRecreateRequest, ImagePullJob, NodeImage, NodePodProbe, PodProbeMarker).
+/// (ContainerRecreateRequest, ImagePullJob, ImageListPullJob, NodeImage, NodePodProbe,
+/// PodProbeMarker).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ContainerRecreateRequest::crd(),
         ImagePullJob::crd(),
+        ImageListPullJob::crd(),
         NodeImage::crd(),
         NodePodProbe::crd(),
         PodProbeMarker::crd(),

@@ -517,12 +517,8 @@ pub fn job_key(namespace: &str, name: &str) -> String {
 /// Name of the copy of secret `namespace/name` in the agent's namespace: `<name>-<6 hex>`, the
 /// hex a hash of the source key, so concurrent reconciles agree on it.
 pub fn secret_copy_name(namespace: &str, name: &str) -> String {
-    // 32-bit FNV-1a, folded to 24 bits.
-    let hash = format!("{namespace}/{name}")
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
+    // Folded to 24 bits.
+    let hash = crate::hash::fnv1a_32(format!("{namespace}/{name}").bytes());
     let hex = (hash >> 24) ^ (hash & 0x00ff_ffff);
     let prefix: String = name.chars().take(253 - 7).collect();
     format!("{prefix}-{hex:06x}")
