@@ -907,7 +907,7 @@ fn crd_schema_details() {
 fn crds_yaml_matches_snapshot() {
     let actual = crds_yaml();
     assert_eq!(actual, try_crds_yaml().unwrap());
-    assert_eq!(actual.matches("\n---\n").count(), 4);
+    assert_eq!(actual.matches("\n---\n").count(), 5);
     assert!(!actual.starts_with("---"));
 
     let path = manifest_path("tests/snapshots/crds.yaml");

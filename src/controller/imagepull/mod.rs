@@ -1,12 +1,14 @@
-//! Image pre-pull, the controller side: ImagePullJob → NodeImage fan-out (`job`, upstream
+//! Image pre-pull, the controller side: ImageListPullJob → one ImagePullJob per image (`list`,
+//! upstream `imagelistpulljob_controller.go`), ImagePullJob → NodeImage fan-out (`job`, upstream
 //! `imagepulljob_controller.go`) and the NodeImage lifecycle (`node_image`: one per Ready node,
-//! deleted with its node, tags failed when the agent stays silent, expired tags dropped). Both
+//! deleted with its node, tags failed when the agent stays silent, expired tags dropped). They
 //! share the settings, the error type, the requeue rule and the read-modify-write of a NodeImage
-//! defined here; neither imports the other. The ImagePullJob webhooks' answers are in
-//! `admission`.
+//! defined here; `job` and `node_image` do not import each other, `list` uses `job`'s template
+//! validation. The webhooks' answers for both job kinds are in `admission`.
 
 pub mod admission;
 pub mod job;
+pub mod list;
 pub mod node_image;
 
 use std::time::Duration;
@@ -92,12 +94,18 @@ pub(crate) fn requeue_after(secs: Option<i64>, max: Duration) -> Action {
     }
 }
 
-/// Runs the NodeImage lifecycle and ImagePullJob controllers until the task is dropped.
+/// Runs the NodeImage lifecycle, ImagePullJob and ImageListPullJob controllers until the task
+/// is dropped.
 pub async fn run(client: kube::Client, cfg: Config, metrics: ControllerMetrics) {
     let node_images = node_image::Controllers::new(&client);
     let (job_loop, jobs) = job::controller(&client, &cfg, &metrics);
+    let list_loop = list::controller(&client, &metrics);
     info!(pull_secret_namespace = %cfg.pull_secret_namespace, "image pull controllers started");
-    futures::join!(job_loop, node_images.run(client, cfg, jobs, metrics));
+    futures::join!(
+        job_loop,
+        list_loop,
+        node_images.run(client, cfg, jobs, metrics)
+    );
 }
 
 /// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and

@@ -2,7 +2,8 @@
 //! server to any ready one): HTTPS with a certificate the controller makes itself ([`certs`]),
 //! kept in a Secret and injected as the CA bundle of the webhook configurations ([`act`]), and
 //! behind it the CRR admission ([`crate::controller::crr::admission`], mutating), the ImagePullJob
-//! admission ([`crate::controller::imagepull::admission`], mutating and validating) and the
+//! and ImageListPullJob admission ([`crate::controller::imagepull::admission`], mutating and
+//! validating) and the
 //! PodProbeMarker admission ([`crate::controller::podprobe::admission`], validating).
 //!
 //! With the shipped `failurePolicy: Fail`, CRRs cannot be created while no replica serves; the
@@ -79,6 +80,14 @@ pub async fn run(
             imagepull::admission::VALIDATE_PATH,
             post(image_pull_job_validation),
         )
+        .route(
+            imagepull::admission::LIST_MUTATE_PATH,
+            post(image_list_pull_job_defaults),
+        )
+        .route(
+            imagepull::admission::LIST_VALIDATE_PATH,
+            post(image_list_pull_job_validation),
+        )
         .with_state(client);
     let served =
         crate::telemetry::http::serve_tls(listener, app, tls, Limits::default(), shutdown).await;
@@ -109,6 +118,18 @@ async fn image_pull_job_validation(
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     Json(imagepull::admission::validate(review))
+}
+
+async fn image_list_pull_job_defaults(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(imagepull::admission::mutate_list(review))
+}
+
+async fn image_list_pull_job_validation(
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(imagepull::admission::validate_list(review))
 }
 
 /// Keep the served certificate and the configuration's CA bundle in step with the Secret.
