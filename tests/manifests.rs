@@ -468,7 +468,12 @@ const CONTROLLER_CALLS: &[Call] = &[
     ("patch", KRUISE, "imagelistpulljobs", Some("default")),
     ("update", KRUISE, "imagelistpulljobs", Some("default")),
     ("delete", KRUISE, "imagelistpulljobs", Some("default")),
-    ("update", KRUISE, "imagelistpulljobs/status", Some("default")),
+    (
+        "update",
+        KRUISE,
+        "imagelistpulljobs/status",
+        Some("default"),
+    ),
     (
         "update",
         KRUISE,

@@ -1246,13 +1246,9 @@ async fn remove_image(cluster: &RealCluster, image: &str) {
     assert!(!image_on_node(cluster, image).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn image_pull_job_pulls_on_the_node() {
-    let _shared = DISRUPTION.read().await;
-    let ns = "rc-imagepull";
-    let (cluster, client) = setup(ns).await;
-    // An image no pod uses yet, pushed under a name of this test.
-    let image = cluster.image("rc-pulled:v1");
+/// An image no pod uses, pushed to the registry under `name` and absent from the node.
+async fn fresh_image(cluster: &RealCluster, name: &str) -> String {
+    let image = cluster.image(name);
     let (src, dst) = (
         format!("docker://{}", cluster.image("busybox:1")),
         format!("docker://{image}"),
@@ -1273,6 +1269,32 @@ async fn image_pull_job_pulls_on_the_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     remove_image(cluster, &image).await;
+    image
+}
+
+/// Wait for the node's NodeImage: the controller makes it once the node has been Ready for 30 s
+/// (as upstream); a job created before targets no node and completes at once with `desired: 0`.
+async fn node_image_ready(cluster: &RealCluster, client: &Client) {
+    let node_images = kruise_api(client, None, "NodeImage");
+    wait::until("the node's NodeImage", 90, || {
+        let node_images = node_images.clone();
+        async move {
+            node_images
+                .get_opt(&cluster.node)
+                .await
+                .unwrap()
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_job_pulls_on_the_node() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-imagepull";
+    let (cluster, client) = setup(ns).await;
+    let image = fresh_image(cluster, "rc-pulled:v1").await;
 
     // A real pull Secret (the registry takes no credentials; the controller copies the Secret
     // into the agent's namespace, the agent reads it there).
@@ -1289,20 +1311,8 @@ async fn image_pull_job_pulls_on_the_node() {
         .await
         .unwrap();
 
-    // The controller gives a node its NodeImage once it has been Ready for 30 s (as upstream); a
-    // job created before targets no node and completes at once with `desired: 0`.
+    node_image_ready(cluster, &client).await;
     let node_images = kruise_api(&client, None, "NodeImage");
-    wait::until("the node's NodeImage", 90, || {
-        let node_images = node_images.clone();
-        async move {
-            node_images
-                .get_opt(&cluster.node)
-                .await
-                .unwrap()
-                .map(|_| ())
-        }
-    })
-    .await;
     let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
     let job: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "apps.kruise.io/v1alpha1",
@@ -1360,6 +1370,116 @@ async fn image_pull_job_pulls_on_the_node() {
     wait::until("the ImagePullJob deleted after its TTL", 60, || {
         let jobs = jobs.clone();
         async move { jobs.get_opt("warm").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    teardown(&client, ns).await;
+}
+
+/// Upstream's e2e "create an always job to pull two images on all real nodes": the webhook's
+/// defaults (no imagePullPolicy) and refusals, one ImagePullJob per image controlled by the
+/// list, the list's status from theirs, both images on the node, the list deleted after its TTL
+/// and its jobs with it (the real garbage collector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_list_pull_job_pulls_each_image_on_the_node() {
+    let _shared = DISRUPTION.read().await;
+    let ns = "rc-imagelist";
+    let (cluster, client) = setup(ns).await;
+    let images = [
+        fresh_image(cluster, "rc-listed-a:v1").await,
+        fresh_image(cluster, "rc-listed-b:v1").await,
+    ];
+    node_image_ready(cluster, &client).await;
+    let lists = kruise_api(&client, Some(ns), "ImageListPullJob");
+    let list = |name: &str, images: Value, completion: Value| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImageListPullJob",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"images": images, "parallelism": 4,
+                     "pullPolicy": {"timeoutSeconds": 60, "backoffLimit": 1},
+                     "completionPolicy": completion}}))
+        .unwrap()
+    };
+    let dup = json!([images[0].clone(), images[0].clone()]);
+    let m = refusal(
+        lists
+            .create(&PostParams::default(), &list("dup", dup, json!({})))
+            .await,
+    );
+    assert!(m.contains("images cannot have duplicate values"), "{m}");
+    let completion = json!({"activeDeadlineSeconds": 120, "ttlSecondsAfterFinished": 10});
+    let created = lists
+        .create(
+            &PostParams::default(),
+            &list("warm", json!(images), completion),
+        )
+        .await
+        .unwrap();
+    let spec = &created.data["spec"];
+    assert_eq!(spec["completionPolicy"]["type"], "Always", "{spec}");
+    assert!(spec.get("imagePullPolicy").is_none(), "{spec}");
+    let uid = created.metadata.uid.clone().unwrap();
+
+    let jobs = kruise_api(&client, Some(ns), "ImagePullJob");
+    let children = wait::until("an ImagePullJob per image", 30, || {
+        let jobs = jobs.clone();
+        async move {
+            let all = jobs.list(&ListParams::default()).await.unwrap().items;
+            (all.len() == 2).then_some(all)
+        }
+    })
+    .await;
+    let mut pulled: Vec<String> = Vec::new();
+    for job in &children {
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("ImageListPullJob", uid.as_str())
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(job.data["spec"]["parallelism"], 4);
+        assert_eq!(job.data["spec"]["imagePullPolicy"], "IfNotPresent");
+        pulled.push(job.data["spec"]["image"].as_str().unwrap().to_string());
+    }
+    pulled.sort();
+    assert_eq!(pulled, images.to_vec());
+
+    let done = wait::until("the list to complete", CLUSTER_TIMEOUT.as_secs(), || {
+        let lists = lists.clone();
+        async move {
+            let list = lists.get_opt("warm").await.unwrap()?;
+            list.data["status"]["completionTime"]
+                .is_string()
+                .then_some(list)
+        }
+    })
+    .await;
+    let status = &done.data["status"];
+    assert_eq!(
+        (
+            &status["desired"],
+            &status["completed"],
+            &status["succeeded"]
+        ),
+        (&json!(2), &json!(2), &json!(2)),
+        "{status}"
+    );
+    for image in &images {
+        assert!(
+            image_on_node(cluster, image).await,
+            "{image} not on the node"
+        );
+    }
+    let events = events_for(&client, ns, &uid, "Successful create ImagePullJob").await;
+    let messages: Vec<_> = events.iter().map(|e| e.message.as_deref()).collect();
+    assert_eq!(messages, vec![Some("Create 2 ImagePullJob")]);
+
+    wait::until("the list and its jobs gone after its TTL", 90, || {
+        let (lists, jobs) = (lists.clone(), jobs.clone());
+        async move {
+            let list = lists.get_opt("warm").await.unwrap();
+            let left = jobs.list(&ListParams::default()).await.unwrap().items;
+            (list.is_none() && left.is_empty()).then_some(())
+        }
     })
     .await;
     teardown(&client, ns).await;
