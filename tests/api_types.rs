@@ -188,7 +188,8 @@ fn node_image_with_status() {
         nginx.pull_secrets,
         [ReferenceObject {
             namespace: KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
-            name: "pull-secret-1a2b3c".into()
+            name: "pull-secret-1a2b3c".into(),
+            mode: String::new(),
         }]
     );
     let sandbox = nginx.sandbox_config.as_ref().unwrap();
@@ -648,7 +649,7 @@ fn crd_named<'a>(crds: &'a [CustomResourceDefinition], name: &str) -> &'a Custom
         .unwrap_or_else(|| panic!("no CRD {name}"))
 }
 
-/// (name, type, jsonPath) of the single version's printer columns.
+/// (name, type, jsonPath) of the first version's printer columns.
 fn columns(crd: &CustomResourceDefinition) -> Vec<(String, String, String)> {
     crd.spec.versions[0]
         .additional_printer_columns
@@ -677,24 +678,45 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
         [
             "containerrecreaterequests.apps.kruise.io",
             "imagepulljobs.apps.kruise.io",
+            "imagelistpulljobs.apps.kruise.io",
             "nodeimages.apps.kruise.io",
             "nodepodprobes.apps.kruise.io",
             "podprobemarkers.apps.kruise.io"
         ]
     );
+    // OpenKruise v1.9 stores the image kinds as v1beta1 (same schema, no conversion webhook).
+    let beta = [
+        "imagepulljobs.apps.kruise.io",
+        "imagelistpulljobs.apps.kruise.io",
+        "nodeimages.apps.kruise.io",
+    ];
     for crd in &crds {
+        let name = crd.metadata.name.as_deref().unwrap();
         assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.versions.len(), 1);
-        let v = &crd.spec.versions[0];
-        assert_eq!(v.name, VERSION);
-        assert!(v.served && v.storage);
-        let sub = v.subresources.as_ref().expect("subresources");
-        assert!(
-            sub.status.is_some(),
-            "{:?}: status subresource",
-            crd.metadata.name
-        );
-        assert!(sub.scale.is_none());
+        let versions: Vec<_> = crd
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage))
+            .collect();
+        if beta.contains(&name) {
+            assert_eq!(
+                versions,
+                [(VERSION, true, false), (VERSION_V1BETA1, true, true)],
+                "{name}"
+            );
+            assert_eq!(
+                crd.spec.versions[0].schema, crd.spec.versions[1].schema,
+                "{name}"
+            );
+        } else {
+            assert_eq!(versions, [(VERSION, true, true)], "{name}");
+        }
+        for v in &crd.spec.versions {
+            let sub = v.subresources.as_ref().expect("subresources");
+            assert!(sub.status.is_some(), "{name}: status subresource");
+            assert!(sub.scale.is_none());
+        }
         assert!(crd.spec.conversion.is_none());
     }
 
@@ -737,6 +759,30 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
             ("FAILED", "integer", ".status.failed"),
             ("AGE", "date", ".metadata.creationTimestamp"),
             ("MESSAGE", "string", ".status.message"),
+        ])
+    );
+    // v1beta1 has no MESSAGE column.
+    let beta_columns: Vec<_> = job.spec.versions[1]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        beta_columns,
+        ["TOTAL", "ACTIVE", "SUCCEED", "FAILED", "AGE"]
+    );
+
+    let list = crd_named(&crds, "imagelistpulljobs.apps.kruise.io");
+    assert_eq!(list.spec.scope, "Namespaced");
+    assert_eq!(list.spec.names.kind, "ImageListPullJob");
+    assert_eq!(
+        columns(list),
+        cols(&[
+            ("TOTAL", "integer", ".status.desired"),
+            ("SUCCEEDED", "integer", ".status.succeeded"),
+            ("COMPLETED", "integer", ".status.completed"),
+            ("AGE", "date", ".metadata.creationTimestamp"),
         ])
     );
 
@@ -852,7 +898,7 @@ fn crd_schema_details() {
     let props = |i: usize| {
         crds[i]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"].clone()
     };
-    let (crr, job, ni) = (props(0), props(1), props(2));
+    let (crr, job, list, ni) = (props(0), props(1), props(2), props(3));
 
     let container = &crr["spec"]["properties"]["containers"]["items"];
     assert_eq!(container["required"], json!(["name"]));
@@ -879,6 +925,22 @@ fn crd_schema_details() {
     );
     assert_eq!(job["spec"]["required"], json!(["image"]));
     assert_eq!(job["status"]["required"], json!(["desired"]));
+    assert_eq!(list["spec"]["required"], json!(["images"]));
+    assert_eq!(list["status"]["required"], json!(["desired"]));
+    // The list's inline template has the job's fields.
+    let mut job_fields: Vec<_> = job["spec"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let mut list_fields: Vec<_> = list["spec"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    job_fields.retain(|k| *k != "image");
+    list_fields.retain(|k| *k != "images");
+    assert_eq!(job_fields, list_fields);
     assert_eq!(
         job["spec"]["properties"]["selector"]["properties"]
             .as_object()

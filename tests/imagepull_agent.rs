@@ -500,6 +500,7 @@ async fn pull_secrets_dockerconfigjson_dockercfg_and_namespace_restriction() {
     let secret = |ns: &str, name: &str| ReferenceObject {
         namespace: ns.into(),
         name: name.into(),
+        mode: String::new(),
     };
     let with_secret = |refs: Vec<ReferenceObject>| ImageSpec {
         pull_secrets: refs,
@@ -569,6 +570,7 @@ async fn wrong_credentials_fail_without_anonymous_fallback() {
         pull_secrets: vec![ReferenceObject {
             namespace: SECRET_NS.into(),
             name: "ip-wrong".into(),
+            mode: String::new(),
         }],
         ..image(vec![ImageTagSpec {
             owner_references: vec![job_ref("warm-locked")],

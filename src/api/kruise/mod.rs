@@ -14,6 +14,12 @@
 //!
 //! So an object written by nodeward looks like one written by kruise-manager or kruise-daemon.
 //!
+//! **Versions.** nodeward's clients speak `v1alpha1`, which every release serves. Since v1.9,
+//! OpenKruise stores ImagePullJob, ImageListPullJob and NodeImage as `v1beta1` (the same schema,
+//! NodeImage's `pullSecrets[].mode` aside, which [`ReferenceObject`] carries): the CRDs here do the
+//! same, so they can replace kruise's on a cluster that stored objects as `v1beta1`, and kruise's
+//! v1.9 clients keep working against them.
+//!
 //! **Defaults.** Upstream's CRDs carry no OpenAPI `default`s: every default is applied by a
 //! mutating webhook (or at the point of use), so the generated CRDs carry none either. The values
 //! are exported as `DEFAULT_*` constants and applied by the `apply_webhook_defaults` methods,
@@ -45,7 +51,7 @@ pub use pod_probe_marker::*;
 pub use shared::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube::{CustomResourceExt, Resource};
 
 /// API group of every OpenKruise kind here.
 pub const GROUP: &str = "apps.kruise.io";
@@ -53,6 +59,8 @@ pub const GROUP: &str = "apps.kruise.io";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` of the objects: `apps.kruise.io/v1alpha1`.
 pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
+/// The version OpenKruise v1.9 stores ImagePullJob, ImageListPullJob and NodeImage as.
+pub const VERSION_V1BETA1: &str = "v1beta1";
 
 /// The CustomResourceDefinitions for the kinds nodeward uses, in a stable order
 /// (ContainerRecreateRequest, ImagePullJob, ImageListPullJob, NodeImage, NodePodProbe,
@@ -60,12 +68,38 @@ pub const API_VERSION: &str = "apps.kruise.io/v1alpha1";
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         ContainerRecreateRequest::crd(),
-        ImagePullJob::crd(),
-        ImageListPullJob::crd(),
-        NodeImage::crd(),
+        stored_as_v1beta1(ImagePullJob::crd()),
+        stored_as_v1beta1(ImageListPullJob::crd()),
+        stored_as_v1beta1(NodeImage::crd()),
         NodePodProbe::crd(),
         PodProbeMarker::crd(),
     ]
+}
+
+/// The second version OpenKruise v1.9 gave the image kinds: `v1beta1`, the same schema, stored;
+/// `v1alpha1` still served (nodeward's clients speak it, so every release's CRDs serve them).
+/// No conversion webhook, as upstream: the API server only rewrites `apiVersion`. The printer
+/// columns of v1beta1 as upstream's (no MESSAGE column, a shorter AGE description).
+fn stored_as_v1beta1(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    const AGE: &str = "CreationTimestamp is a timestamp representing the server time when this object was created.";
+    let Some(alpha) = crd.spec.versions.first_mut() else {
+        return crd;
+    };
+    alpha.storage = false;
+    let mut beta = alpha.clone();
+    beta.name = VERSION_V1BETA1.into();
+    beta.storage = true;
+    let kind = crd.spec.names.kind.as_str();
+    if let Some(columns) = beta.additional_printer_columns.as_mut()
+        && kind != NodeImage::kind(&())
+    {
+        columns.retain(|c| c.name != "MESSAGE");
+        for c in columns.iter_mut().filter(|c| c.name == "AGE") {
+            c.description = Some(AGE.into());
+        }
+    }
+    crd.spec.versions.push(beta);
+    crd
 }
 
 /// [`crds`] as one multi-document YAML stream (`---` between documents), ready for

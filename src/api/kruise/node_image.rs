@@ -94,6 +94,10 @@ pub struct ReferenceObject {
     /// Name of the object.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// How the object is managed: `batch` for a pull secret copied for ImagePullJobs (v1beta1;
+    /// kept on a read-modify-write of an object written by kruise-manager v1.9).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
 }
 
 /// ImageTagSpec defines the pulling spec of an image tag.

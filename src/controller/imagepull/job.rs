@@ -449,6 +449,7 @@ async fn sync_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<ReferenceObje
             .map(|s| ReferenceObject {
                 namespace: ns.clone(),
                 name: s.clone(),
+                ..Default::default()
             })
             .collect());
     }
@@ -468,6 +469,7 @@ async fn sync_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<Vec<ReferenceObje
         out.push(ReferenceObject {
             namespace: target_ns.clone(),
             name: copy,
+            mode: SECRET_MODE_BATCH.into(),
         });
     }
     Ok(out)

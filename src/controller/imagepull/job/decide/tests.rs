@@ -213,6 +213,7 @@ fn progress_follows_status_of_the_same_version() {
     needs_secret.secrets = vec![ReferenceObject {
         namespace: "kruise-daemon-config".into(),
         name: "s-abcdef".into(),
+        mode: "batch".into(),
     }];
     assert_eq!(
         node_progress(&with("Succeeded", 0), &needs_secret),
