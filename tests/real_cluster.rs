@@ -1204,7 +1204,16 @@ async fn sidecar_variants_on_real_jobs() {
 }
 
 fn kruise_api(client: &Client, ns: Option<&str>, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("apps.kruise.io", "v1alpha1", kind);
+    kruise_api_at(client, ns, kind, "v1alpha1")
+}
+
+fn kruise_api_at(
+    client: &Client,
+    ns: Option<&str>,
+    kind: &str,
+    version: &str,
+) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("apps.kruise.io", version, kind);
     let resource = ApiResource::from_gvk(&gvk);
     match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
@@ -1482,6 +1491,117 @@ async fn image_list_pull_job_pulls_each_image_on_the_node() {
         }
     })
     .await;
+    teardown(&client, ns).await;
+}
+
+/// Set which version of the image kinds the API server stores (the other one stays served).
+async fn store_image_kinds_as(client: &Client, version: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for plural in ["imagepulljobs", "imagelistpulljobs", "nodeimages"] {
+        let name = format!("{plural}.apps.kruise.io");
+        let mut crd = crds.get(&name).await.unwrap();
+        for v in &mut crd.spec.versions {
+            v.storage = v.name == version;
+        }
+        crds.replace(&name, &PostParams::default(), &crd)
+            .await
+            .unwrap();
+    }
+}
+
+/// OpenKruise v1.9's versions of the image kinds on the real API server: the shipped CRDs store
+/// v1beta1; what is created as v1beta1 reads back as v1alpha1 (what nodeward's clients speak) and
+/// the other way round, NodeImages too; and with either storage version an ImageListPullJob
+/// created as v1beta1 is carried out to the image on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_kinds_read_back_in_either_version() {
+    // Alone: it changes the storage version under every image test.
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-versions";
+    let (cluster, client) = setup(ns).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds.get("imagepulljobs.apps.kruise.io").await.unwrap();
+    let stored: Vec<_> = crd
+        .spec
+        .versions
+        .iter()
+        .filter(|v| v.storage)
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(stored, ["v1beta1"]);
+    node_image_ready(cluster, &client).await;
+
+    let object = |version: &str, kind: &str, name: &str, spec: Value| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": format!("apps.kruise.io/{version}"), "kind": kind,
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+        .unwrap()
+    };
+    let idle =
+        json!({"image": cluster.image("busybox:1"), "parallelism": 0, "completionPolicy": {}});
+    for (created_as, read_as) in [("v1alpha1", "v1beta1"), ("v1beta1", "v1alpha1")] {
+        let name = format!("as-{created_as}");
+        let created = kruise_api_at(&client, Some(ns), "ImagePullJob", created_as)
+            .create(
+                &PostParams::default(),
+                &object(created_as, "ImagePullJob", &name, idle.clone()),
+            )
+            .await
+            .unwrap();
+        let read = kruise_api_at(&client, Some(ns), "ImagePullJob", read_as)
+            .get(&name)
+            .await
+            .unwrap();
+        let api_version = read.types.as_ref().map(|t| t.api_version.as_str());
+        assert_eq!(
+            api_version,
+            Some(format!("apps.kruise.io/{read_as}").as_str())
+        );
+        assert_eq!(read.data["spec"], created.data["spec"], "{name}");
+    }
+    let node_images = |version| kruise_api_at(&client, None, "NodeImage", version);
+    let alpha = node_images("v1alpha1").get(&cluster.node).await.unwrap();
+    let beta = node_images("v1beta1").get(&cluster.node).await.unwrap();
+    assert_eq!(alpha.data["spec"], beta.data["spec"]);
+
+    for storage in ["v1alpha1", "v1beta1"] {
+        store_image_kinds_as(&client, storage).await;
+        let image = fresh_image(cluster, &format!("rc-stored-{storage}:v1")).await;
+        let name = format!("stored-{storage}");
+        let spec = json!({"images": [image], "pullPolicy": {"timeoutSeconds": 60, "backoffLimit": 1},
+                          "completionPolicy": {"activeDeadlineSeconds": 120}});
+        let lists = kruise_api_at(&client, Some(ns), "ImageListPullJob", "v1beta1");
+        lists
+            .create(
+                &PostParams::default(),
+                &object("v1beta1", "ImageListPullJob", &name, spec),
+            )
+            .await
+            .unwrap();
+        let done = wait::until(
+            &format!("the list stored as {storage} to complete"),
+            CLUSTER_TIMEOUT.as_secs(),
+            || {
+                let (lists, name) = (lists.clone(), name.clone());
+                async move {
+                    let list = lists.get_opt(&name).await.unwrap()?;
+                    list.data["status"]["completionTime"]
+                        .is_string()
+                        .then_some(list)
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            done.data["status"]["succeeded"], 1,
+            "{storage}: {}",
+            done.data["status"]
+        );
+        assert!(
+            image_on_node(cluster, &image).await,
+            "{storage}: {image} not on the node"
+        );
+    }
     teardown(&client, ns).await;
 }
 
