@@ -12,6 +12,7 @@ pub mod containermeta;
 pub mod controller;
 pub mod cri;
 pub mod ctl;
+pub mod gates;
 pub mod hash;
 pub mod imagepull;
 pub mod journal;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures::StreamExt;
+use nodeward::gates::FeatureGates;
 use nodeward::telemetry::{self, LogFormat};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -115,6 +116,15 @@ struct AgentArgs {
     /// without touching the runtime, the state directory or the cluster.
     #[arg(long)]
     check_config: bool,
+    /// Capabilities on or off, by OpenKruise's gate names (SidecarTerminator, ImagePullJobGate,
+    /// PodProbeMarkerGate, InPlaceUpdateEnvFromMetadata; all on by default), e.g.
+    /// "PodProbeMarkerGate=false".
+    #[arg(long, default_value = "", env = "NODEWARD_FEATURE_GATES", value_parser = parse_gates)]
+    feature_gates: FeatureGates,
+}
+
+fn parse_gates(s: &str) -> Result<FeatureGates, String> {
+    FeatureGates::parse(s).map_err(|e| e.to_string())
 }
 
 const DEFAULT_AGENT_CONFIG: &str = "/etc/nodeward/agent.toml";
@@ -170,6 +180,10 @@ struct ControllerArgs {
     /// The ValidatingWebhookConfiguration (PodProbeMarker) whose CA bundle the controller keeps.
     #[arg(long, default_value = "nodeward-validate")]
     webhook_validating_configuration: String,
+    /// Reconcilers on or off, by OpenKruise's gate names (SidecarTerminator: the virtual-node
+    /// sidecar image swap; ImagePullJobGate; PodProbeMarkerGate; all on by default).
+    #[arg(long, default_value = "", env = "NODEWARD_FEATURE_GATES", value_parser = parse_gates)]
+    feature_gates: FeatureGates,
 }
 
 const DEFAULT_API_SOCKET: &str = "/run/nodeward/agent.sock";
@@ -445,6 +459,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         proc_root: args.proc_root,
         max_concurrent_pulls: args.max_concurrent_pulls as usize,
         pull_secret_namespace: args.pull_secret_namespace,
+        gates: args.feature_gates,
     };
     let res = nodeward::agent::run(cfg, shutdown).await;
     handle.close();
@@ -510,6 +525,7 @@ async fn controller(args: Box<ControllerArgs>) -> anyhow::Result<()> {
             default_ttl_seconds_for_always: args.default_ttlseconds_for_always_nodeimage,
         },
         webhook,
+        gates: args.feature_gates,
     };
     let res = nodeward::controller::run(client, cfg, shutdown).await;
     handle.close();

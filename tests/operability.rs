@@ -644,3 +644,37 @@ async fn verbose_status_reads_are_capped_at_sixteen_in_flight() {
     agent.stop().await.unwrap();
     pod.remove().await.unwrap();
 }
+
+/// `--feature-gates=SidecarTerminator=false` turns the terminator off (a Job's sidecar keeps
+/// running after its main exits) and an unknown gate stops the agent at start with the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_terminator_gate_turns_it_off() {
+    let _serial = SERIAL.lock().await;
+    let tb = TestBed::shared();
+    let out = Command::new(agent_binary())
+        .args([
+            "agent",
+            "--standalone",
+            "--feature-gates",
+            "KruiseDaemon=true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown feature gate \"KruiseDaemon\" (known: SidecarTerminator,"),
+        "{err}"
+    );
+    let agent = AgentProcess::spawn(tb, &["--feature-gates", "SidecarTerminator=false"]).unwrap();
+    agent.wait_ready().await.unwrap();
+    let pod = Kubelet::run_pod(tb, job("gate-off", "exit 0", POLITE, 2))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pod.container("main").await.unwrap().is_exited());
+    assert!(pod.container("proxy").await.unwrap().is_running());
+    assert!(agent.messages("sidecar stopped").is_empty());
+    agent.stop().await.unwrap();
+    pod.remove().await.unwrap();
+}

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::cri::{CriClient, RuntimeInfo};
+use crate::gates::FeatureGates;
 use crate::journal::{Journal, Retention};
 use crate::node::ExitSource;
 use crate::node::cgroup::{self, CgroupV2};
@@ -63,6 +64,8 @@ pub struct Config {
     pub max_concurrent_pulls: usize,
     /// Image puller (cluster mode): the only namespace pull secrets are read from.
     pub pull_secret_namespace: String,
+    /// Which capabilities run.
+    pub gates: FeatureGates,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             cluster: None,
             max_concurrent_pulls: crate::imagepull::DEFAULT_MAX_CONCURRENT_PULLS,
             pull_secret_namespace: crate::api::kruise::KRUISE_DAEMON_CONFIG_NAMESPACE.into(),
+            gates: FeatureGates::default(),
         }
     }
 }
@@ -204,7 +208,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let mut pods_listed = Listed::default();
     let mut container_meta = None;
     if let Some(client) = &cfg.cluster {
-        info!(node = %cfg.node_name, "cluster mode: watching this node's Pods, reporting upstream");
+        info!(node = %cfg.node_name, feature_gates = %cfg.gates, "cluster mode: watching this node's Pods, reporting upstream");
         let (pod_tx, mut pod_rx) = mpsc::unbounded_channel();
         pods_listed = health.expect("Pods list");
         tokio::spawn(crate::node::pods::watch(
@@ -238,37 +242,43 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             view: view.clone(),
             first_list: health.expect("ContainerRecreateRequests list"),
         }));
-        tokio::spawn(crate::imagepull::run(
-            client.clone(),
-            cri.clone(),
-            metrics.clone(),
-            crate::imagepull::Config {
+        if cfg.gates.image_pull {
+            tokio::spawn(crate::imagepull::run(
+                client.clone(),
+                cri.clone(),
+                metrics.clone(),
+                crate::imagepull::Config {
+                    node_name: cfg.node_name.clone(),
+                    secret_namespace: cfg.pull_secret_namespace.clone(),
+                    max_concurrent_pulls: cfg.max_concurrent_pulls,
+                    first_list: health.expect("NodeImage list"),
+                },
+            ));
+        }
+        if cfg.gates.container_meta {
+            container_meta = Some(crate::containermeta::start(crate::containermeta::Config {
+                client: client.clone(),
+                cri: cri.clone(),
+                runtime: runtime.name.clone(),
                 node_name: cfg.node_name.clone(),
-                secret_namespace: cfg.pull_secret_namespace.clone(),
-                max_concurrent_pulls: cfg.max_concurrent_pulls,
-                first_list: health.expect("NodeImage list"),
-            },
-        ));
-        container_meta = Some(crate::containermeta::start(crate::containermeta::Config {
-            client: client.clone(),
-            cri: cri.clone(),
-            runtime: runtime.name.clone(),
-            node_name: cfg.node_name.clone(),
-            view: view.clone(),
-            journal: journal.clone(),
-            commits: commits.clone(),
-            metrics: metrics.clone(),
-        }));
-        tokio::spawn(crate::podprobe::run(
-            client.clone(),
-            cri.clone(),
-            view.clone(),
-            crate::podprobe::Config {
-                node_name: cfg.node_name.clone(),
+                view: view.clone(),
+                journal: journal.clone(),
+                commits: commits.clone(),
                 metrics: metrics.clone(),
-                first_list: health.expect("NodePodProbe list"),
-            },
-        ));
+            }));
+        }
+        if cfg.gates.pod_probe {
+            tokio::spawn(crate::podprobe::run(
+                client.clone(),
+                cri.clone(),
+                view.clone(),
+                crate::podprobe::Config {
+                    node_name: cfg.node_name.clone(),
+                    metrics: metrics.clone(),
+                    first_list: health.expect("NodePodProbe list"),
+                },
+            ));
+        }
     }
     let fwd = tx.clone();
     tokio::spawn(async move {
@@ -342,6 +352,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             metrics: metrics.clone(),
             cluster: cfg.cluster.clone().map(|c| (c, reporter)),
             failpoint: cfg.failpoint.clone(),
+            enabled: cfg.gates.sidecar_terminator,
         },
         tx.clone(),
     );

@@ -12,6 +12,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{info, warn};
 
 use crate::cluster::events::{EventType, EventWriter, Note};
+use crate::gates::FeatureGates;
 use crate::telemetry::http::Health;
 use metrics::ControllerMetrics;
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub image_pull: imagepull::Config,
     /// The admission webhook server; `None`: not served.
     pub webhook: Option<webhook::Config>,
+    /// Which reconcilers run (the CRR lifecycle always does).
+    pub gates: FeatureGates,
 }
 
 /// Run until `shutdown`; then stop the reconcilers and release the lease so another replica takes
@@ -96,7 +99,7 @@ pub async fn run(
     let (mut leader, election) = manager.watch().await;
     health.set_runtime_connected(true);
     health.set_synced(true);
-    info!(lease = %cfg.lease_name, namespace = %cfg.lease_namespace, identity = %cfg.identity, "waiting for leadership");
+    info!(lease = %cfg.lease_name, namespace = %cfg.lease_namespace, identity = %cfg.identity, feature_gates = %cfg.gates, "waiting for leadership");
     tokio::pin!(shutdown);
     let mut reconcilers: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -111,7 +114,7 @@ pub async fn run(
                 if is_leader && reconcilers.is_none() {
                     info!(identity = %cfg.identity, "became the leader; starting reconcilers");
                     metrics.set_leader(true);
-                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.image_pull.clone(), metrics.clone())));
+                    reconcilers = Some(tokio::spawn(run_reconcilers(client.clone(), cfg.clone(), metrics.clone())));
                 } else if !is_leader && let Some(r) = reconcilers.take() {
                     warn!(identity = %cfg.identity, "lost leadership; stopping reconcilers");
                     metrics.set_leader(false);
@@ -135,16 +138,28 @@ pub async fn run(
     Ok(())
 }
 
-async fn run_reconcilers(
-    client: kube::Client,
-    image_pull: imagepull::Config,
-    metrics: ControllerMetrics,
-) {
+/// The reconcilers the gates leave on, until the task is dropped.
+async fn run_reconcilers(client: kube::Client, cfg: Config, metrics: ControllerMetrics) {
+    let gates = cfg.gates;
+    let when = |on: bool, f: futures::future::BoxFuture<'static, ()>| async move {
+        if on {
+            f.await;
+        }
+    };
     futures::join!(
-        vk_sidecar::run(client.clone(), metrics.clone()),
         crr::run(client.clone(), metrics.clone()),
-        podprobe::run(client.clone(), metrics.clone()),
-        imagepull::run(client, image_pull, metrics)
+        when(
+            gates.sidecar_terminator,
+            Box::pin(vk_sidecar::run(client.clone(), metrics.clone()))
+        ),
+        when(
+            gates.pod_probe,
+            Box::pin(podprobe::run(client.clone(), metrics.clone()))
+        ),
+        when(
+            gates.image_pull,
+            Box::pin(imagepull::run(client, cfg.image_pull, metrics))
+        ),
     );
 }
 

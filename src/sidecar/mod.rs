@@ -48,6 +48,9 @@ pub struct Config {
     /// Fault injection for crash tests (`after-decide` aborts right after the decision is
     /// recorded, before it is carried out).
     pub failpoint: Option<String>,
+    /// The `SidecarTerminator` gate: when off, no new stop is decided (one decided before, found
+    /// in the journal, is still finished).
+    pub enabled: bool,
 }
 
 /// The terminator's state: stops in flight and the last hold per pod.
@@ -81,6 +84,9 @@ impl<E: From<Done> + Send + 'static> Terminator<E> {
 
     /// Decide for one pod, and launch the stop when its main containers are done.
     pub fn evaluate(&mut self, model: &NodeModel, uid: &str) {
+        if !self.cfg.enabled {
+            return;
+        }
         let Some(facts) = decide::facts(model, uid) else {
             return;
         };
