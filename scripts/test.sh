@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing, then fmt, clippy -D warnings, cargo deny, gofmt and go vet,
+# The one test command: installs what is missing, then fmt, clippy -D warnings, cargo deny, gofmt and go vet
+# (the cluster's and helm's Go modules), builds helm,
 # and every test: the integration tests against a real containerd started by the tests
 # themselves, and tests/real_cluster.rs on the real single-node Kubernetes of scripts/cluster.sh
 # (built from Go modules, cached in ~/.cache/nodeward-cluster), which this script starts and stops.
@@ -18,6 +19,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo fetch --locked
 PATH="${NODEWARD_TOOLS:-$HOME/.cache/nodeward-tools}/bin:$PATH" cargo deny --offline -L error check licenses bans sources
 ./scripts/cluster.sh lint
+./scripts/helm.sh lint
+# helm (for tests/chart.rs and the chart on the real cluster), built from its Go module once.
+./scripts/helm.sh build >/dev/null
 # A cluster that cannot start fails here with its reason (never a skipped test).
 trap './scripts/cluster.sh down' EXIT
 ./scripts/cluster.sh up

@@ -1605,6 +1605,129 @@ async fn image_kinds_read_back_in_either_version() {
     teardown(&client, ns).await;
 }
 
+/// `helm --kubeconfig … <args>` against the cluster; its stdout, or a panic with its stderr.
+fn helm_on(cluster: &RealCluster, args: &[&str]) -> String {
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let (ok, out, err) = support::helm::run(&[&["--kubeconfig", kubeconfig], args].concat(), &[]);
+    assert!(ok, "helm {args:?}: {out}{err}");
+    out
+}
+
+/// The Helm chart on the real cluster, as an OpenKruise user installs: the kubectl-deployed
+/// nodeward removed (its CRDs and namespace kept), `helm install` → the agent and the controller
+/// ready and a Job's sidecar stopped; `helm upgrade` with a feature gate → both roll with it;
+/// `helm uninstall` → every object gone but the CRDs (kept, with the objects stored in them).
+/// nodeward is deployed again from packaging/kubernetes for the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_upgrade_uninstall() {
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-helm";
+    let (cluster, client) = setup(ns).await;
+    let image = cluster.deploy_nodeward();
+    let dir = cluster.dir.display().to_string();
+    let sets = format!(
+        "image.reference={image},agent.runtimeDir={dir}/run/containerd,agent.stateDir={dir}/nodeward/state,agent.runDir={dir}/nodeward/run"
+    );
+    let chart = support::helm::CHART;
+    let rendered = helm_on(
+        cluster,
+        &[
+            "template", "nodeward", chart, "-n", NAMESPACE, "--set", &sets,
+        ],
+    );
+    let objects = cluster.dir.join("helm-objects.yaml");
+    std::fs::write(&objects, &rendered).unwrap();
+    let objects = objects.to_str().unwrap();
+    cluster
+        .kubectl(&["delete", "--ignore-not-found", "--wait", "-f", objects])
+        .unwrap();
+
+    helm_on(
+        cluster,
+        &[
+            "install",
+            "nodeward",
+            chart,
+            "-n",
+            NAMESPACE,
+            "--set",
+            &sets,
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let job = sidecar_job(
+        cluster,
+        "under-helm",
+        "Never",
+        "sleep 2; exit 0",
+        &[(SIDECAR_ENV, "true")],
+    );
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    assert_eq!(job_outcome(&jobs, "under-helm").await, "Complete");
+    let pod = job_pod(&client, ns, "under-helm").await;
+    assert_eq!(terminated_exit_code(&pod, "proxy"), Some(0));
+
+    let gates = "--feature-gates=PodProbeMarkerGate=false";
+    helm_on(
+        cluster,
+        &[
+            "upgrade",
+            "nodeward",
+            chart,
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "featureGates.PodProbeMarkerGate=false",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    let ds = daemonsets.get("nodeward-agent").await.unwrap();
+    let args = ds.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.iter().any(|a| a == gates), "{args:?}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let controller = ListParams::default().labels("app.kubernetes.io/name=nodeward-controller");
+    for p in pods.list(&controller).await.unwrap().items {
+        let args = p.spec.unwrap().containers[0].args.clone().unwrap();
+        assert!(args.iter().any(|a| a == gates), "{args:?}");
+    }
+    let history = helm_on(
+        cluster,
+        &["history", "nodeward", "-n", NAMESPACE, "-o", "json"],
+    );
+    let history: Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+
+    helm_on(
+        cluster,
+        &["uninstall", "nodeward", "-n", NAMESPACE, "--wait"],
+    );
+    let left = cluster
+        .kubectl(&["get", "--ignore-not-found", "-o", "name", "-f", objects])
+        .unwrap();
+    assert_eq!(left.trim(), "", "left after uninstall");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(
+        crds.get_opt("nodeimages.apps.kruise.io")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    cluster.redeploy_nodeward();
+    teardown(&client, ns).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_leader_fails_over_on_real_leases() {
     // Alone: the other tests need a leading controller.

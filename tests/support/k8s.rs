@@ -160,7 +160,21 @@ impl RealCluster {
             .current_dir(repo())
             .args(["build", "--quiet", "--release", "--target", target])
             .args(["--bin", "nodeward"]))?;
-        let binary = repo().join(format!("target/{target}/release/nodeward"));
+        self.deploy_built()
+    }
+
+    /// Deploy nodeward from `packaging/kubernetes` again with the binary [`deploy_nodeward`]
+    /// built (after a test replaced it, e.g. with the Helm chart); its image.
+    ///
+    /// [`deploy_nodeward`]: Self::deploy_nodeward
+    pub fn redeploy_nodeward(&self) -> String {
+        self.deploy_nodeward();
+        self.deploy_built()
+            .unwrap_or_else(|e| panic!("deploying nodeward again failed: {e:#}"))
+    }
+
+    fn deploy_built(&self) -> Result<String> {
+        let binary = repo().join("target/x86_64-unknown-linux-musl/release/nodeward");
         let binary = binary.to_str().context("binary path")?;
         Ok(self.script(&["deploy", binary])?.trim().to_owned())
     }

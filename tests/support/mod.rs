@@ -15,6 +15,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cluster;
 pub mod cri_proxy;
+pub mod helm;
 pub mod images;
 pub mod k8s;
 pub mod kubelet;
