@@ -132,6 +132,7 @@ fn values_reach_the_objects() {
         "agent.nodeAffinity[0].values[0]=yes",
         "featureGates.PodProbeMarkerGate=false",
         "featureGates.ImagePullJobGate=false",
+        "controller.featureGates.ImagePullJobGate=true",
         "controller.replicas=3",
         "image.tag=9.9.9",
     ])
@@ -160,13 +161,15 @@ fn values_reach_the_objects() {
     );
     let deploy = &objects(&rendered, "controller-deployment.yaml")[0];
     assert_eq!(deploy["spec"]["replicas"], 3);
+    // The controller's own gate wins over the common one.
     let controller = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let own = "--feature-gates=ImagePullJobGate=true,PodProbeMarkerGate=false";
     assert!(
         controller["args"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|a| a == gates),
+            .any(|a| a == own),
         "{}",
         controller["args"]
     );
@@ -176,7 +179,7 @@ fn values_reach_the_objects() {
     let image = &ds["spec"]["template"]["spec"]["containers"][0]["image"];
     assert_eq!(image, "ghcr.io/nodeward/nodeward:0.1.0");
 
-    let err = render(&["featureGates.KruiseDaemon=true"]).unwrap_err();
+    let err = render(&["agent.featureGates.KruiseDaemon=true"]).unwrap_err();
     assert!(err.contains("KruiseDaemon"), "{err}");
     let err = render(&["runtime=docker"]).unwrap_err();
     assert!(err.contains("runtime"), "{err}");

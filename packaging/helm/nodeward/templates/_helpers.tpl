@@ -7,10 +7,15 @@
 {{- end -}}
 {{- end -}}
 
-{{/* The --feature-gates value (names sorted), empty when no gate is set. */}}
+{{/* The --feature-gates value of one half (names sorted): featureGates, overridden by the
+half's own (agent.featureGates or controller.featureGates); empty when no gate is set. Called
+with (list $ "agent") or (list $ "controller"). */}}
 {{- define "nodeward.featureGates" -}}
+{{- $root := index . 0 -}}
+{{- $own := get (index $root.Values (index . 1)) "featureGates" | default dict -}}
+{{- $all := merge (deepCopy $own) $root.Values.featureGates -}}
 {{- $gates := list -}}
-{{- range $name, $on := .Values.featureGates -}}
+{{- range $name, $on := $all -}}
 {{- $gates = append $gates (printf "%s=%t" $name $on) -}}
 {{- end -}}
 {{- join "," $gates -}}
