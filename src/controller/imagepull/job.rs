@@ -29,7 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Config, Error, RESYNC, requeue_after, update_node_image};
+use super::{Config, Error, RESYNC, requeue_after, update_node_image, write_status};
 use crate::api::clamp;
 use crate::api::kruise::{
     ANNOTATION_SECRET_MODE, ANNOTATION_SECRET_REFERENCES, ANNOTATION_SECRET_SOURCE_KEY,
@@ -354,24 +354,6 @@ async fn put_on_node_images(
         written.insert(node, fresh);
     }
     Ok(written)
-}
-
-/// Full `/status` replace with the job's resourceVersion (a conflict retries the reconcile).
-async fn write_status(
-    api: &Api<ImagePullJob>,
-    job: &ImagePullJob,
-    status: ImagePullJobStatus,
-) -> Result<(), Error> {
-    if job.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut obj = job.clone();
-    obj.status = Some(status);
-    let name = job.name_any();
-    api.replace_status(&name, &PostParams::default(), &obj)
-        .await
-        .map_err(|e| Error::kube(format!("update ImagePullJob {name} status"), e))?;
-    Ok(())
 }
 
 /// The job's NodeImages in selection order (upstream `GetNodeImagesForJob`).

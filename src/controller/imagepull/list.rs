@@ -26,11 +26,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Error, RESYNC};
+use super::{Error, RESYNC, write_status};
 use crate::api::clamp;
-use crate::api::kruise::{
-    ImageListPullJob, ImageListPullJobStatus, ImagePullJob, ImagePullJobSpec,
-};
+use crate::api::kruise::{ImageListPullJob, ImagePullJob, ImagePullJobSpec};
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
 use crate::controller::metrics::ControllerMetrics;
@@ -271,24 +269,6 @@ fn new_job(list: &ImageListPullJob, image: &str, hash: &str) -> ImagePullJob {
         },
         status: None,
     }
-}
-
-/// Full `/status` replace with the list's resourceVersion (a conflict retries the reconcile).
-async fn write_status(
-    api: &Api<ImageListPullJob>,
-    list: &ImageListPullJob,
-    status: ImageListPullJobStatus,
-) -> Result<(), Error> {
-    if list.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let mut obj = list.clone();
-    obj.status = Some(status);
-    let name = list.name_any();
-    api.replace_status(&name, &PostParams::default(), &obj)
-        .await
-        .map_err(|e| Error::kube(format!("update ImageListPullJob {name} status"), e))?;
-    Ok(())
 }
 
 async fn event(ctx: &Ctx, list: &ImageListPullJob, type_: EventType, reason: &str, message: &str) {

@@ -13,9 +13,14 @@ pub mod node_image;
 
 use std::time::Duration;
 
-use kube::Api;
+use std::fmt::Debug;
+
 use kube::api::PostParams;
+use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::info;
 
 use crate::api::clamp;
@@ -106,6 +111,25 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: ControllerMetrics) 
         list_loop,
         node_images.run(client, cfg, jobs, metrics)
     );
+}
+
+/// Full `/status` replace of a job with its resourceVersion (a conflict retries the reconcile);
+/// nothing is written when the status is unchanged.
+pub(crate) async fn write_status<K>(api: &Api<K>, obj: &K, status: K::Status) -> Result<(), Error>
+where
+    K: HasStatus + Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    K::Status: PartialEq,
+{
+    if obj.status() == Some(&status) {
+        return Ok(());
+    }
+    let mut next = obj.clone();
+    *next.status_mut() = Some(status);
+    let name = obj.name_any();
+    api.replace_status(&name, &PostParams::default(), &next)
+        .await
+        .map_err(|e| Error::kube(format!("update {} {name} status", K::kind(&())), e))?;
+    Ok(())
 }
 
 /// Read-modify-write of a NodeImage with optimistic concurrency: `change` edits a fresh copy and
