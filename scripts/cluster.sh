@@ -11,7 +11,9 @@
 #   scripts/cluster.sh down         stop everything and remove every process, mount, cgroup,
 #                                   interface, iptables rule and file `up` made (idempotent)
 #   scripts/cluster.sh env          print the environment of the running cluster (KUBECONFIG, ...)
-#   scripts/cluster.sh image BIN    push an image holding BIN as /usr/bin/nodeward; prints its name
+#   scripts/cluster.sh image BIN [NAME [PATH]]
+#                                   push an image NAME (nodeward) holding BIN as PATH
+#                                   (/usr/bin/nodeward); prints its reference
 #   scripts/cluster.sh deploy BIN   deploy nodeward from packaging/kubernetes with that image, as a
 #                                   user would (server-side apply), and wait for its rollout
 #   scripts/cluster.sh lint         gofmt and go vet of tests/cluster
@@ -743,23 +745,29 @@ EOF
 
 # ---------------------------------------------------------------------------------------- image
 
-# image BIN: an image holding BIN as /usr/bin/nodeward (entrypoint), tagged by its content hash,
-# as the Containerfile makes it (scratch base: the binary is static).
+# image BIN [NAME [PATH]]: an image NAME (default nodeward) holding the static BIN as PATH
+# (default /usr/bin/nodeward, the entrypoint), tagged by its content hash, as the Containerfile
+# makes nodeward's (scratch base). Also for a peer's binaries (e.g. a kruise-daemon built apart).
 cmd_image() {
-  local bin=${1:?usage: cluster.sh image BINARY} tag work ref
+  local bin=${1:?usage: cluster.sh image BINARY [NAME [PATH]]} name=${2:-nodeward} path=${3:-/usr/bin/nodeward}
+  local tag work ref
   [ -f "$DIR/bin" ] || die "the cluster is not up (scripts/cluster.sh up)"
   file -L "$bin" | grep -q 'static' || die "$bin is not a static binary"
   tag=$(sha256sum "$bin" | cut -c1-12)
-  ref="127.0.0.1:$REGISTRY_PORT/nodeward:$tag"
+  ref="127.0.0.1:$REGISTRY_PORT/$name:$tag"
   if ! skopeo inspect --tls-verify=false "docker://$ref" >/dev/null 2>&1; then
     work=$(mktemp -d)
-    mkdir -p "$work/rootfs/usr/bin"
-    cp "$bin" "$work/rootfs/usr/bin/nodeward"
+    mkdir -p "$work/rootfs$(dirname "$path")"
+    cp "$bin" "$work/rootfs$path"
     umoci init --layout "$work/layout"
-    umoci new --image "$work/layout:nodeward"
-    umoci insert --image "$work/layout:nodeward" "$work/rootfs" / >/dev/null
-    umoci config --image "$work/layout:nodeward" --config.entrypoint /usr/bin/nodeward --config.cmd agent
-    push "$work/layout" nodeward "$ref"
+    umoci new --image "$work/layout:$name"
+    umoci insert --image "$work/layout:$name" "$work/rootfs" / >/dev/null
+    if [ "$name" = nodeward ]; then
+      umoci config --image "$work/layout:$name" --config.entrypoint "$path" --config.cmd agent
+    else
+      umoci config --image "$work/layout:$name" --config.entrypoint "$path"
+    fi
+    push "$work/layout" "$name" "$ref"
     rm -rf "$work"
   fi
   echo "$ref"
@@ -771,7 +779,7 @@ cmd_image() {
 # the overlay lives in the repo's target dir.
 cmd_deploy() {
   local image name tag overlay="$ROOT/target/real-cluster-overlay" what
-  image=$(cmd_image "${1:?usage: cluster.sh deploy BINARY}")
+  image=$(cmd_image "${1:?usage: cluster.sh deploy BINARY}" nodeward)
   name=${image%:*}
   tag=${image##*:}
   mkdir -p "$overlay"
@@ -862,13 +870,13 @@ build) cmd_build ;;
 up) cmd_up ;;
 down) cmd_down ;;
 env) cmd_env ;;
-image) cmd_image "${2:-}" ;;
+image) cmd_image "${2:-}" "${3:-}" "${4:-}" ;;
 deploy) cmd_deploy "${2:-}" ;;
 stop) stop_process "${2:?usage: cluster.sh stop NAME}" ;;
 restart) cmd_restart "${2:-}" ;;
 lint) cmd_lint ;;
 *)
-  echo "usage: $0 build|up|down|env|lint|image BINARY|deploy BINARY|stop NAME|restart NAME" >&2
+  echo "usage: $0 build|up|down|env|lint|image BINARY [NAME [PATH]]|deploy BINARY|stop NAME|restart NAME" >&2
   exit 2
   ;;
 esac

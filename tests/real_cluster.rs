@@ -1613,6 +1613,38 @@ fn helm_on(cluster: &RealCluster, args: &[&str]) -> String {
     out
 }
 
+/// The chart's values for this cluster: nodeward's image and the cluster's host paths.
+fn chart_sets(cluster: &RealCluster, image: &str) -> String {
+    let dir = cluster.dir.display();
+    format!(
+        "image.reference={image},agent.runtimeDir={dir}/run/containerd,agent.stateDir={dir}/nodeward/state,agent.runDir={dir}/nodeward/run"
+    )
+}
+
+/// Remove the kubectl-deployed nodeward (all but its CRDs and namespaces): the objects the chart
+/// makes with `sets`, which have the same names. Their list, in a file.
+fn remove_nodeward(cluster: &RealCluster, sets: &str) -> String {
+    let rendered = helm_on(
+        cluster,
+        &[
+            "template",
+            "nodeward",
+            support::helm::CHART,
+            "-n",
+            NAMESPACE,
+            "--set",
+            sets,
+        ],
+    );
+    let objects = cluster.dir.join("helm-objects.yaml");
+    std::fs::write(&objects, &rendered).unwrap();
+    let objects = objects.to_str().unwrap().to_owned();
+    cluster
+        .kubectl(&["delete", "--ignore-not-found", "--wait", "-f", &objects])
+        .unwrap();
+    objects
+}
+
 /// The Helm chart on the real cluster, as an OpenKruise user installs: the kubectl-deployed
 /// nodeward removed (its CRDs and namespace kept), `helm install` → the agent and the controller
 /// ready and a Job's sidecar stopped; `helm upgrade` with a feature gate → both roll with it;
@@ -1623,24 +1655,10 @@ async fn helm_install_upgrade_uninstall() {
     let _alone = DISRUPTION.write().await;
     let ns = "rc-helm";
     let (cluster, client) = setup(ns).await;
-    let image = cluster.deploy_nodeward();
-    let dir = cluster.dir.display().to_string();
-    let sets = format!(
-        "image.reference={image},agent.runtimeDir={dir}/run/containerd,agent.stateDir={dir}/nodeward/state,agent.runDir={dir}/nodeward/run"
-    );
+    let sets = chart_sets(cluster, &cluster.deploy_nodeward());
+    let objects = remove_nodeward(cluster, &sets);
+    let objects = objects.as_str();
     let chart = support::helm::CHART;
-    let rendered = helm_on(
-        cluster,
-        &[
-            "template", "nodeward", chart, "-n", NAMESPACE, "--set", &sets,
-        ],
-    );
-    let objects = cluster.dir.join("helm-objects.yaml");
-    std::fs::write(&objects, &rendered).unwrap();
-    let objects = objects.to_str().unwrap();
-    cluster
-        .kubectl(&["delete", "--ignore-not-found", "--wait", "-f", objects])
-        .unwrap();
 
     helm_on(
         cluster,
@@ -1724,6 +1742,239 @@ async fn helm_install_upgrade_uninstall() {
             .is_some()
     );
 
+    cluster.redeploy_nodeward();
+    teardown(&client, ns).await;
+}
+
+/// A peer given by the environment (built apart: README "Upgrading from kruise-daemon").
+fn peer(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set (README \"Upgrading from kruise-daemon\" says how to build OpenKruise)")
+    })
+}
+
+/// OpenKruise's kustomize manifests (`config/default` of its source tree) with the images pushed
+/// here and kruise-daemon's `/var/run` being the cluster's run directory; the documents to apply
+/// and, apart, those to delete afterwards (not the CRDs: nodeward's kinds are among them).
+fn kruise_manifests(
+    cluster: &RealCluster,
+    source: &str,
+    manager: &str,
+    daemon: &str,
+) -> (String, String) {
+    let rendered = cluster
+        .kubectl(&["kustomize", &format!("{source}/config/default")])
+        .unwrap();
+    // The Deployment (manager) comes before the DaemonSet (daemon).
+    let rendered = rendered
+        .replacen("image: controller:latest", &format!("image: {manager}"), 1)
+        .replacen("image: controller:latest", &format!("image: {daemon}"), 1);
+    let run = cluster.dir.join("run");
+    let rendered = rendered.replace(
+        "      - hostPath:\n          path: /var/run\n",
+        &format!("      - hostPath:\n          path: {}\n", run.display()),
+    );
+    assert!(!rendered.contains("controller:latest") && rendered.contains(&*run.to_string_lossy()));
+    let deletable: Vec<&str> = rendered
+        .split("\n---\n")
+        .filter(|d| !d.contains("\nkind: CustomResourceDefinition\n"))
+        .collect();
+    (rendered.clone(), deletable.join("\n---\n"))
+}
+
+/// The README's "Upgrading from kruise-daemon", tried on the real cluster: OpenKruise (its
+/// kustomize manifests; kruise-manager and kruise-daemon built apart from its Go module, given by
+/// NODEWARD_PEER_KRUISE_MANAGER, NODEWARD_PEER_KRUISE_DAEMON and the source tree by
+/// NODEWARD_PEER_KRUISE_SOURCE) terminates a Job's sidecar; then kruise-daemon leaves the node by
+/// node affinity (step 2), nodeward comes with the chart on the labelled node beside
+/// kruise-manager (step 3), and nodeward's agent stops a Job's sidecar and carries out a CRR
+/// (step 4). Run by hand: `cargo test --test real_cluster -- --ignored migrate_from_kruise_daemon`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs OpenKruise built apart (NODEWARD_PEER_KRUISE_*)"]
+async fn migrate_from_kruise_daemon() {
+    let (manager, daemon, source) = (
+        peer("NODEWARD_PEER_KRUISE_MANAGER"),
+        peer("NODEWARD_PEER_KRUISE_DAEMON"),
+        peer("NODEWARD_PEER_KRUISE_SOURCE"),
+    );
+    let _alone = DISRUPTION.write().await;
+    let ns = "rc-migrate";
+    let (cluster, client) = setup(ns).await;
+    let sets = chart_sets(cluster, &cluster.deploy_nodeward());
+    remove_nodeward(cluster, &sets);
+    let image = |bin: &str, name: &str, path: &str| {
+        cluster
+            .script(&["image", bin, name, path])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (manager_image, daemon_image) = (
+        image(&manager, "kruise-manager", "/manager"),
+        image(&daemon, "kruise-daemon", "/kruise-daemon"),
+    );
+    let (kruise, deletable) = kruise_manifests(cluster, &source, &manager_image, &daemon_image);
+    let kruise_file = cluster.dir.join("kruise.yaml");
+    std::fs::write(&kruise_file, &kruise).unwrap();
+    let deletable_file = cluster.dir.join("kruise-objects.yaml");
+    std::fs::write(&deletable_file, &deletable).unwrap();
+    let kruise_file = kruise_file.to_str().unwrap();
+    let apply = [
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        kruise_file,
+    ];
+    cluster.kubectl(&apply).unwrap();
+    for what in [
+        "deployment/kruise-controller-manager",
+        "daemonset/kruise-daemon",
+    ] {
+        cluster
+            .kubectl(&[
+                "-n",
+                "kruise-system",
+                "rollout",
+                "status",
+                what,
+                "--timeout=300s",
+            ])
+            .unwrap();
+    }
+
+    // Under OpenKruise: kruise-manager's CRR for the finished Job pod, kruise-daemon's stop.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let marker = [(SIDECAR_ENV, "true")];
+    let job = sidecar_job(cluster, "under-kruise", "Never", "sleep 2; exit 0", &marker);
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    assert_eq!(job_outcome(&jobs, "under-kruise").await, "Complete");
+
+    // Step 2: kruise-daemon off the nodes labelled for nodeward; step 3: nodeward on them.
+    let label = "nodeward.io/agent";
+    cluster
+        .kubectl(&[
+            "label",
+            "node",
+            &cluster.node,
+            &format!("{label}=true"),
+            "--overwrite",
+        ])
+        .unwrap();
+    let away = json!([{"op": "add", "path": "/spec/template/spec/affinity", "value": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": label, "operator": "NotIn", "values": ["true"]}]}]}}}}]);
+    cluster
+        .kubectl(&[
+            "-n",
+            "kruise-system",
+            "patch",
+            "daemonset",
+            "kruise-daemon",
+            "--type=json",
+            "-p",
+            &away.to_string(),
+        ])
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kruise-system");
+    wait::until("kruise-daemon gone from the node", 120, || {
+        let pods = pods.clone();
+        async move {
+            let lp = ListParams::default().labels("control-plane=daemon");
+            pods.list(&lp).await.unwrap().items.is_empty().then_some(())
+        }
+    })
+    .await;
+    let on_labelled =
+        format!("{sets},agent.nodeAffinity[0].key={label},agent.nodeAffinity[0].operator=In");
+    let chart = support::helm::CHART;
+    helm_on(
+        cluster,
+        &[
+            "install",
+            "nodeward",
+            chart,
+            "-n",
+            NAMESPACE,
+            "--set",
+            &on_labelled,
+            "--set-string",
+            "agent.nodeAffinity[0].values[0]=true",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+
+    // Step 4: nodeward's agent acts, kruise-manager still running.
+    let job = sidecar_job(
+        cluster,
+        "under-nodeward",
+        "Never",
+        "sleep 2; exit 0",
+        &marker,
+    );
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    assert_eq!(job_outcome(&jobs, "under-nodeward").await, "Complete");
+    let pod = job_pod(&client, ns, "under-nodeward").await;
+    let uid = pod.metadata.uid.as_deref().unwrap();
+    let events = events_for(&client, ns, uid, "SidecarTerminated").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reporting_component.as_deref() == Some("nodeward-agent")),
+        "{events:?}"
+    );
+    ready_pod(cluster, &client, ns, "app", &["app"]).await;
+    let crr = recreate(&client, ns, "after-migration", "app", "app").await;
+    assert_eq!(crr.data["status"]["phase"], "Completed", "{:?}", crr.data);
+    let app = until_ready(&client, ns, "app").await;
+    assert_eq!(restart_count(&app, "app"), Some(1));
+
+    // Back to the cluster the other tests expect: kruise's webhooks first (its pod webhook
+    // fails closed), then its objects (its CRDs stay), nodeward's chart, the label.
+    for (kind, name) in [
+        (
+            "mutatingwebhookconfiguration",
+            "kruise-mutating-webhook-configuration",
+        ),
+        (
+            "validatingwebhookconfiguration",
+            "kruise-validating-webhook-configuration",
+        ),
+    ] {
+        cluster
+            .kubectl(&["delete", "--ignore-not-found", kind, name])
+            .unwrap();
+    }
+    let deletable_file = deletable_file.to_str().unwrap();
+    cluster
+        .kubectl(&[
+            "delete",
+            "--ignore-not-found",
+            "--wait",
+            "-f",
+            deletable_file,
+        ])
+        .unwrap();
+    helm_on(
+        cluster,
+        &["uninstall", "nodeward", "-n", NAMESPACE, "--wait"],
+    );
+    cluster
+        .kubectl(&["label", "node", &cluster.node, &format!("{label}-")])
+        .unwrap();
+    let crds = support::repo().join("packaging/kubernetes/crds.yaml");
+    cluster
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=nodeward-deploy",
+            "-f",
+            crds.to_str().unwrap(),
+        ])
+        .unwrap();
     cluster.redeploy_nodeward();
     teardown(&client, ns).await;
 }
