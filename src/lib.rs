@@ -1,6 +1,6 @@
 //! nodeward: a node agent and a slim Kubernetes controller implementing OpenKruise's node-side
-//! features (Job sidecar terminator, ContainerRecreateRequest, image pre-pull) with OpenKruise's
-//! API. The library holds every capability; `src/main.rs` is a thin CLI over it. The layers, the
+//! features (Job sidecar terminator, ContainerRecreateRequest, image pre-pull, custom pod probes,
+//! container meta for in-place updates) with OpenKruise's API. The library holds every capability; `src/main.rs` is a thin CLI over it. The layers, the
 //! four rooms of a capability and the data flow of a sidecar stop: `ARCHITECTURE.md`.
 
 pub mod agent;

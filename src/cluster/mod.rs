@@ -25,9 +25,10 @@ pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_conflict())
 }
 
-/// Read, change and write with `attempt`; on a conflict, read again and retry, `tries` times in
-/// all, 10 ms apart: client-go's `RetryOnConflict` (its `DefaultRetry` is 5 tries). Any other
-/// result, or the last conflict, is returned.
+/// Read, change and write with `attempt`; when the object changed since it was read (a conflict,
+/// or a create that found the name taken), read again and retry, `tries` times in all, 10 ms
+/// apart: client-go's `RetryOnConflict` (its `DefaultRetry` is 5 tries). Any other result, or the
+/// last conflict, is returned.
 pub async fn retry_on_conflict<T, F, Fut>(tries: usize, attempt: F) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
@@ -40,11 +41,10 @@ where
                 .with_delay(std::time::Duration::from_millis(10))
                 .with_max_times(tries.saturating_sub(1)),
         )
-        .when(is_conflict)
+        .when(|e| is_conflict(e) || is_already_exists(e))
         .await
 }
 
-/// A create found the name taken (409 AlreadyExists).
 /// Wait until a reflector's store holds its first list. kube-runtime's
 /// `Store::wait_until_ready` keeps one waker for all its waiters (a oneshot receiver shared by
 /// every clone of the store), so of several tasks waiting at once only the last to poll is
@@ -62,6 +62,7 @@ where
     {}
 }
 
+/// A create found the name taken (409 AlreadyExists).
 pub fn is_already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_already_exists())
 }

@@ -9,6 +9,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
+use super::Restarted;
 use super::decide::Restart;
 use super::report;
 use crate::api::kruise::ANNOTATION_RUNTIME_CONTAINERS_META;
@@ -64,15 +65,6 @@ pub async fn write_annotation(
 /// The journal key of a restart: once per container instance.
 pub fn restart_key(container_id: &str) -> String {
     format!("{}/{container_id}", journal::KIND_RESTART_FOR_METADATA_ENV)
-}
-
-/// What a restart came to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Restarted {
-    Stopped,
-    /// Recorded as done before (another pass, or before an agent restart): not repeated.
-    AlreadyDone,
-    Failed(String),
 }
 
 /// Stop the container (preStop, then StopContainer with the rest of its grace) so that the

@@ -46,7 +46,6 @@ use crate::journal::{self, Commits, Journal};
 use crate::node::pods::PodUpdate;
 use crate::node::view::NodeView;
 use crate::telemetry::metrics::Metrics;
-use act::Restarted;
 use decide::{EnvRead, Restart};
 
 /// A stale container is stopped this long after it is first seen stale (upstream's delay).
@@ -56,6 +55,15 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(600);
 const READ_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Failed annotation writes back off from 500 ms up to this.
 const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What a restart came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restarted {
+    Stopped,
+    /// Recorded as done before (another pass, or before an agent restart): not repeated.
+    AlreadyDone,
+    Failed(String),
+}
 
 /// Container meta's settings.
 #[derive(Clone)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::act::Restarted;
+use super::Restarted;
 use super::decide::Restart;
 use crate::cluster::events::{EventType, Note, pod_reference};
 use crate::cri::kill::PreStopOutcome;

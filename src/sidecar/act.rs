@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::ContainerStatus;
 
-use super::Config;
 use super::decide::{PodFacts, Target};
 use super::report::{Inputs, InputsContainer};
+use super::{Config, Done};
 use crate::cri::CriClient;
 use crate::cri::kill::{Kill, PreStopOutcome};
 use crate::cri::kubelet::{NamedPort, PodRef, PreStop};
@@ -81,16 +81,6 @@ pub struct Outcome {
     /// The container's final status after the stop (`None`: removed meanwhile), or why the stop
     /// failed.
     pub result: Result<Option<ContainerStatus>, String>,
-}
-
-/// What a stop action reports back to the terminator.
-pub struct Done {
-    pub key: String,
-    pub action: journal::Action,
-    pub requests: Vec<Request>,
-    /// `None` when the journal says the action was already completed.
-    pub outcomes: Option<Vec<Outcome>>,
-    pub journal_error: Option<String>,
 }
 
 /// The journal key and action for stopping `targets` of a pod, with the decision's inputs.

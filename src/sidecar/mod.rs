@@ -27,10 +27,8 @@ use crate::journal::{self, Commits, Journal};
 use crate::node::model::{NodeModel, State};
 use crate::report::pb;
 use crate::telemetry::metrics::Metrics;
-use act::Request;
+use act::{Outcome, Request};
 use decide::{Decision, Hold, Target, decide};
-
-pub use act::Done;
 
 /// What the terminator needs from the agent.
 #[derive(Clone)]
@@ -51,6 +49,16 @@ pub struct Config {
     /// The `SidecarTerminator` gate: when off, no new stop is decided (one decided before, found
     /// in the journal, is still finished).
     pub enabled: bool,
+}
+
+/// What a stop action reports back to the terminator.
+pub struct Done {
+    pub key: String,
+    pub action: journal::Action,
+    pub requests: Vec<Request>,
+    /// `None` when the journal says the action was already completed.
+    pub outcomes: Option<Vec<Outcome>>,
+    pub journal_error: Option<String>,
 }
 
 /// The terminator's state: stops in flight and the last hold per pod.

@@ -14,21 +14,21 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1::ContainerStatus;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Config;
-use super::act::Done;
+use super::Done;
 use super::decide::{Decision, GuardStep, decide, facts};
 use crate::api::role::Role;
 use crate::cluster::events::{self, EventType, Note};
-use crate::cluster::{COMPONENT, is_already_exists, is_not_found};
+use crate::cluster::{COMPONENT, is_not_found};
 use crate::cri::kubelet::RestartPolicy;
 use crate::journal::{self, Action, Event, Journal, PodInfo};
 use crate::node::model::{NodeModel, State};
@@ -88,11 +88,11 @@ pub fn message(ev: &Event) -> String {
     format!("nodeward stopped sidecar(s) {}", parts.join(", "))
 }
 
-/// The Event object for an outbox entry.
-pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
+/// The Event of a completed stop, named after the action (a redelivery finds it written).
+fn note(ev: &Event) -> Note {
     let pod = &ev.action.pod;
     let object = crate::cluster::events::pod_reference(&pod.namespace, &pod.name, Some(&pod.uid));
-    let note = Note {
+    Note {
         name: Some(event_name(&pod.name, &ev.key)),
         at: ev.outcome.finished_at,
         ..Note::new(
@@ -102,8 +102,7 @@ pub fn kube_event(ev: &Event, node: &str) -> KubeEvent {
             "StopContainer",
             message(ev),
         )
-    };
-    events::build(&note, COMPONENT, Some(node))
+    }
 }
 
 /// With `KRUISE_TERMINATE_SIDECAR_IGNORE_EXIT_CODE` sidecars, OpenKruise v1.9 sets the pod phase
@@ -393,13 +392,9 @@ pub async fn deliver(client: &kube::Client, node: &str, ev: &Event) -> Result<()
         let pod = format!("{}/{}", pod.namespace, pod.name);
         move |source| DeliveryError { what, pod, source }
     };
-    let events: Api<KubeEvent> = Api::namespaced(client.clone(), &pod.namespace);
-    match events
-        .create(&PostParams::default(), &kube_event(ev, node))
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if is_already_exists(&e) => {}
+    let writer = events::EventWriter::new(client.clone(), COMPONENT, Some(node.to_string()));
+    match writer.write(&note(ev)).await {
+        Ok(()) => {}
         Err(e) if is_not_found(&e) => return Ok(()),
         Err(e) => return Err(err("Event")(e)),
     }
@@ -781,7 +776,7 @@ mod tests {
 
     #[test]
     fn event_and_condition_shapes() {
-        let e = kube_event(&ev(), "node-a");
+        let e = events::build(&note(&ev()), COMPONENT, Some("node-a"));
         assert_eq!(e.reason.as_deref(), Some("SidecarTerminated"));
         assert_eq!(e.involved_object.uid.as_deref(), Some("u1"));
         assert_eq!(e.metadata.namespace.as_deref(), Some("batch"));

@@ -37,7 +37,7 @@ use crate::api::kruise::{
     SECRET_MODE_BATCH,
 };
 use crate::cluster::events::EventType;
-use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::cluster::{is_conflict, is_not_found, retry_on_conflict};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
 use crate::controller::retries::Retries;
@@ -467,11 +467,8 @@ async fn ensure_copy(
     source_ns: &str,
 ) -> Result<String, Error> {
     let source_key = decide::job_key(source_ns, &source.name_any());
-    for _ in 0..5 {
-        let list = copies
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| Error::kube("list secret copies", e))?;
+    retry_on_conflict(5, || async {
+        let list = copies.list(&ListParams::default()).await?;
         let existing = list
             .items
             .into_iter()
@@ -496,21 +493,16 @@ async fn ensure_copy(
         copy.type_.clone_from(&source.type_);
         copy.string_data = None;
         let name = copy.name_any();
-        let res = match &existing {
+        match &existing {
             Some(e) if same_secret(e, &copy) => return Ok(name),
-            Some(_) => copies.replace(&name, &PostParams::default(), &copy).await,
-            None => copies.create(&PostParams::default(), &copy).await,
+            Some(_) => copies.replace(&name, &PostParams::default(), &copy).await?,
+            None => copies.create(&PostParams::default(), &copy).await?,
         };
-        match res {
-            Ok(_) => {
-                info!(secret = %name, source = %source_key, job = %job_key, "pull secret copy synced");
-                return Ok(name);
-            }
-            Err(e) if is_conflict(&e) || is_already_exists(&e) => continue,
-            Err(e) => return Err(Error::kube(format!("write secret copy {name}"), e)),
-        }
-    }
-    Err(Error::Conflict(format!("secret copy of {source_key}")))
+        info!(secret = %name, source = %source_key, job = %job_key, "pull secret copy synced");
+        Ok(name)
+    })
+    .await
+    .map_err(|e| Error::kube(format!("sync the secret copy of {source_key}"), e))
 }
 
 fn same_secret(a: &Secret, b: &Secret) -> bool {
@@ -526,12 +518,9 @@ async fn release_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
     }
     let key = decide::job_key(&ns, &job.name_any());
     let copies: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.cfg.pull_secret_namespace);
-    for _ in 0..5 {
-        let list = copies
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| Error::kube("list secret copies", e))?;
-        let mut conflict = false;
+    // A conflict on one copy reads them all again (the others are then found done).
+    retry_on_conflict(5, || async {
+        let list = copies.list(&ListParams::default()).await?;
         for mut s in list.items {
             if !decide::references(s.annotations()).contains(&key) {
                 continue;
@@ -560,17 +549,14 @@ async fn release_secrets(ctx: &Ctx, job: &ImagePullJob) -> Result<(), Error> {
                     .map(|_| ())
             };
             match res {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) if is_conflict(&e) => conflict = true,
-                Err(e) => return Err(Error::kube(format!("release secret copy {name}"), e)),
+                Err(e) if !is_not_found(&e) => return Err(e),
+                _ => {}
             }
         }
-        if !conflict {
-            return Ok(());
-        }
-    }
-    Err(Error::Conflict(format!("secret copies of {key}")))
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::kube(format!("release the secret copies of {key}"), e))
 }
 
 /// Deletion: take the job off every NodeImage, release its secret copies, drop the finalizer.

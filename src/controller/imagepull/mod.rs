@@ -66,15 +66,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("{0}: too many conflicting writes")]
-    Conflict(String),
 }
 
 impl Reason for Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::Kube { source, .. } => source.reason(),
-            Error::Conflict(_) => "conflict",
         }
     }
 }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{Config, Error, RESYNC, requeue_after, update_node_image};
 use crate::api::kruise::{EVENT_REASON_PULL_IMAGE_FAILED, ImagePullJob, NodeImage, NodeImageSpec};
 use crate::cluster::events::EventType;
-use crate::cluster::{is_already_exists, is_conflict, is_not_found};
+use crate::cluster::{is_already_exists, is_not_found, retry_on_conflict};
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::record_event;
 use crate::controller::retries::Retries;
@@ -182,45 +182,36 @@ async fn reconcile_node_image(ni: Arc<NodeImage>, ctx: Arc<Ctx>) -> Result<Actio
             None => return Ok(Action::await_change()),
         }
     }
-    // The status pass: conflicts with the agent's writes are expected; re-read and retry.
-    let mut check = None;
-    for _ in 0..5 {
-        let c = decide::check_status(
-            &current,
-            Timestamp::now(),
-            ctx.cfg.node_image_response_timeout,
-        );
+    // The status pass: conflicts with the agent's writes are expected; the first try uses the
+    // copy at hand, a retry reads it again.
+    let at_hand = std::sync::Mutex::new(Some(current));
+    let checked = retry_on_conflict(5, || async {
+        let held = at_hand.lock().ok().and_then(|mut c| c.take());
+        let obj = match held {
+            Some(obj) => obj,
+            None => match api.get_opt(&name).await? {
+                Some(obj) => obj,
+                None => return Ok(None),
+            },
+        };
+        let c = decide::check_status(&obj, Timestamp::now(), ctx.cfg.node_image_response_timeout);
         // Only failures make the controller write a status the agent has not written yet.
-        let unchanged = match &current.status {
+        let unchanged = match &obj.status {
             Some(s) => *s == c.status,
             None => c.failed.is_empty(),
         };
-        if unchanged {
-            check = Some(c);
-            break;
+        if !unchanged {
+            let mut next = obj.clone();
+            next.status = Some(c.status.clone());
+            api.replace_status(&name, &PostParams::default(), &next)
+                .await?;
         }
-        let mut obj = current.clone();
-        obj.status = Some(c.status.clone());
-        match api
-            .replace_status(&name, &PostParams::default(), &obj)
-            .await
-        {
-            Ok(_) => {
-                check = Some(c);
-                break;
-            }
-            Err(e) if is_conflict(&e) => {
-                current = match api.get_opt(&name).await {
-                    Ok(Some(n)) => n,
-                    Ok(None) => return Ok(Action::await_change()),
-                    Err(e) => return Err(Error::kube(format!("get NodeImage {name}"), e)),
-                };
-            }
-            Err(e) => return Err(Error::kube(format!("update NodeImage {name} status"), e)),
-        }
-    }
-    let Some(check) = check else {
-        return Err(Error::Conflict(format!("NodeImage {name} status")));
+        Ok(Some((obj, c)))
+    })
+    .await
+    .map_err(|e| Error::kube(format!("update NodeImage {name} status"), e))?;
+    let Some((current, check)) = checked else {
+        return Ok(Action::await_change());
     };
     for f in &check.failed {
         warn!(node = %name, image = %f.image, tag = %f.tag, message = %f.message, "pull task failed by the controller");

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::certs::{self, Bundle, KEY_CA, KEY_CERT, KEY_KEY};
-use crate::cluster::{is_already_exists, is_conflict, retry_on_conflict};
+use crate::cluster::retry_on_conflict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,26 +75,30 @@ pub async fn ensure_bundle(
         secret: name.to_string(),
         source,
     };
-    loop {
-        let current = secrets.get_opt(name).await.map_err(err)?;
+    // A Secret another replica wrote meanwhile is read again and served (the outer `Result`:
+    // API errors, retried on a conflict; the inner: a certificate that cannot be made).
+    let issued = retry_on_conflict(5, || async {
+        let current = secrets.get_opt(name).await?;
         let bundle = current.as_ref().and_then(bundle_of);
         let now = SystemTime::now();
         let why = match &bundle {
             Some(b) => match certs::needs_renewal(b, names, now) {
-                None => return Ok(b.clone()),
+                None => return Ok(Ok(b.clone())),
                 Some(why) => why,
             },
             None => "no certificate yet".into(),
         };
-        let fresh = certs::issue(names, now, bundle.as_ref().map(|b| b.ca.as_str()))?;
-        let written = match current {
+        let fresh = match certs::issue(names, now, bundle.as_ref().map(|b| b.ca.as_str())) {
+            Ok(fresh) => fresh,
+            Err(e) => return Ok(Err(e)),
+        };
+        match current {
             Some(mut secret) => {
                 secret.data = Some(data_of(&fresh));
                 secret.string_data = None;
                 secrets
                     .replace(name, &PostParams::default(), &secret)
-                    .await
-                    .map(|_| ())
+                    .await?;
             }
             None => {
                 let secret = Secret {
@@ -106,22 +110,15 @@ pub async fn ensure_bundle(
                     data: Some(data_of(&fresh)),
                     ..Default::default()
                 };
-                secrets
-                    .create(&PostParams::default(), &secret)
-                    .await
-                    .map(|_| ())
+                secrets.create(&PostParams::default(), &secret).await?;
             }
-        };
-        match written {
-            Ok(()) => {
-                info!(secret = %name, reason = %why, "webhook certificate issued");
-                return Ok(fresh);
-            }
-            // Another replica wrote it first: serve theirs.
-            Err(e) if is_conflict(&e) || is_already_exists(&e) => continue,
-            Err(e) => return Err(err(e)),
         }
-    }
+        info!(secret = %name, reason = %why, "webhook certificate issued");
+        Ok(Ok(fresh))
+    })
+    .await
+    .map_err(err)?;
+    Ok(issued?)
 }
 
 /// A webhook configuration kind whose webhooks may call our Service.
