@@ -89,19 +89,10 @@ built() {
   for b in $BUILT; do [ -x "$1/$b" ] || return 1; done
 }
 
-go_env() {
-  export GOMODCACHE=${NODEWARD_GOMODCACHE:-$HOME/.cache/go-mod}
-  export GOCACHE=${NODEWARD_GOCACHE:-$HOME/.cache/go-build}
-  export GOFLAGS=-mod=readonly CGO_ENABLED=0
-}
+# go_env, go_lint
+. "$ROOT/scripts/go-env.sh"
 
-cmd_lint() {
-  go_env
-  local unformatted
-  unformatted=$(gofmt -l "$MODULE")
-  [ -z "$unformatted" ] || die "gofmt: $unformatted"
-  (cd "$MODULE" && go vet ./...)
-}
+cmd_lint() { go_lint "$MODULE"; }
 
 cmd_build() {
   local out key version minor

@@ -30,21 +30,10 @@ build_key() {
 
 bin_path() { echo "$CACHE/$(build_key)/bin/helm"; }
 
-# As scripts/cluster.sh, and never a newer toolchain than the installed one (helm v4.3 needs Go
-# 1.26: tests/helm/go.mod says so, and `go` fails with that if it is older).
-go_env() {
-  export GOMODCACHE=${NODEWARD_GOMODCACHE:-$HOME/.cache/go-mod}
-  export GOCACHE=${NODEWARD_GOCACHE:-$HOME/.cache/go-build}
-  export GOFLAGS=-mod=readonly CGO_ENABLED=0 GOTOOLCHAIN=local
-}
+# go_env (the caches scripts/cluster.sh uses), go_lint
+. "$ROOT/scripts/go-env.sh"
 
-cmd_lint() {
-  go_env
-  local unformatted
-  unformatted=$(gofmt -l "$MODULE")
-  [ -z "$unformatted" ] || die "gofmt: $unformatted"
-  (cd "$MODULE" && go vet ./...)
-}
+cmd_lint() { go_lint "$MODULE"; }
 
 cmd_build() {
   local out key version

@@ -29,7 +29,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Config, Error, RESYNC, requeue_after, update_node_image, write_status};
+use super::{
+    Config, Error, RESYNC, expire, requeue_after, seconds_until, update_node_image, write_status,
+};
 use crate::api::clamp;
 use crate::api::kruise::{
     ANNOTATION_SECRET_MODE, ANNOTATION_SECRET_REFERENCES, ANNOTATION_SECRET_SOURCE_KEY,
@@ -158,13 +160,6 @@ struct Ctx {
     node_images: Store<NodeImage>,
 }
 
-fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {
-    let secs = clamp::seconds(secs).as_secs().cast_signed();
-    t.0.as_second()
-        .saturating_add(secs)
-        .saturating_sub(now.as_second())
-}
-
 async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_default();
     let name = job.name_any();
@@ -200,24 +195,12 @@ async fn reconcile(job: Arc<ImagePullJob>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let now = Timestamp::now();
     if let Some(done) = job.status.as_ref().and_then(|s| s.completion_time.clone()) {
         release_secrets(&ctx, &job).await?;
-        let Some(ttl) = job
+        let ttl = job
             .spec
             .template
             .completion_policy
-            .ttl_seconds_after_finished
-        else {
-            return Ok(Action::await_change());
-        };
-        let left = seconds_until(&done, i64::from(ttl), now);
-        if left > 0 {
-            return Ok(Action::requeue(clamp::seconds(left)));
-        }
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => info!(job = %name, namespace = %ns, "finished job deleted after its TTL"),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(Error::kube(format!("delete ImagePullJob {ns}/{name}"), e)),
-        }
-        return Ok(Action::await_change());
+            .ttl_seconds_after_finished;
+        return expire(&api, &*job, &done, ttl, now).await;
     }
     let image = match decide::validate(&job.spec) {
         Ok(image) => image,

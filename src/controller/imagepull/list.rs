@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -26,8 +26,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Error, RESYNC, write_status};
-use crate::api::clamp;
+use super::{Error, RESYNC, expire, write_status};
 use crate::api::kruise::{ImageListPullJob, ImagePullJob, ImagePullJobSpec};
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
@@ -108,7 +107,12 @@ async fn reconcile(list: Arc<ImageListPullJob>, ctx: Arc<Ctx>) -> Result<Action,
     }
     let now = Timestamp::now();
     if let Some(done) = list.status.as_ref().and_then(|s| s.completion_time.clone()) {
-        return after_completion(&api, &list, &done, now).await;
+        let ttl = list
+            .spec
+            .template
+            .completion_policy
+            .ttl_seconds_after_finished;
+        return expire(&api, &*list, &done, ttl, now).await;
     }
     if let Err(message) = decide::validate(&spec) {
         warn!(job = %name, namespace = %ns, %message, "invalid image list pull job");
@@ -198,50 +202,15 @@ async fn reconcile(list: Arc<ImageListPullJob>, ctx: Arc<Ctx>) -> Result<Action,
     match plan.status.completion_time {
         Some(done) => {
             info!(job = %name, namespace = %ns, succeeded = plan.status.succeeded, completed = plan.status.completed, "image list pull job finished");
-            after_completion(&api, &list, &done, now).await
+            let ttl = list
+                .spec
+                .template
+                .completion_policy
+                .ttl_seconds_after_finished;
+            expire(&api, &*list, &done, ttl, now).await
         }
         None => Ok(Action::requeue(RESYNC)),
     }
-}
-
-/// A finished list is left as it is, and deleted `ttlSecondsAfterFinished` after it finished.
-async fn after_completion(
-    api: &Api<ImageListPullJob>,
-    list: &ImageListPullJob,
-    done: &Time,
-    now: Timestamp,
-) -> Result<Action, Error> {
-    let Some(ttl) = list
-        .spec
-        .template
-        .completion_policy
-        .ttl_seconds_after_finished
-    else {
-        return Ok(Action::await_change());
-    };
-    let ttl = clamp::seconds(i64::from(ttl)).as_secs().cast_signed();
-    let left = done
-        .0
-        .as_second()
-        .saturating_add(ttl)
-        .saturating_sub(now.as_second());
-    if left > 0 {
-        return Ok(Action::requeue(clamp::seconds(left)));
-    }
-    let (ns, name) = (list.namespace().unwrap_or_default(), list.name_any());
-    match api.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(job = %name, namespace = %ns, "finished image list pull job deleted after its TTL")
-        }
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => {
-            return Err(Error::kube(
-                format!("delete ImageListPullJob {ns}/{name}"),
-                e,
-            ));
-        }
-    }
-    Ok(Action::await_change())
 }
 
 /// The ImagePullJob of `image`: the list's template, the template's hash as a label, controlled

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use std::fmt::Debug;
 
-use kube::api::PostParams;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, PostParams};
 use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -28,7 +30,7 @@ use crate::api::kruise::{
     DEFAULT_TTL_SECONDS_FOR_ALWAYS_NODE_IMAGE, KRUISE_DAEMON_CONFIG_NAMESPACE,
     NODE_IMAGE_RESPONSE_TIMEOUT_SECONDS, NodeImage,
 };
-use crate::cluster::retry_on_conflict;
+use crate::cluster::{is_not_found, retry_on_conflict};
 use crate::controller::metrics::{ControllerMetrics, Reason};
 
 /// Settings of the image pre-pull controllers.
@@ -108,6 +110,48 @@ pub async fn run(client: kube::Client, cfg: Config, metrics: ControllerMetrics) 
         list_loop,
         node_images.run(client, cfg, jobs, metrics)
     );
+}
+
+/// Seconds from `now` until `secs` after `t` (clamped to a year; negative once past).
+pub(crate) fn seconds_until(t: &Time, secs: i64, now: Timestamp) -> i64 {
+    let secs = clamp::seconds(secs).as_secs().cast_signed();
+    t.0.as_second()
+        .saturating_add(secs)
+        .saturating_sub(now.as_second())
+}
+
+/// A finished job (of either kind) is left as it is, and deleted `ttl` seconds after `done`
+/// (`ttlSecondsAfterFinished`); until then it is requeued for that moment.
+pub(crate) async fn expire<K>(
+    api: &Api<K>,
+    job: &K,
+    done: &Time,
+    ttl: Option<i32>,
+    now: Timestamp,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(ttl) = ttl else {
+        return Ok(Action::await_change());
+    };
+    let left = seconds_until(done, i64::from(ttl), now);
+    if left > 0 {
+        return Ok(Action::requeue(clamp::seconds(left)));
+    }
+    let (kind, ns, name) = (
+        K::kind(&()),
+        job.namespace().unwrap_or_default(),
+        job.name_any(),
+    );
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(kind = %kind, job = %name, namespace = %ns, "finished job deleted after its TTL")
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(Error::kube(format!("delete {kind} {ns}/{name}"), e)),
+    }
+    Ok(Action::await_change())
 }
 
 /// Full `/status` replace of a job with its resourceVersion (a conflict retries the reconcile);
