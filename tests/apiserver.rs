@@ -1976,18 +1976,19 @@ async fn service_account_tokens_are_held_to_the_packaged_rbac() {
         secrets("default").list(&ListParams::default()).await,
         Err(kube::Error::Api(s)) if s.code == 403
     ));
-    // The controller may patch ImagePullJobs but not create them: not by server-side apply either.
+    // The controller may patch ImageListPullJobs but not create them: not by server-side apply
+    // either.
     let jobs: Api<DynamicObject> = Api::namespaced_with(
         client_as(support::rbac::CONTROLLER).await,
         "default",
         &ApiResource::from_gvk(&GroupVersionKind::gvk(
             "apps.kruise.io",
             "v1alpha1",
-            "ImagePullJob",
+            "ImageListPullJob",
         )),
     );
-    let job = json!({"apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImagePullJob",
-        "metadata": {"name": "new-job"}, "spec": {"image": "127.0.0.1:5000/x:1"}});
+    let job = json!({"apiVersion": "apps.kruise.io/v1alpha1", "kind": "ImageListPullJob",
+        "metadata": {"name": "new-job"}, "spec": {"images": ["127.0.0.1:5000/x:1"]}});
     match jobs
         .patch("new-job", &PatchParams::apply("test"), &Patch::Apply(&job))
         .await

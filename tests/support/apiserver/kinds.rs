@@ -149,6 +149,7 @@ pub(crate) fn kruise_resources() -> Vec<ResourceMeta> {
             &["crr"],
         ),
         r("ImagePullJob", "imagepulljobs", true, &[]),
+        r("ImageListPullJob", "imagelistpulljobs", true, &[]),
         r("NodeImage", "nodeimages", false, &[]),
         r("NodePodProbe", "nodepodprobes", false, &[]),
         r("PodProbeMarker", "podprobemarkers", true, &[]),

@@ -60,8 +60,10 @@ pub struct ApiServerOptions {
     pub pod_graceful_deletion: bool,
     /// The GC deletes objects whose owners (of kinds served here) do not exist.
     pub gc_dangling_owner_references: bool,
-    /// Register apps.kruise.io/v1alpha1 ContainerRecreateRequest, ImagePullJob and NodeImage,
-    /// and create the `nodeward-system` namespace: packaging/kubernetes applied.
+    /// Register the apps.kruise.io/v1alpha1 kinds nodeward serves (ContainerRecreateRequest,
+    /// ImagePullJob, ImageListPullJob, NodeImage, NodePodProbe, PodProbeMarker; v1alpha1 only:
+    /// nodeward's clients speak it) and create the `nodeward-system` namespace:
+    /// packaging/kubernetes applied.
     pub kruise_crds: bool,
     /// Worker threads of the server's own runtime.
     pub worker_threads: usize,
