@@ -1774,7 +1774,19 @@ fn kruise_manifests(
         "      - hostPath:\n          path: /var/run\n",
         &format!("      - hostPath:\n          path: {}\n", run.display()),
     );
+    // kruise's own image has /log and /tmp; an image of the bare binary needs them as volumes
+    // (the manager runs as 65534 and writes its protection log and webhook certificates there).
+    let rendered = rendered
+        .replace(
+            "        - mountPath: /tmp/k8s-webhook-server/serving-certs\n",
+            "        - mountPath: /log\n          name: log\n        - mountPath: /tmp\n          name: tmp\n        - mountPath: /tmp/k8s-webhook-server/serving-certs\n",
+        )
+        .replace(
+            "      volumes:\n      - name: cert\n",
+            "      volumes:\n      - emptyDir: {}\n        name: log\n      - emptyDir: {}\n        name: tmp\n      - name: cert\n",
+        );
     assert!(!rendered.contains("controller:latest") && rendered.contains(&*run.to_string_lossy()));
+    assert!(rendered.contains("name: log\n") && rendered.contains("name: tmp\n"));
     let deletable: Vec<&str> = rendered
         .split("\n---\n")
         .filter(|d| !d.contains("\nkind: CustomResourceDefinition\n"))
@@ -1900,6 +1912,8 @@ async fn migrate_from_kruise_daemon() {
             &on_labelled,
             "--set-string",
             "agent.nodeAffinity[0].values[0]=true",
+            // nodeward's CRDs replace kruise's (README step 3), which kubectl applied.
+            "--force-conflicts",
             "--wait",
             "--timeout",
             "3m",

@@ -120,12 +120,13 @@ pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {
         if !seen.insert(c.name.clone()) {
             return reject(format!("can not recreate {} multi times", c.name));
         }
-        if c.pre_stop.is_some() || !c.ports.is_empty() || c.status_context.is_some() {
-            return reject(format!(
-                "can not set preStop, ports or statusContext for container {}: they are copied from the Pod",
-                c.name
-            ));
-        }
+        // Given values are accepted only when they are the Pod's truth: another mutating webhook
+        // (kruise-manager's, kept during a migration) filled them from the same Pod first.
+        let given = (
+            c.pre_stop.take(),
+            std::mem::take(&mut c.ports),
+            c.status_context.take(),
+        );
         let Some(pc) = pod_spec.containers.iter().find(|p| p.name == c.name) else {
             return reject(format!("not found {} container in Pod spec", c.name));
         };
@@ -151,6 +152,17 @@ pub fn default_crr(crr: &Crr, pod: Option<&Pod>) -> Defaulting {
             container_id: st.container_id.clone().unwrap_or_default(),
             restart_count: st.restart_count,
         });
+        let (pre_stop, ports, status_context) = given;
+        let pod_ports = pc.ports.clone().unwrap_or_default();
+        let forged = pre_stop.is_some_and(|p| Some(p) != c.pre_stop)
+            || (!ports.is_empty() && ports != c.ports && ports != pod_ports)
+            || status_context.is_some_and(|s| Some(s) != c.status_context);
+        if forged {
+            return reject(format!(
+                "can not set preStop, ports or statusContext for container {}: they are copied from the Pod",
+                c.name
+            ));
+        }
     }
     out.spec.apply_webhook_defaults();
     if let Some(s) = out.spec.strategy.as_mut()

@@ -176,6 +176,25 @@ fn admission_overwrites_forged_labels_with_the_pods_truth() {
     ));
 }
 
+/// kruise-manager's mutating webhook, kept during a migration, runs before nodeward's (its
+/// configuration sorts first) and fills preStop, ports and statusContext from the same Pod: those
+/// values are the truth and pass; anything else is still refused.
+#[test]
+fn values_another_webhook_copied_from_the_pod_pass() {
+    let Admission::Mutate(filled) = admit_create(&crr(&["app"]), Some(&pod("Running"))) else {
+        panic!("not admitted")
+    };
+    let Admission::Mutate(again) = admit_create(&filled, Some(&pod("Running"))) else {
+        panic!("the Pod's own values refused")
+    };
+    assert_eq!(again.spec.containers, filled.spec.containers);
+    let mut stale = (*filled).clone();
+    if let Some(ctx) = stale.spec.containers[0].status_context.as_mut() {
+        ctx.restart_count = 1;
+    }
+    assert!(rejection(&stale, Some(&pod("Running"))).contains("copied from the Pod"));
+}
+
 /// A change made to a CRR in a test case.
 type Change = fn(&mut Crr);
 
