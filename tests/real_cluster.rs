@@ -1613,6 +1613,19 @@ fn helm_on(cluster: &RealCluster, args: &[&str]) -> String {
     out
 }
 
+/// `helm install nodeward` of the chart with `sets` and `extra` flags, waiting for its rollout.
+fn helm_install(cluster: &RealCluster, sets: &str, extra: &[&str]) {
+    let chart = support::helm::CHART;
+    let args = [
+        &["install", "nodeward", chart, "-n", NAMESPACE, "--set", sets],
+        extra,
+    ];
+    helm_on(
+        cluster,
+        &[&args.concat()[..], &["--wait", "--timeout", "3m"]].concat(),
+    );
+}
+
 /// The chart's values for this cluster: nodeward's image and the cluster's host paths.
 fn chart_sets(cluster: &RealCluster, image: &str) -> String {
     let dir = cluster.dir.display();
@@ -1660,21 +1673,7 @@ async fn helm_install_upgrade_uninstall() {
     let objects = objects.as_str();
     let chart = support::helm::CHART;
 
-    helm_on(
-        cluster,
-        &[
-            "install",
-            "nodeward",
-            chart,
-            "-n",
-            NAMESPACE,
-            "--set",
-            &sets,
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    helm_install(cluster, &sets, &[]);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let job = sidecar_job(
         cluster,
@@ -1899,25 +1898,12 @@ async fn migrate_from_kruise_daemon() {
     .await;
     let on_labelled =
         format!("{sets},agent.nodeAffinity[0].key={label},agent.nodeAffinity[0].operator=In");
-    let chart = support::helm::CHART;
-    helm_on(
+    // nodeward's CRDs replace kruise's (README step 3), which kubectl applied.
+    let value = "agent.nodeAffinity[0].values[0]=true";
+    helm_install(
         cluster,
-        &[
-            "install",
-            "nodeward",
-            chart,
-            "-n",
-            NAMESPACE,
-            "--set",
-            &on_labelled,
-            "--set-string",
-            "agent.nodeAffinity[0].values[0]=true",
-            // nodeward's CRDs replace kruise's (README step 3), which kubectl applied.
-            "--force-conflicts",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
+        &on_labelled,
+        &["--set-string", value, "--force-conflicts"],
     );
 
     // Step 4: nodeward's agent acts, kruise-manager still running.
