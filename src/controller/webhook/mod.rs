@@ -71,22 +71,25 @@ pub async fn run(
     ));
     let app = Router::new()
         .route(admission::PATH, post(crr))
-        .route(podprobe::admission::PATH, post(pod_probe_marker))
+        .route(
+            podprobe::admission::PATH,
+            route_to(podprobe::admission::review),
+        )
         .route(
             imagepull::admission::MUTATE_PATH,
-            post(image_pull_job_defaults),
+            route_to(imagepull::admission::mutate),
         )
         .route(
             imagepull::admission::VALIDATE_PATH,
-            post(image_pull_job_validation),
+            route_to(imagepull::admission::validate),
         )
         .route(
             imagepull::admission::LIST_MUTATE_PATH,
-            post(image_list_pull_job_defaults),
+            route_to(imagepull::admission::mutate_list),
         )
         .route(
             imagepull::admission::LIST_VALIDATE_PATH,
-            post(image_list_pull_job_validation),
+            route_to(imagepull::admission::validate_list),
         )
         .with_state(client);
     let served =
@@ -102,34 +105,13 @@ async fn crr(
     Json(admission::review(&client, review).await)
 }
 
-async fn pod_probe_marker(
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(podprobe::admission::review(review))
-}
-
-async fn image_pull_job_defaults(
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(imagepull::admission::mutate(review))
-}
-
-async fn image_pull_job_validation(
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(imagepull::admission::validate(review))
-}
-
-async fn image_list_pull_job_defaults(
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(imagepull::admission::mutate_list(review))
-}
-
-async fn image_list_pull_job_validation(
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(imagepull::admission::validate_list(review))
+/// A route for an admission answer that needs no lookup.
+fn route_to(
+    judge: fn(AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject>,
+) -> axum::routing::MethodRouter<kube::Client> {
+    post(
+        move |Json(review): Json<AdmissionReview<DynamicObject>>| async move { Json(judge(review)) },
+    )
 }
 
 /// Keep the served certificate and the configuration's CA bundle in step with the Secret.
