@@ -21,6 +21,10 @@
 #                                   fault tests: kube-apiserver, etcd, kubelet, containerd, ...
 #   scripts/cluster.sh restart NAME start it again with the same command line and wait until it
 #                                   serves again
+#   scripts/cluster.sh kubelet-gates [GATES]
+#                                   restart the kubelet with these feature gates (A=true,B=false;
+#                                   none: the defaults again), e.g. EventedPLEG=true, and wait until
+#                                   the Node is Ready
 #
 # All state lives in $NODEWARD_CLUSTER_DIR (default /tmp/nodeward-cluster). Addresses live only on
 # interfaces `up` creates: the node IP on a dummy interface, pods on a CNI bridge, the service
@@ -856,6 +860,28 @@ cmd_restart() {
   esac
 }
 
+# kubelet-gates [GATES]: the kubelet's featureGates in its config file, then a restart.
+cmd_kubelet_gates() {
+  local gates=${1:-} yaml="" gate
+  if [ -n "$gates" ]; then
+    for gate in ${gates//,/ }; do
+      [[ $gate =~ ^[A-Za-z0-9]+=(true|false)$ ]] || die "not a feature gate: $gate (NAME=true|false)"
+      yaml+="${yaml:+, }${gate%%=*}: ${gate#*=}"
+    done
+  fi
+  sed -i '/^featureGates:/d' "$DIR/kubelet.yaml"
+  [ -z "$yaml" ] || echo "featureGates: {$yaml}" >>"$DIR/kubelet.yaml"
+  cmd_restart kubelet
+  # The Node's Ready condition still shows the old kubelet for a moment: look again once the new
+  # one has reported, and fail with its reason when it is not ready (e.g. an unhealthy PLEG).
+  sleep 10
+  if ! wait_for kubelet 60 kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s; then
+    die "the kubelet with feature gates ${gates:-none} is not ready: $(grep 'Skipping pod synchronization' \
+      "$DIR/logs/kubelet.log" | tail -n 1 | sed 's/.*err=//')"
+  fi
+  log "kubelet feature gates: ${gates:-defaults}"
+}
+
 case "${1:-}" in
 build) cmd_build ;;
 up) cmd_up ;;
@@ -865,9 +891,10 @@ image) cmd_image "${2:-}" "${3:-}" "${4:-}" ;;
 deploy) cmd_deploy "${2:-}" ;;
 stop) stop_process "${2:?usage: cluster.sh stop NAME}" ;;
 restart) cmd_restart "${2:-}" ;;
+kubelet-gates) cmd_kubelet_gates "${2:-}" ;;
 lint) cmd_lint ;;
 *)
-  echo "usage: $0 build|up|down|env|lint|image BINARY [NAME [PATH]]|deploy BINARY|stop NAME|restart NAME" >&2
+  echo "usage: $0 build|up|down|env|lint|image BINARY [NAME [PATH]]|deploy BINARY|stop NAME|restart NAME|kubelet-gates [GATES]" >&2
   exit 2
   ;;
 esac

@@ -1756,54 +1756,6 @@ async fn helm_install_upgrade_uninstall() {
     teardown(&client, ns).await;
 }
 
-/// A peer given by the environment (built apart: README "Upgrading from kruise-daemon").
-fn peer(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set (README \"Upgrading from kruise-daemon\" says how to build OpenKruise)")
-    })
-}
-
-/// OpenKruise's kustomize manifests (`config/default` of its source tree) with the images pushed
-/// here and kruise-daemon's `/var/run` being the cluster's run directory; the documents to apply
-/// and, apart, those to delete afterwards (not the CRDs: nodeward's kinds are among them).
-fn kruise_manifests(
-    cluster: &RealCluster,
-    source: &str,
-    manager: &str,
-    daemon: &str,
-) -> (String, String) {
-    let rendered = cluster
-        .kubectl(&["kustomize", &format!("{source}/config/default")])
-        .unwrap();
-    // The Deployment (manager) comes before the DaemonSet (daemon).
-    let rendered = rendered
-        .replacen("image: controller:latest", &format!("image: {manager}"), 1)
-        .replacen("image: controller:latest", &format!("image: {daemon}"), 1);
-    let run = cluster.dir.join("run");
-    let rendered = rendered.replace(
-        "      - hostPath:\n          path: /var/run\n",
-        &format!("      - hostPath:\n          path: {}\n", run.display()),
-    );
-    // kruise's own image has /log and /tmp; an image of the bare binary needs them as volumes
-    // (the manager runs as 65534 and writes its protection log and webhook certificates there).
-    let rendered = rendered
-        .replace(
-            "        - mountPath: /tmp/k8s-webhook-server/serving-certs\n",
-            "        - mountPath: /log\n          name: log\n        - mountPath: /tmp\n          name: tmp\n        - mountPath: /tmp/k8s-webhook-server/serving-certs\n",
-        )
-        .replace(
-            "      volumes:\n      - name: cert\n",
-            "      volumes:\n      - emptyDir: {}\n        name: log\n      - emptyDir: {}\n        name: tmp\n      - name: cert\n",
-        );
-    assert!(!rendered.contains("controller:latest") && rendered.contains(&*run.to_string_lossy()));
-    assert!(rendered.contains("name: log\n") && rendered.contains("name: tmp\n"));
-    let deletable: Vec<&str> = rendered
-        .split("\n---\n")
-        .filter(|d| !d.contains("\nkind: CustomResourceDefinition\n"))
-        .collect();
-    (rendered.clone(), deletable.join("\n---\n"))
-}
-
 /// The README's "Upgrading from kruise-daemon", tried on the real cluster: OpenKruise (its
 /// kustomize manifests; kruise-manager and kruise-daemon built apart from its Go module, given by
 /// NODEWARD_PEER_KRUISE_MANAGER, NODEWARD_PEER_KRUISE_DAEMON and the source tree by
@@ -1814,56 +1766,13 @@ fn kruise_manifests(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs OpenKruise built apart (NODEWARD_PEER_KRUISE_*)"]
 async fn migrate_from_kruise_daemon() {
-    let (manager, daemon, source) = (
-        peer("NODEWARD_PEER_KRUISE_MANAGER"),
-        peer("NODEWARD_PEER_KRUISE_DAEMON"),
-        peer("NODEWARD_PEER_KRUISE_SOURCE"),
-    );
+    let kruise = support::kruise::Kruise::from_env().unwrap();
     let _alone = DISRUPTION.write().await;
     let ns = "rc-migrate";
     let (cluster, client) = setup(ns).await;
     let sets = chart_sets(cluster, &cluster.deploy_nodeward());
     remove_nodeward(cluster, &sets);
-    let image = |bin: &str, name: &str, path: &str| {
-        cluster
-            .script(&["image", bin, name, path])
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    let (manager_image, daemon_image) = (
-        image(&manager, "kruise-manager", "/manager"),
-        image(&daemon, "kruise-daemon", "/kruise-daemon"),
-    );
-    let (kruise, deletable) = kruise_manifests(cluster, &source, &manager_image, &daemon_image);
-    let kruise_file = cluster.dir.join("kruise.yaml");
-    std::fs::write(&kruise_file, &kruise).unwrap();
-    let deletable_file = cluster.dir.join("kruise-objects.yaml");
-    std::fs::write(&deletable_file, &deletable).unwrap();
-    let kruise_file = kruise_file.to_str().unwrap();
-    let apply = [
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        kruise_file,
-    ];
-    cluster.kubectl(&apply).unwrap();
-    for what in [
-        "deployment/kruise-controller-manager",
-        "daemonset/kruise-daemon",
-    ] {
-        cluster
-            .kubectl(&[
-                "-n",
-                "kruise-system",
-                "rollout",
-                "status",
-                what,
-                "--timeout=300s",
-            ])
-            .unwrap();
-    }
+    kruise.install(cluster).unwrap();
 
     // Under OpenKruise: kruise-manager's CRR for the finished Job pod, kruise-daemon's stop.
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
@@ -1942,49 +1851,15 @@ async fn migrate_from_kruise_daemon() {
     let app = until_ready(&client, ns, "app").await;
     assert_eq!(restart_count(&app, "app"), Some(1));
 
-    // Back to the cluster the other tests expect: kruise's webhooks first (its pod webhook
-    // fails closed), then its objects (its CRDs stay), nodeward's chart, the label.
-    for (kind, name) in [
-        (
-            "mutatingwebhookconfiguration",
-            "kruise-mutating-webhook-configuration",
-        ),
-        (
-            "validatingwebhookconfiguration",
-            "kruise-validating-webhook-configuration",
-        ),
-    ] {
-        cluster
-            .kubectl(&["delete", "--ignore-not-found", kind, name])
-            .unwrap();
-    }
-    let deletable_file = deletable_file.to_str().unwrap();
-    cluster
-        .kubectl(&[
-            "delete",
-            "--ignore-not-found",
-            "--wait",
-            "-f",
-            deletable_file,
-        ])
-        .unwrap();
+    // Back to the cluster the other tests expect: OpenKruise gone (its CRDs stay, nodeward's
+    // applied over them), nodeward's chart, the label.
+    kruise.uninstall(cluster).unwrap();
     helm_on(
         cluster,
         &["uninstall", "nodeward", "-n", NAMESPACE, "--wait"],
     );
     cluster
         .kubectl(&["label", "node", &cluster.node, &format!("{label}-")])
-        .unwrap();
-    let crds = support::repo().join("packaging/kubernetes/crds.yaml");
-    cluster
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=nodeward-deploy",
-            "-f",
-            crds.to_str().unwrap(),
-        ])
         .unwrap();
     cluster.redeploy_nodeward();
     teardown(&client, ns).await;

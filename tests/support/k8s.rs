@@ -173,6 +173,39 @@ impl RealCluster {
             .unwrap_or_else(|e| panic!("deploying nodeward again failed: {e:#}"))
     }
 
+    /// Remove what [`deploy_nodeward`] applied but the CRDs and the namespace (the objects
+    /// stored in them stay), and wait until nodeward's pods are gone, to leave the node to a
+    /// peer; [`redeploy_nodeward`] brings it back.
+    ///
+    /// [`deploy_nodeward`]: Self::deploy_nodeward
+    /// [`redeploy_nodeward`]: Self::redeploy_nodeward
+    pub fn undeploy_nodeward(&self) -> Result<()> {
+        let overlay = repo().join("target/real-cluster-overlay");
+        let rendered = self.kubectl(&["kustomize", overlay.to_str().context("path")?])?;
+        let objects: Vec<&str> = rendered
+            .split("\n---\n")
+            .filter(|d| {
+                !d.contains("\nkind: CustomResourceDefinition\n")
+                    && !d.contains("\nkind: Namespace\n")
+            })
+            .collect();
+        let file = self.dir.join("nodeward-objects.yaml");
+        std::fs::write(&file, objects.join("\n---\n"))?;
+        let file = file.to_str().context("path")?;
+        self.kubectl(&["delete", "--ignore-not-found", "--wait", "-f", file])?;
+        self.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/part-of=nodeward",
+            "--timeout=120s",
+        ])?;
+        Ok(())
+    }
+
     fn deploy_built(&self) -> Result<String> {
         let binary = repo().join("target/x86_64-unknown-linux-musl/release/nodeward");
         let binary = binary.to_str().context("binary path")?;
