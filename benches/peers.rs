@@ -1,21 +1,24 @@
 //! nodeward against the real peers on the same real single-node Kubernetes (`scripts/cluster.sh`,
 //! started or reused), in one run, in three phases on one cluster:
 //!
-//! 1. nodeward deployed from `packaging/kubernetes`: N Jobs (`NODEWARD_BENCH_JOBS`, default 20)
+//! 1. the kubelet restarted with `EventedPLEG=true`: N native sidecar Jobs interleaved with N
+//!    nodeward ones (as the same load; their figures are not counted); the gate off again. First,
+//!    while the node holds few containers (the evented kubelet overflows its event channel at
+//!    start on a node with hundreds and stops syncing pods).
+//! 2. nodeward deployed from `packaging/kubernetes`: N Jobs (`NODEWARD_BENCH_JOBS`, default 20)
 //!    whose env-marked sidecar nodeward stops, created interleaved with N whose sidecar is a
 //!    Kubernetes native sidecar (generic PLEG, the kubelet's default 1 s relist); N CRRs one after
 //!    the other; 8 ImagePullJobs of 8 distinct images from the local registry; then 125 idle pods
 //!    and the footprint of nodeward's agent and controller beside them.
-//! 2. nodeward removed, OpenKruise installed (`support::kruise`: binaries built apart, given by
+//! 3. nodeward removed, OpenKruise installed (`support::kruise`: binaries built apart, given by
 //!    `NODEWARD_PEER_KRUISE_*`): its footprint beside the same 125 pods, which then go; the same
 //!    Jobs (kruise-manager's sidecar terminator, kruise-daemon's stop) interleaved with native
 //!    ones again, CRRs, ImagePullJobs; OpenKruise removed, nodeward back.
-//! 3. the kubelet restarted with `EventedPLEG=true`: N native sidecar Jobs interleaved with N
-//!    nodeward ones (as the same load; their figures are not counted); the gate off again.
 //!
 //! Figures: `stop` = main exited → sidecar exited, both from containerd's own timestamps
 //! (`ContainerStatus.finished_at`); `complete` = main exited → the Job's `Complete` condition seen
-//! on the bench's watch; `crr` = the CRR's create request sent → `Completed` seen on a watch;
+//! on the bench's watch; `crr` = the CRR's create request sent (at a random point of the
+//! kubelet's relist second) → `Completed` seen on a watch;
 //! `pull` = the first ImagePullJob create → all 8 complete (polled every 100 ms), the images
 //! removed from containerd before; `rss`/`cpu` = VmRSS and CPU over 30 s of the agent (kruise-daemon)
 //! and the controller (kruise-manager; of several replicas the one with the most memory: the
@@ -137,6 +140,19 @@ async fn jobs(
     samples: &mut Samples,
 ) -> Result<()> {
     fresh_namespace(client, ns).await?;
+    let outcome = run_jobs(cluster, client, ns, systems, n, samples).await;
+    drop_namespace(client, ns).await?;
+    outcome
+}
+
+async fn run_jobs(
+    cluster: &RealCluster,
+    client: &Client,
+    ns: &str,
+    systems: [&'static str; 2],
+    n: usize,
+    samples: &mut Samples,
+) -> Result<()> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
     let complete: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let seen = complete.clone();
@@ -205,7 +221,7 @@ async fn jobs(
             .or_default()
             .push(ms(main, *done));
     }
-    drop_namespace(client, ns).await
+    Ok(())
 }
 
 /// N CRRs of N ready pods, one after the other: create request sent → `Completed` seen.
@@ -268,6 +284,9 @@ async fn crrs(
             "metadata": {"name": name},
             "spec": {"podName": name, "containers": [{"name": "app"}]},
         }))?;
+        // At a random point of the kubelet's 1 s relist: one CRR right after another would
+        // start each just after the relist that showed the previous one done.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1000))).await;
         let sent = Instant::now();
         crrs.create(&PostParams::default(), &object).await?;
         let ended = loop {
@@ -561,6 +580,12 @@ async fn run() -> Result<()> {
     let mut samples = Samples::new();
     let mut figures = BTreeMap::new();
     let mut missing = Vec::new();
+    // First, while the node holds few containers: the evented kubelet relists them all at
+    // start into an event channel of 1 000, and stops syncing pods when it overflows.
+    if let Err(e) = evented_phase(cluster, &client, n, &mut samples).await {
+        eprintln!("# peers: native_evented missing: {e:#}");
+        missing.push("native_evented");
+    }
     jobs(
         cluster,
         &client,
@@ -588,10 +613,6 @@ async fn run() -> Result<()> {
             drop_namespace(&client, "bench-peers-idle").await?;
             missing.push("openkruise");
         }
-    }
-    if let Err(e) = evented_phase(cluster, &client, n, &mut samples).await {
-        eprintln!("# peers: native_evented missing: {e:#}");
-        missing.push("native_evented");
     }
 
     for ((figure, system), xs) in &mut samples {

@@ -563,7 +563,7 @@ proptest! {
             prop_assert!(task.deadline.is_none_or(|d| d <= clamp::seconds(i64::MAX)));
         }
         let doc = pull::status_document(&ni.spec, &statuses);
-        let _ = pull::write_is_urgent(&doc, Some(&status));
+        let _ = pull::write_when(&doc, Some(&status)).coalesce();
         let _: Vec<Duration> = pull::backoff_schedule(attempts).take(64).collect();
     }
 

@@ -205,10 +205,32 @@ pub fn backoff_schedule(attempts: u32) -> impl Iterator<Item = Duration> {
     crate::backoff::exponential(BACKOFF_MIN, BACKOFF_MAX).take(attempts.saturating_sub(1) as usize)
 }
 
-/// Whether a status write should go out at once rather than be coalesced with the next changes:
-/// when the set of acknowledged (tag, version) pairs changes (new tasks, removed tags, version
-/// bumps) or when nothing is left unfinished. Progress within known tasks can wait a little.
-pub fn write_is_urgent(desired: &NodeImageStatus, written: Option<&NodeImageStatus>) -> bool {
+/// How soon a status write should go out, the changes before it coalesced into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteWhen {
+    /// Nothing is left unfinished: the jobs waiting on this node complete with this write.
+    Now,
+    /// The set of acknowledged (tag, version) pairs changed (new tasks, removed tags, version
+    /// bumps): soon, so that a burst of spec changes (one per ImagePullJob created at once)
+    /// costs one write of the rate limit, not one each.
+    Soon,
+    /// Progress within known tasks.
+    Later,
+}
+
+impl WriteWhen {
+    /// The longest a change waits for later ones to join its write.
+    pub fn coalesce(self) -> Duration {
+        match self {
+            WriteWhen::Now => Duration::ZERO,
+            WriteWhen::Soon => Duration::from_millis(250),
+            WriteWhen::Later => Duration::from_secs(2),
+        }
+    }
+}
+
+/// When the status `desired` should be written over `written` (`None`: nothing written yet).
+pub fn write_when(desired: &NodeImageStatus, written: Option<&NodeImageStatus>) -> WriteWhen {
     let tasks = |s: &NodeImageStatus| -> BTreeSet<(String, String, i64)> {
         s.image_statuses
             .iter()
@@ -219,8 +241,13 @@ pub fn write_is_urgent(desired: &NodeImageStatus, written: Option<&NodeImageStat
             })
             .collect()
     };
-    let settled = desired.waiting == 0 && desired.pulling == 0;
-    settled || written.is_none_or(|w| tasks(w) != tasks(desired))
+    if desired.waiting == 0 && desired.pulling == 0 {
+        WriteWhen::Now
+    } else if written.is_none_or(|w| tasks(w) != tasks(desired)) {
+        WriteWhen::Soon
+    } else {
+        WriteWhen::Later
+    }
 }
 
 #[cfg(test)]
@@ -436,32 +463,63 @@ mod tests {
     }
 
     #[test]
-    fn urgency() {
+    fn write_timing() {
         let s = spec(&[("a", vec![tag("1", 0), tag("2", 0)])]);
         let mut st = BTreeMap::from([
             (key("a", "1"), status("1", ImagePullPhase::Waiting, 0)),
             (key("a", "2"), status("2", ImagePullPhase::Waiting, 0)),
         ]);
         let waiting = status_document(&s, &st);
-        assert!(write_is_urgent(&waiting, None), "first write");
-        assert!(
-            write_is_urgent(&waiting, Some(&NodeImageStatus::default())),
-            "new tasks"
-        );
-        st.insert(key("a", "1"), status("1", ImagePullPhase::Pulling, 0));
-        let pulling = status_document(&s, &st);
-        assert!(!write_is_urgent(&pulling, Some(&waiting)), "progress only");
-        st.insert(key("a", "1"), status("1", ImagePullPhase::Succeeded, 0));
-        assert!(!write_is_urgent(&status_document(&s, &st), Some(&pulling)));
-        st.insert(key("a", "2"), status("2", ImagePullPhase::Failed, 0));
-        assert!(
-            write_is_urgent(&status_document(&s, &st), Some(&pulling)),
-            "all settled"
-        );
-        st.insert(key("a", "2"), status("2", ImagePullPhase::Waiting, 1));
-        assert!(
-            write_is_urgent(&status_document(&s, &st), Some(&pulling)),
-            "version bump"
-        );
+        let cases: Vec<(&str, NodeImageStatus, Option<NodeImageStatus>, WriteWhen)> = vec![
+            ("first write", waiting.clone(), None, WriteWhen::Soon),
+            (
+                "new tasks",
+                waiting.clone(),
+                Some(NodeImageStatus::default()),
+                WriteWhen::Soon,
+            ),
+            (
+                "progress only",
+                {
+                    st.insert(key("a", "1"), status("1", ImagePullPhase::Pulling, 0));
+                    status_document(&s, &st)
+                },
+                Some(waiting.clone()),
+                WriteWhen::Later,
+            ),
+            (
+                "one done, one pulling",
+                {
+                    st.insert(key("a", "1"), status("1", ImagePullPhase::Succeeded, 0));
+                    st.insert(key("a", "2"), status("2", ImagePullPhase::Pulling, 0));
+                    status_document(&s, &st)
+                },
+                Some(waiting.clone()),
+                WriteWhen::Later,
+            ),
+            (
+                "all settled",
+                {
+                    st.insert(key("a", "2"), status("2", ImagePullPhase::Failed, 0));
+                    status_document(&s, &st)
+                },
+                Some(waiting.clone()),
+                WriteWhen::Now,
+            ),
+            (
+                "version bump",
+                {
+                    st.insert(key("a", "2"), status("2", ImagePullPhase::Waiting, 1));
+                    status_document(&s, &st)
+                },
+                Some(waiting.clone()),
+                WriteWhen::Soon,
+            ),
+        ];
+        for (name, desired, written, want) in cases {
+            assert_eq!(write_when(&desired, written.as_ref()), want, "{name}");
+        }
+        assert!(WriteWhen::Now.coalesce() < WriteWhen::Soon.coalesce());
+        assert!(WriteWhen::Soon.coalesce() < WriteWhen::Later.coalesce());
     }
 }

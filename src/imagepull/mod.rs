@@ -5,7 +5,8 @@
 //! Differences from kruise-daemon: a per-node cap on concurrent pulls (default 2; upstream has
 //! none by default), the sandbox config annotation `apps.kruise.io/pulling-image-by: nodeward`,
 //! digests pulled as `name@digest` (upstream asks for `name:sha256:…`), status writes coalesced
-//! (progress within 2 s, new tasks and completion at once) under the same 0.5/s burst-5 limit.
+//! (`decide::write_when`: completion at once, new tasks within 250 ms, progress within 2 s) under
+//! the same 0.5/s burst-5 limit.
 
 pub mod act;
 pub mod credentials;

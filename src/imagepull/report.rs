@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::decide::{PullTask, write_is_urgent};
+use super::decide::{PullTask, WriteWhen, write_when};
 use crate::api::kruise::{
     API_VERSION, EVENT_REASON_PULL_IMAGE_FAILED, EVENT_REASON_PULL_IMAGE_SUCCEED, NodeImage,
     NodeImageStatus,
@@ -26,8 +26,6 @@ use crate::cluster::{is_conflict, is_not_found};
 /// Status writes per second in the long run, and the burst allowed.
 pub const WRITE_PERIOD: Duration = Duration::from_secs(2);
 pub const WRITE_BURST: u32 = 5;
-/// Progress that is not urgent waits at most this long to be written with later changes.
-pub const COALESCE: Duration = Duration::from_secs(2);
 
 /// Writes the latest desired status of NodeImage `name` until `desired` closes. The object is
 /// read before the first write and after a conflict; otherwise the last write's answer gives the
@@ -92,9 +90,10 @@ pub async fn write_statuses(
             }
             continue;
         }
-        if !write_is_urgent(&want, current.status.as_ref()) {
+        let when = write_when(&want, current.status.as_ref());
+        if when != WriteWhen::Now {
             let since = *pending_since.get_or_insert_with(Instant::now);
-            let due = since + COALESCE;
+            let due = since + when.coalesce();
             if Instant::now() < due {
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
@@ -104,9 +103,14 @@ pub async fn write_statuses(
             }
         }
         limiter.until_ready().await;
-        // Whatever changed while waiting for the limiter goes out in this write.
+        // Whatever changed while waiting for the limiter goes out in this write, on the latest
+        // object the watch brought meanwhile (the controller may have written the spec: a write
+        // on the older one would only conflict and wait for the limiter again).
         let want = desired.borrow_and_update().clone().unwrap_or(want);
-        let mut obj = current;
+        let mut obj = match later_spec(Some(&current), observed.borrow().as_ref()) {
+            Some(newer) => newer,
+            None => current,
+        };
         obj.status = Some(want);
         match api
             .replace_status(&name, &PostParams::default(), &obj)
