@@ -18,6 +18,17 @@ pub(crate) fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
 
+/// Field schema: any object, kept as it is (upstream's schemaless fields, e.g. a CloneSet's pod
+/// template: `x-kubernetes-preserve-unknown-fields`).
+pub(crate) fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Field schema: a list of any objects, kept as they are.
+pub(crate) fn preserve_unknown_array(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}})
+}
+
 /// Reads an optional string enum where absent, `null` and `""` all mean `None`.
 ///
 /// Use together with `#[serde(default)]` (a `deserialize_with` field is otherwise required).

@@ -1,6 +1,7 @@
 //! OpenKruise `apps.kruise.io/v1alpha1` kinds spoken by nodeward: [`ContainerRecreateRequest`],
 //! [`ImagePullJob`], [`ImageListPullJob`], [`NodeImage`], [`NodePodProbe`] and
-//! [`PodProbeMarker`], plus their well-known labels, annotations, finalizers and status messages.
+//! [`PodProbeMarker`], plus their well-known labels, annotations, finalizers and status messages;
+//! and [`CloneSet`], whose type is here ahead of its controller (not yet among [`crds`]).
 //!
 //! The types are wire-compatible with upstream (`apis/apps/v1alpha1/*_types.go`, served by every
 //! release v1.4 → master):
@@ -29,6 +30,7 @@
 //! [`crds`] / [`crds_yaml`] produce the six CustomResourceDefinitions (structural schemas,
 //! printer columns and short names as upstream) for `nodeward crds`.
 
+mod cloneset;
 mod constants;
 mod container_meta;
 mod crr;
@@ -40,6 +42,7 @@ mod node_pod_probe;
 mod pod_probe_marker;
 mod shared;
 
+pub use cloneset::*;
 pub use constants::*;
 pub use container_meta::*;
 pub use crr::*;
