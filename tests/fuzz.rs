@@ -20,6 +20,7 @@ use nodeward::api::kruise::{
 };
 use nodeward::api::role::Role;
 use nodeward::containermeta::decide::{self as meta, EnvRead};
+use nodeward::controller::cloneset::decide as cloneset;
 use nodeward::controller::crr::decide as crr_controller;
 use nodeward::controller::imagepull::job::decide as job;
 use nodeward::controller::imagepull::node_image::decide as node_image;
@@ -723,5 +724,64 @@ proptest! {
         }
         let _ = ImageRef::from_node_image(&name, &tag);
         let _ = PreStop::parse(&reference);
+    }
+
+    /// CloneSet scale decisions over any pods and limits: no panic, no overflow, and a step that
+    /// names only pods it was given and never creates more than the limit lets through.
+    #[test]
+    fn cloneset_scale(
+        replicas in any::<i32>(),
+        partition in any::<i32>(),
+        surge in any::<i32>(),
+        unavailable in any::<i32>(),
+        scale_unavailable in any::<i32>(),
+        percent in "[0-9]{0,12}%?",
+        pods in prop::collection::vec((any::<bool>(), 0u8..8, any::<bool>(), any::<bool>(), any::<bool>(), any::<i32>(), any::<i64>()), 0..40),
+        hooks in any::<bool>(),
+    ) {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let states = nodeward::api::kruise::LifecycleState::ALL;
+        let facts: Vec<cloneset::PodFacts> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, (updated, state, specified, available, ready, cost, created))| cloneset::PodFacts {
+                name: format!("p{i}"),
+                instance_id: format!("i{i}"),
+                updated: *updated,
+                state: states.get(usize::from(*state)).copied(),
+                specified_delete: *specified,
+                available: *available,
+                ready: *ready,
+                rank: cloneset::Rank {
+                    scheduled: *available,
+                    phase: *state % 3,
+                    available: *available,
+                    ready: *ready,
+                    deletion_cost: *cost,
+                    ready_since: Some(*created),
+                    restarts: *cost,
+                    created: *created,
+                },
+            })
+            .collect();
+        let limits = cloneset::Limits {
+            replicas,
+            partition: cloneset::partition_replicas(Some(&IntOrString::Int(partition)), replicas),
+            max_surge: surge,
+            max_unavailable: cloneset::scaled(&IntOrString::String(percent), unavailable, true).unwrap_or(unavailable),
+            scale_max_unavailable: scale_unavailable,
+        };
+        let _ = cloneset::diffs(&facts, limits);
+        match cloneset::scale(&facts, limits, hooks) {
+            cloneset::ScaleStep::Create { current, updated, limited } => {
+                prop_assert!(current >= 0 && updated >= 0);
+                prop_assert!(limited.is_none_or(|l| current.saturating_add(updated) <= l));
+            }
+            cloneset::ScaleStep::Delete(names) | cloneset::ScaleStep::CancelDelete(names) => {
+                prop_assert!(!names.is_empty());
+                prop_assert!(names.iter().all(|n| facts.iter().any(|p| &p.name == n)));
+            }
+            cloneset::ScaleStep::Nothing => {}
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::gates::FeatureGates;
 use crate::telemetry::http::Health;
 use metrics::ControllerMetrics;
 
+pub mod cloneset;
 pub mod crr;
 pub mod imagepull;
 pub mod metrics;

@@ -1,0 +1,429 @@
+//! Pure decisions of the CloneSet controller's scale half (upstream `sync/cloneset_scale.go`,
+//! `sync/cloneset_sync_utils.go`, `cloneset_controller.go: cleanupPVCs`; behaviour in
+//! `docs/upstream/cloneset.md` §3): plain data in, a plan out, no I/O.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::kruise::LifecycleState;
+
+#[cfg(test)]
+mod tests;
+
+/// The length of a generated instance id, and its alphabet (no vowels, no look-alikes).
+pub const INSTANCE_ID_LEN: usize = 5;
+pub const INSTANCE_ID_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// `value` (an int, or a percentage of `total`) as the controller reads it: a string is a
+/// percentage with or without `%` (upstream's lenient `GetValueFromIntOrPercent`), rounded up or
+/// down; anything unreadable is `None`. Clamped to `0..=i32::MAX`.
+pub fn scaled(value: &IntOrString, total: i32, round_up: bool) -> Option<i32> {
+    let n = match value {
+        IntOrString::Int(n) => i64::from(*n),
+        IntOrString::String(s) => {
+            let percent: i64 = s.trim().trim_end_matches('%').parse().ok()?;
+            let product = percent.saturating_mul(i64::from(total));
+            if round_up {
+                product.saturating_add(99).div_euclid(100)
+            } else {
+                product.div_euclid(100)
+            }
+        }
+    };
+    Some(n.clamp(0, i64::from(i32::MAX)) as i32)
+}
+
+/// Pods kept at the old revisions for `partition` of `replicas` (upstream
+/// `CalculatePartitionReplicas`): a percentage is rounded up, but one other than 100% leaves at
+/// least one pod to update when there are several; clamped to `0..=replicas`.
+pub fn partition_replicas(partition: Option<&IntOrString>, replicas: i32) -> i32 {
+    let Some(partition) = partition else { return 0 };
+    let mut p = scaled(partition, replicas, true).unwrap_or(0);
+    if let IntOrString::String(s) = partition
+        && replicas > 1
+        && p >= replicas
+        && s.trim() != "100%"
+    {
+        p = replicas - 1;
+    }
+    p.clamp(0, replicas.max(0))
+}
+
+/// The numbers the CloneSet's spec gives the scale and update decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// Pods to keep at old revisions.
+    pub partition: i32,
+    /// `updateStrategy.maxSurge` (0 while paused).
+    pub max_surge: i32,
+    /// `updateStrategy.maxUnavailable`.
+    pub max_unavailable: i32,
+    /// `scaleStrategy.maxUnavailable` (unlimited: `i32::MAX`).
+    pub scale_max_unavailable: i32,
+}
+
+/// A pod of the CloneSet (active: not terminated, not being deleted) as the decisions see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodFacts {
+    pub name: String,
+    pub instance_id: String,
+    /// Created from the update revision.
+    pub updated: bool,
+    /// `lifecycle.apps.kruise.io/state`, `None` when absent or unknown.
+    pub state: Option<LifecycleState>,
+    /// Labelled `apps.kruise.io/specified-delete` or named in `scaleStrategy.podsToDelete`.
+    pub specified_delete: bool,
+    /// Available for minReadySeconds, in state Normal (or none), in-place update ready.
+    pub available: bool,
+    /// The same without minReadySeconds (upstream `isPodReady`: a ready pod is deleted only
+    /// within the unavailability budget).
+    pub ready: bool,
+    /// Holds the order in which pods are deleted.
+    pub rank: Rank,
+}
+
+/// What orders pods for deletion, first deleted first (upstream `ActivePodsWithRanks.Less`
+/// without the topology ranker).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rank {
+    pub scheduled: bool,
+    /// 0 Pending (or anything else), 1 Unknown, 2 Running.
+    pub phase: u8,
+    pub available: bool,
+    pub ready: bool,
+    /// `controller.kubernetes.io/pod-deletion-cost`.
+    pub deletion_cost: i32,
+    /// Seconds since the epoch the pod became Ready (`None`: unknown, counts as latest).
+    pub ready_since: Option<i64>,
+    pub restarts: i32,
+    /// Seconds since the epoch the pod was created.
+    pub created: i64,
+}
+
+/// Deleted-first order of two pods.
+pub fn delete_first(a: &Rank, b: &Rank) -> Ordering {
+    a.scheduled
+        .cmp(&b.scheduled)
+        .then(a.phase.cmp(&b.phase))
+        .then(a.available.cmp(&b.available))
+        .then(a.ready.cmp(&b.ready))
+        .then(a.deletion_cost.cmp(&b.deletion_cost))
+        .then_with(|| {
+            if a.ready && b.ready {
+                // Later Ready first; unknown counts as latest.
+                let key = |r: &Rank| r.ready_since.unwrap_or(i64::MAX);
+                key(b).cmp(&key(a))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then(b.restarts.cmp(&a.restarts))
+        .then(b.created.cmp(&a.created))
+}
+
+/// Counts per revision group (upstream `calculateDiffsWithExpectation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Group {
+    count: i32,
+    active: i32,
+    pre_deleting: i32,
+    to_delete: i32,
+    unavailable: i32,
+}
+
+fn group<'a>(pods: impl Iterator<Item = &'a PodFacts>) -> Group {
+    let mut g = Group::default();
+    for p in pods {
+        g.count = g.count.saturating_add(1);
+        if p.state == Some(LifecycleState::PreparingDelete) {
+            g.pre_deleting = g.pre_deleting.saturating_add(1);
+            continue;
+        }
+        g.active = g.active.saturating_add(1);
+        if p.specified_delete {
+            g.to_delete = g.to_delete.saturating_add(1);
+        } else if !p.available {
+            g.unavailable = g.unavailable.saturating_add(1);
+        }
+    }
+    g
+}
+
+/// What the scale and update halves should do (upstream's `expectationDiffs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diffs {
+    /// Pods to create, of which from the current (old) revision.
+    pub scale_up: i32,
+    pub scale_up_old: i32,
+    /// How many of `scale_up` the scale unavailability budget lets through.
+    pub scale_up_limit: i32,
+    /// Pods to delete beyond those planned, of which from the old revisions.
+    pub scale_down: i32,
+    pub scale_down_old: i32,
+    /// Ready pods that may still be deleted.
+    pub delete_ready_limit: i32,
+    /// Pods to update (positive) or roll back (negative), and the unavailability allowed meanwhile.
+    pub update: i32,
+    pub update_max_unavailable: i32,
+    /// Pods over `replicas` in use for surge.
+    pub surge: i32,
+    pub surge_old: i32,
+}
+
+/// The diffs for `pods` under `limits`.
+pub fn diffs(pods: &[PodFacts], limits: Limits) -> Diffs {
+    let l = limits;
+    let new = group(pods.iter().filter(|p| p.updated));
+    let old = group(pods.iter().filter(|p| !p.updated));
+    let total = i32::try_from(pods.len()).unwrap_or(i32::MAX);
+    let mut d = Diffs::default();
+    let update_old = old.active.saturating_sub(l.partition).max(0);
+    let update_new = new
+        .active
+        .saturating_sub(l.replicas.saturating_sub(l.partition))
+        .min(0);
+    let unavailable = new
+        .pre_deleting
+        .saturating_add(old.pre_deleting)
+        .saturating_add(new.unavailable)
+        .saturating_add(old.unavailable);
+    if l.max_surge > 0 {
+        let to_delete = new.to_delete.saturating_add(old.to_delete);
+        let scale_surge = if to_delete > 0 {
+            unavailable
+                .saturating_add(to_delete)
+                .saturating_sub(l.max_unavailable)
+                .clamp(0, to_delete)
+        } else {
+            0
+        };
+        let scale_old_surge = scale_surge.saturating_sub(new.to_delete).max(0);
+        let (mut update_surge, mut update_old_surge) = (0, 0);
+        if (update_old > 0 && update_new < 0) || (update_old < 0 && update_new > 0) {
+            if update_old.saturating_abs() <= update_new.saturating_abs() {
+                update_surge = update_old.saturating_abs();
+                update_old_surge = if update_old < 0 { update_surge } else { 0 };
+            } else {
+                update_surge = update_new.saturating_abs();
+                update_old_surge = if update_new > 0 { update_surge } else { 0 };
+            }
+        }
+        if scale_surge >= update_surge {
+            d.surge = l.max_surge.min(scale_surge);
+            d.surge_old = d.surge.min(scale_old_surge);
+        } else {
+            d.surge = l.max_surge.min(update_surge);
+            d.surge_old = d.surge.min(update_old_surge);
+        }
+    }
+    let expected_total = l.replicas.saturating_add(d.surge);
+    let expected_old = l.partition.saturating_add(d.surge_old);
+    let up = expected_total.saturating_sub(total);
+    if up > 0 {
+        d.scale_up = up;
+        d.scale_up_old = expected_old.saturating_sub(old.count).max(0);
+        d.scale_up_limit = up.min(l.scale_max_unavailable.saturating_sub(unavailable).max(0));
+    }
+    let to_delete = old.to_delete.saturating_add(new.to_delete);
+    let down = total
+        .saturating_sub(to_delete)
+        .saturating_sub(expected_total);
+    if down > 0 {
+        d.scale_down = down;
+        d.scale_down_old = old
+            .count
+            .saturating_sub(old.to_delete)
+            .saturating_sub(expected_old)
+            .max(0);
+    }
+    if to_delete > 0 || d.scale_down > 0 {
+        d.delete_ready_limit = l
+            .max_unavailable
+            .saturating_add(total.saturating_sub(l.replicas))
+            .saturating_sub(unavailable)
+            .max(0);
+    }
+    d.update = if update_old.saturating_abs() <= update_new.saturating_abs() {
+        update_old
+    } else {
+        update_new.saturating_neg()
+    };
+    if d.update != 0 {
+        d.update_max_unavailable = l
+            .max_unavailable
+            .saturating_add(total)
+            .saturating_sub(l.replicas);
+    }
+    d
+}
+
+/// One step of scaling: upstream acts on one kind of change per reconcile and waits for the
+/// cache to show it before the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScaleStep {
+    /// Nothing to do.
+    Nothing,
+    /// Pods in PreparingDelete that are needed again: back to PreparingNormal.
+    CancelDelete(Vec<String>),
+    /// Create pods: so many from the current revision, so many from the update revision;
+    /// `limited` when `scaleStrategy.maxUnavailable` held some back (an Event).
+    Create {
+        current: i32,
+        updated: i32,
+        limited: Option<i32>,
+    },
+    /// Delete these pods (those a preDelete hook holds are moved to PreparingDelete instead).
+    Delete(Vec<String>),
+}
+
+/// The next scale step for `pods` (upstream `Scale`). `hooks_mark_not_ready`: a preDelete or
+/// inPlaceUpdate hook with `markPodNotReady` (then PreparingDelete pods are never cancelled).
+pub fn scale(pods: &[PodFacts], limits: Limits, hooks_mark_not_ready: bool) -> ScaleStep {
+    let specified: Vec<&PodFacts> = pods.iter().filter(|p| p.specified_delete).collect();
+    let pre_deleting: Vec<&PodFacts> = pods
+        .iter()
+        .filter(|p| p.state == Some(LifecycleState::PreparingDelete))
+        .collect();
+    let planned: BTreeSet<&str> = specified
+        .iter()
+        .chain(&pre_deleting)
+        .map(|p| p.name.as_str())
+        .collect();
+    let planned = i32::try_from(planned.len()).unwrap_or(i32::MAX);
+    let total = i32::try_from(pods.len()).unwrap_or(i32::MAX);
+
+    if !hooks_mark_not_ready {
+        let mut wanted = limits
+            .replicas
+            .saturating_sub(total)
+            .saturating_add(planned);
+        let mut cancel = Vec::new();
+        for p in pre_deleting.iter().filter(|p| !p.specified_delete) {
+            if wanted <= 0 {
+                break;
+            }
+            cancel.push(p.name.clone());
+            wanted -= 1;
+        }
+        if !cancel.is_empty() {
+            return ScaleStep::CancelDelete(cancel);
+        }
+    }
+
+    let d = diffs(pods, limits);
+    if d.scale_up > 0 {
+        let current = d.scale_up_old.min(d.scale_up_limit);
+        return ScaleStep::Create {
+            current,
+            updated: d.scale_up_limit.saturating_sub(current),
+            limited: (d.scale_up > d.scale_up_limit).then_some(d.scale_up_limit),
+        };
+    }
+    if !pre_deleting.is_empty() {
+        return ScaleStep::Delete(pre_deleting.iter().map(|p| p.name.clone()).collect());
+    }
+    let mut budget = d.delete_ready_limit;
+    let mut within_budget = |p: &PodFacts| {
+        if !p.ready {
+            true
+        } else if budget > 0 {
+            budget -= 1;
+            true
+        } else {
+            false
+        }
+    };
+    let chosen: Vec<String> = specified
+        .iter()
+        .filter(|p| within_budget(p))
+        .map(|p| p.name.clone())
+        .collect();
+    if !chosen.is_empty() {
+        return ScaleStep::Delete(chosen);
+    }
+    if d.scale_down > 0 {
+        if planned > 0 {
+            // The planned deletions go first.
+            return ScaleStep::Nothing;
+        }
+        let pick = |updated: bool, n: i32| -> Vec<&PodFacts> {
+            let mut group: Vec<&PodFacts> = pods.iter().filter(|p| p.updated == updated).collect();
+            group.sort_by(|a, b| delete_first(&a.rank, &b.rank));
+            group.truncate(usize::try_from(n.max(0)).unwrap_or(0));
+            group
+        };
+        let from_old = d.scale_down_old.min(d.scale_down);
+        let mut victims = pick(false, from_old);
+        victims.extend(pick(true, d.scale_down.saturating_sub(from_old)));
+        let chosen: Vec<String> = victims
+            .into_iter()
+            .filter(|p| within_budget(p))
+            .map(|p| p.name.clone())
+            .collect();
+        if !chosen.is_empty() {
+            return ScaleStep::Delete(chosen);
+        }
+    }
+    ScaleStep::Nothing
+}
+
+/// Instance ids for `n` new pods: first those of PVCs no active pod holds (reused with their
+/// volumes), then fresh ones from `fresh` that no PVC or pod holds; sorted, as upstream consumes
+/// them (the first ones get the current revision).
+pub fn instance_ids(
+    n: usize,
+    pvc_ids: &BTreeSet<String>,
+    pod_ids: &BTreeSet<String>,
+    mut fresh: impl FnMut() -> String,
+) -> Vec<String> {
+    let mut ids: BTreeSet<String> = pvc_ids.difference(pod_ids).take(n).cloned().collect();
+    // A bounded number of draws: the alphabet gives 27^5 ids, so collisions are rare.
+    let mut draws = n.saturating_mul(100).saturating_add(100);
+    while ids.len() < n && draws > 0 {
+        draws -= 1;
+        let id = fresh();
+        if !pvc_ids.contains(&id) && !pod_ids.contains(&id) {
+            ids.insert(id);
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// What `scaleStrategy.disablePVCReuse` does with the CloneSet's PVCs (upstream
+/// `cleanupPVCs`): those of active pods stay; those of a terminated pod still listed go to that
+/// pod (deleted with it); the rest are deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PvcCleanup {
+    /// (PVC, the terminated pod to own it).
+    pub hand_over: Vec<(String, String)>,
+    pub delete: Vec<String>,
+}
+
+/// `pvcs`: (name, instance id); `active_ids`: ids of active pods; `inactive`: instance id → name
+/// of terminated pods.
+pub fn pvc_cleanup(
+    pvcs: &[(String, String)],
+    active_ids: &BTreeSet<String>,
+    inactive: &BTreeMap<String, String>,
+) -> PvcCleanup {
+    let mut plan = PvcCleanup::default();
+    for (pvc, id) in pvcs {
+        if active_ids.contains(id) {
+            continue;
+        }
+        match inactive.get(id) {
+            Some(pod) => plan.hand_over.push((pvc.clone(), pod.clone())),
+            None => plan.delete.push(pvc.clone()),
+        }
+    }
+    plan
+}
+
+/// The name of a volume claim template's PVC for an instance: `<template>-<cloneset>-<id>`.
+pub fn pvc_name(template: &str, cloneset: &str, id: &str) -> String {
+    format!("{template}-{cloneset}-{id}")
+}

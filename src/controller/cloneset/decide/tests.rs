@@ -1,0 +1,249 @@
+use super::*;
+
+fn limits(replicas: i32) -> Limits {
+    Limits {
+        replicas,
+        partition: 0,
+        max_surge: 0,
+        max_unavailable: 1,
+        scale_max_unavailable: i32::MAX,
+    }
+}
+
+fn pod(name: &str) -> PodFacts {
+    PodFacts {
+        name: name.into(),
+        instance_id: name.into(),
+        updated: true,
+        state: Some(LifecycleState::Normal),
+        specified_delete: false,
+        available: true,
+        ready: true,
+        rank: Rank {
+            scheduled: true,
+            phase: 2,
+            available: true,
+            ready: true,
+            ..Default::default()
+        },
+    }
+}
+
+fn unready(name: &str) -> PodFacts {
+    let mut p = pod(name);
+    (p.available, p.ready, p.rank.available, p.rank.ready) = (false, false, false, false);
+    p
+}
+
+#[test]
+fn scaled_values() {
+    let cases = [
+        (IntOrString::Int(3), 10, true, Some(3)),
+        (IntOrString::Int(-3), 10, true, Some(0)),
+        (IntOrString::String("25%".into()), 10, true, Some(3)),
+        (IntOrString::String("25%".into()), 10, false, Some(2)),
+        // The controller reads a string without % as a percentage too.
+        (IntOrString::String("50".into()), 10, true, Some(5)),
+        (IntOrString::String("x%".into()), 10, true, None),
+        (
+            IntOrString::String("100%".into()),
+            i32::MAX,
+            true,
+            Some(i32::MAX),
+        ),
+    ];
+    for (value, total, up, want) in cases {
+        assert_eq!(scaled(&value, total, up), want, "{value:?} of {total}");
+    }
+}
+
+#[test]
+fn partitions() {
+    let s = |v: &str| IntOrString::String(v.into());
+    let cases = [
+        (None, 5, 0),
+        (Some(IntOrString::Int(2)), 5, 2),
+        (Some(IntOrString::Int(7)), 5, 5),
+        (Some(s("50%")), 5, 3),
+        (Some(s("100%")), 5, 5),
+        // Rounded up to all but not 100%: one pod is still updated.
+        (Some(s("99%")), 5, 4),
+        (Some(s("99%")), 1, 1),
+        (Some(s("bad")), 5, 0),
+    ];
+    for (partition, replicas, want) in cases {
+        assert_eq!(
+            partition_replicas(partition.as_ref(), replicas),
+            want,
+            "{partition:?} of {replicas}"
+        );
+    }
+}
+
+#[test]
+fn the_update_of_five_old_pods_goes_one_at_a_time() {
+    let pods: Vec<PodFacts> = (0..5)
+        .map(|i| PodFacts {
+            updated: false,
+            ..pod(&format!("p{i}"))
+        })
+        .collect();
+    let d = diffs(&pods, limits(5));
+    assert_eq!((d.update, d.update_max_unavailable), (5, 1));
+    assert_eq!((d.scale_up, d.scale_down), (0, 0));
+    // With maxSurge 1, one new pod comes first.
+    let surge = Limits {
+        max_surge: 1,
+        ..limits(5)
+    };
+    let d = diffs(&pods, surge);
+    assert_eq!(
+        (d.surge, d.surge_old, d.scale_up, d.scale_up_old),
+        (1, 0, 1, 0)
+    );
+}
+
+#[test]
+fn scale_steps() {
+    let mut pre_deleting = pod("d");
+    pre_deleting.state = Some(LifecycleState::PreparingDelete);
+    let mut specified = pod("s");
+    specified.specified_delete = true;
+    let mut unscheduled = unready("u");
+    unscheduled.rank.scheduled = false;
+    let limited = Limits {
+        scale_max_unavailable: 1,
+        ..limits(4)
+    };
+    let cases: Vec<(&str, Vec<PodFacts>, Limits, ScaleStep)> = vec![
+        (
+            "from nothing",
+            vec![],
+            limits(3),
+            ScaleStep::Create {
+                current: 0,
+                updated: 3,
+                limited: None,
+            },
+        ),
+        (
+            "as many as wanted",
+            vec![pod("a"), pod("b")],
+            limits(2),
+            ScaleStep::Nothing,
+        ),
+        (
+            "scale down takes the unscheduled, then the unready, within the budget",
+            vec![pod("a"), unscheduled.clone(), pod("b"), unready("c")],
+            limits(2),
+            ScaleStep::Delete(vec!["u".into(), "c".into()]),
+        ),
+        (
+            "scale down of ready pods: as many as maxUnavailable plus the surplus allow",
+            vec![pod("a"), pod("b"), pod("c"), pod("e")],
+            limits(1),
+            ScaleStep::Delete(vec!["a".into(), "b".into(), "c".into()]),
+        ),
+        (
+            "a specified pod goes first, then is replaced",
+            vec![pod("a"), specified.clone(), pod("b")],
+            limits(3),
+            ScaleStep::Delete(vec!["s".into()]),
+        ),
+        (
+            "scaleStrategy.maxUnavailable holds creations back while pods are unavailable",
+            vec![unready("a"), unready("b")],
+            limited,
+            ScaleStep::Create {
+                current: 0,
+                updated: 0,
+                limited: Some(0),
+            },
+        ),
+        (
+            "a pod in PreparingDelete that is needed again is kept",
+            vec![pod("a"), pre_deleting.clone(), pod("b")],
+            limits(3),
+            ScaleStep::CancelDelete(vec!["d".into()]),
+        ),
+        (
+            "a pod in PreparingDelete that is not needed is deleted",
+            vec![pod("a"), pre_deleting.clone(), pod("b")],
+            limits(2),
+            ScaleStep::Delete(vec!["d".into()]),
+        ),
+    ];
+    for (name, pods, limits, want) in cases {
+        assert_eq!(scale(&pods, limits, false), want, "{name}");
+    }
+    // With markPodNotReady hooks, PreparingDelete is never cancelled.
+    assert_eq!(
+        scale(&[pod("a"), pre_deleting, pod("b")], limits(3), true),
+        ScaleStep::Delete(vec!["d".into()])
+    );
+}
+
+#[test]
+fn deletion_order() {
+    let base = pod("x").rank;
+    let mut cheap = base.clone();
+    cheap.deletion_cost = -1;
+    let mut restarted = base.clone();
+    restarted.restarts = 3;
+    let mut newer = base.clone();
+    newer.created = 100;
+    let mut ready_later = base.clone();
+    ready_later.ready_since = Some(50);
+    let mut ready_sooner = base.clone();
+    ready_sooner.ready_since = Some(10);
+    let pending = Rank {
+        phase: 0,
+        ..base.clone()
+    };
+    let first = [
+        (&cheap, &base),
+        (&restarted, &base),
+        (&newer, &base),
+        (&ready_later, &ready_sooner),
+        (&pending, &base),
+    ];
+    for (a, b) in first {
+        assert_eq!(delete_first(a, b), Ordering::Less, "{a:?} before {b:?}");
+        assert_eq!(delete_first(b, a), Ordering::Greater);
+    }
+}
+
+#[test]
+fn instance_ids_reuse_free_claims_first() {
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let mut draws = ["aaaaa", "zzzzz", "bbbbb", "ccccc"].into_iter();
+    let ids = instance_ids(
+        3,
+        &set(&["free1", "held"]),
+        &set(&["held", "aaaaa"]),
+        || draws.next().unwrap_or("ddddd").to_string(),
+    );
+    // "free1" reused, "aaaaa" taken by a pod, then two fresh ones; sorted.
+    assert_eq!(ids, ["bbbbb", "free1", "zzzzz"]);
+    let ids = instance_ids(2, &BTreeSet::new(), &BTreeSet::new(), || "same".to_string());
+    assert_eq!(ids, ["same"], "a generator that repeats itself ends");
+}
+
+#[test]
+fn pvc_cleanup_keeps_hands_over_or_deletes() {
+    let pvcs = vec![
+        ("data-cs-a".to_string(), "a".to_string()),
+        ("data-cs-b".to_string(), "b".to_string()),
+        ("data-cs-c".to_string(), "c".to_string()),
+    ];
+    let active: BTreeSet<String> = ["a".to_string()].into();
+    let inactive: BTreeMap<String, String> = [("b".to_string(), "cs-b".to_string())].into();
+    assert_eq!(
+        pvc_cleanup(&pvcs, &active, &inactive),
+        PvcCleanup {
+            hand_over: vec![("data-cs-b".into(), "cs-b".into())],
+            delete: vec!["data-cs-c".into()],
+        }
+    );
+    assert_eq!(pvc_name("data", "cs", "a"), "data-cs-a");
+}
