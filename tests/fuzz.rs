@@ -752,6 +752,7 @@ proptest! {
                 specified_delete: *specified,
                 available: *available,
                 ready: *ready,
+                running_ready: *ready,
                 rank: cloneset::Rank {
                     scheduled: *available,
                     phase: *state % 3,
@@ -772,6 +773,9 @@ proptest! {
             scale_max_unavailable: scale_unavailable,
         };
         let _ = cloneset::diffs(&facts, limits);
+        let status = cloneset::status_counts(&facts, replicas, limits.partition, "new", "old");
+        prop_assert!(status.updated_available_replicas <= status.updated_replicas);
+        prop_assert!(status.replicas as usize == facts.len());
         match cloneset::scale(&facts, limits, hooks) {
             cloneset::ScaleStep::Create { current, updated, limited } => {
                 prop_assert!(current >= 0 && updated >= 0);

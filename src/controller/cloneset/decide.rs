@@ -5,9 +5,10 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::api::kruise::LifecycleState;
+use crate::api::kruise::{CloneSetStatus, LifecycleState};
 
 #[cfg(test)]
 mod tests;
@@ -82,6 +83,9 @@ pub struct PodFacts {
     /// The same without minReadySeconds (upstream `isPodReady`: a ready pod is deleted only
     /// within the unavailability budget).
     pub ready: bool,
+    /// Running, Ready and not held by an in-place update (`InPlaceUpdateReady` not False),
+    /// whatever the lifecycle state: what `status.readyReplicas` counts.
+    pub running_ready: bool,
     /// Holds the order in which pods are deleted.
     pub rank: Rank,
 }
@@ -426,4 +430,66 @@ pub fn pvc_cleanup(
 /// The name of a volume claim template's PVC for an instance: `<template>-<cloneset>-<id>`.
 pub fn pvc_name(template: &str, cloneset: &str, id: &str) -> String {
     format!("{template}-{cloneset}-{id}")
+}
+
+/// The counters of the CloneSet's status over its active pods (upstream `calculateStatus`), with
+/// `currentRevision` becoming the update revision once every pod is updated and there are as
+/// many as wanted.
+pub fn status_counts(
+    pods: &[PodFacts],
+    replicas: i32,
+    partition: i32,
+    update_revision: &str,
+    current_revision: &str,
+) -> CloneSetStatus {
+    let count = |f: &dyn Fn(&PodFacts) -> bool| {
+        i32::try_from(pods.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+    };
+    let mut status = CloneSetStatus {
+        replicas: count(&|_| true),
+        ready_replicas: count(&|p| p.running_ready),
+        available_replicas: count(&|p| p.available),
+        updated_replicas: count(&|p| p.updated),
+        updated_ready_replicas: count(&|p| p.updated && p.running_ready),
+        updated_available_replicas: count(&|p| p.updated && p.available),
+        expected_updated_replicas: replicas.saturating_sub(partition).max(0),
+        update_revision: update_revision.to_string(),
+        current_revision: current_revision.to_string(),
+        ..Default::default()
+    };
+    if status.updated_replicas == status.replicas && status.replicas == replicas {
+        status.current_revision = update_revision.to_string();
+    }
+    status
+}
+
+/// A label selector as `labels.Selector.String()` writes it (`status.labelSelector`, for the
+/// scale subresource): requirements sorted by key, `k=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
+/// `!k`, joined by commas.
+pub fn selector_string(selector: &LabelSelector) -> String {
+    let mut requirements: Vec<(String, String)> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), format!("{k}={v}")))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let mut values = e.values.clone().unwrap_or_default();
+        values.sort();
+        let k = &e.key;
+        let text = match e.operator.as_str() {
+            "In" => format!("{k} in ({})", values.join(",")),
+            "NotIn" => format!("{k} notin ({})", values.join(",")),
+            "Exists" => k.clone(),
+            "DoesNotExist" => format!("!{k}"),
+            other => format!("{k} {other} ({})", values.join(",")),
+        };
+        requirements.push((k.clone(), text));
+    }
+    requirements.sort_by(|a, b| a.0.cmp(&b.0));
+    requirements
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -19,6 +19,7 @@ fn pod(name: &str) -> PodFacts {
         specified_delete: false,
         available: true,
         ready: true,
+        running_ready: true,
         rank: Rank {
             scheduled: true,
             phase: 2,
@@ -31,7 +32,8 @@ fn pod(name: &str) -> PodFacts {
 
 fn unready(name: &str) -> PodFacts {
     let mut p = pod(name);
-    (p.available, p.ready, p.rank.available, p.rank.ready) = (false, false, false, false);
+    (p.available, p.ready, p.running_ready) = (false, false, false);
+    (p.rank.available, p.rank.ready) = (false, false);
     p
 }
 
@@ -246,4 +248,56 @@ fn pvc_cleanup_keeps_hands_over_or_deletes() {
         }
     );
     assert_eq!(pvc_name("data", "cs", "a"), "data-cs-a");
+}
+
+#[test]
+fn status_counts_and_current_revision() {
+    let mut old = pod("o");
+    old.updated = false;
+    let mut preparing = pod("p");
+    // Ready but not yet Normal: ready, not available.
+    preparing.state = Some(LifecycleState::PreparingNormal);
+    preparing.available = false;
+    let pods = vec![pod("a"), old, preparing, unready("u")];
+    let s = status_counts(&pods, 4, 1, "cs-new", "cs-old");
+    assert_eq!(
+        (
+            s.replicas,
+            s.ready_replicas,
+            s.available_replicas,
+            s.updated_replicas,
+            s.updated_ready_replicas,
+            s.updated_available_replicas,
+            s.expected_updated_replicas
+        ),
+        (4, 3, 2, 3, 2, 1, 3)
+    );
+    assert_eq!(
+        (s.update_revision.as_str(), s.current_revision.as_str()),
+        ("cs-new", "cs-old")
+    );
+    // Every pod updated and as many as wanted: the update revision is current.
+    let s = status_counts(&[pod("a"), pod("b")], 2, 0, "cs-new", "cs-old");
+    assert_eq!(s.current_revision, "cs-new");
+    let s = status_counts(&[pod("a"), pod("b")], 3, 0, "cs-new", "cs-old");
+    assert_eq!(s.current_revision, "cs-old", "scaling up: not yet");
+}
+
+#[test]
+fn selectors_as_the_scale_subresource_shows_them() {
+    let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+        "matchLabels": {"app": "web", "tier": "front"},
+        "matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["b", "a"]},
+            {"key": "env", "operator": "NotIn", "values": ["dev"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+            {"key": "owner", "operator": "Exists"},
+        ],
+    }))
+    .unwrap();
+    assert_eq!(
+        selector_string(&selector),
+        "app=web,!canary,env notin (dev),owner,tier=front,zone in (a,b)"
+    );
+    assert_eq!(selector_string(&LabelSelector::default()), "");
 }
