@@ -5,10 +5,19 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodReadinessGate,
+    PodTemplateSpec, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
 
-use crate::api::kruise::{CloneSetStatus, LifecycleState};
+use crate::api::kruise::{
+    CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, CloneSetStatus,
+    LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION, LifecycleState,
+    POD_CONDITION_INPLACE_UPDATE_READY, POD_TEMPLATE_HASH_LABEL,
+};
 
 #[cfg(test)]
 mod tests;
@@ -430,6 +439,127 @@ pub fn pvc_cleanup(
 /// The name of a volume claim template's PVC for an instance: `<template>-<cloneset>-<id>`.
 pub fn pvc_name(template: &str, cloneset: &str, id: &str) -> String {
     format!("{template}-{cloneset}-{id}")
+}
+
+/// The CloneSet as the controller of what it makes.
+fn controller_ref(cs: &CloneSet) -> OwnerReference {
+    OwnerReference {
+        api_version: CloneSet::api_version(&()).into_owned(),
+        kind: CloneSet::kind(&()).into_owned(),
+        name: cs.name_any(),
+        uid: cs.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The pod of instance `id` from `template` (the spec of `revision`, a ControllerRevision's
+/// name `<cloneset>-<hash>`), as upstream makes it: the template's metadata and spec, named
+/// `<cloneset>-<id>`, controlled by the CloneSet, labelled with the instance id, the revision
+/// (`controller-revision-hash`, and its hash as `pod-template-hash`) and lifecycle state
+/// PreparingNormal since `now` (RFC 3339), the `InPlaceUpdateReady` readiness gate, and one PVC
+/// volume per volume claim template (replacing a template volume of the same name, first).
+pub fn new_pod(
+    cs: &CloneSet,
+    revision: &str,
+    template: &PodTemplateSpec,
+    id: &str,
+    now: &str,
+) -> Pod {
+    let name = cs.name_any();
+    let hash = revision.rsplit('-').next().unwrap_or(revision);
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    let labels = metadata.labels.get_or_insert_with(Default::default);
+    for (k, v) in [
+        (CLONESET_INSTANCE_ID_LABEL, id),
+        (CONTROLLER_REVISION_HASH_LABEL, revision),
+        (POD_TEMPLATE_HASH_LABEL, hash),
+        (
+            LIFECYCLE_STATE_LABEL,
+            LifecycleState::PreparingNormal.as_str(),
+        ),
+    ] {
+        labels.insert(k.to_string(), v.to_string());
+    }
+    metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(LIFECYCLE_TIMESTAMP_ANNOTATION.to_string(), now.to_string());
+    metadata.name = Some(format!("{name}-{id}"));
+    metadata.generate_name = Some(format!("{name}-"));
+    metadata.namespace = cs.namespace();
+    metadata.owner_references = Some(vec![controller_ref(cs)]);
+    let mut spec = template.spec.clone().unwrap_or_default();
+    let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+    if !gates
+        .iter()
+        .any(|g| g.condition_type == POD_CONDITION_INPLACE_UPDATE_READY)
+    {
+        gates.push(PodReadinessGate {
+            condition_type: POD_CONDITION_INPLACE_UPDATE_READY.to_string(),
+        });
+    }
+    let claims: Vec<Volume> = cs
+        .spec
+        .volume_claim_templates
+        .iter()
+        .filter_map(|t| t.metadata.as_ref()?.name.clone())
+        .map(|template| Volume {
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(&template, &name, id),
+                read_only: None,
+            }),
+            name: template,
+            ..Default::default()
+        })
+        .collect();
+    if !claims.is_empty() {
+        let others = spec
+            .volumes
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !claims.iter().any(|c| c.name == v.name));
+        spec.volumes = Some(claims.iter().cloned().chain(others).collect());
+    }
+    Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// The PVCs of instance `id`, one per volume claim template: named `<template>-<cloneset>-<id>`,
+/// labelled with the template's labels, the selector's match labels and the instance id, owned
+/// by the template's owners and controlled by the CloneSet.
+pub fn new_pvcs(cs: &CloneSet, id: &str) -> Vec<PersistentVolumeClaim> {
+    let name = cs.name_any();
+    cs.spec
+        .volume_claim_templates
+        .iter()
+        .filter_map(|t| {
+            let meta = t.metadata.clone().unwrap_or_default();
+            let template = meta.name.clone()?;
+            let mut labels = meta.labels.clone().unwrap_or_default();
+            labels.extend(cs.spec.selector.match_labels.clone().unwrap_or_default());
+            labels.insert(CLONESET_INSTANCE_ID_LABEL.to_string(), id.to_string());
+            let mut owners = meta.owner_references.clone().unwrap_or_default();
+            owners.push(controller_ref(cs));
+            Some(PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(pvc_name(&template, &name, id)),
+                    namespace: cs.namespace(),
+                    labels: Some(labels),
+                    annotations: meta.annotations.clone(),
+                    finalizers: meta.finalizers.clone(),
+                    owner_references: Some(owners),
+                    ..Default::default()
+                },
+                spec: Some(t.spec.clone()),
+                status: None,
+            })
+        })
+        .collect()
 }
 
 /// The counters of the CloneSet's status over its active pods (upstream `calculateStatus`), with

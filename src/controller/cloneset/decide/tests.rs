@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::kruise::CloneSet;
 
 fn limits(replicas: i32) -> Limits {
     Limits {
@@ -300,4 +301,70 @@ fn selectors_as_the_scale_subresource_shows_them() {
         "app=web,!canary,env notin (dev),owner,tier=front,zone in (a,b)"
     );
     assert_eq!(selector_string(&LabelSelector::default()), "");
+}
+
+#[test]
+fn pods_and_claims_as_upstream_makes_them() {
+    let cs: CloneSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+        "metadata": {"name": "web", "namespace": "ns", "uid": "u-1"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {"a": "1"}},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}],
+                         "volumes": [{"name": "data", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}]}
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": {"disk": "ssd"}},
+                                      "spec": {"accessModes": ["ReadWriteOnce"]}}]
+        }
+    }))
+    .unwrap();
+    let pod = new_pod(
+        &cs,
+        "web-7d9f8",
+        &cs.spec.template,
+        "x2b4q",
+        "2026-12-07T10:00:00Z",
+    );
+    let value = serde_json::to_value(&pod).unwrap();
+    assert_eq!(value["metadata"]["name"], "web-x2b4q");
+    assert_eq!(value["metadata"]["namespace"], "ns");
+    assert_eq!(
+        value["metadata"]["labels"],
+        serde_json::json!({"app": "web", "apps.kruise.io/cloneset-instance-id": "x2b4q",
+            "controller-revision-hash": "web-7d9f8", "pod-template-hash": "7d9f8",
+            "lifecycle.apps.kruise.io/state": "PreparingNormal"})
+    );
+    assert_eq!(
+        value["metadata"]["annotations"],
+        serde_json::json!({"a": "1", "lifecycle.apps.kruise.io/timestamp": "2026-12-07T10:00:00Z"})
+    );
+    assert_eq!(
+        value["metadata"]["ownerReferences"],
+        serde_json::json!([{"apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+            "name": "web", "uid": "u-1", "controller": true, "blockOwnerDeletion": true}])
+    );
+    assert_eq!(
+        value["spec"]["readinessGates"],
+        serde_json::json!([{"conditionType": "InPlaceUpdateReady"}])
+    );
+    assert_eq!(
+        value["spec"]["volumes"],
+        serde_json::json!([
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-x2b4q"}},
+            {"name": "cache", "emptyDir": {}},
+        ])
+    );
+    let pvcs = serde_json::to_value(new_pvcs(&cs, "x2b4q")).unwrap();
+    assert_eq!(pvcs[0]["metadata"]["name"], "data-web-x2b4q");
+    assert_eq!(
+        pvcs[0]["metadata"]["labels"],
+        serde_json::json!({"disk": "ssd", "app": "web", "apps.kruise.io/cloneset-instance-id": "x2b4q"})
+    );
+    assert_eq!(pvcs[0]["metadata"]["ownerReferences"][0]["uid"], "u-1");
+    assert_eq!(
+        pvcs[0]["spec"],
+        serde_json::json!({"accessModes": ["ReadWriteOnce"]})
+    );
 }
