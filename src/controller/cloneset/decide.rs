@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
 
 use crate::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, CloneSetStatus,
@@ -622,4 +623,80 @@ pub fn selector_string(selector: &LabelSelector) -> String {
         .map(|(_, t)| t)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The label of a ControllerRevision carrying its hash.
+pub const REVISION_HASH_LABEL: &str = "controller.kubernetes.io/hash";
+
+/// The data of the ControllerRevision of a template, as upstream stores it: the template to put
+/// in place of the CloneSet's (`{"spec": {"template": {…, "$patch": "replace"}}}`).
+pub fn revision_data(template: &PodTemplateSpec) -> Value {
+    let mut template = serde_json::to_value(template).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut template {
+        map.insert("$patch".into(), json!("replace"));
+    }
+    json!({"spec": {"template": template}})
+}
+
+/// `value` without its nulls and empty objects and lists, at every depth: two revisions whose
+/// canonical data are equal hold the same template, whoever wrote them (kruise-manager's Go JSON
+/// carries `"creationTimestamp": null` and `"resources": {}` where nodeward's has nothing).
+pub fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), canonical(v)))
+                .filter(|(_, v)| !is_empty(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Whether two revisions' data hold the same template.
+pub fn same_template(a: &Value, b: &Value) -> bool {
+    canonical(&a["spec"]["template"]) == canonical(&b["spec"]["template"])
+}
+
+/// The hash naming a revision: FNV-1a (32 bits) of the canonical data's JSON (keys sorted), then
+/// of the collision count, safe-encoded. (Upstream hashes Go's own JSON with FNV-1: the names
+/// differ, which is why a revision kruise-manager made is found by [`same_template`], not by
+/// name.)
+pub fn revision_hash(data: &Value, collision_count: i32) -> String {
+    let mut bytes = serde_json::to_vec(&canonical(data)).unwrap_or_default();
+    if collision_count != 0 {
+        bytes.extend(collision_count.to_string().bytes());
+    }
+    crate::hash::safe_encode(&crate::hash::fnv1a_32(bytes).to_string())
+}
+
+/// A revision's name: `<cloneset>-<hash>`, the CloneSet's name cut to 223 characters as upstream.
+pub fn revision_name(cloneset: &str, hash: &str) -> String {
+    let prefix: String = cloneset.chars().take(223).collect();
+    format!("{prefix}-{hash}")
+}
+
+/// The lifecycle state a pod should move to now, if any (upstream `refreshPodState`'s first
+/// rule): PreparingNormal becomes Normal once the pod is scheduled when there is no preNormal
+/// hook, or once every label and finalizer of the hook is on the pod.
+pub fn next_state(
+    state: Option<LifecycleState>,
+    scheduled: bool,
+    pre_normal_all_on: Option<bool>,
+) -> Option<LifecycleState> {
+    match (state, pre_normal_all_on) {
+        (Some(LifecycleState::PreparingNormal), None) if scheduled => Some(LifecycleState::Normal),
+        (Some(LifecycleState::PreparingNormal), Some(true)) => Some(LifecycleState::Normal),
+        _ => None,
+    }
 }

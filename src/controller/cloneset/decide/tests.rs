@@ -368,3 +368,55 @@ fn pods_and_claims_as_upstream_makes_them() {
         serde_json::json!({"accessModes": ["ReadWriteOnce"]})
     );
 }
+
+#[test]
+fn revisions_are_found_by_their_template() {
+    let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]}
+    }))
+    .unwrap();
+    let ours = revision_data(&template);
+    assert_eq!(ours["spec"]["template"]["$patch"], "replace");
+    // kruise-manager's Go JSON of the same template.
+    let theirs = serde_json::json!({"spec": {"template": {"$patch": "replace",
+        "metadata": {"creationTimestamp": null, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox", "resources": {}}]}}}});
+    assert!(same_template(&ours, &theirs));
+    let mut other = theirs.clone();
+    other["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx".into();
+    assert!(!same_template(&ours, &other));
+    // The same template hashes the same whoever wrote it; a collision count changes it.
+    assert_eq!(revision_hash(&ours, 0), revision_hash(&theirs, 0));
+    assert_ne!(revision_hash(&ours, 0), revision_hash(&ours, 1));
+    assert_ne!(revision_hash(&ours, 0), revision_hash(&other, 0));
+    let hash = revision_hash(&ours, 0);
+    assert!(
+        hash.chars()
+            .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+        "{hash}"
+    );
+    assert_eq!(revision_name("web", &hash), format!("web-{hash}"));
+    assert_eq!(revision_name(&"a".repeat(300), "h").len(), 225);
+}
+
+#[test]
+fn preparing_normal_becomes_normal() {
+    use LifecycleState::*;
+    let cases = [
+        (Some(PreparingNormal), true, None, Some(Normal)),
+        (Some(PreparingNormal), false, None, None),
+        (Some(PreparingNormal), true, Some(false), None),
+        (Some(PreparingNormal), false, Some(true), Some(Normal)),
+        (Some(Normal), true, None, None),
+        (None, true, None, None),
+        (Some(PreparingDelete), true, Some(true), None),
+    ];
+    for (state, scheduled, hook, want) in cases {
+        assert_eq!(
+            next_state(state, scheduled, hook),
+            want,
+            "{state:?} {scheduled} {hook:?}"
+        );
+    }
+}
