@@ -788,4 +788,29 @@ proptest! {
             cloneset::ScaleStep::Nothing => {}
         }
     }
+
+    /// CloneSet specs as a user may write them: admission judges them, its defaults are
+    /// idempotent and pass their own checks when the rest does.
+    #[test]
+    fn cloneset_admission(muts in mutations(), old_muts in mutations()) {
+        use nodeward::controller::cloneset::decide::validate;
+        let seed = json!({
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+            "scaleStrategy": {"podsToDelete": ["web-a"], "maxUnavailable": "10%"},
+            "updateStrategy": {"type": "InPlaceIfPossible", "partition": "50%", "maxSurge": 1},
+            "progressDeadlineSeconds": 60,
+        });
+        let Ok(mut spec) = serde_json::from_value::<nodeward::api::kruise::CloneSetSpec>(mutate(&seed, &muts)) else {
+            return Ok(());
+        };
+        let old = serde_json::from_value::<nodeward::api::kruise::CloneSetSpec>(mutate(&seed, &old_muts)).ok();
+        let _ = validate::validate(&spec, old.as_ref());
+        validate::apply_defaults(&mut spec);
+        let once = spec.clone();
+        validate::apply_defaults(&mut spec);
+        prop_assert_eq!(once, spec);
+    }
 }

@@ -22,6 +22,7 @@ use crate::api::kruise::{
 
 #[cfg(test)]
 mod tests;
+pub mod validate;
 
 /// The length of a generated instance id, and its alphabet (no vowels, no look-alikes).
 pub const INSTANCE_ID_LEN: usize = 5;
@@ -699,4 +700,26 @@ pub fn next_state(
         (Some(LifecycleState::PreparingNormal), Some(true)) => Some(LifecycleState::Normal),
         _ => None,
     }
+}
+
+/// Whether `selector` selects an object with `labels` (`metav1.LabelSelectorAsSelector`): every
+/// match label equal, every expression true; an unknown operator matches nothing.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
 }

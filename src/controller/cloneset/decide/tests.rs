@@ -420,3 +420,143 @@ fn preparing_normal_becomes_normal() {
         );
     }
 }
+
+#[test]
+fn selectors_match_labels() {
+    let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+        "matchLabels": {"app": "web"},
+        "matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["a", "b"]},
+            {"key": "env", "operator": "NotIn", "values": ["dev"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }))
+    .unwrap();
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let cases = [
+        (labels(&[("app", "web"), ("zone", "a")]), true),
+        (
+            labels(&[("app", "web"), ("zone", "a"), ("env", "prod")]),
+            true,
+        ),
+        (
+            labels(&[("app", "web"), ("zone", "a"), ("env", "dev")]),
+            false,
+        ),
+        (labels(&[("app", "web"), ("zone", "c")]), false),
+        (
+            labels(&[("app", "web"), ("zone", "a"), ("canary", "1")]),
+            false,
+        ),
+        (labels(&[("zone", "a")]), false),
+    ];
+    for (labels, want) in cases {
+        assert_eq!(selector_matches(&selector, &labels), want, "{labels:?}");
+    }
+}
+
+#[test]
+fn webhook_defaults_and_validation() {
+    use super::validate::{apply_defaults, strict_scaled, validate};
+    use crate::api::kruise::CloneSetSpec;
+    let spec = |v: serde_json::Value| -> CloneSetSpec { serde_json::from_value(v).unwrap() };
+    let base = serde_json::json!({
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+    });
+    let mut defaulted = spec(base.clone());
+    apply_defaults(&mut defaulted);
+    assert_eq!(
+        serde_json::to_value(&defaulted.update_strategy).unwrap(),
+        serde_json::json!({"type": "ReCreate", "partition": 0, "maxUnavailable": "20%", "maxSurge": 0})
+    );
+    assert_eq!(
+        (defaulted.replicas, defaulted.revision_history_limit),
+        (Some(1), Some(10))
+    );
+    let mut in_place = spec(base.clone());
+    in_place.update_strategy.type_ = "InPlaceIfPossible".into();
+    apply_defaults(&mut in_place);
+    assert!(in_place.update_strategy.in_place_update_strategy.is_some());
+    assert!(validate(&defaulted, None).is_empty());
+
+    let with = |patch: serde_json::Value| {
+        let mut v = base.clone();
+        json_patch::merge(&mut v, &patch);
+        spec(v)
+    };
+    let cases = [
+        (serde_json::json!({"replicas": -1}), "must be non-negative"),
+        (
+            serde_json::json!({"selector": {"matchLabels": null}}),
+            "empty selector",
+        ),
+        (
+            serde_json::json!({"selector": {"matchLabels": {"app": "db"}}}),
+            "does not match",
+        ),
+        (
+            serde_json::json!({"template": {"spec": {"restartPolicy": "Never"}}}),
+            "only \"Always\"",
+        ),
+        (
+            serde_json::json!({"template": {"spec": {"activeDeadlineSeconds": 5}}}),
+            "activeDeadlineSeconds",
+        ),
+        (
+            serde_json::json!({"scaleStrategy": {"podsToDelete": ["a", "a"]}}),
+            "duplicated",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"type": "OnDelete"}}),
+            "Unsupported value",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"partition": -1}}),
+            "can not be negative",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"maxSurge": "x"}}),
+            "invalid value",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"type": "InPlaceOnly", "maxSurge": 1}}),
+            "InPlaceOnly",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"maxUnavailable": 0, "maxSurge": 0}}),
+            "both be less than 1",
+        ),
+        (
+            serde_json::json!({"progressDeadlineSeconds": 5, "minReadySeconds": 5}),
+            "greater than minReadySeconds",
+        ),
+    ];
+    for (patch, want) in cases {
+        let errors = validate(&with(patch.clone()), None);
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{patch}: {errors:?}"
+        );
+    }
+    let moved = with(
+        serde_json::json!({"selector": {"matchLabels": {"app": "web", "x": "1"}},
+        "template": {"metadata": {"labels": {"app": "web", "x": "1"}}}}),
+    );
+    assert!(
+        validate(&moved, Some(&defaulted))
+            .iter()
+            .any(|e| e.contains("immutable"))
+    );
+    assert_eq!(
+        strict_scaled(&IntOrString::String("12.5%".into()), 10),
+        Ok(2)
+    );
+    assert!(strict_scaled(&IntOrString::String("50".into()), 10).is_err());
+}
