@@ -723,3 +723,78 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
     });
     by_labels && by_expressions
 }
+
+/// What an in-place update of a pod from one template to another changes (upstream
+/// `defaultCalculateInPlaceUpdateSpec`, §4.4 of `docs/upstream/cloneset.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InPlaceChange {
+    /// New images by container name (of the old template's container at that index).
+    pub images: BTreeMap<String, String>,
+    /// Labels or annotations changed.
+    pub metadata: bool,
+    /// A changed label or annotation is read by a container's env (`fieldRef`): the agent's
+    /// container meta restarts those containers.
+    pub env_from_metadata: bool,
+}
+
+/// The in-place change from `old` to `new`, or `None` when the pods must be recreated: only
+/// container images (`replace` of `/spec/containers/N/image`) and metadata may differ.
+pub fn in_place_change(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Option<InPlaceChange> {
+    let (old_value, new_value) = (
+        serde_json::to_value(old).ok()?,
+        serde_json::to_value(new).ok()?,
+    );
+    let ops = serde_json::to_value(json_patch::diff(&old_value, &new_value)).ok()?;
+    let mut change = InPlaceChange::default();
+    let env_reads: Vec<String> = new
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .filter_map(|e| {
+            Some(
+                e.value_from
+                    .as_ref()?
+                    .field_ref
+                    .as_ref()?
+                    .field_path
+                    .clone(),
+            )
+        })
+        .collect();
+    for op in ops.as_array()? {
+        let kind = op["op"].as_str()?;
+        let path = op["path"].as_str()?;
+        if let Some(meta) = path.strip_prefix("/metadata/") {
+            change.metadata = true;
+            let key = |prefix: &str| {
+                meta.strip_prefix(prefix)
+                    .map(|k| k.replace("~1", "/").replace("~0", "~"))
+            };
+            let read = match (key("labels/"), key("annotations/")) {
+                (Some(k), _) => Some(format!("metadata.labels['{k}']")),
+                (_, Some(k)) => Some(format!("metadata.annotations['{k}']")),
+                _ => None,
+            };
+            if matches!(kind, "add" | "replace")
+                && read.is_some_and(|r| env_reads.iter().any(|e| *e == r))
+            {
+                change.env_from_metadata = true;
+            }
+            continue;
+        }
+        let index: usize = path
+            .strip_prefix("/spec/containers/")?
+            .strip_suffix("/image")?
+            .parse()
+            .ok()?;
+        if kind != "replace" {
+            return None;
+        }
+        let name = old.spec.as_ref()?.containers.get(index)?.name.clone();
+        change
+            .images
+            .insert(name, op["value"].as_str()?.to_string());
+    }
+    Some(change)
+}

@@ -560,3 +560,58 @@ fn webhook_defaults_and_validation() {
     );
     assert!(strict_scaled(&IntOrString::String("50".into()), 10).is_err());
 }
+
+#[test]
+fn what_may_change_in_place() {
+    let template = |v: serde_json::Value| -> PodTemplateSpec { serde_json::from_value(v).unwrap() };
+    let old = template(serde_json::json!({
+        "metadata": {"labels": {"app": "web", "version": "1"}},
+        "spec": {"containers": [
+            {"name": "app", "image": "busybox:1",
+             "env": [{"name": "V", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['version']"}}}]},
+            {"name": "proxy", "image": "envoy:1"}]}
+    }));
+    let with = |patch: serde_json::Value| {
+        let mut v = serde_json::to_value(&old).unwrap();
+        json_patch::merge(&mut v, &patch);
+        template(v)
+    };
+    let image = with(serde_json::json!({"spec": {"containers": [
+        {"name": "app", "image": "busybox:1",
+         "env": [{"name": "V", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['version']"}}}]},
+        {"name": "proxy", "image": "envoy:2"}]}}));
+    assert_eq!(
+        in_place_change(&old, &image),
+        Some(InPlaceChange {
+            images: [("proxy".to_string(), "envoy:2".to_string())].into(),
+            ..Default::default()
+        })
+    );
+    let label = with(serde_json::json!({"metadata": {"labels": {"version": "2"}}}));
+    assert_eq!(
+        in_place_change(&old, &label),
+        Some(InPlaceChange {
+            metadata: true,
+            env_from_metadata: true,
+            ..Default::default()
+        })
+    );
+    let other_label = with(serde_json::json!({"metadata": {"annotations": {"note": "x"}}}));
+    assert_eq!(
+        in_place_change(&old, &other_label).map(|c| (c.metadata, c.env_from_metadata)),
+        Some((true, false))
+    );
+    let env = with(serde_json::json!({"spec": {"containers": [
+        {"name": "app", "image": "busybox:1", "env": [{"name": "V", "value": "x"}]},
+        {"name": "proxy", "image": "envoy:1"}]}}));
+    assert_eq!(in_place_change(&old, &env), None, "env: recreate");
+    let added = with(serde_json::json!({"spec": {"containers": [
+        {"name": "app", "image": "busybox:1"}, {"name": "proxy", "image": "envoy:1"},
+        {"name": "more", "image": "x"}]}}));
+    assert_eq!(
+        in_place_change(&old, &added),
+        None,
+        "a new container: recreate"
+    );
+    assert_eq!(in_place_change(&old, &old), Some(InPlaceChange::default()));
+}
