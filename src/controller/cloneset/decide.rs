@@ -776,9 +776,7 @@ pub fn in_place_change(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Option<I
                 (_, Some(k)) => Some(format!("metadata.annotations['{k}']")),
                 _ => None,
             };
-            if matches!(kind, "add" | "replace")
-                && read.is_some_and(|r| env_reads.iter().any(|e| *e == r))
-            {
+            if matches!(kind, "add" | "replace") && read.is_some_and(|r| env_reads.contains(&r)) {
                 change.env_from_metadata = true;
             }
             continue;
