@@ -130,7 +130,7 @@ fn job(cluster: &RealCluster, system: &str, i: usize, sleep_ms: u64) -> Result<J
 }
 
 /// N Jobs of each of the two systems, created interleaved in namespace `ns`; their `stop` and
-/// `complete` samples.
+/// `complete` samples; the namespace is dropped afterwards, also when a step failed.
 async fn jobs(
     cluster: &RealCluster,
     client: &Client,
@@ -140,88 +140,80 @@ async fn jobs(
     samples: &mut Samples,
 ) -> Result<()> {
     fresh_namespace(client, ns).await?;
-    let outcome = run_jobs(cluster, client, ns, systems, n, samples).await;
-    drop_namespace(client, ns).await?;
-    outcome
-}
-
-async fn run_jobs(
-    cluster: &RealCluster,
-    client: &Client,
-    ns: &str,
-    systems: [&'static str; 2],
-    n: usize,
-    samples: &mut Samples,
-) -> Result<()> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
-    let complete: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let seen = complete.clone();
-    let stream = watcher(jobs.clone(), watcher::Config::default()).applied_objects();
-    let watch = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(job)) = stream.next().await {
-            let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-            let done = conditions.is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Complete" && c.status == "True")
-            });
-            if done {
-                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                seen.entry(job.name_any()).or_insert_with(now_ns);
+    let outcome = async {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        let complete: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+        let seen = complete.clone();
+        let stream = watcher(jobs.clone(), watcher::Config::default()).applied_objects();
+        let watch = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(job)) = stream.next().await {
+                let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+                let done = conditions.is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Complete" && c.status == "True")
+                });
+                if done {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.entry(job.name_any()).or_insert_with(now_ns);
+                }
+            }
+        });
+        // Mains exit 6–10 s after creation (all pods are running by then), spread so that exits do
+        // not all land in one relist period.
+        for i in 0..n {
+            for system in systems {
+                let sleep_ms = 6000 + (i as u64 * 4000) / n.max(1) as u64;
+                jobs.create(&PostParams::default(), &job(cluster, system, i, sleep_ms)?)
+                    .await?;
             }
         }
-    });
-    // Mains exit 6–10 s after creation (all pods are running by then), spread so that exits do
-    // not all land in one relist period.
-    for i in 0..n {
-        for system in systems {
-            let sleep_ms = 6000 + (i as u64 * 4000) / n.max(1) as u64;
-            jobs.create(&PostParams::default(), &job(cluster, system, i, sleep_ms)?)
-                .await?;
+        let count = || complete.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let deadline = Instant::now() + Duration::from_secs(180 + 5 * n as u64);
+        while count() < 2 * n {
+            if Instant::now() > deadline {
+                watch.abort();
+                bail!("{ns}: only {} of {} Jobs completed", count(), 2 * n);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-    let count = || complete.lock().unwrap_or_else(|e| e.into_inner()).len();
-    let deadline = Instant::now() + Duration::from_secs(180 + 5 * n as u64);
-    while count() < 2 * n {
-        if Instant::now() > deadline {
-            watch.abort();
-            bail!("{ns}: only {} of {} Jobs completed", count(), 2 * n);
+        watch.abort();
+        let complete = complete.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        for pod in pods.list(&ListParams::default()).await?.items {
+            let job = pod
+                .labels()
+                .get("job-name")
+                .context("pod without job-name")?;
+            let label = pod.labels().get("system").context("pod without system")?;
+            let system = systems
+                .into_iter()
+                .find(|s| s == label)
+                .context("unknown system")?;
+            let statuses = cluster.runtime_statuses(&pod.uid().context("uid")?).await?;
+            let finished = |name: &str| {
+                statuses
+                    .get(name)
+                    .map(|s| s.finished_at)
+                    .with_context(|| format!("{}: no status of {name}", pod.name_any()))
+            };
+            let (main, proxy) = (finished("main")?, finished("proxy")?);
+            let done = complete.get(job).context("Job not seen complete")?;
+            let ms = |from: i64, to: i64| (to - from) as f64 / 1e6;
+            samples
+                .entry(("stop", system))
+                .or_default()
+                .push(ms(main, proxy));
+            samples
+                .entry(("complete", system))
+                .or_default()
+                .push(ms(main, *done));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        anyhow::Ok(())
     }
-    watch.abort();
-    let complete = complete.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for pod in pods.list(&ListParams::default()).await?.items {
-        let job = pod
-            .labels()
-            .get("job-name")
-            .context("pod without job-name")?;
-        let label = pod.labels().get("system").context("pod without system")?;
-        let system = systems
-            .into_iter()
-            .find(|s| s == label)
-            .context("unknown system")?;
-        let statuses = cluster.runtime_statuses(&pod.uid().context("uid")?).await?;
-        let finished = |name: &str| {
-            statuses
-                .get(name)
-                .map(|s| s.finished_at)
-                .with_context(|| format!("{}: no status of {name}", pod.name_any()))
-        };
-        let (main, proxy) = (finished("main")?, finished("proxy")?);
-        let done = complete.get(job).context("Job not seen complete")?;
-        let ms = |from: i64, to: i64| (to - from) as f64 / 1e6;
-        samples
-            .entry(("stop", system))
-            .or_default()
-            .push(ms(main, proxy));
-        samples
-            .entry(("complete", system))
-            .or_default()
-            .push(ms(main, *done));
-    }
-    Ok(())
+    .await;
+    drop_namespace(client, ns).await?;
+    outcome
 }
 
 /// N CRRs of N ready pods, one after the other: create request sent → `Completed` seen.
