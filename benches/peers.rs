@@ -37,15 +37,12 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, RemoveImageRequest};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PostParams,
-};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::bench::{env_or, percentile};
-use support::k8s::RealCluster;
+use support::k8s::{RealCluster, kruise_api};
 use support::kruise::Kruise;
 use support::procs;
 
@@ -66,11 +63,6 @@ fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
-}
-
-fn kruise_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("apps.kruise.io", "v1alpha1", kind);
-    Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk))
 }
 
 /// Blocking work (kubectl, scripts) without stalling the runtime's other tasks.
@@ -256,7 +248,7 @@ async fn crrs(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let crrs = kruise_api(client, ns, "ContainerRecreateRequest");
+    let crrs = kruise_api(client, Some(ns), "ContainerRecreateRequest", "v1alpha1");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = watcher(crrs.clone(), watcher::Config::default()).applied_objects();
     let watch = tokio::spawn(async move {
@@ -332,7 +324,7 @@ async fn pull(
     let ns = "bench-peers-pull";
     fresh_namespace(client, ns).await?;
     remove_pulled(cluster, system).await?;
-    let jobs = kruise_api(client, ns, "ImagePullJob");
+    let jobs = kruise_api(client, Some(ns), "ImagePullJob", "v1alpha1");
     let repo = pull_repo(cluster, system);
     let start = Instant::now();
     for i in 0..PULL_IMAGES {
@@ -374,14 +366,7 @@ async fn pull(
         .or_default()
         .push(start.elapsed().as_secs_f64());
     drop_namespace(client, ns).await?;
-    let node_images = Api::<DynamicObject>::all_with(
-        client.clone(),
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "apps.kruise.io",
-            "v1alpha1",
-            "NodeImage",
-        )),
-    );
+    let node_images = kruise_api(client, None, "NodeImage", "v1alpha1");
     let forget = json!({"spec": {"images": {repo: null}}});
     node_images
         .patch(

@@ -16,10 +16,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PostParams,
-};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use nodeward::api::kruise::{
     ANNOTATION_INPLACE_UPDATE_STATE, ANNOTATION_RUNTIME_CONTAINERS_META, LABEL_FAKE_NODE_IMAGE,
@@ -1215,21 +1212,7 @@ async fn sidecar_variants_on_real_jobs() {
 }
 
 fn kruise_api(client: &Client, ns: Option<&str>, kind: &str) -> Api<DynamicObject> {
-    kruise_api_at(client, ns, kind, "v1alpha1")
-}
-
-fn kruise_api_at(
-    client: &Client,
-    ns: Option<&str>,
-    kind: &str,
-    version: &str,
-) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("apps.kruise.io", version, kind);
-    let resource = ApiResource::from_gvk(&gvk);
-    match ns {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    }
+    support::k8s::kruise_api(client, ns, kind, "v1alpha1")
 }
 
 /// Whether the cluster's containerd has `image`.
@@ -1552,14 +1535,14 @@ async fn image_kinds_read_back_in_either_version() {
         json!({"image": cluster.image("busybox:1"), "parallelism": 0, "completionPolicy": {}});
     for (created_as, read_as) in [("v1alpha1", "v1beta1"), ("v1beta1", "v1alpha1")] {
         let name = format!("as-{created_as}");
-        let created = kruise_api_at(&client, Some(ns), "ImagePullJob", created_as)
+        let created = support::k8s::kruise_api(&client, Some(ns), "ImagePullJob", created_as)
             .create(
                 &PostParams::default(),
                 &object(created_as, "ImagePullJob", &name, idle.clone()),
             )
             .await
             .unwrap();
-        let read = kruise_api_at(&client, Some(ns), "ImagePullJob", read_as)
+        let read = support::k8s::kruise_api(&client, Some(ns), "ImagePullJob", read_as)
             .get(&name)
             .await
             .unwrap();
@@ -1570,7 +1553,7 @@ async fn image_kinds_read_back_in_either_version() {
         );
         assert_eq!(read.data["spec"], created.data["spec"], "{name}");
     }
-    let node_images = |version| kruise_api_at(&client, None, "NodeImage", version);
+    let node_images = |version| support::k8s::kruise_api(&client, None, "NodeImage", version);
     let alpha = node_images("v1alpha1").get(&cluster.node).await.unwrap();
     let beta = node_images("v1beta1").get(&cluster.node).await.unwrap();
     assert_eq!(alpha.data["spec"], beta.data["spec"]);
@@ -1581,7 +1564,7 @@ async fn image_kinds_read_back_in_either_version() {
         let name = format!("stored-{storage}");
         let spec = json!({"images": [image], "pullPolicy": {"timeoutSeconds": 60, "backoffLimit": 1},
                           "completionPolicy": {"activeDeadlineSeconds": 120}});
-        let lists = kruise_api_at(&client, Some(ns), "ImageListPullJob", "v1beta1");
+        let lists = support::k8s::kruise_api(&client, Some(ns), "ImageListPullJob", "v1beta1");
         lists
             .create(
                 &PostParams::default(),

@@ -347,30 +347,17 @@ impl AgentProcess {
 
     /// Peak resident set size (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        self.status_kib("VmHWM:")
+        crate::procs::peak_rss_kib(self.pid() as i32).ok()
     }
 
     /// Resident set size now (VmRSS) in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        self.status_kib("VmRSS:")
-    }
-
-    fn status_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        crate::procs::rss_kib(self.pid() as i32).ok()
     }
 
     /// User + system CPU time consumed so far, in milliseconds.
     pub fn cpu_ms(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        let after = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        let hz = rustix::param::clock_ticks_per_second();
-        Some(ticks * 1000 / hz)
+        crate::procs::cpu_ms(self.pid() as i32).ok()
     }
 
     /// SIGKILL, as a crash would.

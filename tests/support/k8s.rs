@@ -23,7 +23,7 @@ use k8s_cri::v1::{
     ListContainersRequest,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -285,3 +285,18 @@ impl RealCluster {
 /// How long a test waits for something the cluster does at its own pace (scheduling, the
 /// kubelet's 1 s relist, controllers' resyncs).
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An `apps.kruise.io` kind of `version` as dynamic objects, in namespace `ns` or cluster-wide.
+pub fn kruise_api(
+    client: &Client,
+    ns: Option<&str>,
+    kind: &str,
+    version: &str,
+) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("apps.kruise.io", version, kind);
+    let resource = ApiResource::from_gvk(&gvk);
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}

@@ -32,6 +32,14 @@ pub fn rss_kib(pid: i32) -> Result<u64> {
         .with_context(|| format!("pid {pid} has no VmRSS"))
 }
 
+/// Peak resident set size (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: i32) -> Result<u64> {
+    let status = procfs::process::Process::new(pid)?.status()?;
+    status
+        .vmhwm
+        .with_context(|| format!("pid {pid} has no VmHWM"))
+}
+
 /// User + system CPU time so far, in ms.
 pub fn cpu_ms(pid: i32) -> Result<u64> {
     let stat = procfs::process::Process::new(pid)?.stat()?;
@@ -62,4 +70,25 @@ pub async fn footprints(pids: &[i32], window: Duration) -> Result<Vec<Footprint>
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn this_process_is_measured() {
+        let me = std::process::id() as i32;
+        let (rss, peak) = (
+            super::rss_kib(me).unwrap(),
+            super::peak_rss_kib(me).unwrap(),
+        );
+        assert!(rss > 0 && peak >= rss, "rss {rss} KiB, peak {peak} KiB");
+        super::cpu_ms(me).unwrap();
+        let argv0 = std::env::args().next().unwrap();
+        let name = argv0.rsplit('/').next().unwrap().to_string();
+        assert!(
+            super::find(|n, _| n == name).contains(&me),
+            "{name} not found"
+        );
+        assert!(super::rss_kib(i32::MAX).is_err(), "no such process");
+    }
 }

@@ -597,7 +597,8 @@ pub fn status_counts(
 
 /// A label selector as `labels.Selector.String()` writes it (`status.labelSelector`, for the
 /// scale subresource): requirements sorted by key, `k=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
-/// `!k`, joined by commas.
+/// `!k`, joined by commas. (kube's `Selector` writes the same requirements unsorted, match labels
+/// first, and cannot give their keys back to sort by.)
 pub fn selector_string(selector: &LabelSelector) -> String {
     let mut requirements: Vec<(String, String)> = selector
         .match_labels
@@ -702,26 +703,11 @@ pub fn next_state(
     }
 }
 
-/// Whether `selector` selects an object with `labels` (`metav1.LabelSelectorAsSelector`): every
-/// match label equal, every expression true; an unknown operator matches nothing.
+/// Whether `selector` selects an object with `labels` (kube's `Selector`, as
+/// `metav1.LabelSelectorAsSelector`); a selector that does not parse selects nothing.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    by_labels && by_expressions
+    use kube::core::SelectorExt;
+    kube::core::Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 /// What an in-place update of a pod from one template to another changes (upstream
