@@ -145,7 +145,7 @@ pub fn verdict_patch(action: &Action, ignoring: bool) -> Option<serde_json::Valu
 /// cannot change.
 pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
     match tokio::time::timeout(VERDICT_BUDGET, write_verdict(client, pod, patch)).await {
-        Ok(()) => debug!(pod = %pod.name, "job verdict written before stopping"),
+        Ok(_) => debug!(pod = %pod.name, "job verdict written before stopping"),
         Err(_) => warn!(
             pod = %pod.name,
             budget = ?VERDICT_BUDGET,
@@ -154,14 +154,19 @@ pub async fn patch_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_j
     }
 }
 
-/// Write the verdict until a write succeeds (the caller bounds the time).
-async fn write_verdict(client: &kube::Client, pod: &PodInfo, patch: &serde_json::Value) {
+/// Write the verdict until a write succeeds (the caller bounds the time); the phase it replaced,
+/// if it replaced one.
+async fn write_verdict(
+    client: &kube::Client,
+    pod: &PodInfo,
+    patch: &serde_json::Value,
+) -> Option<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
     let mut delays = crate::backoff::exponential(VERDICT_RETRY_MIN, VERDICT_RETRY_MAX);
     loop {
         let call = patch_status_keeping_terminal_phase(&pods, pod, patch.clone());
         let error = match tokio::time::timeout(VERDICT_CALL_TIMEOUT, call).await {
-            Ok(Ok(_)) => return,
+            Ok(Ok(replaced)) => return replaced,
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {VERDICT_CALL_TIMEOUT:?}"),
         };
@@ -224,12 +229,15 @@ pub async fn guard_verdict(
             match super::decide::guard_step(same_pod, phase, &verdict, reported) {
                 GuardStep::Watch => {}
                 GuardStep::Settled | GuardStep::Gone => return,
+                // An event older than the guard's own last write shows the replaced phase
+                // again; the write reads the pod first and changes nothing then.
                 GuardStep::Rewrite => {
-                    info!(
-                        phase = phase.unwrap_or_default(),
-                        "job verdict replaced by the kubelet's cached phase; writing it again"
-                    );
-                    write_verdict(&client, &pod, &patch).await;
+                    if let Some(replaced) = write_verdict(&client, &pod, &patch).await {
+                        info!(
+                            phase = replaced,
+                            "job verdict replaced by the kubelet's cached phase; writing it again"
+                        );
+                    }
                 }
                 GuardStep::Lost => {
                     warn!(
@@ -270,23 +278,27 @@ const VERDICT_SETTLE: Duration = Duration::from_secs(15);
 
 /// Never change a phase that is already terminal: a pod the kubelet (or a user) already marked
 /// Failed stays Failed, as upstream's `markJobPodTerminated` checks. `current` is the pod's phase.
-pub fn keep_terminal_phase(patch: &mut serde_json::Value, current: Option<&str>) {
-    if matches!(current, Some("Succeeded" | "Failed"))
-        && let Some(status) = patch.get_mut("status").and_then(|s| s.as_object_mut())
-    {
+/// The phase the patch replaces: `current` when the patch sets another phase and stays so.
+pub fn keep_terminal_phase(patch: &mut serde_json::Value, current: Option<&str>) -> Option<String> {
+    let status = patch.get_mut("status")?.as_object_mut()?;
+    let phase = status.get("phase")?.as_str()?;
+    if matches!(current, Some("Succeeded" | "Failed")) {
         status.remove("phase");
+        return None;
     }
+    (current != Some(phase)).then(|| current.unwrap_or_default().to_owned())
 }
 
 /// Patch the status of this pod (`pod`: its uid too); a phase in the patch is dropped when the
 /// pod's is already terminal. Read and written as one: the write carries the resourceVersion
 /// read, so a phase the kubelet set in between is seen (Conflict, read again) rather than
-/// overwritten. A pod that is gone, or replaced by another of the same name, is `Ok(None)`.
+/// overwritten. The phase it replaced, if it wrote one; nothing for a pod that is gone or
+/// replaced by another of the same name.
 async fn patch_status_keeping_terminal_phase(
     pods: &Api<Pod>,
     pod: &PodInfo,
     patch: serde_json::Value,
-) -> Result<Option<Pod>, kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     crate::cluster::retry_on_conflict(5, || {
         let mut patch = patch.clone();
         async move {
@@ -297,9 +309,10 @@ async fn patch_status_keeping_terminal_phase(
                 return Ok(None);
             }
             let phase = current.status.as_ref().and_then(|s| s.phase.as_deref());
-            keep_terminal_phase(&mut patch, phase);
+            let replaced = keep_terminal_phase(&mut patch, phase);
             patch["metadata"]["resourceVersion"] = current.metadata.resource_version.into();
-            patch_status(pods, &pod.name, patch).await
+            let found = patch_status(pods, &pod.name, patch).await?.is_some();
+            Ok(replaced.filter(|_| found))
         }
     })
     .await
@@ -723,14 +736,15 @@ mod tests {
     #[test]
     fn a_terminal_phase_is_never_changed() {
         let patch = || serde_json::json!({"status": {"phase": "Succeeded", "conditions": [{"type": "SidecarTerminated"}]}});
-        for (current, kept) in [
-            (Some("Running"), true),
-            (None, true),
-            (Some("Failed"), false),
-            (Some("Succeeded"), false),
+        for (current, kept, replaced) in [
+            (Some("Running"), true, Some("Running")),
+            (None, true, Some("")),
+            (Some("Failed"), false, None),
+            (Some("Succeeded"), false, None),
         ] {
             let mut p = patch();
-            keep_terminal_phase(&mut p, current);
+            let r = keep_terminal_phase(&mut p, current);
+            assert_eq!(r.as_deref(), replaced, "{current:?}");
             assert_eq!(p["status"].get("phase").is_some(), kept, "{current:?}");
             assert!(p["status"]["conditions"].is_array(), "the condition stays");
         }
