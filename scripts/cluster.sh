@@ -784,6 +784,9 @@ apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - ../../packaging/kubernetes
+# The tests cover the CloneSet controller too: its shipped component turns it on.
+components:
+  - ../../packaging/kubernetes/components/cloneset
 images:
   - name: ghcr.io/nodeward/nodeward
     newName: $name

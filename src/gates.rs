@@ -1,13 +1,15 @@
 //! Feature gates, by OpenKruise's names, so that a cluster moving from kruise-daemon keeps its
 //! switches: `--feature-gates=PodProbeMarkerGate=false,...` on the agent and the controller
 //! (Kubernetes' syntax). Each gate turns one capability on or off in both halves; the CRR
-//! executor and its controller have no gate (upstream has none either).
+//! executor and its controller have no gate (upstream has none either). Two gates are
+//! nodeward's own: `CloneSetController` (off by default: kruise-manager's CloneSet controller
+//! must not run beside it) and upstream's `CloneSetEventHandlerOptimization` (on here).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// The gates and what each switches.
-pub const GATES: [(&str, &str); 4] = [
+pub const GATES: [(&str, &str); 6] = [
     (
         SIDECAR_TERMINATOR,
         "the Job sidecar terminator (agent) and the virtual-node sidecar image swap (controller)",
@@ -24,20 +26,32 @@ pub const GATES: [(&str, &str); 4] = [
         IN_PLACE_UPDATE_ENV_FROM_METADATA,
         "container meta: the runtime-containers-meta annotation and stale-env restarts (agent)",
     ),
+    (
+        CLONESET_CONTROLLER,
+        "the CloneSet controller (controller; off by default, never beside kruise-manager's)",
+    ),
+    (
+        CLONESET_EVENT_HANDLER_OPTIMIZATION,
+        "CloneSet pod updates that cannot change a decision start no reconcile (controller)",
+    ),
 ];
 
 pub const SIDECAR_TERMINATOR: &str = "SidecarTerminator";
 pub const IMAGE_PULL_JOB_GATE: &str = "ImagePullJobGate";
 pub const POD_PROBE_MARKER_GATE: &str = "PodProbeMarkerGate";
 pub const IN_PLACE_UPDATE_ENV_FROM_METADATA: &str = "InPlaceUpdateEnvFromMetadata";
+pub const CLONESET_CONTROLLER: &str = "CloneSetController";
+pub const CLONESET_EVENT_HANDLER_OPTIMIZATION: &str = "CloneSetEventHandlerOptimization";
 
-/// Which capabilities run. Every gate is on unless turned off.
+/// Which capabilities run. Every gate but `CloneSetController` is on unless turned off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeatureGates {
     pub sidecar_terminator: bool,
     pub image_pull: bool,
     pub pod_probe: bool,
     pub container_meta: bool,
+    pub cloneset: bool,
+    pub cloneset_event_optimization: bool,
 }
 
 impl Default for FeatureGates {
@@ -47,6 +61,8 @@ impl Default for FeatureGates {
             image_pull: true,
             pod_probe: true,
             container_meta: true,
+            cloneset: false,
+            cloneset_event_optimization: true,
         }
     }
 }
@@ -89,6 +105,8 @@ impl FeatureGates {
             IMAGE_PULL_JOB_GATE => Ok(&mut self.image_pull),
             POD_PROBE_MARKER_GATE => Ok(&mut self.pod_probe),
             IN_PLACE_UPDATE_ENV_FROM_METADATA => Ok(&mut self.container_meta),
+            CLONESET_CONTROLLER => Ok(&mut self.cloneset),
+            CLONESET_EVENT_HANDLER_OPTIMIZATION => Ok(&mut self.cloneset_event_optimization),
             other => Err(GateError::Unknown(other.to_string())),
         }
     }
@@ -100,6 +118,11 @@ impl FeatureGates {
             (IMAGE_PULL_JOB_GATE, self.image_pull),
             (POD_PROBE_MARKER_GATE, self.pod_probe),
             (IN_PLACE_UPDATE_ENV_FROM_METADATA, self.container_meta),
+            (CLONESET_CONTROLLER, self.cloneset),
+            (
+                CLONESET_EVENT_HANDLER_OPTIMIZATION,
+                self.cloneset_event_optimization,
+            ),
         ])
     }
 }
@@ -126,7 +149,7 @@ mod tests {
         assert!(!g.pod_probe && !g.image_pull && g.sidecar_terminator && g.container_meta);
         assert_eq!(
             g.to_string(),
-            "ImagePullJobGate=false,InPlaceUpdateEnvFromMetadata=true,PodProbeMarkerGate=false,SidecarTerminator=true"
+            "CloneSetController=false,CloneSetEventHandlerOptimization=true,ImagePullJobGate=false,InPlaceUpdateEnvFromMetadata=true,PodProbeMarkerGate=false,SidecarTerminator=true"
         );
         assert_eq!(FeatureGates::parse(&g.to_string()), Ok(g));
         assert_eq!(
@@ -140,7 +163,7 @@ mod tests {
         let unknown = FeatureGates::parse("KruiseDaemon=true").unwrap_err();
         assert_eq!(
             unknown.to_string(),
-            "unknown feature gate \"KruiseDaemon\" (known: SidecarTerminator, ImagePullJobGate, PodProbeMarkerGate, InPlaceUpdateEnvFromMetadata)"
+            "unknown feature gate \"KruiseDaemon\" (known: SidecarTerminator, ImagePullJobGate, PodProbeMarkerGate, InPlaceUpdateEnvFromMetadata, CloneSetController, CloneSetEventHandlerOptimization)"
         );
     }
 }

@@ -83,7 +83,7 @@ fn objects(rendered: &BTreeMap<String, String>, file: &str) -> Vec<Value> {
 fn the_chart_lints_with_every_switch() {
     let (ok, out, err) = run_helm(&["lint", "--strict", CHART]);
     assert!(ok, "{out}{err}");
-    let turned = "runtime=cri-o,agent.hostPID=true,serviceMonitor.enabled=true,featureGates.PodProbeMarkerGate=false,controller.replicas=1";
+    let turned = "runtime=cri-o,agent.hostPID=true,serviceMonitor.enabled=true,featureGates.PodProbeMarkerGate=false,controller.replicas=1,controller.featureGates.CloneSetController=true";
     let (ok, out, err) = run_helm(&["lint", "--strict", CHART, "--set", turned]);
     assert!(ok, "{out}{err}");
 }
@@ -178,6 +178,33 @@ fn values_reach_the_objects() {
     let ds = &objects(&plain, "agent-daemonset.yaml")[0];
     let image = &ds["spec"]["template"]["spec"]["containers"][0]["image"];
     assert_eq!(image, "ghcr.io/nodeward/nodeward:0.1.0");
+
+    // The CloneSet controller's gate brings the grants of packaging's cloneset component.
+    let rbac_of = |rendered: &BTreeMap<String, String>| -> Vec<Value> {
+        objects(rendered, "controller-rbac.yaml")
+            .into_iter()
+            .filter(|o| o["metadata"]["name"] == "nodeward-controller-cloneset")
+            .collect()
+    };
+    assert!(rbac_of(&plain).is_empty());
+    let on = render(&["controller.featureGates.CloneSetController=true"]).unwrap();
+    let component: Vec<Value> = serde_saphyr::from_multiple(
+        &std::fs::read_to_string(repo(&format!(
+            "{K8S}/components/cloneset/cloneset-rbac.yaml"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rbac_of(&on), component);
+    let deploy = &objects(&on, "controller-deployment.yaml")[0];
+    let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--feature-gates=CloneSetController=true"),
+        "{args}"
+    );
 
     let err = render(&["agent.featureGates.KruiseDaemon=true"]).unwrap_err();
     assert!(err.contains("KruiseDaemon"), "{err}");

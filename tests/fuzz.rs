@@ -753,6 +753,7 @@ proptest! {
                 available: *available,
                 ready: *ready,
                 running_ready: *ready,
+                in_place_grace: *specified && *updated,
                 rank: cloneset::Rank {
                     scheduled: *available,
                     phase: *state % 3,
@@ -772,7 +773,10 @@ proptest! {
             max_unavailable: cloneset::scaled(&IntOrString::String(percent), unavailable, true).unwrap_or(unavailable),
             scale_max_unavailable: scale_unavailable,
         };
-        let _ = cloneset::diffs(&facts, limits);
+        let d = cloneset::diffs(&facts, limits);
+        let chosen = cloneset::update::choose_updates(&facts, &d);
+        prop_assert!(chosen.len() <= usize::try_from(d.update.max(0)).unwrap_or(0));
+        prop_assert!(chosen.iter().all(|n| facts.iter().any(|p| &p.name == n && !p.updated)));
         let status = cloneset::status_counts(&facts, replicas, limits.partition, "new", "old");
         prop_assert!(status.updated_available_replicas <= status.updated_replicas);
         prop_assert!(status.replicas as usize == facts.len());

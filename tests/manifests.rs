@@ -528,6 +528,70 @@ fn check(sa: &str, calls: &[Call], forbidden: &[Call]) {
     );
 }
 
+/// The CloneSet controller's calls (src/controller/cloneset/act.rs and mod.rs): the pod and
+/// PVC watches, pods and PVCs created, patched and deleted, pods' InPlaceUpdateReady condition,
+/// ControllerRevisions listed, created, patched and deleted, the CloneSet watched and its
+/// podsToDelete patched, its status patched, Events.
+const CLONESET_CALLS: &[Call] = &[
+    ("list", "", "pods", None),
+    ("watch", "", "pods", None),
+    ("create", "", "pods", Some("default")),
+    ("patch", "", "pods", Some("default")),
+    ("delete", "", "pods", Some("default")),
+    ("patch", "", "pods/status", Some("default")),
+    ("list", "", "persistentvolumeclaims", None),
+    ("watch", "", "persistentvolumeclaims", None),
+    ("create", "", "persistentvolumeclaims", Some("default")),
+    ("patch", "", "persistentvolumeclaims", Some("default")),
+    ("delete", "", "persistentvolumeclaims", Some("default")),
+    ("list", "apps", "controllerrevisions", Some("default")),
+    ("get", "apps", "controllerrevisions", Some("default")),
+    ("create", "apps", "controllerrevisions", Some("default")),
+    ("patch", "apps", "controllerrevisions", Some("default")),
+    ("delete", "apps", "controllerrevisions", Some("default")),
+    ("list", KRUISE, "clonesets", None),
+    ("watch", KRUISE, "clonesets", None),
+    ("patch", KRUISE, "clonesets", Some("default")),
+    ("patch", KRUISE, "clonesets/status", Some("default")),
+    ("update", KRUISE, "clonesets/finalizers", Some("default")),
+    ("create", "", "events", Some("default")),
+];
+
+const CLONESET_FORBIDDEN: &[Call] = &[
+    ("create", "", "persistentvolumes", None),
+    ("delete", "", "persistentvolumes", None),
+    ("delete", KRUISE, "clonesets", Some("default")),
+    ("create", KRUISE, "clonesets", Some("default")),
+    ("create", "apps", "deployments", Some("default")),
+    ("update", "", "nodes", None),
+];
+
+/// The CloneSet component grants the controller what its CloneSet controller calls, and the
+/// base alone does not grant pod creation or deletion.
+#[test]
+fn cloneset_component_rbac_allows_its_calls_and_no_more() {
+    let with = Rbac::with_component("cloneset");
+    let missing: Vec<_> = CLONESET_CALLS
+        .iter()
+        .filter(|c| !allowed(&with, rbac::CONTROLLER, **c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the cloneset component does not allow {missing:?}"
+    );
+    let extra: Vec<_> = CLONESET_FORBIDDEN
+        .iter()
+        .filter(|c| allowed(&with, rbac::CONTROLLER, **c))
+        .collect();
+    assert!(extra.is_empty(), "the cloneset component allows {extra:?}");
+    let base = Rbac::packaged();
+    assert!(!allowed(
+        &base,
+        rbac::CONTROLLER,
+        ("create", "", "pods", Some("default"))
+    ));
+}
+
 #[test]
 fn agent_rbac_allows_its_calls_and_no_more() {
     check(rbac::AGENT, AGENT_CALLS, AGENT_FORBIDDEN);

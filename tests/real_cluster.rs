@@ -37,41 +37,7 @@ const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
 
 /// The cluster with nodeward deployed, an admin client, and a fresh namespace named `ns`.
 async fn setup(ns: &str) -> (&'static RealCluster, Client) {
-    let cluster = RealCluster::shared();
-    tokio::task::spawn_blocking(|| RealCluster::shared().deploy_nodeward())
-        .await
-        .unwrap();
-    let client = cluster.client().await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(ns).await.unwrap().is_some() {
-        namespaces.delete(ns, &DeleteParams::default()).await.ok();
-        wait::until(&format!("namespace {ns} gone"), 120, || {
-            let namespaces = namespaces.clone();
-            async move {
-                namespaces
-                    .get_opt(ns)
-                    .await
-                    .unwrap()
-                    .is_none()
-                    .then_some(())
-            }
-        })
-        .await;
-    }
-    let object = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
-    // The service account admission needs the namespace's `default` ServiceAccount.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), ns);
-    wait::until("the default service account", 60, || {
-        let accounts = accounts.clone();
-        async move { accounts.get_opt("default").await.unwrap().map(|_| ()) }
-    })
-    .await;
-    (cluster, client)
+    support::k8s::with_namespace(ns).await
 }
 
 async fn teardown(client: &Client, ns: &str) {

@@ -19,7 +19,14 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::telemetry::metrics::Exposition;
 
 /// The reconcilers, whose series exist (at 0) from the start.
-pub const RECONCILERS: [&str; 5] = ["crr", "imagepulljob", "node", "nodeimage", "vk_sidecar"];
+pub const RECONCILERS: [&str; 6] = [
+    "cloneset",
+    "crr",
+    "imagepulljob",
+    "node",
+    "nodeimage",
+    "vk_sidecar",
+];
 
 /// Why a reconcile failed, as a label value.
 pub trait Reason {

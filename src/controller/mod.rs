@@ -1,7 +1,8 @@
 //! `nodeward controller`: one active replica, chosen by Lease leader election, running the
 //! reconcilers: CRR defaulting and lifecycle (`crr`), image pre-pull (`imagepull`: ImagePullJob →
 //! NodeImage), custom pod probes (`podprobe`: PodProbeMarker → NodePodProbe → pod marks) and the
-//! sidecar image swap on virtual nodes (`vk_sidecar`); and, on every replica,
+//! sidecar image swap on virtual nodes (`vk_sidecar`), CloneSets when their gate is on
+//! (`cloneset`); and, on every replica,
 //! the CRR admission webhook (`webhook`).
 
 use std::future::Future;
@@ -156,6 +157,14 @@ async fn run_reconcilers(client: kube::Client, cfg: Config, metrics: ControllerM
         when(
             gates.pod_probe,
             Box::pin(podprobe::run(client.clone(), metrics.clone()))
+        ),
+        when(
+            gates.cloneset,
+            Box::pin(cloneset::run(
+                client.clone(),
+                metrics.clone(),
+                gates.cloneset_event_optimization
+            ))
         ),
         when(
             gates.image_pull,

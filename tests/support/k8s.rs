@@ -22,8 +22,10 @@ use k8s_cri::v1::{
     ContainerFilter, ContainerStatus, ContainerStatusRequest, ExecSyncRequest,
     ListContainersRequest,
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -280,6 +282,45 @@ impl RealCluster {
             })
             .collect()
     }
+}
+
+/// The cluster with nodeward deployed, an admin client, and a fresh namespace named `ns` (one
+/// of that name left by an earlier run is deleted first).
+pub async fn with_namespace(ns: &str) -> (&'static RealCluster, Client) {
+    let cluster = RealCluster::shared();
+    tokio::task::spawn_blocking(|| RealCluster::shared().deploy_nodeward())
+        .await
+        .unwrap();
+    let client = cluster.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(ns).await.unwrap().is_some() {
+        namespaces.delete(ns, &DeleteParams::default()).await.ok();
+        crate::wait::until(&format!("namespace {ns} gone"), 120, || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get_opt(ns)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let object = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    // The service account admission needs the namespace's `default` ServiceAccount.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    crate::wait::until("the default service account", 60, || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.unwrap().map(|_| ()) }
+    })
+    .await;
+    (cluster, client)
 }
 
 /// How long a test waits for something the cluster does at its own pace (scheduling, the

@@ -45,14 +45,31 @@ pub struct Rbac {
 impl Rbac {
     /// The documents of `packaging/kubernetes/*rbac*.yaml`.
     pub fn packaged() -> Self {
-        let dir = super::repo().join("packaging/kubernetes");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("directory entry").path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().contains("rbac"))
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "no RBAC manifests in {}", dir.display());
+        Self::from_dirs(&["packaging/kubernetes"])
+    }
+
+    /// The packaged RBAC with that of `packaging/kubernetes/components/<component>`.
+    pub fn with_component(component: &str) -> Self {
+        Self::from_dirs(&[
+            "packaging/kubernetes",
+            &format!("packaging/kubernetes/components/{component}"),
+        ])
+    }
+
+    /// The documents of `*rbac*.yaml` in each of `dirs` (relative to the repository).
+    fn from_dirs(dirs: &[&str]) -> Self {
+        let mut files: Vec<PathBuf> = Vec::new();
+        for dir in dirs {
+            let dir = super::repo().join(dir);
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|e| e.expect("directory entry").path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().contains("rbac"))
+                .collect();
+            assert!(!found.is_empty(), "no RBAC manifests in {}", dir.display());
+            found.sort();
+            files.extend(found);
+        }
         let docs = files
             .iter()
             .flat_map(|f| {

@@ -76,6 +76,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         stored_as_v1beta1(NodeImage::crd()),
         NodePodProbe::crd(),
         PodProbeMarker::crd(),
+        CloneSet::crd(),
     ]
 }
 

@@ -20,8 +20,12 @@ use crate::api::kruise::{
     POD_CONDITION_INPLACE_UPDATE_READY, POD_TEMPLATE_HASH_LABEL,
 };
 
+pub mod expect;
+pub mod facts;
+pub mod status;
 #[cfg(test)]
 mod tests;
+pub mod update;
 pub mod validate;
 
 /// The length of a generated instance id, and its alphabet (no vowels, no look-alikes).
@@ -97,6 +101,8 @@ pub struct PodFacts {
     /// Running, Ready and not held by an in-place update (`InPlaceUpdateReady` not False),
     /// whatever the lifecycle state: what `status.readyReplicas` counts.
     pub running_ready: bool,
+    /// Carries the in-place update's grace annotation (an update waiting out its grace period).
+    pub in_place_grace: bool,
     /// Holds the order in which pods are deleted.
     pub rank: Rank,
 }
@@ -444,7 +450,7 @@ pub fn pvc_name(template: &str, cloneset: &str, id: &str) -> String {
 }
 
 /// The CloneSet as the controller of what it makes.
-fn controller_ref(cs: &CloneSet) -> OwnerReference {
+pub fn controller_ref(cs: &CloneSet) -> OwnerReference {
     OwnerReference {
         api_version: CloneSet::api_version(&()).into_owned(),
         kind: CloneSet::kind(&()).into_owned(),
@@ -686,21 +692,6 @@ pub fn revision_hash(data: &Value, collision_count: i32) -> String {
 pub fn revision_name(cloneset: &str, hash: &str) -> String {
     let prefix: String = cloneset.chars().take(223).collect();
     format!("{prefix}-{hash}")
-}
-
-/// The lifecycle state a pod should move to now, if any (upstream `refreshPodState`'s first
-/// rule): PreparingNormal becomes Normal once the pod is scheduled when there is no preNormal
-/// hook, or once every label and finalizer of the hook is on the pod.
-pub fn next_state(
-    state: Option<LifecycleState>,
-    scheduled: bool,
-    pre_normal_all_on: Option<bool>,
-) -> Option<LifecycleState> {
-    match (state, pre_normal_all_on) {
-        (Some(LifecycleState::PreparingNormal), None) if scheduled => Some(LifecycleState::Normal),
-        (Some(LifecycleState::PreparingNormal), Some(true)) => Some(LifecycleState::Normal),
-        _ => None,
-    }
 }
 
 /// Whether `selector` selects an object with `labels` (kube's `Selector`, as

@@ -1,7 +1,741 @@
-//! The CloneSet controller (issue 19), in steps: the pure scale decisions (`decide`: the
-//! numbers upstream's `calculateDiffsWithExpectation` gives, the next scale step, instance ids,
-//! `disablePVCReuse`'s PVC cleanup, the deletion order) are here; the reconciler that carries
-//! them out (pods and PVCs, revisions, status, the scale subresource) comes next and is not
-//! wired into the controller yet. Upstream's behaviour: `docs/upstream/cloneset.md`.
+//! CloneSet (`apps.kruise.io/v1alpha1`), the controller side (upstream
+//! `pkg/controller/cloneset`; behaviour in `docs/upstream/cloneset.md`). Behind the
+//! `CloneSetController` gate, off by default: kruise-manager's own CloneSet controller must not
+//! run beside it.
+//!
+//! One pass of a CloneSet ([`reconcile`]), as upstream's: wait for what the last pass wrote to
+//! show in the cache ([`decide::expect`]); list its pods and PVCs from the cache; clean up PVCs
+//! (`disablePVCReuse`); release pods the selector no longer picks and adopt those that only name
+//! it as an owner; find or make the update revision; then one scale step ([`decide::scale`])
+//! or, when scaling has nothing to do, the update half (each pod's lifecycle refresh, then
+//! [`decide::update::choose_updates`]); the status; `podsToDelete` and old revisions trimmed.
+//!
+//! Only pods and PVCs carrying `apps.kruise.io/cloneset-instance-id` are watched and cached
+//! (what a CloneSet makes carries it): the controller keeps no copy of the cluster's other pods.
+//! A pod update that cannot change a decision does not start a pass ([`decide::facts::decision_hash`];
+//! the `CloneSetEventHandlerOptimization` gate turns that off, for comparison).
 
+pub mod act;
 pub mod decide;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::core::Selector;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::kruise::{
+    CLONESET_INSTANCE_ID_LABEL, CloneSet, CloneSetStatus, LifecycleState, UPDATE_RECREATE,
+};
+use crate::controller::metrics::{ControllerMetrics, Reason};
+use crate::controller::retries::Retries;
+use decide::expect::{Cached, Expected, TIMEOUT};
+use decide::facts::{self, Seen};
+use decide::update::{self, HooksOn, Refreshed, UpdateHow};
+use decide::{Limits, ScaleStep};
+
+/// Errors of the CloneSet reconciler.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// What upstream refuses to do, in its words.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+}
+
+impl Reason for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => source.reason(),
+            Error::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Longest wait between two passes over a CloneSet.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What a CloneSet's last writes wait for, and since when.
+struct Pending {
+    expected: Expected,
+    since: Instant,
+}
+
+struct Ctx {
+    client: kube::Client,
+    pods: Store<Pod>,
+    pvcs: Store<PersistentVolumeClaim>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// The CloneSet controlling a pod or claim, as a reconcile request.
+fn owner_of(obj: &impl ResourceExt) -> Option<ObjectRef<CloneSet>> {
+    let owner = facts::cloneset_owner(obj.owner_references())?;
+    Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
+}
+
+/// Watch events of the CloneSets' pods, reflected into `writer`, passed on only when they may
+/// change a decision (`optimize`) or always.
+fn pod_events(
+    client: &kube::Client,
+    writer: reflector::store::Writer<Pod>,
+    optimize: bool,
+) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+    let cfg = watcher::Config::default().labels(CLONESET_INSTANCE_ID_LABEL);
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    watcher(Api::<Pod>::all(client.clone()), cfg)
+        .default_backoff()
+        .reflect(writer)
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    let uid = pod.uid().unwrap_or_default();
+                    let hash = facts::decision_hash(&pod);
+                    let same = seen.insert(uid, hash) == Some(hash);
+                    (!(optimize && same)).then_some(Ok(pod))
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    seen.remove(&pod.uid().unwrap_or_default());
+                    Some(Ok(pod))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(out)
+        })
+}
+
+/// Run the CloneSet controller until the task is dropped. `optimize`: the event-handler
+/// optimization.
+pub async fn run(client: kube::Client, metrics: ControllerMetrics, optimize: bool) {
+    let (pods, pod_writer) = reflector::store();
+    let (pvcs, pvc_writer) = reflector::store();
+    let pvc_events = watcher(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default().labels(CLONESET_INSTANCE_ID_LABEL),
+    )
+    .default_backoff()
+    .reflect(pvc_writer)
+    .touched_objects();
+    let ctrl = Controller::new(
+        Api::<CloneSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches_stream(pod_events(&client, pod_writer, optimize), |p| owner_of(&p))
+    .watches_stream(pvc_events, |p| owner_of(&p));
+    let ctx = Arc::new(Ctx {
+        client,
+        pods,
+        pvcs,
+        pending: Mutex::new(HashMap::new()),
+    });
+    let retries = Retries::new("cloneset");
+    info!(
+        event_handler_optimization = optimize,
+        "CloneSet controller started"
+    );
+    ctrl.run(
+        retries.wrap(metrics.counted("cloneset", reconcile)),
+        retries.error_policy(),
+        ctx,
+    )
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}
+
+/// Whether the writes of this CloneSet's last pass are all in the cache; `Some(wait)` when not.
+fn still_pending(ctx: &Ctx, key: &str, ns: &str) -> Option<Duration> {
+    let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = pending.get_mut(key)?;
+    entry.expected.observe(|k| {
+        let (kind, name) = k.split_once('/')?;
+        let meta = match kind {
+            "pod" => ctx
+                .pods
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|p| p.metadata.clone()),
+            _ => ctx
+                .pvcs
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|p| p.metadata.clone()),
+        }?;
+        Some(Cached {
+            uid: meta.uid.unwrap_or_default(),
+            resource_version: meta.resource_version.unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    });
+    if entry.expected.is_empty() {
+        pending.remove(key);
+        return None;
+    }
+    let waited = entry.since.elapsed();
+    if waited >= TIMEOUT {
+        warn!(cloneset = %key, expected = ?entry.expected, "the cache never showed these writes; going on without them");
+        pending.remove(key);
+        return None;
+    }
+    Some(TIMEOUT.saturating_sub(waited))
+}
+
+fn record(ctx: &Ctx, key: String, expected: Expected) {
+    if expected.is_empty() {
+        return;
+    }
+    let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+    pending.insert(
+        key,
+        Pending {
+            expected,
+            since: Instant::now(),
+        },
+    );
+}
+
+/// The spec's numbers for the decisions (upstream `calculateDiffsWithExpectation`'s inputs).
+fn limits(cs: &CloneSet) -> Limits {
+    let spec = &cs.spec;
+    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let u = &spec.update_strategy;
+    let max_surge = if u.paused {
+        0
+    } else {
+        u.max_surge
+            .as_ref()
+            .and_then(|v| decide::scaled(v, replicas, true))
+            .unwrap_or(0)
+    };
+    let max_unavailable = u
+        .max_unavailable
+        .as_ref()
+        .and_then(|v| decide::scaled(v, replicas, max_surge == 0))
+        .unwrap_or(0);
+    Limits {
+        replicas,
+        partition: decide::partition_replicas(u.partition.as_ref(), replicas),
+        max_surge,
+        max_unavailable,
+        scale_max_unavailable: spec
+            .scale_strategy
+            .max_unavailable
+            .as_ref()
+            .and_then(|v| decide::scaled(v, replicas, true))
+            .unwrap_or(i32::MAX),
+    }
+}
+
+/// The hooks as `pod` meets them.
+fn hooks_on(cs: &CloneSet, pod: &Pod) -> HooksOn {
+    let lifecycle = cs.spec.lifecycle.as_ref();
+    let labels = pod.labels();
+    let finalizers = pod.finalizers();
+    let in_place = lifecycle.and_then(|l| l.in_place_update.as_ref());
+    HooksOn {
+        lifecycle: lifecycle.is_some(),
+        pre_normal_all: lifecycle
+            .and_then(|l| l.pre_normal.as_ref())
+            .map(|h| h.all_on(labels, finalizers)),
+        in_place_all: in_place.map(|h| h.all_on(labels, finalizers)),
+        in_place_any: in_place.is_some_and(|h| h.any_on(labels, finalizers)),
+    }
+}
+
+/// One pass over a CloneSet (module docs).
+async fn reconcile(cs: Arc<CloneSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let (ns, name) = (cs.namespace().unwrap_or_default(), cs.name_any());
+    let key = format!("{ns}/{name}");
+    if cs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let mut defaulted = (*cs).clone();
+    decide::validate::apply_defaults(&mut defaulted.spec);
+    let cs = defaulted;
+    let Ok(selector) = Selector::try_from(cs.spec.selector.clone()) else {
+        warn!(cloneset = %key, "selector does not parse; nothing done");
+        return Ok(Action::await_change());
+    };
+    crate::cluster::store_ready(&ctx.pods).await;
+    crate::cluster::store_ready(&ctx.pvcs).await;
+    if let Some(wait) = still_pending(&ctx, &key, &ns) {
+        return Ok(Action::requeue(wait));
+    }
+    let uid = cs.uid().unwrap_or_default();
+    let owned = |o: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        o.iter().any(|o| o.uid == uid)
+    };
+    let (mut active, inactive): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && owned(p.owner_references()))
+        .partition(|p| facts::is_active(p));
+    let mut pvcs: Vec<Arc<PersistentVolumeClaim>> = ctx
+        .pvcs
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && owned(p.owner_references()))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut expected = Expected::default();
+    let id_of = |p: &Pod| p.labels().get(CLONESET_INSTANCE_ID_LABEL).cloned();
+
+    if cs.spec.scale_strategy.disable_pvc_reuse {
+        let active_ids: BTreeSet<String> = active.iter().filter_map(|p| id_of(p)).collect();
+        let inactive_by_id: BTreeMap<String, String> = inactive
+            .iter()
+            .filter_map(|p| Some((id_of(p)?, p.name_any())))
+            .collect();
+        let listed: Vec<(String, String)> = pvcs
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.name_any(),
+                    p.labels().get(CLONESET_INSTANCE_ID_LABEL)?.clone(),
+                ))
+            })
+            .collect();
+        let plan = decide::pvc_cleanup(&listed, &active_ids, &inactive_by_id);
+        for (pvc, pod) in &plan.hand_over {
+            let (Some(claim), Some(pod)) = (
+                pvcs.iter().find(|c| &c.name_any() == pvc),
+                inactive.iter().find(|p| &p.name_any() == pod),
+            ) else {
+                continue;
+            };
+            act::hand_over_pvc(&ctx.client, &cs, claim, pod).await?;
+        }
+        for pvc in &plan.delete {
+            if let Some(claim) = pvcs.iter().find(|c| &c.name_any() == pvc) {
+                act::delete_pvc(
+                    &ctx.client,
+                    &cs,
+                    claim,
+                    &mut expected,
+                    "failed to clean up PVC",
+                )
+                .await?;
+            }
+        }
+        pvcs.retain(|p| {
+            p.labels()
+                .get(CLONESET_INSTANCE_ID_LABEL)
+                .is_some_and(|id| active_ids.contains(id))
+        });
+    }
+
+    claim(&ctx, &cs, &mut active, &mut expected).await?;
+
+    let revisions = act::list_revisions(&ctx.client, &cs, &selector).await?;
+    let (update_rev, collision) = act::update_revision(&ctx.client, &cs, &revisions).await?;
+    let update_name = update_rev.name_any();
+    let recorded_current = cs
+        .status
+        .as_ref()
+        .map(|s| s.current_revision.clone())
+        .unwrap_or_default();
+    let current_rev = revisions
+        .iter()
+        .find(|r| r.name_any() == recorded_current)
+        .cloned()
+        .unwrap_or_else(|| update_rev.clone());
+    let current_name = current_rev.name_any();
+
+    let pods_to_delete: BTreeSet<String> = cs
+        .spec
+        .scale_strategy
+        .pods_to_delete
+        .iter()
+        .cloned()
+        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let seen = Seen {
+        update_revision: &update_name,
+        pods_to_delete: &pods_to_delete,
+        min_ready_seconds: cs.spec.min_ready_seconds,
+        now,
+    };
+    let pod_facts: Vec<decide::PodFacts> =
+        active.iter().map(|p| facts::pod_facts(p, &seen)).collect();
+    let limits = limits(&cs);
+
+    let synced = sync(
+        &ctx,
+        &cs,
+        &active,
+        &pvcs,
+        &pod_facts,
+        limits,
+        (&current_rev, &update_rev),
+        &revisions,
+        &mut expected,
+    )
+    .await;
+
+    let mut status = decide::status_counts(
+        &pod_facts,
+        limits.replicas,
+        limits.partition,
+        &update_name,
+        &current_name,
+    );
+    status.observed_generation = cs.metadata.generation.unwrap_or_default();
+    status.label_selector = decide::selector_string(&cs.spec.selector);
+    status.collision_count = (collision > 0).then_some(collision);
+    status.conditions = cs
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    if let Err((kind, e)) = &synced {
+        decide::status::set_failure(
+            &mut status.conditions,
+            kind,
+            &e.to_string(),
+            &act::now_rfc3339(),
+        );
+    }
+    if decide::status::differs(cs.status.as_ref(), &status) {
+        act::write_status(&ctx.client, &cs, &status).await?;
+    }
+    let active_names: BTreeSet<String> = active.iter().map(|p| p.name_any()).collect();
+    act::truncate_pods_to_delete(&ctx.client, &cs, &active_names).await;
+    let live: BTreeSet<String> = active
+        .iter()
+        .filter_map(|p| {
+            p.labels()
+                .get(crate::api::kruise::CONTROLLER_REVISION_HASH_LABEL)
+                .cloned()
+        })
+        .chain([update_name.clone(), status.current_revision.clone()])
+        .collect();
+    let history: Vec<(String, i64)> = revisions
+        .iter()
+        .map(|r| (r.name_any(), r.revision.unwrap_or(0)))
+        .collect();
+    let limit = cs.spec.revision_history_limit.unwrap_or(10);
+    act::delete_revisions(
+        &ctx.client,
+        &cs,
+        &decide::status::old_revisions(&history, &live, limit),
+    )
+    .await;
+    record(&ctx, key, expected);
+    synced.map_err(|(_, e)| e)?;
+    Ok(requeue(&cs, &status))
+}
+
+/// When to look again without a change: when a ready pod becomes available (minReadySeconds).
+fn requeue(cs: &CloneSet, status: &CloneSetStatus) -> Action {
+    let min_ready = cs.spec.min_ready_seconds;
+    if min_ready > 0 && status.available_replicas != status.ready_replicas {
+        return Action::requeue(crate::api::clamp::seconds(i64::from(min_ready)));
+    }
+    Action::requeue(RESYNC)
+}
+
+/// Release the pods the selector no longer picks; adopt those only naming the CloneSet as an
+/// owner (upstream `ClaimOwnedObjects`). `active` keeps the claimed ones.
+async fn claim(
+    ctx: &Ctx,
+    cs: &CloneSet,
+    active: &mut Vec<Arc<Pod>>,
+    expected: &mut Expected,
+) -> Result<(), Error> {
+    let uid = cs.uid().unwrap_or_default();
+    let mut kept = Vec::with_capacity(active.len());
+    for pod in active.drain(..) {
+        let controller = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true));
+        let matches = decide::selector_matches(&cs.spec.selector, pod.labels());
+        match controller {
+            Some(c) if c.uid != uid => {}
+            Some(_) if matches => kept.push(pod),
+            Some(_) => {
+                let owners = pod
+                    .owner_references()
+                    .iter()
+                    .filter(|o| o.uid != uid)
+                    .cloned()
+                    .collect();
+                act::set_owners(&ctx.client, &pod, owners, expected).await?;
+                info!(cloneset = %cs.name_any(), namespace = %cs.namespace().unwrap_or_default(), pod_name = %pod.name_any(), "pod released: the selector no longer picks it");
+            }
+            None if matches => {
+                let owners = pod
+                    .owner_references()
+                    .iter()
+                    .map(|o| {
+                        let mut o = o.clone();
+                        if o.uid == uid {
+                            o.controller = Some(true);
+                            o.block_owner_deletion = Some(true);
+                        }
+                        o
+                    })
+                    .collect();
+                act::set_owners(&ctx.client, &pod, owners, expected).await?;
+                info!(cloneset = %cs.name_any(), namespace = %cs.namespace().unwrap_or_default(), pod_name = %pod.name_any(), "pod adopted");
+                kept.push(pod);
+            }
+            None => {}
+        }
+    }
+    *active = kept;
+    Ok(())
+}
+
+/// Scale, or when scaling has nothing to do, update (upstream `syncCloneSet`). An error names
+/// the condition it sets: `FailedScale` or `FailedUpdate`.
+#[allow(clippy::too_many_arguments)]
+async fn sync(
+    ctx: &Ctx,
+    cs: &CloneSet,
+    active: &[Arc<Pod>],
+    pvcs: &[Arc<PersistentVolumeClaim>],
+    pod_facts: &[decide::PodFacts],
+    limits: Limits,
+    (current_rev, update_rev): (
+        &k8s_openapi::api::apps::v1::ControllerRevision,
+        &k8s_openapi::api::apps::v1::ControllerRevision,
+    ),
+    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
+    expected: &mut Expected,
+) -> Result<(), (&'static str, Error)> {
+    let scaled = scale(
+        ctx,
+        cs,
+        active,
+        pvcs,
+        pod_facts,
+        limits,
+        (current_rev, update_rev),
+        expected,
+    )
+    .await
+    .map_err(|e| ("FailedScale", e))?;
+    if scaled {
+        return Ok(());
+    }
+    update_pods(
+        ctx, cs, active, pod_facts, limits, update_rev, revisions, expected,
+    )
+    .await
+    .map_err(|e| ("FailedUpdate", e))
+}
+
+/// One scale step; whether it acted.
+#[allow(clippy::too_many_arguments)]
+async fn scale(
+    ctx: &Ctx,
+    cs: &CloneSet,
+    active: &[Arc<Pod>],
+    pvcs: &[Arc<PersistentVolumeClaim>],
+    pod_facts: &[decide::PodFacts],
+    limits: Limits,
+    (current_rev, update_rev): (
+        &k8s_openapi::api::apps::v1::ControllerRevision,
+        &k8s_openapi::api::apps::v1::ControllerRevision,
+    ),
+    expected: &mut Expected,
+) -> Result<bool, Error> {
+    let lifecycle = cs.spec.lifecycle.as_ref();
+    let marks_not_ready = lifecycle.is_some_and(|l| {
+        l.pre_delete.as_ref().is_some_and(|h| h.mark_pod_not_ready)
+            || l.in_place_update
+                .as_ref()
+                .is_some_and(|h| h.mark_pod_not_ready)
+    });
+    let by_name = |n: &str| active.iter().find(|p| p.name_any() == n);
+    match decide::scale(pod_facts, limits, marks_not_ready) {
+        ScaleStep::Nothing => Ok(false),
+        ScaleStep::CancelDelete(names) => {
+            for pod in names.iter().filter_map(|n| by_name(n)) {
+                act::set_state(
+                    &ctx.client,
+                    cs,
+                    pod,
+                    LifecycleState::PreparingNormal,
+                    expected,
+                )
+                .await?;
+            }
+            Ok(true)
+        }
+        ScaleStep::Create {
+            current,
+            updated,
+            limited,
+        } => {
+            if let Some(limit) = limited {
+                act::scale_up_limited(&ctx.client, cs, limit).await;
+            }
+            let n = usize::try_from(current.saturating_add(updated).max(0)).unwrap_or(0);
+            if n == 0 {
+                return Ok(false);
+            }
+            let pvc_ids: BTreeSet<String> = act::claims_by_id(pvcs).into_keys().collect();
+            let pod_ids: BTreeSet<String> =
+                pod_facts.iter().map(|p| p.instance_id.clone()).collect();
+            let ids = decide::instance_ids(n, &pvc_ids, &pod_ids, random_id);
+            let templates = [
+                (current_rev, act::revision_template(current_rev)),
+                (update_rev, act::revision_template(update_rev)),
+            ];
+            let now = act::now_rfc3339();
+            let from_current = usize::try_from(current.max(0)).unwrap_or(0);
+            let new_pods: Vec<act::NewPod> = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let (rev, template) = &templates[usize::from(i >= from_current)];
+                    let template = template.as_ref()?;
+                    Some(act::NewPod {
+                        pod: decide::new_pod(cs, &rev.name_any(), template, id, &now),
+                        pvcs: decide::new_pvcs(cs, id),
+                    })
+                })
+                .collect();
+            let existing: BTreeSet<String> = pvcs.iter().map(|p| p.name_any()).collect();
+            let (created, failed) =
+                act::create_pods(&ctx.client, cs, new_pods, &existing, expected).await;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(created > 0),
+            }
+        }
+        ScaleStep::Delete(names) => {
+            let claims = act::claims_by_id(pvcs);
+            let pre_delete = lifecycle.and_then(|l| l.pre_delete.as_ref());
+            let mut acted = false;
+            for pod in names.iter().filter_map(|n| by_name(n)) {
+                if pre_delete.is_some_and(|h| h.any_on(pod.labels(), pod.finalizers())) {
+                    act::set_state(
+                        &ctx.client,
+                        cs,
+                        pod,
+                        LifecycleState::PreparingDelete,
+                        expected,
+                    )
+                    .await?;
+                    continue;
+                }
+                let id = pod.labels().get(CLONESET_INSTANCE_ID_LABEL);
+                let mine: Vec<&PersistentVolumeClaim> = id
+                    .and_then(|id| claims.get(id))
+                    .cloned()
+                    .unwrap_or_default();
+                act::delete_pod(&ctx.client, cs, pod, &mine, expected).await?;
+                acted = true;
+            }
+            Ok(acted)
+        }
+    }
+}
+
+/// A fresh instance id.
+fn random_id() -> String {
+    let alphabet = decide::INSTANCE_ID_ALPHABET;
+    (0..decide::INSTANCE_ID_LEN)
+        .map(|_| {
+            let i = rand::random::<u32>() as usize % alphabet.len();
+            char::from(alphabet[i])
+        })
+        .collect()
+}
+
+/// The update half (upstream `Update`): refresh every pod's lifecycle (and its
+/// `InPlaceUpdateReady` condition); if none changed and not paused, update the chosen pods.
+#[allow(clippy::too_many_arguments)]
+async fn update_pods(
+    ctx: &Ctx,
+    cs: &CloneSet,
+    active: &[Arc<Pod>],
+    pod_facts: &[decide::PodFacts],
+    limits: Limits,
+    update_rev: &k8s_openapi::api::apps::v1::ControllerRevision,
+    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
+    expected: &mut Expected,
+) -> Result<(), Error> {
+    let mut refreshed = false;
+    for (pod, f) in active.iter().zip(pod_facts) {
+        let view = Refreshed {
+            state: f.state,
+            scheduled: f.rank.scheduled,
+            updated: f.updated,
+            in_place_done: true,
+        };
+        if let Some(state) = update::next_state(view, hooks_on(cs, pod)) {
+            act::set_state(&ctx.client, cs, pod, state, expected).await?;
+            refreshed = true;
+        }
+        if !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod) {
+            act::mark_update_ready(&ctx.client, pod).await?;
+        }
+    }
+    if refreshed || cs.spec.update_strategy.paused {
+        return Ok(());
+    }
+    let d = decide::diffs(pod_facts, limits);
+    let target = update_rev.name_any();
+    let strategy = cs.spec.update_strategy.type_.as_str();
+    let has_hook = cs
+        .spec
+        .lifecycle
+        .as_ref()
+        .is_some_and(|l| l.in_place_update.is_some());
+    let target_template = act::revision_template(update_rev);
+    for name in update::choose_updates(pod_facts, &d) {
+        let Some(pod) = active.iter().find(|p| p.name_any() == name) else {
+            continue;
+        };
+        let change = revisions
+            .iter()
+            .find(|r| facts::at_revision(pod, &r.name_any()))
+            .and_then(act::revision_template)
+            .zip(target_template.as_ref())
+            .and_then(|(old, new)| decide::in_place_change(&old, new))
+            .filter(|_| strategy != UPDATE_RECREATE);
+        let how = update::update_how(
+            strategy,
+            &name,
+            facts::state(pod),
+            change,
+            hooks_on(cs, pod),
+            has_hook,
+        );
+        match how {
+            UpdateHow::Recreate => {
+                act::mark_recreate(&ctx.client, cs, pod, &target, expected).await?;
+            }
+            UpdateHow::Wait => {}
+            UpdateHow::Refuse(msg) => return Err(Error::Refused(msg)),
+            UpdateHow::PrepareUpdate | UpdateHow::RehookUpdate | UpdateHow::InPlace(_) => {
+                return Err(Error::Refused(format!(
+                    "in-place update of pod {name} is not built yet; use updateStrategy.type ReCreate"
+                )));
+            }
+        }
+    }
+    Ok(())
+}

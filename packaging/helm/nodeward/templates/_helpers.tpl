@@ -26,3 +26,10 @@ with (list $ "agent") or (list $ "controller"). */}}
 {{- $dirs := dict "containerd" "/run/containerd" "cri-o" "/var/run/crio" "cri-dockerd" "/var/run" -}}
 {{- .Values.agent.runtimeDir | default (get $dirs .Values.runtime) -}}
 {{- end -}}
+
+{{/* "true" when the controller's CloneSetController gate is on (featureGates or
+controller.featureGates); empty otherwise. */}}
+{{- define "nodeward.clonesetOn" -}}
+{{- $all := merge (deepCopy (.Values.controller.featureGates | default dict)) .Values.featureGates -}}
+{{- if get $all "CloneSetController" -}}true{{- end -}}
+{{- end -}}

@@ -21,6 +21,7 @@ fn pod(name: &str) -> PodFacts {
         available: true,
         ready: true,
         running_ready: true,
+        in_place_grace: false,
         rank: Rank {
             scheduled: true,
             phase: 2,
@@ -398,27 +399,6 @@ fn revisions_are_found_by_their_template() {
     );
     assert_eq!(revision_name("web", &hash), format!("web-{hash}"));
     assert_eq!(revision_name(&"a".repeat(300), "h").len(), 225);
-}
-
-#[test]
-fn preparing_normal_becomes_normal() {
-    use LifecycleState::*;
-    let cases = [
-        (Some(PreparingNormal), true, None, Some(Normal)),
-        (Some(PreparingNormal), false, None, None),
-        (Some(PreparingNormal), true, Some(false), None),
-        (Some(PreparingNormal), false, Some(true), Some(Normal)),
-        (Some(Normal), true, None, None),
-        (None, true, None, None),
-        (Some(PreparingDelete), true, Some(true), None),
-    ];
-    for (state, scheduled, hook, want) in cases {
-        assert_eq!(
-            next_state(state, scheduled, hook),
-            want,
-            "{state:?} {scheduled} {hook:?}"
-        );
-    }
 }
 
 #[test]

@@ -1,0 +1,550 @@
+//! The CloneSet controller on the real single-node cluster (`scripts/cluster.sh`), deployed from
+//! `packaging/kubernetes` with its `components/cloneset` (the gate and the RBAC): CloneSets
+//! written as for kruise-manager, scaled with claims, through `podsToDelete` and the scale
+//! subresource, updated by ReCreate under a partition and maxUnavailable, and held by lifecycle
+//! hooks. Claims bind to hostPath PersistentVolumes each test makes (the cluster has no
+//! provisioner). Each test works in a namespace of its own.
+
+use nodeward_testkit as support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use nodeward::api::kruise::{
+    CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, LIFECYCLE_STATE_LABEL,
+    POD_CONDITION_INPLACE_UPDATE_READY, POD_TEMPLATE_HASH_LABEL,
+};
+use serde_json::{Value, json};
+use support::cluster::events_for;
+use support::k8s::{RealCluster, with_namespace};
+use support::wait;
+
+/// A CloneSet of busybox pods labelled `app=<name>`, as a user writes one for kruise-manager.
+fn cloneset(cluster: &RealCluster, name: &str, replicas: i32, extra: Value) -> CloneSet {
+    let mut object = json!({
+        "apiVersion": "apps.kruise.io/v1alpha1",
+        "kind": "CloneSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "main",
+                        "image": cluster.image("busybox:1"),
+                        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+                        "env": [{"name": "VERSION", "value": "1"}],
+                    }],
+                },
+            },
+        },
+    });
+    merge(&mut object["spec"], extra);
+    serde_json::from_value(object).unwrap()
+}
+
+/// JSON merge of `extra` into `base`.
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// A claim template `data` and a `/data` mount for the template.
+fn with_claims(ns: &str) -> Value {
+    json!({
+        "volumeClaimTemplates": [{
+            "metadata": {"name": "data"},
+            "spec": {
+                "storageClassName": ns,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Mi"}},
+            },
+        }],
+    })
+}
+
+/// `n` hostPath PersistentVolumes of storage class `ns` (a static class, no provisioner).
+async fn volumes(cluster: &RealCluster, client: &Client, ns: &str, n: usize) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for i in 0..n {
+        let name = format!("{ns}-{i}");
+        pvs.delete(&name, &DeleteParams::default()).await.ok();
+        wait::until(&format!("old PV {name} gone"), 60, || {
+            let pvs = pvs.clone();
+            let name = name.clone();
+            async move { pvs.get_opt(&name).await.unwrap().is_none().then_some(()) }
+        })
+        .await;
+        let path = cluster.dir.join("volumes").join(&name);
+        let pv = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "storageClassName": ns,
+                "capacity": {"storage": "1Mi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+            },
+        }))
+        .unwrap();
+        pvs.create(&PostParams::default(), &pv).await.unwrap();
+    }
+}
+
+async fn remove_volumes(client: &Client, ns: &str, n: usize) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    for i in 0..n {
+        pvs.delete(&format!("{ns}-{i}"), &DeleteParams::default())
+            .await
+            .ok();
+    }
+}
+
+async fn teardown(client: &Client, ns: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::default()).await.ok();
+}
+
+/// The CloneSet's pods that are not being deleted, by name.
+async fn live_pods(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut live: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    live.sort_by_key(|p| p.name_any());
+    live
+}
+
+fn label<'a>(obj: &'a impl ResourceExt, key: &str) -> &'a str {
+    obj.labels()
+        .get(key)
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+fn condition_true(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Wait until the CloneSet's status has observed its generation and `done` holds for it.
+async fn until_status(
+    api: &Api<CloneSet>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&CloneSet) -> bool,
+) -> CloneSet {
+    wait::until(what, 180, || async {
+        let cs = api.get(name).await.ok()?;
+        let status = cs.status.as_ref()?;
+        let observed = Some(status.observed_generation) == cs.metadata.generation;
+        (observed && done(&cs)).then_some(cs)
+    })
+    .await
+}
+
+fn counts(cs: &CloneSet) -> (i32, i32, i32, i32) {
+    let s = cs.status.clone().unwrap_or_default();
+    (
+        s.replicas,
+        s.ready_replicas,
+        s.available_replicas,
+        s.updated_replicas,
+    )
+}
+
+async fn claims(client: &Client, ns: &str) -> Vec<PersistentVolumeClaim> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn ids(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter()
+        .map(|p| label(p, CLONESET_INSTANCE_ID_LABEL).to_string())
+        .collect()
+}
+
+/// Scale up with a claim per instance; down through the scale subresource (`kubectl scale`, as
+/// HPA does); `podsToDelete`; a pod deleted by hand comes back with its claim (reuse), or, with
+/// `disablePVCReuse`, with a new one while the old claim goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
+    let ns = "cs-scale";
+    let (cluster, client) = with_namespace(ns).await;
+    volumes(cluster, &client, ns, 6).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let mut cs = cloneset(cluster, "web", 2, with_claims(ns));
+    let template = &mut cs.spec.template.spec.as_mut().unwrap().containers[0];
+    template.volume_mounts = Some(vec![
+        serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap(),
+    ]);
+    let cs = api.create(&PostParams::default(), &cs).await.unwrap();
+    let ready = until_status(&api, "web", "2 pods ready and available", |cs| {
+        counts(cs) == (2, 2, 2, 2)
+    })
+    .await;
+    let status = ready.status.clone().unwrap();
+    assert_eq!(status.label_selector, "app=web");
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(status.expected_updated_replicas, 2);
+    let pods = live_pods(&client, ns, "web").await;
+    assert_eq!(pods.len(), 2);
+    let hash = status
+        .update_revision
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_string();
+    for pod in &pods {
+        let id = label(pod, CLONESET_INSTANCE_ID_LABEL);
+        assert_eq!(pod.name_any(), format!("web-{id}"));
+        assert_eq!(
+            label(pod, CONTROLLER_REVISION_HASH_LABEL),
+            status.update_revision
+        );
+        assert_eq!(label(pod, POD_TEMPLATE_HASH_LABEL), hash);
+        assert_eq!(label(pod, LIFECYCLE_STATE_LABEL), "Normal");
+        assert!(condition_true(pod, POD_CONDITION_INPLACE_UPDATE_READY));
+        let owner = &pod.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("CloneSet", Some(true))
+        );
+        let claim = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(claim.claim_name, format!("data-web-{id}"));
+    }
+    let pvcs = claims(&client, ns).await;
+    assert_eq!(pvcs.len(), 2);
+    for pvc in &pvcs {
+        assert_eq!(label(pvc, "app"), "web");
+        assert!(!label(pvc, CLONESET_INSTANCE_ID_LABEL).is_empty());
+        assert_eq!(
+            pvc.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Bound")
+        );
+    }
+    let created = events_for(&client, ns, &cs.uid().unwrap(), "SuccessfulCreate").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert!(created.iter().all(|e| {
+        e.message
+            .as_deref()
+            .unwrap()
+            .starts_with("succeed to create pod web-")
+    }));
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let revs = revisions.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(revs.len(), 1);
+    assert_eq!(revs[0].name_any(), status.update_revision);
+
+    // The scale subresource, as `kubectl scale` and HPA use it.
+    let scale = cluster
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "clonesets.apps.kruise.io/web",
+            "--subresource=scale",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let scale: Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(scale["status"]["selector"], "app=web");
+    assert_eq!(scale["status"]["replicas"], 2);
+    cluster
+        .kubectl(&[
+            "-n",
+            ns,
+            "scale",
+            "clonesets.apps.kruise.io/web",
+            "--replicas=1",
+        ])
+        .unwrap();
+    until_status(&api, "web", "scaled down to 1", |cs| {
+        counts(cs) == (1, 1, 1, 1)
+    })
+    .await;
+    wait::until("the deleted pod's claim deleted with it", 60, || async {
+        (claims(&client, ns).await.len() == 1).then_some(())
+    })
+    .await;
+    let deleted = events_for(&client, ns, &cs.uid().unwrap(), "SuccessfulDelete").await;
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+
+    // podsToDelete: the named pod goes, another takes its place, the list is emptied.
+    let kept = live_pods(&client, ns, "web").await;
+    let victim = kept[0].name_any();
+    let patch = json!({"spec": {"scaleStrategy": {"podsToDelete": [victim]}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let replaced = wait::until("the named pod replaced", 120, || async {
+        let pods = live_pods(&client, ns, "web").await;
+        let ready =
+            pods.len() == 1 && pods[0].name_any() != victim && condition_true(&pods[0], "Ready");
+        ready.then_some(pods)
+    })
+    .await;
+    wait::until("podsToDelete emptied", 60, || async {
+        let cs = api.get("web").await.ok()?;
+        cs.spec
+            .scale_strategy
+            .pods_to_delete
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // A pod deleted by hand: its claim stays and the new pod reuses its instance id.
+    let before = ids(&replaced);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete(&replaced[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let reused = wait::until("the instance back with its claim", 120, || async {
+        let now = live_pods(&client, ns, "web").await;
+        let back =
+            now.len() == 1 && now[0].uid() != replaced[0].uid() && condition_true(&now[0], "Ready");
+        back.then_some(now)
+    })
+    .await;
+    assert_eq!(ids(&reused), before, "PVC reuse keeps the instance id");
+
+    // disablePVCReuse: the next pod deleted by hand loses its claim and gets a new id.
+    let patch = json!({"spec": {"scaleStrategy": {"disablePVCReuse": true}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    pods.delete(&reused[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let fresh = wait::until("a new instance with a new claim", 120, || async {
+        let now = live_pods(&client, ns, "web").await;
+        let back =
+            now.len() == 1 && now[0].uid() != reused[0].uid() && condition_true(&now[0], "Ready");
+        back.then_some(now)
+    })
+    .await;
+    assert_ne!(ids(&fresh), before, "no reuse with disablePVCReuse");
+    wait::until("only the new instance's claim left", 60, || async {
+        let names: Vec<String> = claims(&client, ns)
+            .await
+            .iter()
+            .map(|c| c.name_any())
+            .collect();
+        let id = ids(&fresh).into_iter().next()?;
+        (names == [format!("data-web-{id}")]).then_some(())
+    })
+    .await;
+    teardown(&client, ns).await;
+    remove_volumes(&client, ns, 6).await;
+}
+
+/// A ReCreate update under `partition: 1` and `maxUnavailable: 1`: two of three pods replaced
+/// at the new revision, never more than one unavailable; partition 0 finishes the rollout and
+/// the new revision becomes current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_update_with_partition_and_max_unavailable() {
+    let ns = "cs-recreate";
+    let (cluster, client) = with_namespace(ns).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let strategy =
+        json!({"updateStrategy": {"type": "ReCreate", "partition": 1, "maxUnavailable": 1}});
+    let cs = api
+        .create(
+            &PostParams::default(),
+            &cloneset(cluster, "app", 3, strategy),
+        )
+        .await
+        .unwrap();
+    let first = until_status(&api, "app", "3 pods available", |cs| {
+        counts(cs) == (3, 3, 3, 3)
+    })
+    .await;
+    let old_revision = first.status.unwrap().update_revision;
+    let old_pods: BTreeSet<String> = live_pods(&client, ns, "app")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    // An env change cannot be made in place: each pod is recreated.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "main",
+        "image": cluster.image("busybox:1"),
+        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+        "env": [{"name": "VERSION", "value": "2"}],
+    }]}}}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let least_available = AtomicI32::new(i32::MAX);
+    let partitioned = wait::until("two pods at the new revision", 240, || {
+        let (api, least) = (api.clone(), &least_available);
+        async move {
+            let cs = api.get("app").await.ok()?;
+            let status = cs.status.clone()?;
+            least.fetch_min(status.available_replicas, Ordering::Relaxed);
+            let done = Some(status.observed_generation) == cs.metadata.generation
+                && status.updated_replicas == 2
+                && status.updated_ready_replicas == 2
+                && status.available_replicas == 3
+                && status.replicas == 3;
+            done.then_some(cs)
+        }
+    })
+    .await;
+    let least = least_available.into_inner();
+    assert!(least >= 2, "more than one pod unavailable: {least}");
+    let status = partitioned.status.unwrap();
+    assert_ne!(status.update_revision, old_revision);
+    assert_eq!(
+        status.current_revision, old_revision,
+        "the partition holds one old pod"
+    );
+    assert_eq!(status.expected_updated_replicas, 2);
+    let pods = live_pods(&client, ns, "app").await;
+    let at_old: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| label(*p, CONTROLLER_REVISION_HASH_LABEL) == old_revision)
+        .collect();
+    assert_eq!(at_old.len(), 1);
+    assert!(old_pods.contains(&at_old[0].name_any()));
+    let recreated = events_for(
+        &client,
+        ns,
+        &cs.uid().unwrap(),
+        "SuccessfulUpdatePodReCreate",
+    )
+    .await;
+    assert!(!recreated.is_empty());
+
+    let patch = json!({"spec": {"updateStrategy": {"partition": 0}}});
+    api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let done = until_status(&api, "app", "all pods at the new revision", |cs| {
+        let s = cs.status.clone().unwrap_or_default();
+        counts(cs) == (3, 3, 3, 3) && s.current_revision == s.update_revision
+    })
+    .await;
+    let pods = live_pods(&client, ns, "app").await;
+    assert!(pods.iter().all(|p| !old_pods.contains(&p.name_any())));
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+    let revs = revisions.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(revs.len(), 2);
+    assert!(
+        revs.iter()
+            .any(|r| r.name_any() == done.status.as_ref().unwrap().update_revision)
+    );
+    teardown(&client, ns).await;
+}
+
+/// `lifecycle.preNormal` (a label the user adds) holds a new pod in PreparingNormal, counted
+/// ready but not available; `lifecycle.preDelete` (a finalizer) holds a pod in PreparingDelete
+/// on scale-in until the finalizer is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_hooks_hold_new_and_leaving_pods() {
+    let ns = "cs-lifecycle";
+    let (cluster, client) = with_namespace(ns).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let hooks = json!({"lifecycle": {
+        "preNormal": {"labelsHandler": {"example.com/warm": "true"}},
+        "preDelete": {"finalizersHandler": ["example.com/drain"]},
+    }});
+    api.create(
+        &PostParams::default(),
+        &cloneset(cluster, "hooked", 1, hooks),
+    )
+    .await
+    .unwrap();
+    until_status(&api, "hooked", "one pod ready, not available", |cs| {
+        counts(cs) == (1, 1, 0, 1)
+    })
+    .await;
+    let pod = live_pods(&client, ns, "hooked").await.remove(0);
+    assert_eq!(label(&pod, LIFECYCLE_STATE_LABEL), "PreparingNormal");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let patch = json!({"metadata": {
+        "labels": {"example.com/warm": "true"},
+        "finalizers": ["example.com/drain"],
+    }});
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    until_status(&api, "hooked", "the pod available", |cs| {
+        counts(cs) == (1, 1, 1, 1)
+    })
+    .await;
+    let pod = pods.get(&pod.name_any()).await.unwrap();
+    assert_eq!(label(&pod, LIFECYCLE_STATE_LABEL), "Normal");
+
+    let patch = json!({"spec": {"replicas": 0}});
+    api.patch("hooked", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait::until("the pod in PreparingDelete", 60, || async {
+        let p = pods.get(&pod.name_any()).await.ok()?;
+        (label(&p, LIFECYCLE_STATE_LABEL) == "PreparingDelete").then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let held = pods.get(&pod.name_any()).await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_none(),
+        "the hook holds it"
+    );
+    let patch = json!({"metadata": {"finalizers": null}});
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    until_status(&api, "hooked", "the pod gone", |cs| {
+        counts(cs) == (0, 0, 0, 0)
+    })
+    .await;
+    wait::until("the pod deleted", 60, || async {
+        let p = pods.get_opt(&pod.name_any()).await.ok()?;
+        p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    teardown(&client, ns).await;
+}
