@@ -548,3 +548,153 @@ async fn lifecycle_hooks_hold_new_and_leaving_pods() {
     .await;
     teardown(&client, ns).await;
 }
+
+/// `busybox:1` pushed again as `name` (the same content under another name).
+fn pushed_as(cluster: &RealCluster, name: &str) -> String {
+    let image = cluster.image(name);
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("docker://{}", cluster.image("busybox:1")))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+fn container_id(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap_or_default()
+}
+
+/// InPlaceIfPossible: an image change restarts the container in its pod (same uid and IP, the
+/// readiness gate False meanwhile, the state annotation as upstream), then a label read by the
+/// env (`InPlaceUpdateEnvFromMetadata`) is changed in place through the agent, which restarts
+/// the container with the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_update_of_images_and_env_from_metadata() {
+    let ns = "cs-inplace";
+    let (cluster, client) = with_namespace(ns).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let extra = json!({"updateStrategy": {"type": "InPlaceIfPossible", "maxUnavailable": 1}});
+    let mut cs = cloneset(cluster, "inp", 2, extra);
+    let template = &mut cs.spec.template;
+    template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("tier".into(), "one".into());
+    template.spec.as_mut().unwrap().containers[0].env = Some(vec![
+        serde_json::from_value(json!({"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}})).unwrap(),
+    ]);
+    let cs = api.create(&PostParams::default(), &cs).await.unwrap();
+    until_status(&api, "inp", "2 pods available", |cs| {
+        counts(cs) == (2, 2, 2, 2)
+    })
+    .await;
+    let before = live_pods(&client, ns, "inp").await;
+
+    let image = pushed_as(cluster, "cs-inplace:2");
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "main",
+        "image": image,
+        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+        "env": [{"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}}],
+    }]}}}});
+    api.patch("inp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let done = until_status(&api, "inp", "both pods updated in place", |cs| {
+        let s = cs.status.clone().unwrap_or_default();
+        counts(cs) == (2, 2, 2, 2) && s.current_revision == s.update_revision
+    })
+    .await;
+    let revision = done.status.unwrap().update_revision;
+    let after = live_pods(&client, ns, "inp").await;
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.uid(), new.uid(), "the same pod");
+        assert_eq!(
+            old.status.as_ref().unwrap().pod_ip,
+            new.status.as_ref().unwrap().pod_ip
+        );
+        assert_ne!(
+            container_id(old),
+            container_id(new),
+            "the container restarted"
+        );
+        assert_eq!(
+            new.spec.as_ref().unwrap().containers[0].image.as_deref(),
+            Some(image.as_str())
+        );
+        assert_eq!(label(new, CONTROLLER_REVISION_HASH_LABEL), revision);
+        assert_eq!(label(new, LIFECYCLE_STATE_LABEL), "Normal");
+        assert!(condition_true(new, POD_CONDITION_INPLACE_UPDATE_READY));
+        let state: Value = serde_json::from_str(
+            &new.annotations()[nodeward::api::kruise::ANNOTATION_INPLACE_UPDATE_STATE],
+        )
+        .unwrap();
+        assert_eq!(state["revision"], revision.as_str());
+        assert_eq!(state["updateImages"], true);
+        assert!(state["lastContainerStatuses"]["main"]["imageID"].is_string());
+    }
+    let events = events_for(
+        &client,
+        ns,
+        &cs.uid().unwrap(),
+        "SuccessfulUpdatePodInPlace",
+    )
+    .await;
+    assert_eq!(events.len(), 2, "{events:?}");
+
+    // A label the env reads: in place through the agent's container meta.
+    let patch = json!({"spec": {"template": {"metadata": {"labels": {"tier": "two"}}}}});
+    api.patch("inp", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let relabelled = until_status(&api, "inp", "both pods relabelled in place", |cs| {
+        let s = cs.status.clone().unwrap_or_default();
+        counts(cs) == (2, 2, 2, 2)
+            && s.current_revision == s.update_revision
+            && s.update_revision != revision
+    })
+    .await;
+    let last = live_pods(&client, ns, "inp").await;
+    for (old, new) in after.iter().zip(&last) {
+        assert_eq!(old.uid(), new.uid(), "the same pod");
+        assert_eq!(label(new, "tier"), "two");
+        assert_ne!(
+            container_id(old),
+            container_id(new),
+            "restarted for its env"
+        );
+        let state: Value = serde_json::from_str(
+            &new.annotations()[nodeward::api::kruise::ANNOTATION_INPLACE_UPDATE_STATE],
+        )
+        .unwrap();
+        assert_eq!(state["updateEnvFromMetadata"], true);
+        assert_eq!(
+            state["revision"],
+            relabelled.status.as_ref().unwrap().update_revision.as_str()
+        );
+    }
+    teardown(&client, ns).await;
+}

@@ -374,6 +374,123 @@ pub async fn mark_update_ready(client: &kube::Client, pod: &Pod) -> Result<(), E
     }
 }
 
+/// Update `pod` in place to `revision` (upstream `inplaceupdate.Update` without a grace
+/// period): its `InPlaceUpdateReady` condition False first (and Ready with it), so that no
+/// traffic reaches it while the kubelet restarts its containers; then one patch of images,
+/// metadata, revision labels, state Updating and the state annotation (`patch`:
+/// [`decide::inplace::update_patch`], guarded by the resourceVersion read).
+pub async fn update_in_place(
+    client: &kube::Client,
+    cs: &CloneSet,
+    pod: &Pod,
+    revision: &str,
+    patch: &Value,
+    expected: &mut Expected,
+) -> Result<(), Error> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let now = now_rfc3339();
+    let mut conditions = vec![json!({
+        "type": POD_CONDITION_INPLACE_UPDATE_READY,
+        "status": "False",
+        "reason": "StartInPlaceUpdate",
+        "lastTransitionTime": now,
+    })];
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    if ready.is_some_and(|c| c.status == "True") {
+        conditions.push(json!({
+            "type": "Ready",
+            "status": "False",
+            "reason": "ReadinessGatesNotReady",
+            "message": format!("the status of pod readiness gate \"{POD_CONDITION_INPLACE_UPDATE_READY}\" is not \"True\", but False"),
+            "lastTransitionTime": now,
+        }));
+    }
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let failed = |e: kube::Error| Error::kube(format!("update pod {ns}/{name} in place"))(e);
+    let result = async {
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(&json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+        api.patch(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            expected.updated.insert(
+                pod_key(&name),
+                written.resource_version().unwrap_or_default(),
+            );
+            info!(cloneset = %cs.name_any(), namespace = %ns, pod_name = %name, pod_uid = %pod.uid().unwrap_or_default(), revision, "pod updated in place");
+            let msg = format!("successfully update pod {name} in-place(revision {revision})");
+            event(
+                client,
+                cs,
+                EventType::Normal,
+                "SuccessfulUpdatePodInPlace",
+                &msg,
+            )
+            .await;
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(()),
+        Err(e) => {
+            let msg = format!("failed to update pod {name} in-place(revision {revision}): {e}");
+            event(
+                client,
+                cs,
+                EventType::Warning,
+                "FailedUpdatePodInPlace",
+                &msg,
+            )
+            .await;
+            Err(failed(e))
+        }
+    }
+}
+
+/// Put the inPlaceUpdate hook's labels and finalizers back on an Updated pod and move it to
+/// PreparingUpdate (upstream `UpdatePodLifecycleWithHandler`).
+pub async fn rehook(
+    client: &kube::Client,
+    pod: &Pod,
+    hook: &crate::api::kruise::LifecycleHook,
+    expected: &mut Expected,
+) -> Result<(), Error> {
+    let mut labels = json!(hook.labels_handler);
+    labels[LIFECYCLE_STATE_LABEL] = json!(LifecycleState::PreparingUpdate.as_str());
+    let patch = json!({"metadata": {
+        "labels": labels,
+        "annotations": {LIFECYCLE_TIMESTAMP_ANNOTATION: now_rfc3339()},
+        "finalizers": hook.finalizers_handler,
+    }});
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(written) => {
+            expected.updated.insert(
+                pod_key(&name),
+                written.resource_version().unwrap_or_default(),
+            );
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!(
+            "put the inPlaceUpdate hook back on pod {ns}/{name}"
+        ))(e)),
+    }
+}
+
 /// Set a pod's owner references (guarded by the resourceVersion read): adoption and release.
 pub async fn set_owners(
     client: &kube::Client,

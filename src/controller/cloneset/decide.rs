@@ -22,6 +22,7 @@ use crate::api::kruise::{
 
 pub mod expect;
 pub mod facts;
+pub mod inplace;
 pub mod status;
 #[cfg(test)]
 mod tests;

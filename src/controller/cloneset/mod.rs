@@ -38,6 +38,7 @@ use crate::controller::metrics::{ControllerMetrics, Reason};
 use crate::controller::retries::Retries;
 use decide::expect::{Cached, Expected, TIMEOUT};
 use decide::facts::{self, Seen};
+use decide::inplace;
 use decide::update::{self, HooksOn, Refreshed, UpdateHow};
 use decide::{Limits, ScaleStep};
 
@@ -679,17 +680,18 @@ async fn update_pods(
 ) -> Result<(), Error> {
     let mut refreshed = false;
     for (pod, f) in active.iter().zip(pod_facts) {
+        let done = inplace::in_place_done(pod);
         let view = Refreshed {
             state: f.state,
             scheduled: f.rank.scheduled,
             updated: f.updated,
-            in_place_done: true,
+            in_place_done: done,
         };
         if let Some(state) = update::next_state(view, hooks_on(cs, pod)) {
             act::set_state(&ctx.client, cs, pod, state, expected).await?;
             refreshed = true;
         }
-        if !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod) {
+        if done && !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod) {
             act::mark_update_ready(&ctx.client, pod).await?;
         }
     }
@@ -705,16 +707,23 @@ async fn update_pods(
         .as_ref()
         .is_some_and(|l| l.in_place_update.is_some());
     let target_template = act::revision_template(update_rev);
+    let hook = cs
+        .spec
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.in_place_update.as_ref());
     for name in update::choose_updates(pod_facts, &d) {
         let Some(pod) = active.iter().find(|p| p.name_any() == name) else {
             continue;
         };
-        let change = revisions
+        let templates = revisions
             .iter()
             .find(|r| facts::at_revision(pod, &r.name_any()))
             .and_then(act::revision_template)
-            .zip(target_template.as_ref())
-            .and_then(|(old, new)| decide::in_place_change(&old, new))
+            .zip(target_template.as_ref());
+        let change = templates
+            .as_ref()
+            .and_then(|(old, new)| decide::in_place_change(old, new))
             .filter(|_| strategy != UPDATE_RECREATE);
         let how = update::update_how(
             strategy,
@@ -730,10 +739,29 @@ async fn update_pods(
             }
             UpdateHow::Wait => {}
             UpdateHow::Refuse(msg) => return Err(Error::Refused(msg)),
-            UpdateHow::PrepareUpdate | UpdateHow::RehookUpdate | UpdateHow::InPlace(_) => {
-                return Err(Error::Refused(format!(
-                    "in-place update of pod {name} is not built yet; use updateStrategy.type ReCreate"
-                )));
+            UpdateHow::PrepareUpdate => {
+                act::set_state(
+                    &ctx.client,
+                    cs,
+                    pod,
+                    LifecycleState::PreparingUpdate,
+                    expected,
+                )
+                .await?;
+            }
+            UpdateHow::RehookUpdate => {
+                if let Some(hook) = hook {
+                    act::rehook(&ctx.client, pod, hook, expected).await?;
+                }
+            }
+            UpdateHow::InPlace(change) => {
+                let Some((old, new)) = &templates else {
+                    continue;
+                };
+                let metadata = inplace::metadata_patch(old, new);
+                let patch =
+                    inplace::update_patch(pod, &target, &change, &metadata, &act::now_rfc3339());
+                act::update_in_place(&ctx.client, cs, pod, &target, &patch, expected).await?;
             }
         }
     }

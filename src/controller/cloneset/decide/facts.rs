@@ -290,8 +290,9 @@ mod tests {
         let f = pod_facts(&other, &seen(&named, 0));
         assert!(f.updated && f.specified_delete);
         // PreparingNormal: running and ready, not available.
-        let preparing =
-            pod(json!({"metadata": {"labels": {"lifecycle.apps.kruise.io/state": "PreparingNormal"}}}));
+        let preparing = pod(
+            json!({"metadata": {"labels": {"lifecycle.apps.kruise.io/state": "PreparingNormal"}}}),
+        );
         let f = pod_facts(&preparing, &seen(&none, 0));
         assert!(f.running_ready && !f.available && !f.ready);
         // An in-place update in progress holds readiness.
@@ -303,9 +304,9 @@ mod tests {
         assert!(!f.running_ready && !f.available);
         assert!(is_active(&pod(json!({}))));
         assert!(!is_active(&pod(json!({"status": {"phase": "Succeeded"}}))));
-        assert!(!is_active(
-            &pod(json!({"metadata": {"deletionTimestamp": "2026-12-07T10:00:00Z"}}))
-        ));
+        assert!(!is_active(&pod(
+            json!({"metadata": {"deletionTimestamp": "2026-12-07T10:00:00Z"}})
+        )));
     }
 
     #[test]

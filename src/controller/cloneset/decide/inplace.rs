@@ -1,0 +1,316 @@
+//! In-place updates (upstream `pkg/util/inplaceupdate`; `docs/upstream/cloneset.md` §4.5–4.6):
+//! the state annotation written when a pod is updated in place, the patch that does it, and
+//! when the update is complete.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::InPlaceChange;
+use crate::api::kruise::{
+    ANNOTATION_INPLACE_UPDATE_STATE, ANNOTATION_RUNTIME_CONTAINERS_META,
+    CONTROLLER_REVISION_HASH_LABEL, LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION,
+    LifecycleState, POD_TEMPLATE_HASH_LABEL, RuntimeContainerMetaSet,
+};
+use crate::containermeta::decide::{expected_hash, metadata_env};
+
+/// `apps.kruise.io/inplace-update-state`, as upstream writes it (its JSON field order).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InPlaceUpdateState {
+    pub revision: String,
+    pub update_timestamp: String,
+    #[serde(default)]
+    pub last_container_statuses: BTreeMap<String, LastStatus>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update_env_from_metadata: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update_images: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_batches_record: Vec<Batch>,
+}
+
+/// A container's image id before its in-place update.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastStatus {
+    #[serde(rename = "imageID", default)]
+    pub image_id: String,
+}
+
+/// The containers one in-place batch updated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub timestamp: String,
+    pub containers: Vec<String>,
+}
+
+/// The label and annotation changes from one template's metadata to another's, as a merge
+/// patch (`null` removes a key).
+pub fn metadata_patch(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Value {
+    let maps = |t: &PodTemplateSpec| {
+        let m = t.metadata.clone().unwrap_or_default();
+        (
+            m.labels.unwrap_or_default(),
+            m.annotations.unwrap_or_default(),
+        )
+    };
+    let ((old_labels, old_notes), (new_labels, new_notes)) = (maps(old), maps(new));
+    let diff = |old: &BTreeMap<String, String>, new: &BTreeMap<String, String>| {
+        let mut out = serde_json::Map::new();
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                out.insert(k.clone(), json!(v));
+            }
+        }
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            out.insert(k.clone(), Value::Null);
+        }
+        out
+    };
+    json!({"labels": diff(&old_labels, &new_labels), "annotations": diff(&old_notes, &new_notes)})
+}
+
+/// The strategic merge patch that updates `pod` in place to `revision` (`<cs>-<hash>`) at
+/// `now`: the new images by container name, the template's metadata changes, the revision
+/// labels, lifecycle state Updating, and the state annotation (each changed container's image
+/// id before the update). `metadata` is [`metadata_patch`] of the two templates.
+pub fn update_patch(
+    pod: &Pod,
+    revision: &str,
+    change: &InPlaceChange,
+    metadata: &Value,
+    now: &str,
+) -> Value {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    let last: BTreeMap<String, LastStatus> = change
+        .images
+        .keys()
+        .filter_map(|name| {
+            let s = statuses?.iter().find(|s| &s.name == name)?;
+            Some((
+                name.clone(),
+                LastStatus {
+                    image_id: s.image_id.clone(),
+                },
+            ))
+        })
+        .collect();
+    let mut containers: Vec<String> = change.images.keys().cloned().collect();
+    if change.env_from_metadata {
+        for c in pod.spec.iter().flat_map(|s| &s.containers) {
+            if !metadata_env(c).is_empty() && !containers.contains(&c.name) {
+                containers.push(c.name.clone());
+            }
+        }
+    }
+    let state = InPlaceUpdateState {
+        revision: revision.to_string(),
+        update_timestamp: now.to_string(),
+        last_container_statuses: last,
+        update_env_from_metadata: change.env_from_metadata,
+        update_images: !change.images.is_empty(),
+        container_batches_record: vec![Batch {
+            timestamp: now.to_string(),
+            containers,
+        }],
+    };
+    let mut labels = metadata["labels"].clone();
+    let hash = revision.rsplit('-').next().unwrap_or(revision);
+    for (k, v) in [
+        (CONTROLLER_REVISION_HASH_LABEL, revision),
+        (POD_TEMPLATE_HASH_LABEL, hash),
+        (LIFECYCLE_STATE_LABEL, LifecycleState::Updating.as_str()),
+    ] {
+        labels[k] = json!(v);
+    }
+    let mut annotations = metadata["annotations"].clone();
+    annotations[LIFECYCLE_TIMESTAMP_ANNOTATION] = json!(now);
+    annotations[ANNOTATION_INPLACE_UPDATE_STATE] =
+        json!(serde_json::to_string(&state).unwrap_or_default());
+    let images: Vec<Value> = change
+        .images
+        .iter()
+        .map(|(name, image)| json!({"name": name, "image": image}))
+        .collect();
+    let mut patch = json!({
+        "metadata": {
+            "resourceVersion": pod.metadata.resource_version,
+            "labels": labels,
+            "annotations": annotations,
+        },
+    });
+    if !images.is_empty() {
+        patch["spec"] = json!({"containers": images});
+    }
+    patch
+}
+
+/// `image` as the kubelet reports it: `:latest` when it names no tag or digest.
+fn with_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') || last.contains('@') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// Whether the pod's in-place update, if any, is complete (upstream
+/// `DefaultCheckInPlaceUpdateCompleted`): no state annotation; or, for env from metadata, the
+/// agent's runtime-containers-meta shows every container running with the env the metadata
+/// gives; and every container whose image changed runs another image id than before, or the
+/// image its spec names.
+pub fn in_place_done(pod: &Pod) -> bool {
+    let annotations = pod.metadata.annotations.as_ref();
+    let Some(raw) = annotations.and_then(|a| a.get(ANNOTATION_INPLACE_UPDATE_STATE)) else {
+        return true;
+    };
+    let Ok(state) = serde_json::from_str::<InPlaceUpdateState>(raw) else {
+        return true;
+    };
+    let spec_containers = pod.spec.iter().flat_map(|s| &s.containers);
+    if state.update_env_from_metadata {
+        let Some(meta) = RuntimeContainerMetaSet::parse(
+            annotations
+                .and_then(|a| a.get(ANNOTATION_RUNTIME_CONTAINERS_META))
+                .map(String::as_str),
+        ) else {
+            return false;
+        };
+        let current = spec_containers.clone().all(|c| {
+            meta.containers.iter().any(|m| {
+                m.name == c.name
+                    && m.hashes.extracted_env_from_metadata_hash == expected_hash(c, pod)
+            })
+        });
+        if !current {
+            return false;
+        }
+    }
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    state.last_container_statuses.iter().all(|(name, last)| {
+        let Some(status) = statuses.iter().find(|s| &s.name == name) else {
+            return false;
+        };
+        let spec_image = spec_containers
+            .clone()
+            .find(|c| &c.name == name)
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        status.image_id != last.image_id || with_tag(&status.image) == with_tag(&spec_image)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(labels: Value, image: &str) -> PodTemplateSpec {
+        serde_json::from_value(json!({
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "main", "image": image}]},
+        }))
+        .unwrap()
+    }
+
+    fn pod(image: &str, status_image: &str, image_id: &str, annotations: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "resourceVersion": "5", "annotations": annotations},
+            "spec": {"containers": [{"name": "main", "image": image}]},
+            "status": {"containerStatuses": [{"name": "main", "image": status_image,
+                "imageID": image_id, "ready": true, "restartCount": 0}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn metadata_changes_as_a_merge_patch() {
+        let old = template(json!({"app": "a", "gone": "x", "same": "s"}), "i:1");
+        let new = template(json!({"app": "b", "same": "s", "added": "y"}), "i:1");
+        assert_eq!(
+            metadata_patch(&old, &new),
+            json!({"labels": {"app": "b", "added": "y", "gone": null}, "annotations": {}})
+        );
+    }
+
+    #[test]
+    fn the_update_patch_and_its_completion() {
+        let before = pod("r/i:1", "r/i:1", "sha256:a", json!({}));
+        let change = InPlaceChange {
+            images: [("main".to_string(), "r/i:2".to_string())].into(),
+            ..Default::default()
+        };
+        let meta = json!({"labels": {}, "annotations": {}});
+        let patch = update_patch(&before, "cs-7f9", &change, &meta, "2026-12-07T10:00:00Z");
+        assert_eq!(
+            patch["spec"]["containers"],
+            json!([{"name": "main", "image": "r/i:2"}])
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "5");
+        let labels = &patch["metadata"]["labels"];
+        assert_eq!(labels[CONTROLLER_REVISION_HASH_LABEL], "cs-7f9");
+        assert_eq!(labels[POD_TEMPLATE_HASH_LABEL], "7f9");
+        assert_eq!(labels[LIFECYCLE_STATE_LABEL], "Updating");
+        let raw = patch["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_STATE]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            raw,
+            r#"{"revision":"cs-7f9","updateTimestamp":"2026-12-07T10:00:00Z","lastContainerStatuses":{"main":{"imageID":"sha256:a"}},"updateImages":true,"containerBatchesRecord":[{"timestamp":"2026-12-07T10:00:00Z","containers":["main"]}]}"#
+        );
+        let state = json!({ANNOTATION_INPLACE_UPDATE_STATE: raw});
+        // Spec updated, the kubelet has not restarted the container yet.
+        assert!(!in_place_done(&pod(
+            "r/i:2",
+            "r/i:1",
+            "sha256:a",
+            state.clone()
+        )));
+        // Restarted: the same image content under the new name, or another image id.
+        assert!(in_place_done(&pod(
+            "r/i:2",
+            "r/i:2",
+            "sha256:a",
+            state.clone()
+        )));
+        assert!(in_place_done(&pod("r/i:2", "r/i:1", "sha256:b", state)));
+        // No state annotation: nothing in progress.
+        assert!(in_place_done(&pod("r/i:2", "r/i:1", "sha256:a", json!({}))));
+        assert_eq!(with_tag("r:5000/i"), "r:5000/i:latest");
+        assert_eq!(with_tag("r:5000/i:1"), "r:5000/i:1");
+    }
+
+    #[test]
+    fn env_from_metadata_waits_for_the_agent() {
+        let raw = r#"{"revision":"cs-1","updateTimestamp":"t","lastContainerStatuses":{},"updateEnvFromMetadata":true}"#;
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {"v": "2"}, "annotations": {ANNOTATION_INPLACE_UPDATE_STATE: raw}},
+            "spec": {"containers": [{"name": "main", "image": "i:1", "env": [
+                {"name": "V", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['v']"}}}]}]},
+            "status": {"containerStatuses": [{"name": "main", "image": "i:1", "imageID": "x",
+                "ready": true, "restartCount": 1}]},
+        }))
+        .unwrap();
+        assert!(!in_place_done(&p), "no runtime-containers-meta yet");
+        let hash = expected_hash(&p.spec.as_ref().unwrap().containers[0], &p);
+        let meta = json!({"containers": [{"name": "main", "containerID": "containerd://c2",
+            "restartCount": 1, "hashes": {"plainHash": 1, "extractedEnvFromMetadataHash": hash}}]});
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANNOTATION_RUNTIME_CONTAINERS_META.into(), meta.to_string());
+        assert!(in_place_done(&p));
+    }
+}
