@@ -12,13 +12,14 @@
 //!
 //! Only pods and PVCs carrying `apps.kruise.io/cloneset-instance-id` are watched and cached
 //! (what a CloneSet makes carries it): the controller keeps no copy of the cluster's other pods.
-//! A pod update that cannot change a decision does not start a pass ([`decide::facts::decision_hash`];
-//! the `CloneSetEventHandlerOptimization` gate turns that off, for comparison).
+//! A pod update that cannot change a decision does not start a pass ([`PodRouter`],
+//! [`decide::facts::decision_hash`]; the `CloneSetEventHandlerOptimization` gate turns that off,
+//! for comparison).
 
 pub mod act;
 pub mod decide;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,34 +95,87 @@ fn owner_of(obj: &impl ResourceExt) -> Option<ObjectRef<CloneSet>> {
     Some(ObjectRef::new(&owner.name).within(&obj.namespace()?))
 }
 
-/// Watch events of the CloneSets' pods, reflected into `writer`, passed on only when they may
-/// change a decision (`optimize`) or always.
-fn pod_events(
+/// Which CloneSets a pod watch event concerns: its controlling CloneSet (and the one before, if
+/// it changed) when the pod came, went, or changed what a decision reads (with `optimize`;
+/// without it, on every change). After a relist, the pods that did not come back count as gone.
+#[derive(Default)]
+pub struct PodRouter {
+    optimize: bool,
+    /// By pod uid: the decision hash and the owner last seen.
+    seen: HashMap<String, (u64, Option<ObjectRef<CloneSet>>)>,
+    /// Pods seen again during a relist.
+    relisted: Option<HashSet<String>>,
+}
+
+impl PodRouter {
+    pub fn new(optimize: bool) -> Self {
+        PodRouter {
+            optimize,
+            ..Default::default()
+        }
+    }
+
+    pub fn route(&mut self, event: watcher::Event<Pod>) -> Vec<ObjectRef<CloneSet>> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                if let Some(r) = self.relisted.as_mut() {
+                    r.insert(pod.uid().unwrap_or_default());
+                }
+                self.applied(&pod)
+            }
+            watcher::Event::Apply(pod) => self.applied(&pod),
+            watcher::Event::InitDone => {
+                let back = self.relisted.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .seen
+                    .keys()
+                    .filter(|uid| !back.contains(*uid))
+                    .cloned()
+                    .collect();
+                gone.iter()
+                    .filter_map(|uid| self.seen.remove(uid)?.1)
+                    .collect()
+            }
+            watcher::Event::Delete(pod) => {
+                self.seen.remove(&pod.uid().unwrap_or_default());
+                owner_of(&pod).into_iter().collect()
+            }
+        }
+    }
+
+    fn applied(&mut self, pod: &Pod) -> Vec<ObjectRef<CloneSet>> {
+        let (hash, owner) = (facts::decision_hash(pod), owner_of(pod));
+        let before = self
+            .seen
+            .insert(pod.uid().unwrap_or_default(), (hash, owner.clone()));
+        match before {
+            Some((h, _)) if self.optimize && h == hash => Vec::new(),
+            Some((_, Some(previous))) if Some(&previous) != owner.as_ref() => {
+                owner.into_iter().chain([previous]).collect()
+            }
+            _ => owner.into_iter().collect(),
+        }
+    }
+}
+
+/// The CloneSets to reconcile from the watch of their pods, reflected into `writer` first.
+fn pod_triggers(
     client: &kube::Client,
     writer: reflector::store::Writer<Pod>,
     optimize: bool,
-) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = ObjectRef<CloneSet>> + Send + 'static {
     let cfg = watcher::Config::default().labels(CLONESET_INSTANCE_ID_LABEL);
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut router = PodRouter::new(optimize);
     watcher(Api::<Pod>::all(client.clone()), cfg)
         .default_backoff()
         .reflect(writer)
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    let uid = pod.uid().unwrap_or_default();
-                    let hash = facts::decision_hash(&pod);
-                    let same = seen.insert(uid, hash) == Some(hash);
-                    (!(optimize && same)).then_some(Ok(pod))
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    seen.remove(&pod.uid().unwrap_or_default());
-                    Some(Ok(pod))
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
-            };
-            futures::future::ready(out)
+        .flat_map(move |event| {
+            let refs = event.map(|e| router.route(e)).unwrap_or_default();
+            futures::stream::iter(refs)
         })
 }
 
@@ -141,7 +195,7 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics, optimize: boo
         Api::<CloneSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches_stream(pod_events(&client, pod_writer, optimize), |p| owner_of(&p))
+    .reconcile_on(pod_triggers(&client, pod_writer, optimize))
     .watches_stream(pvc_events, |p| owner_of(&p));
     let ctx = Arc::new(Ctx {
         client,
@@ -766,4 +820,46 @@ async fn update_pods(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(uid: &str, owner: &str, rv: &str, ready: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "ns", "uid": uid, "resourceVersion": rv,
+                "ownerReferences": [{"apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+                    "name": owner, "uid": format!("cs-{owner}"), "controller": true}]},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .unwrap()
+    }
+
+    fn names(refs: Vec<ObjectRef<CloneSet>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn pod_events_reach_their_cloneset_only_when_they_matter() {
+        use watcher::Event::*;
+        for optimize in [true, false] {
+            let mut r = PodRouter::new(optimize);
+            assert_eq!(names(r.route(Apply(pod("a", "web", "1", "False")))), ["web"]);
+            // A new resourceVersion only (status churn a decision does not read).
+            let churn = names(r.route(Apply(pod("a", "web", "2", "False"))));
+            assert_eq!(churn.is_empty(), optimize, "optimize={optimize}");
+            assert_eq!(names(r.route(Apply(pod("a", "web", "3", "True")))), ["web"]);
+            // Another controller: both hear of it.
+            let moved = names(r.route(Apply(pod("a", "api", "4", "True"))));
+            assert_eq!(moved, ["api", "web"]);
+            assert_eq!(names(r.route(Delete(pod("a", "api", "4", "True")))), ["api"]);
+            // A relist without a pod seen before: gone.
+            r.route(Apply(pod("b", "web", "5", "True")));
+            r.route(Init);
+            assert!(names(r.route(InitApply(pod("c", "db", "6", "True")))) == ["db"]);
+            assert_eq!(names(r.route(InitDone)), ["web"]);
+        }
+    }
 }
