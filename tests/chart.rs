@@ -196,6 +196,14 @@ fn values_reach_the_objects() {
     )
     .unwrap();
     assert_eq!(rbac_of(&on), component);
+    let hooks: Vec<String> = objects(&on, "controller-webhook.yaml")
+        .iter()
+        .flat_map(|o| o["webhooks"].as_array().cloned().unwrap_or_default())
+        .map(|w| w["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for name in ["mcloneset.nodeward.io", "vcloneset.nodeward.io"] {
+        assert!(hooks.iter().any(|h| h == name), "{name} in {hooks:?}");
+    }
     let deploy = &objects(&on, "controller-deployment.yaml")[0];
     let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
     assert!(

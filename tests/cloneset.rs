@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use nodeward::api::kruise::{
@@ -207,6 +208,26 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
         serde_json::from_value(json!({"name": "data", "mountPath": "/data"})).unwrap(),
     ]);
     let cs = api.create(&PostParams::default(), &cs).await.unwrap();
+    // The mutating webhook's defaults, as upstream's.
+    let strategy = &cs.spec.update_strategy;
+    assert_eq!(strategy.type_, "ReCreate");
+    assert_eq!(
+        strategy.max_unavailable,
+        Some(IntOrString::String("20%".into()))
+    );
+    assert_eq!(cs.spec.revision_history_limit, Some(10));
+    // The validating webhook's refusal, in upstream's words.
+    let mut wrong = cloneset(cluster, "wrong", 1, json!({}));
+    wrong.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "other"}})).unwrap();
+    let refused = api
+        .create(&PostParams::default(), &wrong)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("`selector` does not match template `labels`"),
+        "{refused}"
+    );
     let ready = until_status(&api, "web", "2 pods ready and available", |cs| {
         counts(cs) == (2, 2, 2, 2)
     })

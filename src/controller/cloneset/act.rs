@@ -25,11 +25,9 @@ use crate::api::kruise::{
     LifecycleState, POD_CONDITION_INPLACE_UPDATE_READY, SPECIFIED_DELETE_LABEL,
 };
 use crate::cluster::events::EventType;
-use crate::cluster::{is_already_exists, is_conflict, is_not_found, retry_on_conflict};
+use crate::cluster::{is_already_exists, is_conflict, is_not_found};
 use crate::controller::record_event;
 
-/// Tries of one read-modify-write before the pass fails (and is retried with backoff).
-const TRIES: usize = 5;
 /// Names tried for a new revision whose hash collides with another template's.
 const COLLISION_TRIES: i32 = 10;
 
@@ -378,7 +376,7 @@ pub async fn mark_update_ready(client: &kube::Client, pod: &Pod) -> Result<(), E
 /// period): its `InPlaceUpdateReady` condition False first (and Ready with it), so that no
 /// traffic reaches it while the kubelet restarts its containers; then one patch of images,
 /// metadata, revision labels, state Updating and the state annotation (`patch`:
-/// [`decide::inplace::update_patch`], guarded by the resourceVersion read).
+/// [`decide::inplace::update_patch`]). A pod that went meanwhile is left alone.
 pub async fn update_in_place(
     client: &kube::Client,
     cs: &CloneSet,
@@ -440,7 +438,7 @@ pub async fn update_in_place(
             .await;
             Ok(())
         }
-        Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => {
             let msg = format!("failed to update pod {name} in-place(revision {revision}): {e}");
             event(
@@ -686,7 +684,8 @@ pub async fn truncate_pods_to_delete(
     }
 }
 
-/// Write `status` with a merge patch of the status subresource.
+/// Write `status` with a merge patch of the status subresource (what it leaves out, the
+/// stored status loses).
 pub async fn write_status(
     client: &kube::Client,
     cs: &CloneSet,
@@ -694,21 +693,17 @@ pub async fn write_status(
 ) -> Result<(), Error> {
     let (ns, name) = (cs.namespace().unwrap_or_default(), cs.name_any());
     let api: Api<CloneSet> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({"status": status});
-    retry_on_conflict(TRIES, || async {
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
-    })
-    .await
-    .map_err(Error::kube(format!(
-        "write the status of CloneSet {ns}/{name}"
-    )))
+    let patch = json!({"status": decide::status::merge_patch(cs.status.as_ref(), status)});
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!(
+            "write the status of CloneSet {ns}/{name}"
+        ))(e)),
+    }
 }
 
 /// The ScaleUpLimited Warning.

@@ -17,6 +17,7 @@
 //! for comparison).
 
 pub mod act;
+pub mod admission;
 pub mod decide;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -846,7 +847,10 @@ mod tests {
         use watcher::Event::*;
         for optimize in [true, false] {
             let mut r = PodRouter::new(optimize);
-            assert_eq!(names(r.route(Apply(pod("a", "web", "1", "False")))), ["web"]);
+            assert_eq!(
+                names(r.route(Apply(pod("a", "web", "1", "False")))),
+                ["web"]
+            );
             // A new resourceVersion only (status churn a decision does not read).
             let churn = names(r.route(Apply(pod("a", "web", "2", "False"))));
             assert_eq!(churn.is_empty(), optimize, "optimize={optimize}");
@@ -854,7 +858,10 @@ mod tests {
             // Another controller: both hear of it.
             let moved = names(r.route(Apply(pod("a", "api", "4", "True"))));
             assert_eq!(moved, ["api", "web"]);
-            assert_eq!(names(r.route(Delete(pod("a", "api", "4", "True")))), ["api"]);
+            assert_eq!(
+                names(r.route(Delete(pod("a", "api", "4", "True")))),
+                ["api"]
+            );
             // A relist without a pod seen before: gone.
             r.route(Apply(pod("b", "web", "5", "True")));
             r.route(Init);

@@ -3,8 +3,9 @@
 //! kept in a Secret and injected as the CA bundle of the webhook configurations ([`act`]), and
 //! behind it the CRR admission ([`crate::controller::crr::admission`], mutating), the ImagePullJob
 //! and ImageListPullJob admission ([`crate::controller::imagepull::admission`], mutating and
-//! validating) and the
-//! PodProbeMarker admission ([`crate::controller::podprobe::admission`], validating).
+//! validating), the PodProbeMarker admission ([`crate::controller::podprobe::admission`],
+//! validating) and the CloneSet admission ([`crate::controller::cloneset::admission`], mutating
+//! and validating; registered only with the CloneSet component).
 //!
 //! With the shipped `failurePolicy: Fail`, CRRs cannot be created while no replica serves; the
 //! rules that need no lookup are also a ValidatingAdmissionPolicy, which holds without us.
@@ -29,7 +30,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{info, warn};
 
 use crate::controller::crr::admission;
-use crate::controller::{imagepull, podprobe};
+use crate::controller::{cloneset, imagepull, podprobe};
 use crate::telemetry::http::{Limits, Listed};
 
 /// How often the Secret is read again (renewal, another replica's renewal, a deleted Secret).
@@ -90,6 +91,14 @@ pub async fn run(
         .route(
             imagepull::admission::LIST_VALIDATE_PATH,
             route_to(imagepull::admission::validate_list),
+        )
+        .route(
+            cloneset::admission::MUTATE_PATH,
+            route_to(cloneset::admission::mutate),
+        )
+        .route(
+            cloneset::admission::VALIDATE_PATH,
+            route_to(cloneset::admission::validate),
         )
         .with_state(client);
     let served =

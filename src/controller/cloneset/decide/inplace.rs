@@ -76,7 +76,8 @@ pub fn metadata_patch(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Value {
 /// The strategic merge patch that updates `pod` in place to `revision` (`<cs>-<hash>`) at
 /// `now`: the new images by container name, the template's metadata changes, the revision
 /// labels, lifecycle state Updating, and the state annotation (each changed container's image
-/// id before the update). `metadata` is [`metadata_patch`] of the two templates.
+/// id before the update). `metadata` is [`metadata_patch`] of the two templates. No
+/// resourceVersion: the condition written just before has changed it.
 pub fn update_patch(
     pod: &Pod,
     revision: &str,
@@ -140,7 +141,6 @@ pub fn update_patch(
         .collect();
     let mut patch = json!({
         "metadata": {
-            "resourceVersion": pod.metadata.resource_version,
             "labels": labels,
             "annotations": annotations,
         },
@@ -256,7 +256,6 @@ mod tests {
             patch["spec"]["containers"],
             json!([{"name": "main", "image": "r/i:2"}])
         );
-        assert_eq!(patch["metadata"]["resourceVersion"], "5");
         let labels = &patch["metadata"]["labels"];
         assert_eq!(labels[CONTROLLER_REVISION_HASH_LABEL], "cs-7f9");
         assert_eq!(labels[POD_TEMPLATE_HASH_LABEL], "7f9");

@@ -56,6 +56,21 @@ pub fn differs(old: Option<&CloneSetStatus>, next: &CloneSetStatus) -> bool {
         || old.conditions != next.conditions
 }
 
+/// `next` as a merge patch over `old`: a field `next` leaves out (a zero, an empty list) is
+/// `null`, so the stored status does not keep it.
+pub fn merge_patch(old: Option<&CloneSetStatus>, next: &CloneSetStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(next).unwrap_or_default();
+    let old = old
+        .and_then(|o| serde_json::to_value(o).ok())
+        .unwrap_or_default();
+    if let (Some(patch), Some(old)) = (patch.as_object_mut(), old.as_object()) {
+        for key in old.keys() {
+            patch.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
+}
+
 /// The revisions to delete (upstream `truncateHistory`): of `history` (name, number), those not
 /// `live` beyond the newest `limit`, oldest first.
 pub fn old_revisions(
@@ -107,6 +122,23 @@ mod tests {
             ..old.clone()
         };
         assert!(differs(Some(&old), &counted));
+    }
+
+    #[test]
+    fn a_field_gone_from_the_status_is_removed() {
+        let old = CloneSetStatus {
+            replicas: 2,
+            updated_available_replicas: 2,
+            ..Default::default()
+        };
+        let next = CloneSetStatus {
+            replicas: 2,
+            ..Default::default()
+        };
+        let patch = merge_patch(Some(&old), &next);
+        assert_eq!(patch["updatedAvailableReplicas"], serde_json::Value::Null);
+        assert!(patch.get("updatedAvailableReplicas").is_some());
+        assert_eq!(patch["replicas"], 2);
     }
 
     #[test]

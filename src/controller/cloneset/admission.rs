@@ -1,0 +1,120 @@
+//! CloneSet's admission webhooks (upstream `pkg/webhook/cloneset`): the defaults as a JSON patch,
+//! and the refusals of [`decide::validate`], in upstream's words. Served on every replica;
+//! registered by `packaging/kubernetes/components/cloneset` (and the chart's gate) only.
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionReview, Operation};
+
+use super::decide::validate;
+use crate::api::kruise::CloneSet;
+use crate::controller::webhook;
+
+pub const MUTATE_PATH: &str = "/mutate-apps-kruise-io-v1alpha1-cloneset";
+pub const VALIDATE_PATH: &str = "/validate-apps-kruise-io-v1alpha1-cloneset";
+const KIND: &str = "CloneSet";
+
+/// The defaults of a created CloneSet, or of one whose spec changed.
+pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+    webhook::answer(review, |req, resp| {
+        let Ok((mut cs, raw)) = webhook::typed::<CloneSet>(req.object.as_ref(), "object", KIND)
+        else {
+            return resp;
+        };
+        if cs.metadata.deletion_timestamp.is_some() {
+            return resp;
+        }
+        validate::apply_defaults(&mut cs.spec);
+        match webhook::patch(&raw, &cs) {
+            Ok(p) if p.0.is_empty() => resp,
+            Ok(p) => match resp.clone().with_patch(p) {
+                Ok(r) => r,
+                Err(e) => resp.deny(format!("encoding the patch: {e}")),
+            },
+            Err(e) => resp.deny(format!("encoding the patch: {e}")),
+        }
+    })
+}
+
+/// Refuse a CloneSet spec upstream refuses; an update that leaves the spec alone passes.
+pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+    webhook::answer(review, |req, resp| {
+        let typed = |obj| webhook::typed::<CloneSet>(obj, "object", KIND);
+        let new = match typed(req.object.as_ref()) {
+            Ok((cs, _)) => cs,
+            Err(_) if req.operation == Operation::Delete => return resp,
+            Err(message) => return webhook::deny(req, resp, KIND, message),
+        };
+        let old = typed(req.old_object.as_ref()).ok().map(|(cs, _)| cs);
+        if let Some(old) = &old
+            && (old.spec == new.spec || new.metadata.deletion_timestamp.is_some())
+        {
+            return resp;
+        }
+        let errors = validate::validate(&new.spec, old.as_ref().map(|o| &o.spec));
+        if errors.is_empty() {
+            resp
+        } else {
+            webhook::deny(req, resp, KIND, errors.join("; "))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn review(operation: &str, spec: Value, old: Option<Value>) -> AdmissionReview<DynamicObject> {
+        let object = |spec: Value| {
+            json!({"apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet",
+                "metadata": {"name": "web", "namespace": "ns"}, "spec": spec})
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "operation": operation, "name": "web", "namespace": "ns",
+                "kind": {"group": "apps.kruise.io", "version": "v1alpha1", "kind": "CloneSet"},
+                "resource": {"group": "apps.kruise.io", "version": "v1alpha1", "resource": "clonesets"},
+                "userInfo": {"username": "u"},
+                "object": object(spec),
+                "oldObject": old.map(object),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn spec(template_app: &str) -> Value {
+        json!({
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": template_app}},
+                "spec": {"containers": [{"name": "main", "image": "busybox"}]}},
+        })
+    }
+
+    fn response(review: AdmissionReview<DynamicObject>) -> Value {
+        serde_json::to_value(review).unwrap()["response"].clone()
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let mutated = response(mutate(review("CREATE", spec("web"), None)));
+        // kube serializes the patch as bytes.
+        let bytes: Vec<u8> = serde_json::from_value(mutated["patch"].clone()).unwrap();
+        let patch = String::from_utf8(bytes).unwrap();
+        for default in ["\"ReCreate\"", "\"20%\"", "/spec/replicas"] {
+            assert!(patch.contains(default), "{default} in {patch}");
+        }
+        let ok = response(validate(review("CREATE", spec("web"), None)));
+        assert_eq!(ok["allowed"], true);
+        let refused = response(validate(review("CREATE", spec("api"), None)));
+        assert_eq!(refused["allowed"], false);
+        let message = refused["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`selector` does not match template `labels`"),
+            "{message}"
+        );
+        // An update that leaves the spec alone passes, even one stored before the webhook.
+        let same = response(validate(review("UPDATE", spec("api"), Some(spec("api")))));
+        assert_eq!(same["allowed"], true);
+    }
+}
