@@ -14,7 +14,7 @@ use crate::api::kruise::{
     CONTROLLER_REVISION_HASH_LABEL, LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION,
     LifecycleState, POD_TEMPLATE_HASH_LABEL, RuntimeContainerMetaSet,
 };
-use crate::containermeta::decide::{expected_hash, metadata_env};
+use crate::containermeta::decide::{expected_hash, kubelet_hash, metadata_env};
 
 /// `apps.kruise.io/inplace-update-state`, as upstream writes it (its JSON field order).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,8 +164,11 @@ fn with_tag(image: &str) -> String {
 /// Whether the pod's in-place update, if any, is complete (upstream
 /// `DefaultCheckInPlaceUpdateCompleted`): no state annotation; or, for env from metadata, the
 /// agent's runtime-containers-meta shows every container running with the env the metadata
-/// gives; and every container whose image changed runs another image id than before, or the
-/// image its spec names.
+/// gives; and then either that annotation shows every container running (its id in the pod's
+/// status) with the kubelet's hash of its spec (name and image), or every container whose image
+/// changed runs another image id than before, or the image its spec names. (The same content
+/// pushed under a new name keeps its image id, and the runtime may report it by its first name:
+/// only the kubelet's hash tells then.)
 pub fn in_place_done(pod: &Pod) -> bool {
     let annotations = pod.metadata.annotations.as_ref();
     let Some(raw) = annotations.and_then(|a| a.get(ANNOTATION_INPLACE_UPDATE_STATE)) else {
@@ -175,12 +178,18 @@ pub fn in_place_done(pod: &Pod) -> bool {
         return true;
     };
     let spec_containers = pod.spec.iter().flat_map(|s| &s.containers);
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let runtime_meta = RuntimeContainerMetaSet::parse(
+        annotations
+            .and_then(|a| a.get(ANNOTATION_RUNTIME_CONTAINERS_META))
+            .map(String::as_str),
+    );
     if state.update_env_from_metadata {
-        let Some(meta) = RuntimeContainerMetaSet::parse(
-            annotations
-                .and_then(|a| a.get(ANNOTATION_RUNTIME_CONTAINERS_META))
-                .map(String::as_str),
-        ) else {
+        let Some(meta) = &runtime_meta else {
             return false;
         };
         let current = spec_containers.clone().all(|c| {
@@ -193,11 +202,22 @@ pub fn in_place_done(pod: &Pod) -> bool {
             return false;
         }
     }
-    let statuses = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_deref())
-        .unwrap_or_default();
+    let hashes_current = runtime_meta.as_ref().is_some_and(|meta| {
+        spec_containers.clone().all(|c| {
+            let id = statuses
+                .iter()
+                .find(|s| s.name == c.name)
+                .and_then(|s| s.container_id.as_deref());
+            meta.containers.iter().any(|m| {
+                m.name == c.name
+                    && Some(m.container_id.as_str()) == id
+                    && m.hashes.plain_hash == kubelet_hash(c)
+            })
+        })
+    });
+    if hashes_current {
+        return true;
+    }
     state.last_container_statuses.iter().all(|(name, last)| {
         let Some(status) = statuses.iter().find(|s| &s.name == name) else {
             return false;
@@ -311,5 +331,35 @@ mod tests {
             .unwrap()
             .insert(ANNOTATION_RUNTIME_CONTAINERS_META.into(), meta.to_string());
         assert!(in_place_done(&p));
+    }
+
+    #[test]
+    fn the_kubelets_hash_tells_when_the_image_id_cannot() {
+        let raw = r#"{"revision":"cs-1","updateTimestamp":"t","lastContainerStatuses":{"main":{"imageID":"r/i@sha256:a"}},"updateImages":true}"#;
+        let with_meta = |hash: u64, id: &str| -> Pod {
+            let meta = json!({"containers": [{"name": "main", "containerID": id, "restartCount": 1,
+                "hashes": {"plainHash": hash, "extractedEnvFromMetadataHash": 0}}]});
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "annotations": {ANNOTATION_INPLACE_UPDATE_STATE: raw,
+                    ANNOTATION_RUNTIME_CONTAINERS_META: meta.to_string()}},
+                "spec": {"containers": [{"name": "main", "image": "r/copy:2"}]},
+                "status": {"containerStatuses": [{"name": "main", "image": "r/i:1",
+                    "imageID": "r/i@sha256:a", "containerID": "containerd://c2", "ready": true,
+                    "restartCount": 1}]},
+            }))
+            .unwrap()
+        };
+        let spec: k8s_openapi::api::core::v1::Container =
+            serde_json::from_value(json!({"name": "main", "image": "r/copy:2"})).unwrap();
+        let hash = kubelet_hash(&spec);
+        assert!(in_place_done(&with_meta(hash, "containerd://c2")));
+        assert!(
+            !in_place_done(&with_meta(hash, "containerd://c1")),
+            "an old container"
+        );
+        assert!(
+            !in_place_done(&with_meta(hash ^ 1, "containerd://c2")),
+            "the old spec"
+        );
     }
 }
