@@ -681,7 +681,8 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
             "imagelistpulljobs.apps.kruise.io",
             "nodeimages.apps.kruise.io",
             "nodepodprobes.apps.kruise.io",
-            "podprobemarkers.apps.kruise.io"
+            "podprobemarkers.apps.kruise.io",
+            "clonesets.apps.kruise.io"
         ]
     );
     // OpenKruise v1.9 stores the image kinds as v1beta1 (same schema, no conversion webhook).
@@ -715,10 +716,53 @@ fn crds_match_upstream_names_scope_columns_and_subresources() {
         for v in &crd.spec.versions {
             let sub = v.subresources.as_ref().expect("subresources");
             assert!(sub.status.is_some(), "{name}: status subresource");
-            assert!(sub.scale.is_none());
+            // Only CloneSet scales (`kubectl scale`, HPA), as upstream.
+            let scale = sub.scale.as_ref().map(|s| {
+                (
+                    s.spec_replicas_path.as_str(),
+                    s.status_replicas_path.as_str(),
+                    s.label_selector_path.as_deref(),
+                )
+            });
+            if name == "clonesets.apps.kruise.io" {
+                assert_eq!(
+                    scale,
+                    Some((
+                        ".spec.replicas",
+                        ".status.replicas",
+                        Some(".status.labelSelector")
+                    ))
+                );
+            } else {
+                assert!(scale.is_none(), "{name}");
+            }
         }
         assert!(crd.spec.conversion.is_none());
     }
+
+    let cs = crd_named(&crds, "clonesets.apps.kruise.io");
+    assert_eq!(cs.spec.scope, "Namespaced");
+    assert_eq!(cs.spec.names.kind, "CloneSet");
+    assert_eq!(
+        cs.spec.names.short_names.as_deref(),
+        Some(&["clone".to_string()][..])
+    );
+    let cs_columns: Vec<String> = columns(cs).into_iter().map(|c| c.0).collect();
+    assert_eq!(
+        cs_columns,
+        [
+            "DESIRED",
+            "UPDATED",
+            "UPDATED_READY",
+            "UPDATED_AVAILABLE",
+            "READY",
+            "TOTAL",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
 
     let crr = crd_named(&crds, "containerrecreaterequests.apps.kruise.io");
     assert_eq!(crr.spec.scope, "Namespaced");
@@ -969,7 +1013,7 @@ fn crd_schema_details() {
 fn crds_yaml_matches_snapshot() {
     let actual = crds_yaml();
     assert_eq!(actual, try_crds_yaml().unwrap());
-    assert_eq!(actual.matches("\n---\n").count(), 5);
+    assert_eq!(actual.matches("\n---\n").count(), 6);
     assert!(!actual.starts_with("---"));
 
     let path = manifest_path("tests/snapshots/crds.yaml");

@@ -491,16 +491,19 @@ async fn recreate_update_with_partition_and_max_unavailable() {
     teardown(&client, ns).await;
 }
 
-/// `lifecycle.preNormal` (a label the user adds) holds a new pod in PreparingNormal, counted
-/// ready but not available; `lifecycle.preDelete` (a finalizer) holds a pod in PreparingDelete
-/// on scale-in until the finalizer is removed.
+/// `lifecycle.preNormal` (a label and a finalizer, both handlers) holds a new pod in
+/// PreparingNormal, counted ready but not available, until both are on it; `lifecycle.preDelete`
+/// (a finalizer) holds a pod in PreparingDelete on scale-in until the finalizer is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_hooks_hold_new_and_leaving_pods() {
     let ns = "cs-lifecycle";
     let (cluster, client) = with_namespace(ns).await;
     let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
     let hooks = json!({"lifecycle": {
-        "preNormal": {"labelsHandler": {"example.com/warm": "true"}},
+        "preNormal": {
+            "labelsHandler": {"example.com/warm": "true"},
+            "finalizersHandler": ["example.com/warmed"],
+        },
         "preDelete": {"finalizersHandler": ["example.com/drain"]},
     }});
     api.create(
@@ -516,9 +519,20 @@ async fn lifecycle_hooks_hold_new_and_leaving_pods() {
     let pod = live_pods(&client, ns, "hooked").await.remove(0);
     assert_eq!(label(&pod, LIFECYCLE_STATE_LABEL), "PreparingNormal");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // One handler of two is not enough.
+    let patch = json!({"metadata": {"labels": {"example.com/warm": "true"}}});
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let half = pods.get(&pod.name_any()).await.unwrap();
+    assert_eq!(label(&half, LIFECYCLE_STATE_LABEL), "PreparingNormal");
     let patch = json!({"metadata": {
-        "labels": {"example.com/warm": "true"},
-        "finalizers": ["example.com/drain"],
+        "finalizers": ["example.com/warmed", "example.com/drain"],
     }});
     pods.patch(
         &pod.name_any(),

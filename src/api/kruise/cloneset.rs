@@ -170,10 +170,12 @@ pub struct CloneSetSpec {
     /// ScaleStrategy indicates the ScaleStrategy that will be employed to create and delete Pods
     /// in the CloneSet.
     #[serde(default)]
+    #[schemars(transform = go::no_default)]
     pub scale_strategy: CloneSetScaleStrategy,
     /// UpdateStrategy indicates the UpdateStrategy that will be employed to update Pods in the
     /// CloneSet when a revision is made to Template.
     #[serde(default)]
+    #[schemars(transform = go::no_default)]
     pub update_strategy: CloneSetUpdateStrategy,
     /// RevisionHistoryLimit is the maximum number of revisions that will be maintained in the
     /// CloneSet's revision history. Defaults to 10.
