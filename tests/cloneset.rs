@@ -349,16 +349,12 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
 
     // A pod deleted by hand: its claim stays and the new pod reuses its instance id.
     let before = ids(&replaced);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.delete(&replaced[0].name_any(), &DeleteParams::default())
-        .await
-        .unwrap();
-    let reused = wait::until("the instance back with its claim", 120, || async {
-        let now = live_pods(&client, ns, "web").await;
-        let back =
-            now.len() == 1 && now[0].uid() != replaced[0].uid() && condition_true(&now[0], "Ready");
-        back.then_some(now)
-    })
+    let reused = delete_by_hand(
+        &client,
+        ns,
+        &replaced[0],
+        "the instance back with its claim",
+    )
     .await;
     assert_eq!(ids(&reused), before, "PVC reuse keeps the instance id");
 
@@ -367,16 +363,7 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
     api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    pods.delete(&reused[0].name_any(), &DeleteParams::default())
-        .await
-        .unwrap();
-    let fresh = wait::until("a new instance with a new claim", 120, || async {
-        let now = live_pods(&client, ns, "web").await;
-        let back =
-            now.len() == 1 && now[0].uid() != reused[0].uid() && condition_true(&now[0], "Ready");
-        back.then_some(now)
-    })
-    .await;
+    let fresh = delete_by_hand(&client, ns, &reused[0], "a new instance with a new claim").await;
     assert_ne!(ids(&fresh), before, "no reuse with disablePVCReuse");
     wait::until("only the new instance's claim left", 60, || async {
         let names: Vec<String> = claims(&client, ns)
@@ -390,6 +377,20 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
     .await;
     teardown(&client, ns).await;
     remove_volumes(&client, ns, 6).await;
+}
+
+/// Delete the single pod of `web` by hand; the live pods once another one is Ready in its place.
+async fn delete_by_hand(client: &Client, ns: &str, pod: &Pod, what: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete(&pod.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until(what, 120, || async {
+        let now = live_pods(client, ns, "web").await;
+        let back = now.len() == 1 && now[0].uid() != pod.uid() && condition_true(&now[0], "Ready");
+        back.then_some(now)
+    })
+    .await
 }
 
 /// A ReCreate update under `partition: 1` and `maxUnavailable: 1`: two of three pods replaced

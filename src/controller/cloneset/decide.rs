@@ -134,17 +134,19 @@ pub fn delete_first(a: &Rank, b: &Rank) -> Ordering {
         .then(a.available.cmp(&b.available))
         .then(a.ready.cmp(&b.ready))
         .then(a.deletion_cost.cmp(&b.deletion_cost))
-        .then_with(|| {
-            if a.ready && b.ready {
-                // Later Ready first; unknown counts as latest.
-                let key = |r: &Rank| r.ready_since.unwrap_or(i64::MAX);
-                key(b).cmp(&key(a))
-            } else {
-                Ordering::Equal
-            }
-        })
+        .then_with(|| ready_later_first(a, b))
         .then(b.restarts.cmp(&a.restarts))
         .then(b.created.cmp(&a.created))
+}
+
+/// Of two Ready pods, the one Ready for less time first (an unknown time counts as latest);
+/// `Equal` unless both are Ready.
+pub fn ready_later_first(a: &Rank, b: &Rank) -> Ordering {
+    if !(a.ready && b.ready) {
+        return Ordering::Equal;
+    }
+    let key = |r: &Rank| r.ready_since.unwrap_or(i64::MAX);
+    key(b).cmp(&key(a))
 }
 
 /// Counts per revision group (upstream `calculateDiffsWithExpectation`).

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::core::Selector;
 use kube::runtime::controller::{Action, Controller};
@@ -433,18 +434,18 @@ async fn reconcile(cs: Arc<CloneSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         active.iter().map(|p| facts::pod_facts(p, &seen)).collect();
     let limits = limits(&cs);
 
-    let synced = sync(
-        &ctx,
-        &cs,
-        &active,
-        &pvcs,
-        &pod_facts,
+    let pass = Pass {
+        ctx: &ctx,
+        cs: &cs,
+        active: &active,
+        pvcs: &pvcs,
+        facts: &pod_facts,
         limits,
-        (&current_rev, &update_rev),
-        &revisions,
-        &mut expected,
-    )
-    .await;
+        current: &current_rev,
+        update: &update_rev,
+        revisions: &revisions,
+    };
+    let synced = sync(pass, &mut expected).await;
 
     let mut status = decide::status_counts(
         &pod_facts,
@@ -561,60 +562,48 @@ async fn claim(
     Ok(())
 }
 
+/// What one pass read: the CloneSet (defaulted), its active pods and claims, their facts, the
+/// spec's numbers and the revisions.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    ctx: &'a Ctx,
+    cs: &'a CloneSet,
+    active: &'a [Arc<Pod>],
+    pvcs: &'a [Arc<PersistentVolumeClaim>],
+    facts: &'a [decide::PodFacts],
+    limits: Limits,
+    current: &'a ControllerRevision,
+    update: &'a ControllerRevision,
+    revisions: &'a [ControllerRevision],
+}
+
 /// Scale, or when scaling has nothing to do, update (upstream `syncCloneSet`). An error names
 /// the condition it sets: `FailedScale` or `FailedUpdate`.
-#[allow(clippy::too_many_arguments)]
-async fn sync(
-    ctx: &Ctx,
-    cs: &CloneSet,
-    active: &[Arc<Pod>],
-    pvcs: &[Arc<PersistentVolumeClaim>],
-    pod_facts: &[decide::PodFacts],
-    limits: Limits,
-    (current_rev, update_rev): (
-        &k8s_openapi::api::apps::v1::ControllerRevision,
-        &k8s_openapi::api::apps::v1::ControllerRevision,
-    ),
-    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
-    expected: &mut Expected,
-) -> Result<(), (&'static str, Error)> {
-    let scaled = scale(
+async fn sync(pass: Pass<'_>, expected: &mut Expected) -> Result<(), (&'static str, Error)> {
+    let scaled = scale(pass, expected)
+        .await
+        .map_err(|e| ("FailedScale", e))?;
+    if scaled {
+        return Ok(());
+    }
+    update_pods(pass, expected)
+        .await
+        .map_err(|e| ("FailedUpdate", e))
+}
+
+/// One scale step; whether it acted.
+async fn scale(pass: Pass<'_>, expected: &mut Expected) -> Result<bool, Error> {
+    let Pass {
         ctx,
         cs,
         active,
         pvcs,
-        pod_facts,
+        facts: pod_facts,
         limits,
-        (current_rev, update_rev),
-        expected,
-    )
-    .await
-    .map_err(|e| ("FailedScale", e))?;
-    if scaled {
-        return Ok(());
-    }
-    update_pods(
-        ctx, cs, active, pod_facts, limits, update_rev, revisions, expected,
-    )
-    .await
-    .map_err(|e| ("FailedUpdate", e))
-}
-
-/// One scale step; whether it acted.
-#[allow(clippy::too_many_arguments)]
-async fn scale(
-    ctx: &Ctx,
-    cs: &CloneSet,
-    active: &[Arc<Pod>],
-    pvcs: &[Arc<PersistentVolumeClaim>],
-    pod_facts: &[decide::PodFacts],
-    limits: Limits,
-    (current_rev, update_rev): (
-        &k8s_openapi::api::apps::v1::ControllerRevision,
-        &k8s_openapi::api::apps::v1::ControllerRevision,
-    ),
-    expected: &mut Expected,
-) -> Result<bool, Error> {
+        current: current_rev,
+        update: update_rev,
+        ..
+    } = pass;
     let lifecycle = cs.spec.lifecycle.as_ref();
     let marks_not_ready = lifecycle.is_some_and(|l| {
         l.pre_delete.as_ref().is_some_and(|h| h.mark_pod_not_ready)
@@ -722,17 +711,17 @@ fn random_id() -> String {
 
 /// The update half (upstream `Update`): refresh every pod's lifecycle (and its
 /// `InPlaceUpdateReady` condition); if none changed and not paused, update the chosen pods.
-#[allow(clippy::too_many_arguments)]
-async fn update_pods(
-    ctx: &Ctx,
-    cs: &CloneSet,
-    active: &[Arc<Pod>],
-    pod_facts: &[decide::PodFacts],
-    limits: Limits,
-    update_rev: &k8s_openapi::api::apps::v1::ControllerRevision,
-    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
-    expected: &mut Expected,
-) -> Result<(), Error> {
+async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Error> {
+    let Pass {
+        ctx,
+        cs,
+        active,
+        facts: pod_facts,
+        limits,
+        update: update_rev,
+        revisions,
+        ..
+    } = pass;
     let mut refreshed = false;
     for (pod, f) in active.iter().zip(pod_facts) {
         let done = inplace::in_place_done(pod);

@@ -63,14 +63,7 @@ pub fn update_first(a: &Rank, b: &Rank) -> Ordering {
         .cmp(&b.scheduled)
         .then(a.phase.cmp(&b.phase))
         .then(a.ready.cmp(&b.ready))
-        .then_with(|| {
-            if a.ready && b.ready {
-                let key = |r: &Rank| r.ready_since.unwrap_or(i64::MAX);
-                key(b).cmp(&key(a))
-            } else {
-                Ordering::Equal
-            }
-        })
+        .then_with(|| super::ready_later_first(a, b))
         .then(b.restarts.cmp(&a.restarts))
         .then(b.created.cmp(&a.created))
 }
