@@ -1,19 +1,24 @@
 //! The CloneSet controller on the real single-node cluster (`scripts/cluster.sh`), deployed from
 //! `packaging/kubernetes` with its `components/cloneset` (the gate and the RBAC): CloneSets
 //! written as for kruise-manager, scaled with claims, through `podsToDelete` and the scale
-//! subresource, updated by ReCreate under a partition and maxUnavailable, and held by lifecycle
-//! hooks. Claims bind to hostPath PersistentVolumes each test makes (the cluster has no
-//! provisioner). Each test works in a namespace of its own.
+//! subresource, updated by ReCreate (under a partition and maxUnavailable, and with maxSurge)
+//! and in place, and held by lifecycle hooks (new, leaving and updated pods). Claims bind to
+//! hostPath PersistentVolumes each test makes (the cluster has no provisioner). Each test works
+//! in a namespace of its own.
 
 use nodeward_testkit as support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use nodeward::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, LIFECYCLE_STATE_LABEL,
@@ -21,8 +26,9 @@ use nodeward::api::kruise::{
 };
 use serde_json::{Value, json};
 use support::cluster::events_for;
-use support::k8s::{RealCluster, with_namespace};
+use support::k8s::{RealCluster, teardown, with_namespace};
 use support::wait;
+use tokio::task::JoinHandle;
 
 /// A CloneSet of busybox pods labelled `app=<name>`, as a user writes one for kruise-manager.
 fn cloneset(cluster: &RealCluster, name: &str, replicas: i32, extra: Value) -> CloneSet {
@@ -37,18 +43,23 @@ fn cloneset(cluster: &RealCluster, name: &str, replicas: i32, extra: Value) -> C
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "main",
-                        "image": cluster.image("busybox:1"),
-                        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
-                        "env": [{"name": "VERSION", "value": "1"}],
-                    }],
+                    "containers": [main_container(&cluster.image("busybox:1"), "1")],
                 },
             },
         },
     });
     merge(&mut object["spec"], extra);
     serde_json::from_value(object).unwrap()
+}
+
+/// The pods' one container, `main`: `image` with `VERSION=<version>` in its env.
+fn main_container(image: &str, version: &str) -> Value {
+    json!({
+        "name": "main",
+        "image": image,
+        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+        "env": [{"name": "VERSION", "value": version}],
+    })
 }
 
 /// JSON merge of `extra` into `base`.
@@ -114,9 +125,11 @@ async fn remove_volumes(client: &Client, ns: &str, n: usize) {
     }
 }
 
-async fn teardown(client: &Client, ns: &str) {
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces.delete(ns, &DeleteParams::default()).await.ok();
+/// Merge-patch the pod `name` with `patch`.
+async fn patch_pod(pods: &Api<Pod>, name: &str, patch: Value) {
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 /// The CloneSet's pods that are not being deleted, by name.
@@ -132,6 +145,61 @@ async fn live_pods(client: &Client, ns: &str, app: &str) -> Vec<Pod> {
         .collect();
     live.sort_by_key(|p| p.name_any());
     live
+}
+
+/// Watch the CloneSet `app`'s pods: `seen` gets the live ones (not being deleted) as the listing
+/// has them, then after each change to them, until the returned task is aborted. Returns once
+/// the listing is in, so that no later change is missed.
+async fn watch_pods(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    mut seen: impl FnMut(&[Pod]) + Send + 'static,
+) -> JoinHandle<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let config = watcher::Config::default().labels(&format!("app={app}"));
+    let (store, writer) = reflector::store();
+    let mut events = reflector(writer, watcher(pods, config))
+        .default_backoff()
+        .boxed();
+    let reader = store.clone();
+    let task = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            // The reflector applies each event to the store before passing it on; a (re)listing
+            // replaces the store's contents only at its end (InitDone).
+            if let Ok(
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+            ) = event
+            {
+                let live: Vec<Pod> = reader
+                    .state()
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(|p| Pod::clone(p))
+                    .collect();
+                seen(&live);
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), store.wait_until_ready())
+        .await
+        .expect("timed out listing the pods to watch")
+        .unwrap();
+    task
+}
+
+/// Available as upstream counts a pod with `minReadySeconds: 0`: lifecycle state none or
+/// Normal, and Ready (which the `InPlaceUpdateReady` readiness gate holds back).
+fn available(pod: &Pod) -> bool {
+    matches!(label(pod, LIFECYCLE_STATE_LABEL), "" | "Normal") && condition_true(pod, "Ready")
+}
+
+/// The image of the pod's container `main` in its spec.
+fn image_of(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.as_deref())
+        .unwrap_or_default()
 }
 
 fn label<'a>(obj: &'a impl ResourceExt, key: &str) -> &'a str {
@@ -166,6 +234,27 @@ async fn until_status(
     .await
 }
 
+/// Wait until the CloneSet's status has observed its generation and counts `want` pods as
+/// `(replicas, ready, available, updated)`.
+/// Where an in-place update waits out its grace period.
+const INPLACE_UPDATE_GRACE: &str = "apps.kruise.io/inplace-update-grace";
+
+/// The `Progressing` condition's status and reason.
+fn progressing(cs: &CloneSet) -> Option<(&str, &str)> {
+    let status = cs.status.as_ref()?;
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")?;
+    Some((c.status.as_str(), c.reason.as_str()))
+}
+
+async fn until_counts(api: &Api<CloneSet>, name: &str, want: (i32, i32, i32, i32)) -> CloneSet {
+    let what = format!("CloneSet {name}'s (replicas, ready, available, updated) to be {want:?}");
+    until_status(api, name, &what, |cs| counts(cs) == want).await
+}
+
+/// The status's `(replicas, ready, available, updated)`.
 fn counts(cs: &CloneSet) -> (i32, i32, i32, i32) {
     let s = cs.status.clone().unwrap_or_default();
     (
@@ -228,10 +317,7 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
         refused.contains("`selector` does not match template `labels`"),
         "{refused}"
     );
-    let ready = until_status(&api, "web", "2 pods ready and available", |cs| {
-        counts(cs) == (2, 2, 2, 2)
-    })
-    .await;
+    let ready = until_counts(&api, "web", (2, 2, 2, 2)).await;
     let status = ready.status.clone().unwrap();
     assert_eq!(status.label_selector, "app=web");
     assert_eq!(status.current_revision, status.update_revision);
@@ -312,10 +398,7 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
             "--replicas=1",
         ])
         .unwrap();
-    until_status(&api, "web", "scaled down to 1", |cs| {
-        counts(cs) == (1, 1, 1, 1)
-    })
-    .await;
+    until_counts(&api, "web", (1, 1, 1, 1)).await;
     wait::until("the deleted pod's claim deleted with it", 60, || async {
         (claims(&client, ns).await.len() == 1).then_some(())
     })
@@ -323,6 +406,16 @@ async fn scaling_with_claims_pods_to_delete_and_the_scale_subresource() {
     let deleted = events_for(&client, ns, &cs.uid().unwrap(), "SuccessfulDelete").await;
     assert_eq!(deleted.len(), 1, "{deleted:?}");
 
+    // podsToDelete: a name that is no pod of this CloneSet is refused at admission.
+    let patch = json!({"spec": {"scaleStrategy": {"podsToDelete": ["no-such-pod"]}}});
+    let refused = api
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect_err("a missing pod in podsToDelete is refused");
+    assert!(
+        refused.to_string().contains("find pod no-such-pod failed"),
+        "{refused}"
+    );
     // podsToDelete: the named pod goes, another takes its place, the list is emptied.
     let kept = live_pods(&client, ns, "web").await;
     let victim = kept[0].name_any();
@@ -401,8 +494,10 @@ async fn recreate_update_with_partition_and_max_unavailable() {
     let ns = "cs-recreate";
     let (cluster, client) = with_namespace(ns).await;
     let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
-    let strategy =
-        json!({"updateStrategy": {"type": "ReCreate", "partition": 1, "maxUnavailable": 1}});
+    let strategy = json!({
+        "updateStrategy": {"type": "ReCreate", "partition": 1, "maxUnavailable": 1},
+        "progressDeadlineSeconds": 600,
+    });
     let cs = api
         .create(
             &PostParams::default(),
@@ -410,10 +505,7 @@ async fn recreate_update_with_partition_and_max_unavailable() {
         )
         .await
         .unwrap();
-    let first = until_status(&api, "app", "3 pods available", |cs| {
-        counts(cs) == (3, 3, 3, 3)
-    })
-    .await;
+    let first = until_counts(&api, "app", (3, 3, 3, 3)).await;
     let old_revision = first.status.unwrap().update_revision;
     let old_pods: BTreeSet<String> = live_pods(&client, ns, "app")
         .await
@@ -421,17 +513,13 @@ async fn recreate_update_with_partition_and_max_unavailable() {
         .map(|p| p.name_any())
         .collect();
     // An env change cannot be made in place: each pod is recreated.
-    let patch = json!({"spec": {"template": {"spec": {"containers": [{
-        "name": "main",
-        "image": cluster.image("busybox:1"),
-        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
-        "env": [{"name": "VERSION", "value": "2"}],
-    }]}}}});
+    let container = main_container(&cluster.image("busybox:1"), "2");
+    let patch = json!({"spec": {"template": {"spec": {"containers": [container]}}}});
     api.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
     let least_available = AtomicI32::new(i32::MAX);
-    let partitioned = wait::until("two pods at the new revision", 240, || {
+    wait::until("two pods at the new revision", 240, || {
         let (api, least) = (api.clone(), &least_available);
         async move {
             let cs = api.get("app").await.ok()?;
@@ -442,12 +530,16 @@ async fn recreate_update_with_partition_and_max_unavailable() {
                 && status.updated_ready_replicas == 2
                 && status.available_replicas == 3
                 && status.replicas == 3;
-            done.then_some(cs)
+            done.then_some(())
         }
     })
     .await;
     let least = least_available.into_inner();
     assert!(least >= 2, "more than one pod unavailable: {least}");
+    let partitioned = until_status(&api, "app", "progress paused at the partition", |cs| {
+        progressing(cs) == Some(("True", "ProgressPartitionAvailable"))
+    })
+    .await;
     let status = partitioned.status.unwrap();
     assert_ne!(status.update_revision, old_revision);
     assert_eq!(
@@ -480,6 +572,10 @@ async fn recreate_update_with_partition_and_max_unavailable() {
         counts(cs) == (3, 3, 3, 3) && s.current_revision == s.update_revision
     })
     .await;
+    until_status(&api, "app", "the CloneSet available", |cs| {
+        progressing(cs) == Some(("True", "CloneSetAvailable"))
+    })
+    .await;
     let pods = live_pods(&client, ns, "app").await;
     assert!(pods.iter().all(|p| !old_pods.contains(&p.name_any())));
     let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
@@ -489,6 +585,78 @@ async fn recreate_update_with_partition_and_max_unavailable() {
         revs.iter()
             .any(|r| r.name_any() == done.status.as_ref().unwrap().update_revision)
     );
+    teardown(&client, ns).await;
+}
+
+/// ReCreate with `maxSurge: 1` and `maxUnavailable: 0`: a template change rolls the three pods
+/// through a fourth one; at no moment are more than four pods live (replicas + maxSurge) or fewer
+/// than three available (replicas − maxUnavailable), and the rollout ends with three new pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_surge_rolls_recreate_above_replicas() {
+    let ns = "cs-surge";
+    let (cluster, client) = with_namespace(ns).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let strategy =
+        json!({"updateStrategy": {"type": "ReCreate", "maxSurge": 1, "maxUnavailable": 0}});
+    api.create(
+        &PostParams::default(),
+        &cloneset(cluster, "surge", 3, strategy),
+    )
+    .await
+    .unwrap();
+    let first = until_counts(&api, "surge", (3, 3, 3, 3)).await;
+    let old_revision = first.status.unwrap().update_revision;
+    let old_pods: BTreeSet<String> = live_pods(&client, ns, "surge")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    // (live, available) pods after each change to them, repeats left out.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let watch = watch_pods(&client, ns, "surge", {
+        let seen = Arc::clone(&seen);
+        move |pods| {
+            let now = (pods.len(), pods.iter().filter(|p| available(p)).count());
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+        }
+    })
+    .await;
+    let container = main_container(&cluster.image("busybox:1"), "2");
+    let patch = json!({"spec": {"template": {"spec": {"containers": [container]}}}});
+    api.patch("surge", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let done = until_status(&api, "surge", "the rollout done", |cs| {
+        let s = cs.status.clone().unwrap_or_default();
+        counts(cs) == (3, 3, 3, 3)
+            && s.updated_ready_replicas == 3
+            && s.current_revision == s.update_revision
+    })
+    .await;
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    let most_live = seen.iter().map(|&(live, _)| live).max();
+    let fewest_available = seen.iter().map(|&(_, available)| available).min();
+    assert_eq!(
+        (most_live, fewest_available),
+        (Some(4), Some(3)),
+        "(live, available) pods seen: {seen:?}"
+    );
+    let revision = done.status.unwrap().update_revision;
+    assert_ne!(revision, old_revision);
+    let pods = live_pods(&client, ns, "surge").await;
+    assert_eq!(pods.len(), 3);
+    for pod in &pods {
+        assert!(
+            !old_pods.contains(&pod.name_any()),
+            "{} recreated",
+            pod.name_any()
+        );
+        assert_eq!(label(pod, CONTROLLER_REVISION_HASH_LABEL), revision);
+    }
     teardown(&client, ns).await;
 }
 
@@ -513,39 +681,22 @@ async fn lifecycle_hooks_hold_new_and_leaving_pods() {
     )
     .await
     .unwrap();
-    until_status(&api, "hooked", "one pod ready, not available", |cs| {
-        counts(cs) == (1, 1, 0, 1)
-    })
-    .await;
+    // PreparingNormal: counted ready, not available.
+    until_counts(&api, "hooked", (1, 1, 0, 1)).await;
     let pod = live_pods(&client, ns, "hooked").await.remove(0);
     assert_eq!(label(&pod, LIFECYCLE_STATE_LABEL), "PreparingNormal");
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     // One handler of two is not enough.
     let patch = json!({"metadata": {"labels": {"example.com/warm": "true"}}});
-    pods.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    patch_pod(&pods, &pod.name_any(), patch).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let half = pods.get(&pod.name_any()).await.unwrap();
     assert_eq!(label(&half, LIFECYCLE_STATE_LABEL), "PreparingNormal");
     let patch = json!({"metadata": {
         "finalizers": ["example.com/warmed", "example.com/drain"],
     }});
-    pods.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .unwrap();
-    until_status(&api, "hooked", "the pod available", |cs| {
-        counts(cs) == (1, 1, 1, 1)
-    })
-    .await;
+    patch_pod(&pods, &pod.name_any(), patch).await;
+    until_counts(&api, "hooked", (1, 1, 1, 1)).await;
     let pod = pods.get(&pod.name_any()).await.unwrap();
     assert_eq!(label(&pod, LIFECYCLE_STATE_LABEL), "Normal");
 
@@ -558,24 +709,15 @@ async fn lifecycle_hooks_hold_new_and_leaving_pods() {
         (label(&p, LIFECYCLE_STATE_LABEL) == "PreparingDelete").then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let held = pods.get(&pod.name_any()).await.unwrap();
     assert!(
         held.metadata.deletion_timestamp.is_none(),
         "the hook holds it"
     );
     let patch = json!({"metadata": {"finalizers": null}});
-    pods.patch(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .unwrap();
-    until_status(&api, "hooked", "the pod gone", |cs| {
-        counts(cs) == (0, 0, 0, 0)
-    })
-    .await;
+    patch_pod(&pods, &pod.name_any(), patch).await;
+    until_counts(&api, "hooked", (0, 0, 0, 0)).await;
     wait::until("the pod deleted", 60, || async {
         let p = pods.get_opt(&pod.name_any()).await.ok()?;
         p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
@@ -620,7 +762,8 @@ fn container_id(pod: &Pod) -> String {
 }
 
 /// InPlaceIfPossible: an image change restarts the container in its pod (same uid and IP, the
-/// readiness gate False meanwhile, the state annotation as upstream), then a label read by the
+/// readiness gate False meanwhile, the new image held back by the grace period
+/// (`gracePeriodSeconds`) until its annotation goes, the state annotation as upstream), then a label read by the
 /// env (`InPlaceUpdateEnvFromMetadata`) is changed in place through the agent, which restarts
 /// the container with the new value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,7 +771,8 @@ async fn in_place_update_of_images_and_env_from_metadata() {
     let ns = "cs-inplace";
     let (cluster, client) = with_namespace(ns).await;
     let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
-    let extra = json!({"updateStrategy": {"type": "InPlaceIfPossible", "maxUnavailable": 1}});
+    let extra = json!({"updateStrategy": {"type": "InPlaceIfPossible", "maxUnavailable": 1,
+        "inPlaceUpdateStrategy": {"gracePeriodSeconds": 3}}});
     let mut cs = cloneset(cluster, "inp", 2, extra);
     let template = &mut cs.spec.template;
     template
@@ -643,13 +787,29 @@ async fn in_place_update_of_images_and_env_from_metadata() {
         serde_json::from_value(json!({"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}})).unwrap(),
     ]);
     let cs = api.create(&PostParams::default(), &cs).await.unwrap();
-    until_status(&api, "inp", "2 pods available", |cs| {
-        counts(cs) == (2, 2, 2, 2)
-    })
-    .await;
+    until_counts(&api, "inp", (2, 2, 2, 2)).await;
     let before = live_pods(&client, ns, "inp").await;
 
     let image = pushed_as(cluster, "cs-inplace:2");
+    // Each pod's (grace annotation on, at the new image) after each change, repeats left out.
+    let steps = Arc::new(Mutex::new(BTreeMap::<String, Vec<(bool, bool)>>::new()));
+    let watch = watch_pods(&client, ns, "inp", {
+        let (steps, image) = (Arc::clone(&steps), image.clone());
+        move |pods| {
+            let mut steps = steps.lock().unwrap();
+            for pod in pods {
+                let now = (
+                    pod.annotations().contains_key(INPLACE_UPDATE_GRACE),
+                    image_of(pod) == image,
+                );
+                let seen = steps.entry(pod.name_any()).or_default();
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+            }
+        }
+    })
+    .await;
     let patch = json!({"spec": {"template": {"spec": {"containers": [{
         "name": "main",
         "image": image,
@@ -664,6 +824,14 @@ async fn in_place_update_of_images_and_env_from_metadata() {
         counts(cs) == (2, 2, 2, 2) && s.current_revision == s.update_revision
     })
     .await;
+    watch.abort();
+    for (pod, seen) in steps.lock().unwrap().iter() {
+        assert_eq!(
+            seen,
+            &[(false, false), (true, false), (false, true)],
+            "{pod}: held by the grace period, then the new image"
+        );
+    }
     let revision = done.status.unwrap().update_revision;
     let after = live_pods(&client, ns, "inp").await;
     for (old, new) in before.iter().zip(&after) {
@@ -732,5 +900,168 @@ async fn in_place_update_of_images_and_env_from_metadata() {
             relabelled.status.as_ref().unwrap().update_revision.as_str()
         );
     }
+    teardown(&client, ns).await;
+}
+
+/// `lifecycle.inPlaceUpdate` (a labels handler whose label the template puts on each pod, with
+/// `markPodNotReady`) holds an in-place image update: both pods wait in PreparingUpdate at their
+/// old image, not ready (`KruisePodReady` False with the `preUpdateHook` key), while the label is
+/// on; the one it is taken off is updated in place (the same pod, Updating, then Updated and ready
+/// again while the label stays off) and goes Normal when it is put back; the other keeps waiting
+/// (upstream's cycle, `docs/upstream/cloneset.md` §4.3 and §4.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_update_hook_holds_the_update() {
+    const HOLD: &str = "example.com/hold";
+    let ns = "cs-inplace-hook";
+    let (cluster, client) = with_namespace(ns).await;
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let hold = json!({HOLD: "true"});
+    // maxUnavailable 2: both pods may wait for the hook at once.
+    let extra = json!({
+        "updateStrategy": {"type": "InPlaceIfPossible", "maxUnavailable": 2},
+        "lifecycle": {"inPlaceUpdate": {"labelsHandler": hold, "markPodNotReady": true}},
+        "template": {"metadata": {"labels": hold}},
+    });
+    api.create(&PostParams::default(), &cloneset(cluster, "held", 2, extra))
+        .await
+        .unwrap();
+    let old_revision = until_counts(&api, "held", (2, 2, 2, 2))
+        .await
+        .status
+        .unwrap()
+        .update_revision;
+    // The hook's gate, passed from the start.
+    for pod in live_pods(&client, ns, "held").await {
+        let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.clone());
+        assert!(
+            gates
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g.condition_type == "KruisePodReady"),
+            "{}",
+            pod.name_any()
+        );
+        assert!(condition_true(&pod, "KruisePodReady"));
+    }
+    let image = pushed_as(cluster, "cs-inplace:2");
+    // Each pod's (lifecycle state, at the new image, held) after each change, repeats left out.
+    let steps = Arc::new(Mutex::new(BTreeMap::new()));
+    let watch = watch_pods(&client, ns, "held", {
+        let (steps, image) = (Arc::clone(&steps), image.clone());
+        move |pods| {
+            let mut steps = steps.lock().unwrap();
+            for pod in pods {
+                let now = (
+                    label(pod, LIFECYCLE_STATE_LABEL).to_string(),
+                    image_of(pod) == image,
+                    label(pod, HOLD) == "true",
+                );
+                let seen = steps.entry(pod.name_any()).or_insert_with(Vec::new);
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+            }
+        }
+    })
+    .await;
+    let container = main_container(&image, "1");
+    let patch = json!({"spec": {"template": {"spec": {"containers": [container]}}}});
+    api.patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait::until("both pods in PreparingUpdate", 60, || async {
+        let live = live_pods(&client, ns, "held").await;
+        let waiting = live
+            .iter()
+            .filter(|p| label(*p, LIFECYCLE_STATE_LABEL) == "PreparingUpdate")
+            .count();
+        (waiting == 2).then_some(())
+    })
+    .await;
+    // The hook holds them at their old image.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = live_pods(&client, ns, "held").await;
+    assert_eq!(held.len(), 2);
+    for pod in &held {
+        assert_eq!(label(pod, LIFECYCLE_STATE_LABEL), "PreparingUpdate");
+        assert_eq!(image_of(pod), cluster.image("busybox:1"));
+        let kruise_ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "KruisePodReady"))
+            .cloned()
+            .unwrap();
+        assert_eq!(kruise_ready.status, "False");
+        assert!(
+            kruise_ready
+                .message
+                .unwrap_or_default()
+                .contains("preUpdateHook"),
+            "{}",
+            pod.name_any()
+        );
+    }
+    // Held pods are not ready.
+    until_counts(&api, "held", (2, 0, 0, 0)).await;
+    let (freed, kept) = (held[0].name_any(), held[1].name_any());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    patch_pod(&pods, &freed, json!({"metadata": {"labels": {HOLD: null}}})).await;
+    let updated = wait::until("the freed pod Updated", 120, || async {
+        let pod = pods.get(&freed).await.ok()?;
+        (label(&pod, LIFECYCLE_STATE_LABEL) == "Updated").then_some(pod)
+    })
+    .await;
+    assert_eq!(updated.uid(), held[0].uid(), "updated in place");
+    assert_eq!(image_of(&updated), image);
+    // Updated: ready again (its key released), not available while the hook is off; the other
+    // pod still held.
+    let status = until_counts(&api, "held", (2, 1, 0, 1))
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        label(&updated, CONTROLLER_REVISION_HASH_LABEL),
+        status.update_revision
+    );
+    patch_pod(
+        &pods,
+        &freed,
+        json!({"metadata": {"labels": {HOLD: "true"}}}),
+    )
+    .await;
+    until_counts(&api, "held", (2, 1, 1, 1)).await;
+    watch.abort();
+    let last = pods.get(&freed).await.unwrap();
+    assert_eq!(label(&last, LIFECYCLE_STATE_LABEL), "Normal");
+    let waiting = pods.get(&kept).await.unwrap();
+    assert_eq!(label(&waiting, LIFECYCLE_STATE_LABEL), "PreparingUpdate");
+    assert_eq!(
+        label(&waiting, CONTROLLER_REVISION_HASH_LABEL),
+        old_revision
+    );
+    let steps = steps.lock().unwrap().clone();
+    let of = |name: &str| -> Vec<(&str, bool, bool)> {
+        steps[name]
+            .iter()
+            .map(|(state, new, hold)| (state.as_str(), *new, *hold))
+            .collect()
+    };
+    assert_eq!(
+        of(&freed),
+        [
+            ("Normal", false, true),
+            ("PreparingUpdate", false, true),
+            ("PreparingUpdate", false, false),
+            ("Updating", true, false),
+            ("Updated", true, false),
+            ("Updated", true, true),
+            ("Normal", true, true),
+        ]
+    );
+    assert_eq!(
+        of(&kept),
+        [("Normal", false, true), ("PreparingUpdate", false, true)]
+    );
     teardown(&client, ns).await;
 }

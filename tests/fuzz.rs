@@ -536,7 +536,7 @@ proptest! {
         if let Some(pod) = &pod {
             let _ = crr_controller::sync_statuses(&crr, pod);
             let key = crr_controller::readiness_key(&crr);
-            let _ = crr_controller::readiness_condition(pod, &key, add);
+            let _ = nodeward::controller::readiness::condition(pod, &key, add);
         }
     }
 
@@ -736,15 +736,53 @@ proptest! {
         unavailable in any::<i32>(),
         scale_unavailable in any::<i32>(),
         percent in "[0-9]{0,12}%?",
-        pods in prop::collection::vec((any::<bool>(), 0u8..8, any::<bool>(), any::<bool>(), any::<bool>(), any::<i32>(), any::<i64>()), 0..40),
+        pods in prop::collection::vec((any::<bool>(), 0u8..8, any::<bool>(), any::<bool>(), any::<bool>(), any::<i32>(), any::<i64>(),
+            prop::collection::btree_map("[abc]", "[ab]?[0-9]?|-?[0-9]{18,22}", 0..3)), 0..40),
         hooks in any::<bool>(),
+        weights in prop::collection::vec((any::<i32>(), "[ab]|[a/. -]{0,3}", "[ab]?[0-9]?|.{0,3}", 0u8..6, any::<bool>()), 0..4),
+        order_keys in prop::option::of(prop::collection::vec("[abc]?", 0..3)),
+        scatter in prop::collection::vec(("[abc]?", "[ab]?[0-9]?"), 0..4),
     ) {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
         use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        use nodeward::api::kruise::{
+            CloneSetSpec, CloneSetUpdateStrategy, UpdatePriorityOrderTerm, UpdatePriorityStrategy,
+            UpdatePriorityWeightTerm, UpdateScatterTerm,
+        };
+        let operators = ["In", "NotIn", "Exists", "DoesNotExist", "Gt"];
+        let selector = |key: &String, value: &String, op: u8, with_values: bool| match operators.get(usize::from(op)) {
+            Some(op) => LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: key.clone(),
+                    operator: op.to_string(),
+                    values: with_values.then(|| vec![value.clone()]),
+                }]),
+                ..Default::default()
+            },
+            None => LabelSelector {
+                match_labels: with_values.then(|| [(key.clone(), value.clone())].into()),
+                ..Default::default()
+            },
+        };
+        let strategy = CloneSetUpdateStrategy {
+            priority_strategy: order_keys.map(|keys| UpdatePriorityStrategy {
+                order_priority: keys.into_iter().map(|ordered_key| UpdatePriorityOrderTerm { ordered_key }).collect(),
+                weight_priority: weights
+                    .iter()
+                    .map(|(weight, key, value, op, with_values)| UpdatePriorityWeightTerm {
+                        weight: *weight,
+                        match_selector: selector(key, value, *op, *with_values),
+                    })
+                    .collect(),
+            }),
+            scatter_strategy: scatter.into_iter().map(|(key, value)| UpdateScatterTerm { key, value }).collect(),
+            ..Default::default()
+        };
         let states = nodeward::api::kruise::LifecycleState::ALL;
         let facts: Vec<cloneset::PodFacts> = pods
             .iter()
             .enumerate()
-            .map(|(i, (updated, state, specified, available, ready, cost, created))| cloneset::PodFacts {
+            .map(|(i, (updated, state, specified, available, ready, cost, created, labels))| cloneset::PodFacts {
                 name: format!("p{i}"),
                 instance_id: format!("i{i}"),
                 updated: *updated,
@@ -764,6 +802,7 @@ proptest! {
                     restarts: *cost,
                     created: *created,
                 },
+                labels: labels.clone(),
             })
             .collect();
         let limits = cloneset::Limits {
@@ -774,9 +813,28 @@ proptest! {
             scale_max_unavailable: scale_unavailable,
         };
         let d = cloneset::diffs(&facts, limits);
-        let chosen = cloneset::update::choose_updates(&facts, &d);
+        let chosen = cloneset::update::choose_updates(&facts, &d, &strategy);
         prop_assert!(chosen.len() <= usize::try_from(d.update.max(0)).unwrap_or(0));
         prop_assert!(chosen.iter().all(|n| facts.iter().any(|p| &p.name == n && !p.updated)));
+        prop_assert!(chosen.iter().collect::<HashSet<_>>().len() == chosen.len());
+        // The priority and scatter order is a permutation of the candidates, even against
+        // totals that do not hold them.
+        let names = |pods: &[&cloneset::PodFacts]| {
+            let mut names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+            names.sort_unstable();
+            names
+        };
+        let candidates: Vec<&cloneset::PodFacts> = facts.iter().filter(|p| !p.updated).collect();
+        for all in [&facts[..], &facts[..facts.len() / 2], &[]] {
+            let ordered = cloneset::order::update_order(candidates.clone(), all, &strategy);
+            prop_assert_eq!(names(&ordered), names(&candidates));
+        }
+        let errors = cloneset::validate::validate(
+            &CloneSetSpec { update_strategy: strategy.clone(), ..Default::default() },
+            None,
+        );
+        let both = strategy.priority_strategy.as_ref().is_some_and(|p| !p.order_priority.is_empty() && !p.weight_priority.is_empty());
+        prop_assert_eq!(both, errors.iter().any(|e| e.contains("only one of weightPriority and orderPriority")));
         let status = cloneset::status_counts(&facts, replicas, limits.partition, "new", "old");
         prop_assert!(status.updated_available_replicas <= status.updated_replicas);
         prop_assert!(status.replicas as usize == facts.len());

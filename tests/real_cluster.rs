@@ -14,7 +14,7 @@ use k8s_cri::v1::{ContainerState, ImageSpec, ImageStatusRequest, RemoveImageRequ
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -25,7 +25,7 @@ use nodeward::api::kruise::{
 use nodeward::containermeta::decide;
 use serde_json::{Value, json};
 use support::cluster::events_for;
-use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster};
+use support::k8s::{CLUSTER_TIMEOUT, NAMESPACE, RealCluster, teardown};
 use support::wait;
 use tokio::sync::RwLock;
 
@@ -38,11 +38,6 @@ const POLITE: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
 /// The cluster with nodeward deployed, an admin client, and a fresh namespace named `ns`.
 async fn setup(ns: &str) -> (&'static RealCluster, Client) {
     support::k8s::with_namespace(ns).await
-}
-
-async fn teardown(client: &Client, ns: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(ns, &DeleteParams::default()).await.ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ pub mod crr;
 pub mod imagepull;
 pub mod metrics;
 pub mod podprobe;
+pub mod readiness;
 pub mod retries;
 pub mod vk_sidecar;
 pub mod webhook;

@@ -323,6 +323,13 @@ pub async fn with_namespace(ns: &str) -> (&'static RealCluster, Client) {
     (cluster, client)
 }
 
+/// Delete the namespace `ns` a test worked in, with everything in it, without waiting for it to
+/// go ([`with_namespace`] waits for a namespace of that name left by an earlier run).
+pub async fn teardown(client: &Client, ns: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::default()).await.ok();
+}
+
 /// How long a test waits for something the cluster does at its own pace (scheduling, the
 /// kubelet's 1 s relist, controllers' resyncs).
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(120);

@@ -239,14 +239,85 @@ pub struct CloneSetUpdateStrategy {
     /// Priorities are the rules for calculating the priority of updating pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "go::preserve_unknown_object")]
-    pub priority_strategy: Option<serde_json::Value>,
+    pub priority_strategy: Option<UpdatePriorityStrategy>,
     /// ScatterStrategy defines the scatter rules to make pods been scattered when update.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(schema_with = "go::preserve_unknown_array")]
-    pub scatter_strategy: Option<serde_json::Value>,
+    pub scatter_strategy: Vec<UpdateScatterTerm>,
     /// InPlaceUpdateStrategy contains strategies for in-place update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_place_update_strategy: Option<InPlaceUpdateStrategy>,
+}
+
+/// UpdatePriorityStrategy is the strategy to define priority for pods update (upstream
+/// `apis/apps/pub/update_priority.go`). Only one of orderPriority and weightPriority can be set.
+///
+/// Schemaless in the CRD, so its fields read `null` as unset, as Go does.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityStrategy {
+    /// Order priority terms, pods will be sorted by the value of orderedKey.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub order_priority: Vec<UpdatePriorityOrderTerm>,
+    /// Weight priority terms, pods will be sorted by the sum of all terms weight.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub weight_priority: Vec<UpdatePriorityWeightTerm>,
+}
+
+/// UpdatePriorityOrderTerm defines order priority.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityOrderTerm {
+    /// Calculate priority by value of this key: the integer its value ends with (5 in `5`, 10
+    /// in `sts-10`).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub ordered_key: String,
+}
+
+/// UpdatePriorityWeightTerm defines weight priority.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdatePriorityWeightTerm {
+    /// Weight associated with matching the corresponding matchExpressions, in the range 1-100.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub weight: i32,
+    /// MatchSelector is used to select by pod's labels.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub match_selector: LabelSelector,
+}
+
+/// One scatter rule (upstream `apis/apps/v1alpha1/scatter_strategy.go`): pods labelled
+/// `key=value` are spread among the others when updated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdateScatterTerm {
+    /// The label's key.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub key: String,
+    /// The label's value.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub value: String,
+}
+
+/// Reads `null` as the zero value, as Go's `encoding/json` does (for the fields of schemaless
+/// objects, where the API server keeps a `null`).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The three update strategy types upstream accepts.
@@ -277,6 +348,17 @@ pub struct Lifecycle {
     /// PreNormal is the hook after Pod to be created and ready to be Normal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_normal: Option<LifecycleHook>,
+}
+
+impl Lifecycle {
+    /// Whether a hook makes its pods not ready (`KruisePodReady` False) while it holds them:
+    /// `markPodNotReady` on preDelete or inPlaceUpdate (preNormal's has no effect upstream).
+    pub fn marks_pod_not_ready(&self) -> bool {
+        [&self.pre_delete, &self.in_place_update]
+            .into_iter()
+            .flatten()
+            .any(|h| h.mark_pod_not_ready)
+    }
 }
 
 /// A lifecycle hook: the labels and finalizers that hold a pod in its state.
@@ -467,6 +549,49 @@ mod tests {
             json!({"selector": {"matchLabels": {"app": "m"}},
                    "template": {"metadata": {"labels": {"app": "m"}}},
                    "scaleStrategy": {}, "updateStrategy": {}})
+        );
+    }
+
+    /// The schemaless priority and scatter strategies read as Go's typed structs do: `null` is
+    /// unset, unknown fields are dropped, a wrong type is refused.
+    #[test]
+    fn priority_and_scatter_read_as_go_reads_them() {
+        let read = serde_json::from_value::<CloneSetUpdateStrategy>;
+        let strategy = read(json!({
+            "priorityStrategy": {"orderPriority": null, "other": 1,
+                                 "weightPriority": [{"weight": null, "matchSelector": null}]},
+            "scatterStrategy": [{"key": "a", "value": null}],
+        }))
+        .unwrap();
+        let priority = strategy.priority_strategy.unwrap();
+        assert_eq!(
+            priority.weight_priority,
+            [UpdatePriorityWeightTerm::default()]
+        );
+        assert!(priority.order_priority.is_empty());
+        assert_eq!(
+            strategy.scatter_strategy,
+            [UpdateScatterTerm {
+                key: "a".into(),
+                value: String::new()
+            }]
+        );
+        assert!(read(json!({"scatterStrategy": null})).is_ok());
+        assert!(read(json!({"priorityStrategy": {"weightPriority": [{"weight": "5"}]}})).is_err());
+        assert!(read(json!({"scatterStrategy": {"key": "a"}})).is_err());
+        // Written back as Go writes them: the terms' fields always, empty lists never.
+        assert_eq!(
+            serde_json::to_value(UpdatePriorityStrategy {
+                weight_priority: vec![UpdatePriorityWeightTerm::default()],
+                order_priority: vec![UpdatePriorityOrderTerm::default()],
+            })
+            .unwrap(),
+            json!({"orderPriority": [{"orderedKey": ""}],
+                   "weightPriority": [{"weight": 0, "matchSelector": {}}]})
+        );
+        assert_eq!(
+            serde_json::to_value(UpdatePriorityStrategy::default()).unwrap(),
+            json!({})
         );
     }
 

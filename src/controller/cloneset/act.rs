@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use super::Error;
 use super::decide::expect::Expected;
+use super::decide::inplace::GraceStep;
 use super::decide::{self, REVISION_HASH_LABEL};
 use crate::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CloneSet, LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION,
@@ -26,7 +27,7 @@ use crate::api::kruise::{
 };
 use crate::cluster::events::EventType;
 use crate::cluster::{is_already_exists, is_conflict, is_not_found};
-use crate::controller::record_event;
+use crate::controller::{readiness, record_event};
 
 /// Names tried for a new revision whose hash collides with another template's.
 const COLLISION_TRIES: i32 = 10;
@@ -37,6 +38,19 @@ fn pod_key(name: &str) -> String {
 
 fn pvc_key(name: &str) -> String {
     format!("pvc/{name}")
+}
+
+/// A write's result with "the object is gone" as `Ok(None)` (nothing left to write to), any
+/// other failure as the error of `action`.
+fn gone_is_ok<T>(
+    result: Result<T, kube::Error>,
+    action: impl FnOnce() -> String,
+) -> Result<Option<T>, Error> {
+    match result {
+        Ok(written) => Ok(Some(written)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(Error::kube(action())(e)),
+    }
 }
 
 /// Now, as the lifecycle timestamp annotation and conditions write it.
@@ -261,33 +275,58 @@ pub async fn hand_over_pvc(
     }
 }
 
-/// Merge-patch a pod's metadata; the resourceVersion written is expected in the cache.
+/// Patch a pod (`patch`: merge or strategic); the resourceVersion written is expected in the
+/// cache. Whether the pod was still there.
 async fn patch_pod(
     client: &kube::Client,
     pod: &Pod,
-    patch: &Value,
+    patch: &Patch<Value>,
     expected: &mut Expected,
     what: &str,
 ) -> Result<bool, Error> {
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(written) => {
-            expected.updated.insert(
-                pod_key(&name),
-                written.resource_version().unwrap_or_default(),
-            );
-            Ok(true)
-        }
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(Error::kube(format!("{what} of pod {ns}/{name}"))(e)),
+    let written = gone_is_ok(
+        api.patch(&name, &PatchParams::default(), patch).await,
+        || format!("{what} of pod {ns}/{name}"),
+    )?;
+    if let Some(written) = &written {
+        expected.updated.insert(
+            pod_key(&name),
+            written.resource_version().unwrap_or_default(),
+        );
     }
+    Ok(written.is_some())
 }
 
-/// Move a pod to lifecycle `state` (label and timestamp annotation); nothing when it is there.
+/// Hold or release the `KruisePodReady` key the CloneSet's hooks mark a pod entering `state`
+/// with (`markPodNotReady`; [`decide::update::not_ready_key`]).
+async fn mark_hook_readiness(
+    client: &kube::Client,
+    cs: &CloneSet,
+    pod: &Pod,
+    state: LifecycleState,
+) -> Result<(), Error> {
+    let Some((key, hold)) = decide::update::not_ready_key(state, cs.spec.lifecycle.as_ref()) else {
+        return Ok(());
+    };
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let key = readiness::NotReadyKey {
+        user_agent: decide::update::HOOK_READINESS_USER_AGENT.into(),
+        key: key.into(),
+    };
+    let written = gone_is_ok(readiness::hold(&api, pod, &key, hold).await, || {
+        format!("mark pod {ns}/{name} ready or not for its lifecycle hook")
+    })?;
+    if written == Some(true) {
+        info!(cloneset = %cs.name_any(), namespace = %ns, pod_name = %name, pod_uid = %pod.uid().unwrap_or_default(), key = %key.key, hold, "pod readiness held by its lifecycle hook");
+    }
+    Ok(())
+}
+
+/// Move a pod to lifecycle `state` (label and timestamp annotation; first its readiness, when a
+/// hook marks it); nothing when it is there.
 pub async fn set_state(
     client: &kube::Client,
     cs: &CloneSet,
@@ -295,13 +334,14 @@ pub async fn set_state(
     state: LifecycleState,
     expected: &mut Expected,
 ) -> Result<(), Error> {
+    mark_hook_readiness(client, cs, pod, state).await?;
     if decide::facts::state(pod) == Some(state) {
         return Ok(());
     }
-    let patch = json!({"metadata": {
+    let patch = Patch::Merge(json!({"metadata": {
         "labels": {LIFECYCLE_STATE_LABEL: state.as_str()},
         "annotations": {LIFECYCLE_TIMESTAMP_ANNOTATION: now_rfc3339()},
-    }});
+    }}));
     if patch_pod(client, pod, &patch, expected, "set the lifecycle state").await? {
         info!(cloneset = %cs.name_any(), namespace = %pod.namespace().unwrap_or_default(), pod_name = %pod.name_any(), pod_uid = %pod.uid().unwrap_or_default(), state = state.as_str(), "pod lifecycle state set");
     }
@@ -320,7 +360,7 @@ pub async fn mark_recreate(
     let name = pod.name_any();
     let labelled = pod.labels().contains_key(SPECIFIED_DELETE_LABEL);
     if !labelled {
-        let patch = json!({"metadata": {"labels": {SPECIFIED_DELETE_LABEL: "true"}}});
+        let patch = Patch::Merge(json!({"metadata": {"labels": {SPECIFIED_DELETE_LABEL: "true"}}}));
         if let Err(e) = patch_pod(client, pod, &patch, expected, "mark for recreation").await {
             let msg = format!(
                 "failed to patch pod specified-delete {name} for update(revision {revision}): {e}"
@@ -350,26 +390,27 @@ pub async fn mark_recreate(
     Ok(())
 }
 
-/// Set the pod's `InPlaceUpdateReady` condition True (how a new pod passes its readiness gate,
-/// and an in-place update ends), unless it is.
-pub async fn mark_update_ready(client: &kube::Client, pod: &Pod) -> Result<(), Error> {
-    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let patch = json!({"status": {"conditions": [{
-        "type": POD_CONDITION_INPLACE_UPDATE_READY,
-        "status": "True",
-        "lastTransitionTime": now_rfc3339(),
-    }]}});
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "set the {POD_CONDITION_INPLACE_UPDATE_READY} condition of pod {ns}/{name}"
-        ))(e)),
+/// Set the pod's readiness-gate conditions `types` True (`InPlaceUpdateReady`: how a new pod
+/// passes its gate and an in-place update ends; `KruisePodReady`: the first value of a gate
+/// the CloneSet's hooks use).
+pub async fn mark_ready(client: &kube::Client, pod: &Pod, types: &[&str]) -> Result<(), Error> {
+    if types.is_empty() {
+        return Ok(());
     }
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let now = now_rfc3339();
+    let conditions: Vec<Value> = types
+        .iter()
+        .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
+        .collect();
+    let patch = json!({"status": {"conditions": conditions}});
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    gone_is_ok(
+        api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await,
+        || format!("set the {types:?} conditions of pod {ns}/{name}"),
+    )
+    .map(|_| ())
 }
 
 /// Update `pod` in place to `revision` (upstream `inplaceupdate.Update` without a grace
@@ -408,24 +449,22 @@ pub async fn update_in_place(
         }));
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let failed = |e: kube::Error| Error::kube(format!("update pod {ns}/{name} in place"))(e);
-    let result = async {
-        api.patch_status(
+    let unready = api
+        .patch_status(
             &name,
             &PatchParams::default(),
             &Patch::Strategic(&json!({"status": {"conditions": conditions}})),
         )
-        .await?;
-        api.patch(&name, &PatchParams::default(), &Patch::Strategic(patch))
-            .await
-    }
-    .await;
+        .await;
+    let result = match gone_is_ok(unready, || format!("mark pod {ns}/{name} not ready")) {
+        Ok(Some(_)) => {
+            let patch = Patch::Strategic(patch.clone());
+            patch_pod(client, pod, &patch, expected, "update in place").await
+        }
+        other => other.map(|_| false),
+    };
     match result {
-        Ok(written) => {
-            expected.updated.insert(
-                pod_key(&name),
-                written.resource_version().unwrap_or_default(),
-            );
+        Ok(true) => {
             info!(cloneset = %cs.name_any(), namespace = %ns, pod_name = %name, pod_uid = %pod.uid().unwrap_or_default(), revision, "pod updated in place");
             let msg = format!("successfully update pod {name} in-place(revision {revision})");
             event(
@@ -438,7 +477,7 @@ pub async fn update_in_place(
             .await;
             Ok(())
         }
-        Err(e) if is_not_found(&e) => Ok(()),
+        Ok(false) => Ok(()),
         Err(e) => {
             let msg = format!("failed to update pod {name} in-place(revision {revision}): {e}");
             event(
@@ -449,44 +488,66 @@ pub async fn update_in_place(
                 &msg,
             )
             .await;
-            Err(failed(e))
+            Err(e)
         }
     }
+}
+
+/// Carry out a pod's grace-period step: drop its grace annotation, or apply the held in-place
+/// change with it.
+pub async fn finish_grace(
+    client: &kube::Client,
+    cs: &CloneSet,
+    pod: &Pod,
+    step: GraceStep,
+    expected: &mut Expected,
+) -> Result<(), Error> {
+    let (patch, applied) = match step {
+        GraceStep::Apply(patch) => (patch, true),
+        GraceStep::Drop(patch) => (patch, false),
+        GraceStep::Wait(_) => return Ok(()),
+    };
+    let patch = Patch::Strategic(patch);
+    if patch_pod(
+        client,
+        pod,
+        &patch,
+        expected,
+        "end the in-place grace period",
+    )
+    .await?
+    {
+        info!(cloneset = %cs.name_any(), namespace = %pod.namespace().unwrap_or_default(), pod_name = %pod.name_any(), pod_uid = %pod.uid().unwrap_or_default(), applied, "in-place grace period ended");
+    }
+    Ok(())
 }
 
 /// Put the inPlaceUpdate hook's labels and finalizers back on an Updated pod and move it to
 /// PreparingUpdate (upstream `UpdatePodLifecycleWithHandler`).
 pub async fn rehook(
     client: &kube::Client,
+    cs: &CloneSet,
     pod: &Pod,
     hook: &crate::api::kruise::LifecycleHook,
     expected: &mut Expected,
 ) -> Result<(), Error> {
+    mark_hook_readiness(client, cs, pod, LifecycleState::PreparingUpdate).await?;
     let mut labels = json!(hook.labels_handler);
     labels[LIFECYCLE_STATE_LABEL] = json!(LifecycleState::PreparingUpdate.as_str());
-    let patch = json!({"metadata": {
+    let patch = Patch::Strategic(json!({"metadata": {
         "labels": labels,
         "annotations": {LIFECYCLE_TIMESTAMP_ANNOTATION: now_rfc3339()},
         "finalizers": hook.finalizers_handler,
-    }});
-    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-        .await
-    {
-        Ok(written) => {
-            expected.updated.insert(
-                pod_key(&name),
-                written.resource_version().unwrap_or_default(),
-            );
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "put the inPlaceUpdate hook back on pod {ns}/{name}"
-        ))(e)),
-    }
+    }}));
+    patch_pod(
+        client,
+        pod,
+        &patch,
+        expected,
+        "put the inPlaceUpdate hook back",
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Set a pod's owner references (guarded by the resourceVersion read): adoption and release.
@@ -496,10 +557,10 @@ pub async fn set_owners(
     owners: Vec<OwnerReference>,
     expected: &mut Expected,
 ) -> Result<(), Error> {
-    let patch = json!({"metadata": {
+    let patch = Patch::Merge(json!({"metadata": {
         "resourceVersion": pod.resource_version(),
         "ownerReferences": owners,
-    }});
+    }}));
     match patch_pod(client, pod, &patch, expected, "set the owner references").await {
         Err(Error::Kube { source, .. }) if is_conflict(&source) => Ok(()),
         other => other.map(|_| ()),
@@ -694,16 +755,12 @@ pub async fn write_status(
     let (ns, name) = (cs.namespace().unwrap_or_default(), cs.name_any());
     let api: Api<CloneSet> = Api::namespaced(client.clone(), &ns);
     let patch = json!({"status": decide::status::merge_patch(cs.status.as_ref(), status)});
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "write the status of CloneSet {ns}/{name}"
-        ))(e)),
-    }
+    gone_is_ok(
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+        || format!("write the status of CloneSet {ns}/{name}"),
+    )
+    .map(|_| ())
 }
 
 /// The ScaleUpLimited Warning.

@@ -2,6 +2,10 @@
 //! and the refusals of [`decide::validate`], in upstream's words. Served on every replica;
 //! registered by `packaging/kubernetes/components/cloneset` (and the chart's gate) only.
 
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionReview, Operation};
 
@@ -12,6 +16,8 @@ use crate::controller::webhook;
 pub const MUTATE_PATH: &str = "/mutate-apps-kruise-io-v1alpha1-cloneset";
 pub const VALIDATE_PATH: &str = "/validate-apps-kruise-io-v1alpha1-cloneset";
 const KIND: &str = "CloneSet";
+/// The deadline of one `podsToDelete` lookup.
+const POD_LOOKUP: Duration = Duration::from_secs(5);
 
 /// The defaults of a created CloneSet, or of one whose spec changed.
 pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
@@ -35,8 +41,51 @@ pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
     })
 }
 
-/// Refuse a CloneSet spec upstream refuses; an update that leaves the spec alone passes.
-pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+/// Refuse a CloneSet spec upstream refuses; an update that leaves the spec alone passes. The
+/// pods a change adds to `podsToDelete` are looked up: each must be a live pod of this CloneSet.
+pub async fn validate(
+    client: &kube::Client,
+    review: AdmissionReview<DynamicObject>,
+) -> AdmissionReview<DynamicObject> {
+    let lookups = pods_to_delete(client, &review).await;
+    judge(review, &lookups)
+}
+
+/// The pods a CREATE or UPDATE adds to `podsToDelete`, as a lookup with a deadline finds them.
+async fn pods_to_delete(
+    client: &kube::Client,
+    review: &AdmissionReview<DynamicObject>,
+) -> Vec<(String, Result<Option<Pod>, String>)> {
+    let Some(req) = review.request.as_ref() else {
+        return Vec::new();
+    };
+    let typed = |obj| {
+        webhook::typed::<CloneSet>(obj, "object", KIND)
+            .ok()
+            .map(|(cs, _)| cs)
+    };
+    let (Some(new), old) = (typed(req.object.as_ref()), typed(req.old_object.as_ref())) else {
+        return Vec::new();
+    };
+    let names = validate::newly_named_pods(&new.spec, old.as_ref().map(|o| &o.spec));
+    let pods: Api<Pod> =
+        Api::namespaced(client.clone(), req.namespace.as_deref().unwrap_or_default());
+    let mut found = Vec::with_capacity(names.len());
+    for name in names {
+        let got = match tokio::time::timeout(POD_LOOKUP, pods.get_opt(&name)).await {
+            Ok(got) => got.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        };
+        found.push((name, got));
+    }
+    found
+}
+
+/// The verdict on `review`, with the `podsToDelete` lookups made for it.
+fn judge(
+    review: AdmissionReview<DynamicObject>,
+    lookups: &[(String, Result<Option<Pod>, String>)],
+) -> AdmissionReview<DynamicObject> {
     webhook::answer(review, |req, resp| {
         let typed = |obj| webhook::typed::<CloneSet>(obj, "object", KIND);
         let new = match typed(req.object.as_ref()) {
@@ -50,7 +99,15 @@ pub fn validate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynam
         {
             return resp;
         }
-        let errors = validate::validate(&new.spec, old.as_ref().map(|o| &o.spec));
+        let mut errors = validate::validate(&new.spec, old.as_ref().map(|o| &o.spec));
+        let uid = new.metadata.uid.as_deref().unwrap_or_default();
+        errors.extend(lookups.iter().filter_map(|(name, found)| {
+            validate::pod_to_delete_refusal(
+                name,
+                found.as_ref().map(Option::as_ref).map_err(String::clone),
+                uid,
+            )
+        }));
         if errors.is_empty() {
             resp
         } else {
@@ -104,9 +161,9 @@ mod tests {
         for default in ["\"ReCreate\"", "\"20%\"", "/spec/replicas"] {
             assert!(patch.contains(default), "{default} in {patch}");
         }
-        let ok = response(validate(review("CREATE", spec("web"), None)));
+        let ok = response(judge(review("CREATE", spec("web"), None), &[]));
         assert_eq!(ok["allowed"], true);
-        let refused = response(validate(review("CREATE", spec("api"), None)));
+        let refused = response(judge(review("CREATE", spec("api"), None), &[]));
         assert_eq!(refused["allowed"], false);
         let message = refused["status"]["message"].as_str().unwrap();
         assert!(
@@ -114,7 +171,19 @@ mod tests {
             "{message}"
         );
         // An update that leaves the spec alone passes, even one stored before the webhook.
-        let same = response(validate(review("UPDATE", spec("api"), Some(spec("api")))));
+        let same = response(judge(review("UPDATE", spec("api"), Some(spec("api"))), &[]));
+        // A pod named for deletion that is not there.
+        let mut named = spec("web");
+        named["scaleStrategy"] = json!({"podsToDelete": ["gone"]});
+        let gone = vec![("gone".to_string(), Ok(None))];
+        let refused = response(judge(review("UPDATE", named, Some(spec("web"))), &gone));
+        assert_eq!(refused["allowed"], false);
+        assert!(
+            refused["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("find pod gone failed")
+        );
         assert_eq!(same["allowed"], true);
     }
 }

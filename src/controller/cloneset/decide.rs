@@ -17,12 +17,13 @@ use serde_json::{Value, json};
 use crate::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, CloneSetStatus,
     LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION, LifecycleState,
-    POD_CONDITION_INPLACE_UPDATE_READY, POD_TEMPLATE_HASH_LABEL,
+    POD_CONDITION_INPLACE_UPDATE_READY, POD_CONDITION_KRUISE_POD_READY, POD_TEMPLATE_HASH_LABEL,
 };
 
 pub mod expect;
 pub mod facts;
 pub mod inplace;
+pub mod order;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,8 @@ pub struct PodFacts {
     pub in_place_grace: bool,
     /// Holds the order in which pods are deleted.
     pub rank: Rank,
+    /// The pod's labels, which the update's priority and scatter strategies select by.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What orders pods for deletion, first deleted first (upstream `ActivePodsWithRanks.Less`
@@ -502,13 +505,21 @@ pub fn new_pod(
     metadata.owner_references = Some(vec![controller_ref(cs)]);
     let mut spec = template.spec.clone().unwrap_or_default();
     let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
-    if !gates
-        .iter()
-        .any(|g| g.condition_type == POD_CONDITION_INPLACE_UPDATE_READY)
-    {
-        gates.push(PodReadinessGate {
-            condition_type: POD_CONDITION_INPLACE_UPDATE_READY.to_string(),
-        });
+    let marks_not_ready = cs
+        .spec
+        .lifecycle
+        .as_ref()
+        .is_some_and(|l| l.marks_pod_not_ready());
+    let wanted = [
+        Some(POD_CONDITION_INPLACE_UPDATE_READY),
+        marks_not_ready.then_some(POD_CONDITION_KRUISE_POD_READY),
+    ];
+    for gate in wanted.into_iter().flatten() {
+        if !gates.iter().any(|g| g.condition_type == gate) {
+            gates.push(PodReadinessGate {
+                condition_type: gate.to_string(),
+            });
+        }
     }
     let claims: Vec<Volume> = cs
         .spec

@@ -35,13 +35,15 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::kruise::{
-    CLONESET_INSTANCE_ID_LABEL, CloneSet, CloneSetStatus, LifecycleState, UPDATE_RECREATE,
+    CLONESET_INSTANCE_ID_LABEL, CloneSet, CloneSetStatus, LifecycleState,
+    POD_CONDITION_INPLACE_UPDATE_READY, POD_CONDITION_KRUISE_POD_READY, UPDATE_RECREATE,
 };
 use crate::controller::metrics::{ControllerMetrics, Reason};
+use crate::controller::readiness;
 use crate::controller::retries::Retries;
 use decide::expect::{Cached, Expected, TIMEOUT};
 use decide::facts::{self, Seen};
-use decide::inplace;
+use decide::inplace::{self, GraceStep};
 use decide::update::{self, HooksOn, Refreshed, UpdateHow};
 use decide::{Limits, ScaleStep};
 
@@ -174,12 +176,25 @@ fn pod_triggers(
     let mut router = PodRouter::new(optimize);
     watcher(Api::<Pod>::all(client.clone()), cfg)
         .default_backoff()
+        .modify(trim)
         .reflect(writer)
         .flat_map(move |event| {
             let refs = event.map(|e| router.route(e)).unwrap_or_default();
             futures::stream::iter(refs)
         })
 }
+
+/// What no decision reads, dropped before a pod enters the cache (the bulk of a pod object):
+/// its field managers and kubectl's last-applied copy.
+fn trim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(notes) = pod.metadata.annotations.as_mut() {
+        notes.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// kubectl's copy of the object it last applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Run the CloneSet controller until the task is dropped. `optimize`: the event-handler
 /// optimization.
@@ -470,6 +485,15 @@ async fn reconcile(cs: Arc<CloneSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             &act::now_rfc3339(),
         );
     }
+    let deadline = decide::status::set_progressing(
+        &mut status,
+        decide::status::ProgressSpec {
+            deadline_seconds: cs.spec.progress_deadline_seconds,
+            paused: cs.spec.update_strategy.paused,
+            replicas: limits.replicas,
+        },
+        now,
+    );
     if decide::status::differs(cs.status.as_ref(), &status) {
         act::write_status(&ctx.client, &cs, &status).await?;
     }
@@ -496,17 +520,22 @@ async fn reconcile(cs: Arc<CloneSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     )
     .await;
     record(&ctx, key, expected);
-    synced.map_err(|(_, e)| e)?;
-    Ok(requeue(&cs, &status))
+    let grace = synced.map_err(|(_, e)| e)?;
+    Ok(requeue(&cs, &status, [deadline, grace]))
 }
 
-/// When to look again without a change: when a ready pod becomes available (minReadySeconds).
-fn requeue(cs: &CloneSet, status: &CloneSetStatus) -> Action {
+/// When to look again without a change: when a ready pod becomes available (minReadySeconds),
+/// at `also` (the progress deadline, an in-place grace period's end), else at the resync.
+fn requeue(cs: &CloneSet, status: &CloneSetStatus, also: [Option<Duration>; 2]) -> Action {
     let min_ready = cs.spec.min_ready_seconds;
-    if min_ready > 0 && status.available_replicas != status.ready_replicas {
-        return Action::requeue(crate::api::clamp::seconds(i64::from(min_ready)));
-    }
-    Action::requeue(RESYNC)
+    let available = (min_ready > 0 && status.available_replicas != status.ready_replicas)
+        .then(|| crate::api::clamp::seconds(i64::from(min_ready)));
+    let soonest = also
+        .into_iter()
+        .chain([available])
+        .flatten()
+        .fold(RESYNC, Duration::min);
+    Action::requeue(soonest)
 }
 
 /// Release the pods the selector no longer picks; adopt those only naming the CloneSet as an
@@ -577,14 +606,18 @@ struct Pass<'a> {
     revisions: &'a [ControllerRevision],
 }
 
-/// Scale, or when scaling has nothing to do, update (upstream `syncCloneSet`). An error names
-/// the condition it sets: `FailedScale` or `FailedUpdate`.
-async fn sync(pass: Pass<'_>, expected: &mut Expected) -> Result<(), (&'static str, Error)> {
+/// Scale, or when scaling has nothing to do, update (upstream `syncCloneSet`); when to look
+/// again for an in-place grace period. An error names the condition it sets: `FailedScale` or
+/// `FailedUpdate`.
+async fn sync(
+    pass: Pass<'_>,
+    expected: &mut Expected,
+) -> Result<Option<Duration>, (&'static str, Error)> {
     let scaled = scale(pass, expected)
         .await
         .map_err(|e| ("FailedScale", e))?;
     if scaled {
-        return Ok(());
+        return Ok(None);
     }
     update_pods(pass, expected)
         .await
@@ -605,12 +638,7 @@ async fn scale(pass: Pass<'_>, expected: &mut Expected) -> Result<bool, Error> {
         ..
     } = pass;
     let lifecycle = cs.spec.lifecycle.as_ref();
-    let marks_not_ready = lifecycle.is_some_and(|l| {
-        l.pre_delete.as_ref().is_some_and(|h| h.mark_pod_not_ready)
-            || l.in_place_update
-                .as_ref()
-                .is_some_and(|h| h.mark_pod_not_ready)
-    });
+    let marks_not_ready = lifecycle.is_some_and(|l| l.marks_pod_not_ready());
     let by_name = |n: &str| active.iter().find(|p| p.name_any() == n);
     match decide::scale(pod_facts, limits, marks_not_ready) {
         ScaleStep::Nothing => Ok(false),
@@ -709,9 +737,10 @@ fn random_id() -> String {
         .collect()
 }
 
-/// The update half (upstream `Update`): refresh every pod's lifecycle (and its
-/// `InPlaceUpdateReady` condition); if none changed and not paused, update the chosen pods.
-async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Error> {
+/// The update half (upstream `Update`): refresh every pod (an in-place grace period ended, its
+/// lifecycle state, its readiness-gate conditions); if none changed and not paused, update the
+/// chosen pods. When to look again for a grace period.
+async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<Option<Duration>, Error> {
     let Pass {
         ctx,
         cs,
@@ -723,7 +752,28 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Erro
         ..
     } = pass;
     let mut refreshed = false;
+    let (now, now_text) = (
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+        act::now_rfc3339(),
+    );
+    let grace = cs
+        .spec
+        .update_strategy
+        .in_place_update_strategy
+        .as_ref()
+        .map_or(0, |s| s.grace_period_seconds.max(0));
+    let mut wait: Option<Duration> = None;
+    let mut wait_for = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
     for (pod, f) in active.iter().zip(pod_facts) {
+        match inplace::grace_step(pod, now, &now_text) {
+            Some(GraceStep::Wait(left)) => wait_for(left),
+            Some(step @ (GraceStep::Drop(_) | GraceStep::Apply(_))) => {
+                act::finish_grace(&ctx.client, cs, pod, step, expected).await?;
+                refreshed = true;
+                continue;
+            }
+            None => {}
+        }
         let done = inplace::in_place_done(pod);
         let view = Refreshed {
             state: f.state,
@@ -735,12 +785,18 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Erro
             act::set_state(&ctx.client, cs, pod, state, expected).await?;
             refreshed = true;
         }
-        if done && !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod) {
-            act::mark_update_ready(&ctx.client, pod).await?;
-        }
+        let unset = [
+            (done && !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod))
+                .then_some(POD_CONDITION_INPLACE_UPDATE_READY),
+            (readiness::has_gate(pod)
+                && !facts::has_condition(pod, POD_CONDITION_KRUISE_POD_READY))
+            .then_some(POD_CONDITION_KRUISE_POD_READY),
+        ];
+        let unset: Vec<&str> = unset.into_iter().flatten().collect();
+        act::mark_ready(&ctx.client, pod, &unset).await?;
     }
     if refreshed || cs.spec.update_strategy.paused {
-        return Ok(());
+        return Ok(wait);
     }
     let d = decide::diffs(pod_facts, limits);
     let target = update_rev.name_any();
@@ -756,7 +812,7 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Erro
         .lifecycle
         .as_ref()
         .and_then(|l| l.in_place_update.as_ref());
-    for name in update::choose_updates(pod_facts, &d) {
+    for name in update::choose_updates(pod_facts, &d, &cs.spec.update_strategy) {
         let Some(pod) = active.iter().find(|p| p.name_any() == name) else {
             continue;
         };
@@ -795,7 +851,7 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Erro
             }
             UpdateHow::RehookUpdate => {
                 if let Some(hook) = hook {
-                    act::rehook(&ctx.client, pod, hook, expected).await?;
+                    act::rehook(&ctx.client, cs, pod, hook, expected).await?;
                 }
             }
             UpdateHow::InPlace(change) => {
@@ -804,12 +860,15 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<(), Erro
                 };
                 let metadata = inplace::metadata_patch(old, new);
                 let patch =
-                    inplace::update_patch(pod, &target, &change, &metadata, &act::now_rfc3339());
+                    inplace::update_patch(pod, &target, &change, &metadata, &now_text, grace);
                 act::update_in_place(&ctx.client, cs, pod, &target, &patch, expected).await?;
+                if grace > 0 {
+                    wait_for(crate::api::clamp::seconds(i64::from(grace)));
+                }
             }
         }
     }
-    Ok(())
+    Ok(wait)
 }
 
 #[cfg(test)]

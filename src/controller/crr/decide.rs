@@ -6,8 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
-use serde::{Deserialize, Serialize};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::api::kruise::{
     ANNOTATION_CRR_SYNC_CONTAINER_STATUSES, ANNOTATION_CRR_UNREADY_ACQUIRED, CRR_ACTIVE_VALUE,
@@ -19,9 +18,9 @@ use crate::api::kruise::{
     ContainerRecreateRequestPhase as Phase,
     ContainerRecreateRequestSyncContainerStatus as SyncStatus, CrrProbeHandler,
     FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE, LABEL_CRR_NODE_NAME, LABEL_CRR_POD_UID,
-    POD_CONDITION_KRUISE_POD_READY,
 };
 use crate::api::well_known::DEFAULT_TERMINATION_GRACE_SECONDS;
+use crate::controller::readiness;
 
 type Crr = ContainerRecreateRequest;
 
@@ -402,16 +401,8 @@ fn lifecycle_steps(crr: &Crr, pod: Option<&Pod>, now: SystemTime) -> Plan {
         .and_then(|a| a.get(ANNOTATION_CRR_UNREADY_ACQUIRED))
         .is_some_and(|v| !v.is_empty());
     if wants_unready && !acquired {
-        let gated = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.readiness_gates.as_ref())
-            .is_some_and(|g| {
-                g.iter()
-                    .any(|g| g.condition_type == POD_CONDITION_KRUISE_POD_READY)
-            });
         plan.steps.push(Step::AcquireUnready {
-            pod_condition: gated,
+            pod_condition: readiness::has_gate(pod),
         });
     }
     plan
@@ -470,17 +461,9 @@ pub fn sync_statuses(crr: &Crr, pod: &Pod) -> Vec<SyncStatus> {
         .collect()
 }
 
-/// One entry of the `KruisePodReady` condition's message (upstream `pkg/util/podreadiness`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NotReadyKey {
-    pub user_agent: String,
-    pub key: String,
-}
-
 /// `<namespace>/<name>` of the CRR, as the readiness key.
-pub fn readiness_key(crr: &Crr) -> NotReadyKey {
-    NotReadyKey {
+pub fn readiness_key(crr: &Crr) -> readiness::NotReadyKey {
+    readiness::NotReadyKey {
         user_agent: CRR_POD_READINESS_USER_AGENT.into(),
         key: format!(
             "{}/{}",
@@ -488,50 +471,6 @@ pub fn readiness_key(crr: &Crr) -> NotReadyKey {
             crr.metadata.name.as_deref().unwrap_or_default()
         ),
     }
-}
-
-/// The pod's `KruisePodReady` condition with `key` added (`add`) or removed; `None` when that
-/// changes nothing. Status is False while any key is held, True when none is.
-pub fn readiness_condition(pod: &Pod, key: &NotReadyKey, add: bool) -> Option<PodCondition> {
-    let current = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == POD_CONDITION_KRUISE_POD_READY)
-        });
-    let mut keys: Vec<NotReadyKey> = current
-        .and_then(|c| c.message.as_deref())
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default();
-    let had = keys.contains(key);
-    if had == add {
-        return None;
-    }
-    if add {
-        keys.push(key.clone());
-    } else {
-        keys.retain(|k| k != key);
-    }
-    keys.sort();
-    let (status, message) = if keys.is_empty() {
-        ("True", String::new())
-    } else {
-        (
-            "False",
-            serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()),
-        )
-    };
-    Some(PodCondition {
-        type_: POD_CONDITION_KRUISE_POD_READY.into(),
-        status: status.into(),
-        message: (!message.is_empty()).then_some(message),
-        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        )),
-        ..Default::default()
-    })
 }
 
 #[cfg(test)]

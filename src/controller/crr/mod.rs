@@ -27,6 +27,7 @@ use crate::api::kruise::{
     FINALIZER_CRR_UNREADY_ACQUIRED, LABEL_CRR_ACTIVE,
 };
 use crate::controller::metrics::{ControllerMetrics, Reason};
+use crate::controller::readiness;
 use crate::controller::retries::Retries;
 use decide::{Defaulting, Step};
 
@@ -136,7 +137,7 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         match step {
             Step::ReleaseUnready => {
                 if let Some(pod) = &pod {
-                    set_pod_unready(&pods, pod, &crr, false)
+                    readiness::hold(&pods, pod, &decide::readiness_key(&crr), false)
                         .await
                         .map_err(err("releasing the pod's readiness"))?;
                 }
@@ -197,7 +198,7 @@ async fn reconcile(crr: Arc<Crr>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                             .await
                             .map_err(err("adding the finalizer"))?;
                     }
-                    set_pod_unready(&pods, pod, &crr, true)
+                    readiness::hold(&pods, pod, &decide::readiness_key(&crr), true)
                         .await
                         .map_err(err("making the pod not-ready"))?;
                 }
@@ -250,38 +251,6 @@ async fn complete(
         &crr.name_any(),
         &PatchParams::default(),
         &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-}
-
-/// Add (`hold`) or release this CRR's key in the pod's `KruisePodReady` condition; while held the
-/// pod's `Ready` condition is False too.
-async fn set_pod_unready(
-    pods: &Api<Pod>,
-    pod: &Pod,
-    crr: &Crr,
-    hold: bool,
-) -> Result<(), kube::Error> {
-    let key = decide::readiness_key(crr);
-    let Some(cond) = decide::readiness_condition(pod, &key, hold) else {
-        return Ok(());
-    };
-    let mut conditions = vec![json!(cond)];
-    if cond.status == "False" {
-        conditions.push(json!({
-            "type": "Ready",
-            "status": "False",
-            "reason": "ReadinessGatesNotReady",
-            "message": format!("the status of pod readiness gate {:?} is not \"True\"", cond.type_),
-            "lastTransitionTime": cond.last_transition_time,
-        }));
-    }
-    let patch = json!({"status": {"conditions": conditions}});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Strategic(&patch),
     )
     .await
     .map(|_| ())

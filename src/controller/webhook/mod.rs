@@ -96,10 +96,7 @@ pub async fn run(
             cloneset::admission::MUTATE_PATH,
             route_to(cloneset::admission::mutate),
         )
-        .route(
-            cloneset::admission::VALIDATE_PATH,
-            route_to(cloneset::admission::validate),
-        )
+        .route(cloneset::admission::VALIDATE_PATH, post(cloneset_validate))
         .with_state(client);
     let served =
         crate::telemetry::http::serve_tls(listener, app, tls, Limits::default(), shutdown).await;
@@ -112,6 +109,13 @@ async fn crr(
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     Json(admission::review(&client, review).await)
+}
+
+async fn cloneset_validate(
+    State(client): State<kube::Client>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(cloneset::admission::validate(&client, review).await)
 }
 
 /// A route for an admission answer that needs no lookup.

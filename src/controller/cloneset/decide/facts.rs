@@ -91,6 +91,11 @@ pub fn update_ready_true(pod: &Pod) -> bool {
     condition(pod, POD_CONDITION_INPLACE_UPDATE_READY).is_some_and(|c| c.status == "True")
 }
 
+/// The pod's status has a condition of `type_`.
+pub fn has_condition(pod: &Pod, type_: &str) -> bool {
+    condition(pod, type_).is_some()
+}
+
 /// The pod has the `InPlaceUpdateReady` readiness gate.
 pub fn has_update_ready_gate(pod: &Pod) -> bool {
     pod.spec
@@ -169,6 +174,7 @@ pub fn pod_facts(pod: &Pod, seen: &Seen<'_>) -> PodFacts {
         running_ready: running_ready(pod),
         in_place_grace: annotation(pod, ANNOTATION_INPLACE_UPDATE_GRACE).is_some(),
         rank,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
         name,
     }
 }
@@ -277,6 +283,7 @@ mod tests {
         let none = BTreeSet::new();
         let f = pod_facts(&pod(json!({})), &seen(&none, 0));
         assert_eq!(f.instance_id, "abcde");
+        assert_eq!(f.labels["controller-revision-hash"], "web-5d4c");
         assert!(f.updated && f.available && f.ready && f.running_ready);
         assert!(!f.specified_delete && !f.in_place_grace);
         assert_eq!((f.rank.phase, f.rank.restarts), (2, 2));

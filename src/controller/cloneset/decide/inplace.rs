@@ -3,12 +3,17 @@
 //! when the update is complete.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::InPlaceChange;
+use super::facts::ANNOTATION_INPLACE_UPDATE_GRACE;
 use crate::api::kruise::{
     ANNOTATION_INPLACE_UPDATE_STATE, ANNOTATION_RUNTIME_CONTAINERS_META,
     CONTROLLER_REVISION_HASH_LABEL, LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION,
@@ -73,24 +78,100 @@ pub fn metadata_patch(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Value {
     json!({"labels": diff(&old_labels, &new_labels), "annotations": diff(&old_notes, &new_notes)})
 }
 
+/// `apps.kruise.io/inplace-update-grace`: what an in-place update with a grace period applies
+/// once the period has passed (upstream `UpdateSpec`, its JSON; `metaDataPatch` is a byte
+/// string there, so base64 here).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraceSpec {
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_images: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub meta_data_patch: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update_env_from_metadata: bool,
+    #[serde(default)]
+    pub grace_seconds: i32,
+}
+
 /// The strategic merge patch that updates `pod` in place to `revision` (`<cs>-<hash>`) at
-/// `now`: the new images by container name, the template's metadata changes, the revision
-/// labels, lifecycle state Updating, and the state annotation (each changed container's image
-/// id before the update). `metadata` is [`metadata_patch`] of the two templates. No
-/// resourceVersion: the condition written just before has changed it.
+/// `now`: the revision labels, lifecycle state Updating and the state annotation; then, without
+/// a grace period, the change itself ([`apply`]); with one (`grace_seconds` > 0: upstream's
+/// `inPlaceUpdateStrategy.gracePeriodSeconds`), the grace annotation that holds it until the
+/// period has passed ([`grace_step`]) while the pod is not ready. `metadata` is
+/// [`metadata_patch`] of the two templates. No resourceVersion: the condition written just
+/// before has changed it.
 pub fn update_patch(
     pod: &Pod,
     revision: &str,
     change: &InPlaceChange,
     metadata: &Value,
     now: &str,
+    grace_seconds: i32,
 ) -> Value {
+    let mut state = InPlaceUpdateState {
+        revision: revision.to_string(),
+        update_timestamp: now.to_string(),
+        update_env_from_metadata: change.env_from_metadata,
+        update_images: !change.images.is_empty(),
+        ..Default::default()
+    };
+    let mut patch = json!({"metadata": {"labels": {}, "annotations": {}}});
+    if grace_seconds > 0 {
+        let grace = GraceSpec {
+            revision: revision.to_string(),
+            container_images: change.images.clone(),
+            meta_data_patch: BASE64.encode(metadata.to_string()),
+            update_env_from_metadata: change.env_from_metadata,
+            grace_seconds,
+        };
+        patch["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_GRACE] =
+            json!(serde_json::to_string(&grace).unwrap_or_default());
+    } else {
+        apply(
+            pod,
+            &change.images,
+            change.env_from_metadata,
+            metadata,
+            now,
+            &mut state,
+            &mut patch,
+        );
+    }
+    let labels = &mut patch["metadata"]["labels"];
+    let hash = revision.rsplit('-').next().unwrap_or(revision);
+    for (k, v) in [
+        (CONTROLLER_REVISION_HASH_LABEL, revision),
+        (POD_TEMPLATE_HASH_LABEL, hash),
+        (LIFECYCLE_STATE_LABEL, LifecycleState::Updating.as_str()),
+    ] {
+        labels[k] = json!(v);
+    }
+    let annotations = &mut patch["metadata"]["annotations"];
+    annotations[LIFECYCLE_TIMESTAMP_ANNOTATION] = json!(now);
+    annotations[ANNOTATION_INPLACE_UPDATE_STATE] =
+        json!(serde_json::to_string(&state).unwrap_or_default());
+    patch
+}
+
+/// Add to `patch` the in-place change itself at `now`: the new images by container name and
+/// the template's metadata changes; `state` records each changed container's image id before
+/// the update and the batch of containers it restarts.
+fn apply(
+    pod: &Pod,
+    images: &BTreeMap<String, String>,
+    env_from_metadata: bool,
+    metadata: &Value,
+    now: &str,
+    state: &mut InPlaceUpdateState,
+    patch: &mut Value,
+) {
     let statuses = pod
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref());
-    let last: BTreeMap<String, LastStatus> = change
-        .images
+    state.last_container_statuses = images
         .keys()
         .filter_map(|name| {
             let s = statuses?.iter().find(|s| &s.name == name)?;
@@ -102,53 +183,95 @@ pub fn update_patch(
             ))
         })
         .collect();
-    let mut containers: Vec<String> = change.images.keys().cloned().collect();
-    if change.env_from_metadata {
+    let mut containers: Vec<String> = images.keys().cloned().collect();
+    if env_from_metadata {
         for c in pod.spec.iter().flat_map(|s| &s.containers) {
             if !metadata_env(c).is_empty() && !containers.contains(&c.name) {
                 containers.push(c.name.clone());
             }
         }
     }
-    let state = InPlaceUpdateState {
-        revision: revision.to_string(),
-        update_timestamp: now.to_string(),
-        last_container_statuses: last,
-        update_env_from_metadata: change.env_from_metadata,
-        update_images: !change.images.is_empty(),
-        container_batches_record: vec![Batch {
-            timestamp: now.to_string(),
-            containers,
-        }],
-    };
-    let mut labels = metadata["labels"].clone();
-    let hash = revision.rsplit('-').next().unwrap_or(revision);
-    for (k, v) in [
-        (CONTROLLER_REVISION_HASH_LABEL, revision),
-        (POD_TEMPLATE_HASH_LABEL, hash),
-        (LIFECYCLE_STATE_LABEL, LifecycleState::Updating.as_str()),
-    ] {
-        labels[k] = json!(v);
+    state.container_batches_record = vec![Batch {
+        timestamp: now.to_string(),
+        containers,
+    }];
+    for part in ["labels", "annotations"] {
+        if let Some(changes) = metadata[part].as_object() {
+            for (k, v) in changes {
+                patch["metadata"][part][k] = v.clone();
+            }
+        }
     }
-    let mut annotations = metadata["annotations"].clone();
-    annotations[LIFECYCLE_TIMESTAMP_ANNOTATION] = json!(now);
-    annotations[ANNOTATION_INPLACE_UPDATE_STATE] =
-        json!(serde_json::to_string(&state).unwrap_or_default());
-    let images: Vec<Value> = change
-        .images
+    let images: Vec<Value> = images
         .iter()
         .map(|(name, image)| json!({"name": name, "image": image}))
         .collect();
-    let mut patch = json!({
-        "metadata": {
-            "labels": labels,
-            "annotations": annotations,
-        },
-    });
     if !images.is_empty() {
         patch["spec"] = json!({"containers": images});
     }
-    patch
+}
+
+/// What a pod's pending grace period asks for now (upstream `finishGracePeriod`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraceStep {
+    /// Look again then.
+    Wait(Duration),
+    /// The update was taken over by another revision (or its record is unreadable): drop the
+    /// grace annotation (a strategic merge patch).
+    Drop(Value),
+    /// The period has passed: apply the change and drop the annotation (a strategic merge patch).
+    Apply(Value),
+}
+
+/// The step for `pod`'s grace annotation, if it has one, at `now` (seconds since the epoch;
+/// `now_rfc3339` the same as text): the period counts from the state annotation's
+/// `updateTimestamp`.
+pub fn grace_step(pod: &Pod, now: i64, now_rfc3339: &str) -> Option<GraceStep> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    let raw = annotations.get(ANNOTATION_INPLACE_UPDATE_GRACE)?;
+    let drop = json!({"metadata": {"annotations": {ANNOTATION_INPLACE_UPDATE_GRACE: null}}});
+    let Ok(grace) = serde_json::from_str::<GraceSpec>(raw) else {
+        return Some(GraceStep::Drop(drop));
+    };
+    if !super::facts::at_revision(pod, &grace.revision) {
+        return Some(GraceStep::Drop(drop));
+    }
+    let mut state = annotations
+        .get(ANNOTATION_INPLACE_UPDATE_STATE)
+        .and_then(|raw| serde_json::from_str::<InPlaceUpdateState>(raw).ok())
+        .unwrap_or_else(|| InPlaceUpdateState {
+            revision: grace.revision.clone(),
+            update_timestamp: now_rfc3339.to_string(),
+            ..Default::default()
+        });
+    let started = state
+        .update_timestamp
+        .parse::<Timestamp>()
+        .map_or(now, |t| t.as_second());
+    let due = started.saturating_add(i64::from(grace.grace_seconds.max(0)));
+    if now < due {
+        let left = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
+        return Some(GraceStep::Wait(Duration::from_secs(left)));
+    }
+    let metadata = BASE64
+        .decode(&grace.meta_data_patch)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .unwrap_or_else(|| json!({}));
+    let mut patch = drop;
+    patch["metadata"]["labels"] = json!({});
+    apply(
+        pod,
+        &grace.container_images,
+        grace.update_env_from_metadata,
+        &metadata,
+        now_rfc3339,
+        &mut state,
+        &mut patch,
+    );
+    patch["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_STATE] =
+        json!(serde_json::to_string(&state).unwrap_or_default());
+    Some(GraceStep::Apply(patch))
 }
 
 /// `image` as the kubelet reports it: `:latest` when it names no tag or digest.
@@ -162,7 +285,7 @@ fn with_tag(image: &str) -> String {
 }
 
 /// Whether the pod's in-place update, if any, is complete (upstream
-/// `DefaultCheckInPlaceUpdateCompleted`): no state annotation; or, for env from metadata, the
+/// `DefaultCheckInPlaceUpdateCompleted`): not while a grace period holds it; no state annotation; or, for env from metadata, the
 /// agent's runtime-containers-meta shows every container running with the env the metadata
 /// gives; and then either that annotation shows every container running (its id in the pod's
 /// status) with the kubelet's hash of its spec (name and image), or every container whose image
@@ -171,6 +294,9 @@ fn with_tag(image: &str) -> String {
 /// only the kubelet's hash tells then.)
 pub fn in_place_done(pod: &Pod) -> bool {
     let annotations = pod.metadata.annotations.as_ref();
+    if annotations.is_some_and(|a| a.contains_key(ANNOTATION_INPLACE_UPDATE_GRACE)) {
+        return false;
+    }
     let Some(raw) = annotations.and_then(|a| a.get(ANNOTATION_INPLACE_UPDATE_STATE)) else {
         return true;
     };
@@ -271,7 +397,8 @@ mod tests {
             ..Default::default()
         };
         let meta = json!({"labels": {}, "annotations": {}});
-        let patch = update_patch(&before, "cs-7f9", &change, &meta, "2026-12-07T10:00:00Z");
+        let patch = update_patch(&before, "cs-7f9", &change, &meta, "2026-12-07T10:00:00Z", 0);
+        assert!(patch["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_GRACE].is_null());
         assert_eq!(
             patch["spec"]["containers"],
             json!([{"name": "main", "image": "r/i:2"}])
@@ -308,6 +435,91 @@ mod tests {
         assert!(in_place_done(&pod("r/i:2", "r/i:1", "sha256:a", json!({}))));
         assert_eq!(with_tag("r:5000/i"), "r:5000/i:latest");
         assert_eq!(with_tag("r:5000/i:1"), "r:5000/i:1");
+    }
+
+    #[test]
+    fn a_grace_period_holds_the_change_then_applies_it() {
+        let mut before = pod("r/i:1", "r/i:1", "sha256:a", json!({}));
+        let change = InPlaceChange {
+            images: [("main".to_string(), "r/i:2".to_string())].into(),
+            metadata: true,
+            ..Default::default()
+        };
+        let meta = json!({"labels": {"v": "2"}, "annotations": {}});
+        let at = "2026-12-07T10:00:00Z";
+        let start: i64 = at.parse::<Timestamp>().unwrap().as_second();
+        let patch = update_patch(&before, "cs-7f9", &change, &meta, at, 30);
+        assert!(
+            patch.get("spec").is_none(),
+            "images wait for the grace period"
+        );
+        assert!(patch["metadata"]["labels"].get("v").is_none());
+        assert_eq!(
+            patch["metadata"]["labels"][LIFECYCLE_STATE_LABEL],
+            "Updating"
+        );
+        let annotations = &patch["metadata"]["annotations"];
+        let grace: GraceSpec = serde_json::from_str(
+            annotations[ANNOTATION_INPLACE_UPDATE_GRACE]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(grace.grace_seconds, 30);
+        assert_eq!(
+            annotations[ANNOTATION_INPLACE_UPDATE_STATE],
+            r#"{"revision":"cs-7f9","updateTimestamp":"2026-12-07T10:00:00Z","lastContainerStatuses":{},"updateImages":true}"#
+        );
+        // The pod as the patch leaves it.
+        let notes = before.metadata.annotations.get_or_insert_default();
+        for key in [
+            ANNOTATION_INPLACE_UPDATE_GRACE,
+            ANNOTATION_INPLACE_UPDATE_STATE,
+        ] {
+            notes.insert(key.into(), annotations[key].as_str().unwrap().into());
+        }
+        before.metadata.labels = Some(
+            [(
+                CONTROLLER_REVISION_HASH_LABEL.to_string(),
+                "cs-7f9".to_string(),
+            )]
+            .into(),
+        );
+        assert!(!in_place_done(&before), "held by the grace period");
+        assert_eq!(
+            grace_step(&before, start + 10, "later"),
+            Some(GraceStep::Wait(Duration::from_secs(20)))
+        );
+        let Some(GraceStep::Apply(applied)) =
+            grace_step(&before, start + 30, "2026-12-07T10:00:30Z")
+        else {
+            panic!("the period has passed");
+        };
+        assert_eq!(
+            applied["spec"]["containers"],
+            json!([{"name": "main", "image": "r/i:2"}])
+        );
+        assert_eq!(applied["metadata"]["labels"]["v"], "2");
+        assert!(applied["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_GRACE].is_null());
+        assert!(
+            applied["metadata"]["annotations"][ANNOTATION_INPLACE_UPDATE_STATE]
+                .as_str()
+                .unwrap()
+                .contains(r#""lastContainerStatuses":{"main":{"imageID":"sha256:a"}}"#)
+        );
+        // Another revision took over: the record goes.
+        before.metadata.labels = Some(
+            [(
+                CONTROLLER_REVISION_HASH_LABEL.to_string(),
+                "cs-other".to_string(),
+            )]
+            .into(),
+        );
+        assert!(matches!(
+            grace_step(&before, start, at),
+            Some(GraceStep::Drop(_))
+        ));
+        assert_eq!(grace_step(&pod("i", "i", "x", json!({})), start, at), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::kruise::CloneSet;
+use crate::api::kruise::{CloneSet, CloneSetSpec};
 
 fn limits(replicas: i32) -> Limits {
     Limits {
@@ -29,6 +29,7 @@ fn pod(name: &str) -> PodFacts {
             ready: true,
             ..Default::default()
         },
+        labels: BTreeMap::new(),
     }
 }
 
@@ -471,6 +472,16 @@ fn webhook_defaults_and_validation() {
         json_patch::merge(&mut v, &patch);
         spec(v)
     };
+    let priority =
+        |p: serde_json::Value| serde_json::json!({"updateStrategy": {"priorityStrategy": p}});
+    let weight = |weight: i32, key: &str, value: &str| {
+        let selector = serde_json::json!({"matchLabels": {key: value}});
+        serde_json::json!({"weight": weight, "matchSelector": selector})
+    };
+    let expression = |e: serde_json::Value| {
+        let selector = serde_json::json!({"matchExpressions": [e]});
+        priority(serde_json::json!({"weightPriority": [{"weight": 5, "matchSelector": selector}]}))
+    };
     let cases = [
         (serde_json::json!({"replicas": -1}), "must be non-negative"),
         (
@@ -517,6 +528,52 @@ fn webhook_defaults_and_validation() {
             serde_json::json!({"progressDeadlineSeconds": 5, "minReadySeconds": 5}),
             "greater than minReadySeconds",
         ),
+        (
+            priority(serde_json::json!({"weightPriority": [weight(1, "a", "b")],
+                "orderPriority": [{"orderedKey": "k"}]})),
+            "spec.updateStrategy.priorityStrategy: Required value: only one of weightPriority and orderPriority can be used",
+        ),
+        (
+            priority(serde_json::json!({"weightPriority": [weight(101, "a", "b")]})),
+            "Required value: weight must be valid number in the range 1-100",
+        ),
+        (
+            priority(serde_json::json!({"weightPriority": [weight(-1, "a", "b")]})),
+            "Required value: weight must be valid number in the range 1-100",
+        ),
+        (
+            priority(serde_json::json!({"weightPriority": [{"weight": 5, "matchSelector": {}}]})),
+            "Required value: selector can not be empty",
+        ),
+        (
+            expression(serde_json::json!({"key": "a", "operator": "Gt", "values": ["1"]})),
+            "Required value: invalid selector \"Gt\" is not a valid label selector operator",
+        ),
+        (
+            expression(serde_json::json!({"key": "a", "operator": "In"})),
+            "Required value: invalid selector values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty",
+        ),
+        (
+            expression(serde_json::json!({"key": "a", "operator": "Exists", "values": ["x"]})),
+            "Required value: invalid selector values: Invalid value: []string{\"x\"}: values set must be empty for exists and does not exist",
+        ),
+        (
+            priority(serde_json::json!({"weightPriority": [weight(5, "/a", "b")]})),
+            "invalid selector key: Invalid value: \"/a\": prefix part must be non-empty",
+        ),
+        (
+            priority(serde_json::json!({"orderPriority": [{"orderedKey": ""}]})),
+            "spec.updateStrategy.priorityStrategy: Required value: order key can not be empty",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"scatterStrategy": [{"key": "", "value": "x"}]}}),
+            "spec.updateStrategy.scatterStrategy: Required value: key should not be empty",
+        ),
+        (
+            serde_json::json!({"updateStrategy": {"scatterStrategy": [
+                {"key": "a", "value": "b"}, {"key": "c", "value": "d"}, {"key": "a", "value": "b"}]}}),
+            "spec.updateStrategy.scatterStrategy: Required value: duplicated key=a value=b",
+        ),
     ];
     for (patch, want) in cases {
         let errors = validate(&with(patch.clone()), None);
@@ -525,6 +582,25 @@ fn webhook_defaults_and_validation() {
             "{patch}: {errors:?}"
         );
     }
+    // Both key and value refused: Go's aggregate of the two.
+    let errors = validate(
+        &with(priority(
+            serde_json::json!({"weightPriority": [weight(5, "a b", "c d")]}),
+        )),
+        None,
+    );
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "invalid selector [key: Invalid value: \"a b\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]'), values[0][a b]: Invalid value: \"c d\": a valid label must be an empty string"
+        )),
+        "{errors:?}"
+    );
+    // What upstream accepts: weight 0, a prefixed key, an empty value, the same key twice.
+    let fine = with(serde_json::json!({"updateStrategy": {
+        "priorityStrategy": {"weightPriority": [weight(0, "example.com/zone", ""),
+            {"weight": 100, "matchSelector": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}}]},
+        "scatterStrategy": [{"key": "a", "value": ""}, {"key": "a", "value": "b"}]}}));
+    assert_eq!(validate(&fine, None), Vec::<String>::new());
     let moved = with(
         serde_json::json!({"selector": {"matchLabels": {"app": "web", "x": "1"}},
         "template": {"metadata": {"labels": {"app": "web", "x": "1"}}}}),
@@ -594,4 +670,51 @@ fn what_may_change_in_place() {
         "a new container: recreate"
     );
     assert_eq!(in_place_change(&old, &old), Some(InPlaceChange::default()));
+}
+
+#[test]
+fn pods_to_delete_must_be_this_clonesets_live_pods() {
+    use validate::{newly_named_pods, pod_to_delete_refusal};
+    let spec = |names: &[&str]| {
+        let mut s = CloneSetSpec::default();
+        s.scale_strategy.pods_to_delete = names.iter().map(|n| n.to_string()).collect();
+        s
+    };
+    assert_eq!(
+        newly_named_pods(&spec(&["b", "a"]), Some(&spec(&["a"]))),
+        ["b"]
+    );
+    assert!(
+        newly_named_pods(&spec(&["a", "a"]), None).is_empty(),
+        "duplicates refused before"
+    );
+    let pod = |owner: Option<&str>, deleting: bool| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p",
+            "deletionTimestamp": deleting.then_some("2026-12-07T00:00:00Z"),
+            "ownerReferences": owner.map(|uid| vec![serde_json::json!({"apiVersion": "apps.kruise.io/v1alpha1",
+                "kind": "CloneSet", "name": "web", "uid": uid, "controller": true})])}}))
+        .unwrap()
+    };
+    let mine = pod(Some("u1"), false);
+    assert_eq!(pod_to_delete_refusal("p", Ok(Some(&mine)), "u1"), None);
+    let cases = [
+        (Ok(None), "find pod p failed: pods \"p\" not found"),
+        (Err("timed out".to_string()), "find pod p failed: timed out"),
+    ];
+    for (found, want) in cases {
+        let got = pod_to_delete_refusal("p", found, "u1").unwrap();
+        assert!(got.ends_with(want), "{got}");
+        assert!(got.starts_with("spec.scaleStrategy.podsToDelete: Invalid value: \"p\""));
+    }
+    let other = pod(Some("u2"), false);
+    let orphan = pod(None, false);
+    let leaving = pod(Some("u1"), true);
+    for (p, want) in [
+        (&other, "owner is not this CloneSet"),
+        (&orphan, "owner is not this CloneSet"),
+        (&leaving, "already terminating"),
+    ] {
+        let got = pod_to_delete_refusal("p", Ok(Some(p)), "u1").unwrap();
+        assert!(got.ends_with(want), "{got}");
+    }
 }

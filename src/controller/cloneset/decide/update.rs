@@ -4,8 +4,11 @@
 
 use std::cmp::Ordering;
 
-use super::{Diffs, InPlaceChange, PodFacts, Rank};
-use crate::api::kruise::{LifecycleState, UPDATE_IN_PLACE_ONLY, UPDATE_RECREATE};
+use super::{Diffs, InPlaceChange, PodFacts, Rank, order};
+use crate::api::kruise::{
+    CloneSetUpdateStrategy, Lifecycle, LifecycleHook, LifecycleState, UPDATE_IN_PLACE_ONLY,
+    UPDATE_RECREATE,
+};
 
 /// The lifecycle hooks as one pod meets them: `Some(all_on)` for a hook that is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,6 +59,29 @@ pub fn next_state(pod: Refreshed, hooks: HooksOn) -> Option<LifecycleState> {
     }
 }
 
+/// `userAgent` of the lifecycle hooks' keys in the `KruisePodReady` condition.
+pub const HOOK_READINESS_USER_AGENT: &str = "Lifecycle";
+
+/// The `KruisePodReady` key a pod entering `state` holds (`true`) or releases (`false`) by its
+/// hooks' `markPodNotReady` (upstream `executePodNotReadyPolicy`): PreparingDelete holds
+/// `preDeleteHook`, PreparingUpdate holds `preUpdateHook`, and Updated releases it. Normal
+/// releases it too: upstream only does on Updated, so a pod whose hook was put back before its
+/// update completed (Updating → Normal) would stay not ready for good.
+pub fn not_ready_key(
+    state: LifecycleState,
+    lifecycle: Option<&Lifecycle>,
+) -> Option<(&'static str, bool)> {
+    use LifecycleState::*;
+    let marks = |hook: &Option<LifecycleHook>| hook.as_ref().is_some_and(|h| h.mark_pod_not_ready);
+    let lifecycle = lifecycle?;
+    match state {
+        PreparingDelete if marks(&lifecycle.pre_delete) => Some(("preDeleteHook", true)),
+        PreparingUpdate if marks(&lifecycle.in_place_update) => Some(("preUpdateHook", true)),
+        Updated | Normal if marks(&lifecycle.in_place_update) => Some(("preUpdateHook", false)),
+        _ => None,
+    }
+}
+
 /// Update order (k8s `ActivePods`): unscheduled, then Pending < Unknown < Running, not Ready
 /// before Ready, Ready for less time first, more restarts first, newer first.
 pub fn update_first(a: &Rank, b: &Rank) -> Ordering {
@@ -68,13 +94,18 @@ pub fn update_first(a: &Rank, b: &Rank) -> Ordering {
         .then(b.created.cmp(&a.created))
 }
 
-/// The pods to update now, in order (upstream `Update` steps 3–6 without the priority and
-/// scatter sorts): pods not at the update revision, not PreparingDelete, not waiting out an
-/// in-place grace period (unless Updated); PreparingUpdate first; at most `d.update`, and no
-/// more than `d.update_max_unavailable` unavailable meanwhile, counting those at the update
-/// revision that are not available yet. Nothing while `d.update` is not positive (rolling back
-/// to an older revision is upstream's `CloneSetPartitionRollback`, off by default, not here).
-pub fn choose_updates(pods: &[PodFacts], d: &Diffs) -> Vec<String> {
+/// The pods to update now, in order (upstream `Update` steps 3–6): pods not at the update
+/// revision, not PreparingDelete, not waiting out an in-place grace period (unless Updated); in
+/// the [`update_first`] order, then `strategy`'s priority and scatter order
+/// ([`order::update_order`]), PreparingUpdate first; at most `d.update`, and no more than
+/// `d.update_max_unavailable` unavailable meanwhile, counting those at the update revision that
+/// are not available yet. Nothing while `d.update` is not positive (rolling back to an older
+/// revision is upstream's `CloneSetPartitionRollback`, off by default, not here).
+pub fn choose_updates(
+    pods: &[PodFacts],
+    d: &Diffs,
+    strategy: &CloneSetUpdateStrategy,
+) -> Vec<String> {
     use LifecycleState::*;
     if d.update <= 0 {
         return Vec::new();
@@ -85,6 +116,7 @@ pub fn choose_updates(pods: &[PodFacts], d: &Diffs) -> Vec<String> {
         .filter(|p| !p.in_place_grace || p.state == Some(Updated))
         .collect();
     candidates.sort_by(|a, b| update_first(&a.rank, &b.rank));
+    let mut candidates = order::update_order(candidates, pods, strategy);
     candidates.sort_by_key(|p| p.state != Some(PreparingUpdate));
     candidates.truncate(usize::try_from(d.update).unwrap_or(0));
     let mut unavailable = pods.iter().filter(|p| !p.available).count();
@@ -163,6 +195,39 @@ pub fn update_how(
 mod tests {
     use super::*;
     use LifecycleState::*;
+
+    #[test]
+    fn hooks_hold_readiness_only_with_mark_pod_not_ready() {
+        let hook = |mark| {
+            Some(LifecycleHook {
+                mark_pod_not_ready: mark,
+                ..Default::default()
+            })
+        };
+        let both = Lifecycle {
+            pre_delete: hook(true),
+            in_place_update: hook(true),
+            pre_normal: hook(true),
+        };
+        let unmarked = Lifecycle {
+            pre_delete: hook(false),
+            in_place_update: hook(false),
+            ..Default::default()
+        };
+        let cases = [
+            (PreparingDelete, Some(&both), Some(("preDeleteHook", true))),
+            (PreparingUpdate, Some(&both), Some(("preUpdateHook", true))),
+            (Updated, Some(&both), Some(("preUpdateHook", false))),
+            (Normal, Some(&both), Some(("preUpdateHook", false))),
+            (PreparingNormal, Some(&both), None),
+            (Updating, Some(&both), None),
+            (PreparingDelete, Some(&unmarked), None),
+            (PreparingUpdate, None, None),
+        ];
+        for (state, lifecycle, want) in cases {
+            assert_eq!(not_ready_key(state, lifecycle), want, "{state:?}");
+        }
+    }
 
     #[test]
     fn lifecycle_refresh() {
@@ -282,6 +347,9 @@ mod tests {
 
     #[test]
     fn updates_go_within_the_unavailability_budget() {
+        let choose_updates = |pods: &[PodFacts], d: &Diffs| {
+            choose_updates(pods, d, &CloneSetUpdateStrategy::default())
+        };
         let pods = [
             facts("a", false, true, 1),
             facts("b", false, true, 2),
@@ -303,6 +371,46 @@ mod tests {
         states[2].state = Some(PreparingDelete);
         states[3].in_place_grace = true;
         assert_eq!(choose_updates(&states, &diffs(4, 4)), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_strategy_orders_the_updates() {
+        let mut pods: Vec<PodFacts> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .zip(1..)
+            .map(|(name, created)| facts(name, false, true, created))
+            .collect();
+        let strategy =
+            |v: serde_json::Value| -> CloneSetUpdateStrategy { serde_json::from_value(v).unwrap() };
+        let none = CloneSetUpdateStrategy::default();
+        // The default order: newest first.
+        assert_eq!(
+            choose_updates(&pods, &diffs(6, 6), &none),
+            ["f", "e", "d", "c", "b", "a"]
+        );
+        // The scatter sort spreads the pods of zone x (counted among all the CloneSet's pods).
+        for p in pods.iter_mut().filter(|p| p.name == "f" || p.name == "e") {
+            p.labels.insert("zone".into(), "x".into());
+        }
+        let scatter =
+            strategy(serde_json::json!({"scatterStrategy": [{"key": "zone", "value": "x"}]}));
+        assert_eq!(
+            choose_updates(&pods, &diffs(6, 6), &scatter),
+            ["f", "d", "c", "b", "a", "e"]
+        );
+        // The priority sort goes before it; PreparingUpdate first after both.
+        let priority = strategy(serde_json::json!({"priorityStrategy": {"weightPriority": [
+            {"weight": 10, "matchSelector": {"matchLabels": {"zone": "x"}}}]}}));
+        pods[0].labels.insert("zone".into(), "x".into());
+        assert_eq!(
+            choose_updates(&pods, &diffs(6, 6), &priority),
+            ["f", "e", "a", "d", "c", "b"]
+        );
+        pods[2].state = Some(PreparingUpdate);
+        assert_eq!(
+            choose_updates(&pods, &diffs(3, 6), &priority),
+            ["c", "f", "e"]
+        );
     }
 
     #[test]

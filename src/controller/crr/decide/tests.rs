@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
@@ -450,37 +450,14 @@ fn finished_crr_releases_then_unlabels_then_expires() {
 }
 
 #[test]
-fn readiness_condition_holds_and_releases_keys() {
+fn the_readiness_key_names_the_crr() {
     let mut c = crr(&["app"]);
     c.metadata.name = Some("b".into());
-    let mut p = pod("Running");
-    let k1 = readiness_key(&c);
-    let cond = readiness_condition(&p, &k1, true).unwrap();
-    assert_eq!(cond.status, "False");
+    let key = readiness_key(&c);
     assert_eq!(
-        cond.message.as_deref(),
-        Some(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/b"}]"#)
+        (key.user_agent.as_str(), key.key.as_str()),
+        ("ContainerRecreateRequest", "default/b")
     );
-    p.status.as_mut().unwrap().conditions = Some(vec![cond]);
-    assert_eq!(readiness_condition(&p, &k1, true), None, "already held");
-    let mut other = c.clone();
-    other.metadata.name = Some("a".into());
-    let k2 = readiness_key(&other);
-    let both = readiness_condition(&p, &k2, true).unwrap();
-    assert!(
-        both.message
-            .as_deref()
-            .unwrap()
-            .starts_with(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/a"}"#),
-        "sorted"
-    );
-    p.status.as_mut().unwrap().conditions = Some(vec![both]);
-    let one = readiness_condition(&p, &k2, false).unwrap();
-    assert_eq!(one.status, "False");
-    p.status.as_mut().unwrap().conditions = Some(vec![one]);
-    let none = readiness_condition(&p, &k1, false).unwrap();
-    assert_eq!(none.status, "True");
-    assert_eq!(none.message, None);
 }
 
 #[test]
