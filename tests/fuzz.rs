@@ -854,6 +854,71 @@ proptest! {
     /// CloneSet specs as a user may write them: admission judges them, its defaults are
     /// idempotent and pass their own checks when the rest does.
     #[test]
+    fn cloneset_in_place_records(
+        grace_muts in mutations(),
+        state_muts in mutations(),
+        now in any::<i64>(),
+        grace in any::<i32>(),
+    ) {
+        let grace_seed = json!({"revision": "web-abc", "containerImages": {"app": "busybox:2"},
+            "metaDataPatch": "eyJsYWJlbHMiOnt9fQ==", "updateEnvFromMetadata": true, "graceSeconds": 30});
+        let state_seed = json!({"revision": "web-abc", "updateTimestamp": "2026-12-07T10:00:00Z",
+            "lastContainerStatuses": {"app": {"imageID": "x"}}, "updateImages": true});
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "labels": {"controller-revision-hash": "web-abc"},
+                "annotations": {
+                    "apps.kruise.io/inplace-update-grace": mutate(&grace_seed, &grace_muts).to_string(),
+                    "apps.kruise.io/inplace-update-state": mutate(&state_seed, &state_muts).to_string(),
+                }},
+            "spec": {"containers": [{"name": "app", "image": "busybox:1"}]},
+            "status": {"containerStatuses": [{"name": "app", "image": "busybox:1", "imageID": "x",
+                "ready": true, "restartCount": 0}]},
+        }))
+        .unwrap();
+        let _ = cloneset::inplace::grace_step(&pod, now, "2026-12-07T10:00:00Z");
+        let _ = cloneset::inplace::in_place_done(&pod);
+        let change = cloneset::InPlaceChange {
+            images: [("app".to_string(), "busybox:2".to_string())].into(),
+            ..Default::default()
+        };
+        let patch = cloneset::inplace::update_patch(&pod, "web-abc", &change, &json!({}), "t", grace);
+        prop_assert_eq!(patch.get("spec").is_none(), grace > 0);
+    }
+
+    #[test]
+    fn cloneset_progressing(
+        counts in (any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>()),
+        deadline in prop::option::of(any::<i32>()),
+        reason in prop::sample::select(vec!["CloneSetUpdated", "CloneSetAvailable", "ProgressDeadlineExceeded", ""]),
+        started in -100_000_000_000i64..100_000_000_000,
+        now in any::<i64>(),
+        paused in any::<bool>(),
+    ) {
+        use cloneset::status::{ProgressSpec, set_progressing};
+        let (replicas, updated, updated_available, expected_updated) = counts;
+        let mut status = nodeward::api::kruise::CloneSetStatus {
+            replicas,
+            updated_replicas: updated,
+            updated_available_replicas: updated_available,
+            expected_updated_replicas: expected_updated,
+            update_revision: "b".into(),
+            conditions: vec![nodeward::api::kruise::CloneSetCondition {
+                type_: "Progressing".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                last_update_time: Timestamp::from_second(started).ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let spec = ProgressSpec { deadline_seconds: deadline, paused, replicas };
+        let requeue = set_progressing(&mut status, spec, now);
+        let progressing = status.conditions.iter().filter(|c| c.type_ == "Progressing").count();
+        prop_assert!(progressing <= 1);
+        prop_assert!(requeue.is_none() || progressing == 1);
+    }
+
+    #[test]
     fn cloneset_admission(muts in mutations(), old_muts in mutations()) {
         use nodeward::controller::cloneset::decide::validate;
         let seed = json!({
@@ -862,7 +927,12 @@ proptest! {
             "template": {"metadata": {"labels": {"app": "web"}},
                          "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
             "scaleStrategy": {"podsToDelete": ["web-a"], "maxUnavailable": "10%"},
-            "updateStrategy": {"type": "InPlaceIfPossible", "partition": "50%", "maxSurge": 1},
+            "updateStrategy": {"type": "InPlaceIfPossible", "partition": "50%", "maxSurge": 1,
+                "priorityStrategy": {"weightPriority": [{"weight": 50,
+                    "matchSelector": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}}]},
+                "scatterStrategy": [{"key": "zone", "value": "a"}],
+                "inPlaceUpdateStrategy": {"gracePeriodSeconds": 5}},
+            "lifecycle": {"inPlaceUpdate": {"labelsHandler": {"hold": "true"}, "markPodNotReady": true}},
             "progressDeadlineSeconds": 60,
         });
         let Ok(mut spec) = serde_json::from_value::<nodeward::api::kruise::CloneSetSpec>(mutate(&seed, &muts)) else {
@@ -870,6 +940,7 @@ proptest! {
         };
         let old = serde_json::from_value::<nodeward::api::kruise::CloneSetSpec>(mutate(&seed, &old_muts)).ok();
         let _ = validate::validate(&spec, old.as_ref());
+        let _ = validate::newly_named_pods(&spec, old.as_ref());
         validate::apply_defaults(&mut spec);
         let once = spec.clone();
         validate::apply_defaults(&mut spec);
