@@ -24,6 +24,7 @@ use nodeward::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CONTROLLER_REVISION_HASH_LABEL, CloneSet, LIFECYCLE_STATE_LABEL,
     POD_CONDITION_INPLACE_UPDATE_READY, POD_TEMPLATE_HASH_LABEL,
 };
+use nodeward::controller::cloneset::decide::facts::ANNOTATION_INPLACE_UPDATE_GRACE;
 use serde_json::{Value, json};
 use support::cluster::events_for;
 use support::k8s::{RealCluster, teardown, with_namespace};
@@ -234,11 +235,6 @@ async fn until_status(
     .await
 }
 
-/// Wait until the CloneSet's status has observed its generation and counts `want` pods as
-/// `(replicas, ready, available, updated)`.
-/// Where an in-place update waits out its grace period.
-const INPLACE_UPDATE_GRACE: &str = "apps.kruise.io/inplace-update-grace";
-
 /// The `Progressing` condition's status and reason.
 fn progressing(cs: &CloneSet) -> Option<(&str, &str)> {
     let status = cs.status.as_ref()?;
@@ -249,6 +245,8 @@ fn progressing(cs: &CloneSet) -> Option<(&str, &str)> {
     Some((c.status.as_str(), c.reason.as_str()))
 }
 
+/// Wait until the CloneSet's status has observed its generation and counts `want` pods as
+/// `(replicas, ready, available, updated)`.
 async fn until_counts(api: &Api<CloneSet>, name: &str, want: (i32, i32, i32, i32)) -> CloneSet {
     let what = format!("CloneSet {name}'s (replicas, ready, available, updated) to be {want:?}");
     until_status(api, name, &what, |cs| counts(cs) == want).await
@@ -799,7 +797,8 @@ async fn in_place_update_of_images_and_env_from_metadata() {
             let mut steps = steps.lock().unwrap();
             for pod in pods {
                 let now = (
-                    pod.annotations().contains_key(INPLACE_UPDATE_GRACE),
+                    pod.annotations()
+                        .contains_key(ANNOTATION_INPLACE_UPDATE_GRACE),
                     image_of(pod) == image,
                 );
                 let seen = steps.entry(pod.name_any()).or_default();

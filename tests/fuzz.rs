@@ -851,8 +851,9 @@ proptest! {
         }
     }
 
-    /// CloneSet specs as a user may write them: admission judges them, its defaults are
-    /// idempotent and pass their own checks when the rest does.
+    /// In-place records (the grace and state annotations) as a user with pod patch rights may
+    /// write them: read without a panic; the update patch holds the spec back exactly when a
+    /// grace period is asked for.
     #[test]
     fn cloneset_in_place_records(
         grace_muts in mutations(),
@@ -885,6 +886,9 @@ proptest! {
         prop_assert_eq!(patch.get("spec").is_none(), grace > 0);
     }
 
+    /// The `Progressing` condition from any counters, deadline and clock: one condition at most,
+    /// gone without a deadline; False exactly when the deadline is exceeded, and a requeue
+    /// exactly while progressing.
     #[test]
     fn cloneset_progressing(
         counts in (any::<i32>(), any::<i32>(), any::<i32>(), any::<i32>()),
@@ -913,11 +917,19 @@ proptest! {
         };
         let spec = ProgressSpec { deadline_seconds: deadline, paused, replicas };
         let requeue = set_progressing(&mut status, spec, now);
-        let progressing = status.conditions.iter().filter(|c| c.type_ == "Progressing").count();
-        prop_assert!(progressing <= 1);
-        prop_assert!(requeue.is_none() || progressing == 1);
+        let conditions: Vec<_> = status.conditions.iter().filter(|c| c.type_ == "Progressing").collect();
+        let has_deadline = deadline.is_some_and(|d| d != i32::MAX);
+        prop_assert_eq!(conditions.len(), usize::from(has_deadline));
+        if let Some(c) = conditions.first() {
+            prop_assert_eq!(c.status == "False", c.reason == "ProgressDeadlineExceeded");
+            prop_assert_eq!(requeue.is_some(), c.reason == "CloneSetUpdated");
+        } else {
+            prop_assert!(requeue.is_none());
+        }
     }
 
+    /// CloneSet specs as a user may write them: admission judges them, its defaults are
+    /// idempotent and pass their own checks when the rest does.
     #[test]
     fn cloneset_admission(muts in mutations(), old_muts in mutations()) {
         use nodeward::controller::cloneset::decide::validate;

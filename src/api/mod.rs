@@ -2,5 +2,6 @@
 
 pub mod clamp;
 pub mod kruise;
+pub mod names;
 pub mod role;
 pub mod well_known;

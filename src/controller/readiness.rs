@@ -21,30 +21,33 @@ pub struct NotReadyKey {
     pub key: String,
 }
 
-/// Whether the pod's spec names the `KruisePodReady` readiness gate.
-pub fn has_gate(pod: &Pod) -> bool {
+/// Whether the pod's spec names the readiness gate `condition_type`.
+pub fn has_readiness_gate(pod: &Pod, condition_type: &str) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.readiness_gates.as_ref())
-        .is_some_and(|gates| {
-            gates
-                .iter()
-                .any(|g| g.condition_type == POD_CONDITION_KRUISE_POD_READY)
+        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == condition_type))
+}
+
+/// Whether the pod's spec names the `KruisePodReady` readiness gate.
+pub fn has_gate(pod: &Pod) -> bool {
+    has_readiness_gate(pod, POD_CONDITION_KRUISE_POD_READY)
+}
+
+fn current(pod: &Pod) -> Option<&PodCondition> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.type_ == POD_CONDITION_KRUISE_POD_READY)
         })
 }
 
 /// The pod's `KruisePodReady` condition with `key` added (`add`) or removed; `None` when that
 /// changes nothing. Status is False while any key is held, True when none is.
 pub fn condition(pod: &Pod, key: &NotReadyKey, add: bool) -> Option<PodCondition> {
-    let current = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.type_ == POD_CONDITION_KRUISE_POD_READY)
-        });
-    let mut keys: Vec<NotReadyKey> = current
+    let mut keys: Vec<NotReadyKey> = current(pod)
         .and_then(|c| c.message.as_deref())
         .and_then(|m| serde_json::from_str(m).ok())
         .unwrap_or_default();
@@ -74,37 +77,68 @@ pub fn condition(pod: &Pod, key: &NotReadyKey, add: bool) -> Option<PodCondition
 
 /// Hold (`hold`) or release `key` in the pod's `KruisePodReady` condition; while any key is
 /// held the pod's `Ready` condition is False too. Whether anything was written (nothing for a
-/// pod without the readiness gate or already as asked).
+/// pod without the readiness gate or already as asked). `pod` may be a cached copy: when it
+/// says a write is due, the condition is computed again from the pod as the API server has it
+/// and written with its resourceVersion (retried on conflict), so that another writer's key is
+/// never lost.
 pub async fn hold(
     pods: &Api<Pod>,
     pod: &Pod,
     key: &NotReadyKey,
     hold: bool,
 ) -> Result<bool, kube::Error> {
-    if !has_gate(pod) {
-        return Ok(false);
-    }
-    let Some(cond) = condition(pod, key, hold) else {
-        return Ok(false);
-    };
-    let mut conditions = vec![json!(cond)];
-    if cond.status == "False" {
-        conditions.push(json!({
-            "type": "Ready",
-            "status": "False",
-            "reason": "ReadinessGatesNotReady",
-            "message": format!("the status of pod readiness gate {:?} is not \"True\"", cond.type_),
-            "lastTransitionTime": cond.last_transition_time,
-        }));
-    }
-    let patch = json!({"status": {"conditions": conditions}});
-    pods.patch_status(
-        &pod.name_any(),
-        &PatchParams::default(),
-        &Patch::Strategic(&patch),
-    )
+    write_fresh(pods, pod, |fresh| condition(fresh, key, hold)).await
+}
+
+/// Set the `KruisePodReady` condition True on a pod with the gate and no condition yet (the
+/// gate's first value, which upstream's pod-readiness controller writes). Whether written.
+pub async fn start(pods: &Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
+    write_fresh(pods, pod, |fresh| {
+        current(fresh).is_none().then(|| PodCondition {
+            type_: POD_CONDITION_KRUISE_POD_READY.into(),
+            status: "True".into(),
+            last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        })
+    })
     .await
-    .map(|_| true)
+}
+
+/// Write the condition `next` gives for the pod, when the cached `pod` and then the fresh one
+/// both say it changes something.
+async fn write_fresh(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    next: impl Fn(&Pod) -> Option<PodCondition>,
+) -> Result<bool, kube::Error> {
+    if !has_gate(pod) || next(pod).is_none() {
+        return Ok(false);
+    }
+    let name = pod.name_any();
+    crate::cluster::retry_on_conflict(5, || async {
+        let fresh = pods.get(&name).await?;
+        let Some(cond) = next(&fresh) else {
+            return Ok(false);
+        };
+        let mut conditions = vec![json!(cond)];
+        if cond.status == "False" {
+            conditions.push(json!({
+                "type": "Ready",
+                "status": "False",
+                "reason": "ReadinessGatesNotReady",
+                "message": format!("the status of pod readiness gate {:?} is not \"True\"", cond.type_),
+                "lastTransitionTime": cond.last_transition_time,
+            }));
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": fresh.resource_version()},
+            "status": {"conditions": conditions},
+        });
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map(|_| true)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -118,8 +152,8 @@ mod tests {
             key: key.into(),
         };
         let (k1, k2) = (
-            key("ContainerRecreateRequest", "default/b"),
             key("Lifecycle", "preDeleteHook"),
+            key("ContainerRecreateRequest", "default/b"),
         );
         let mut p = Pod::default();
         let with = |p: &mut Pod, c: PodCondition| {
@@ -129,18 +163,19 @@ mod tests {
         assert_eq!(cond.status, "False");
         assert_eq!(
             cond.message.as_deref(),
-            Some(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/b"}]"#)
+            Some(r#"[{"userAgent":"Lifecycle","key":"preDeleteHook"}]"#)
         );
         with(&mut p, cond);
         assert_eq!(condition(&p, &k1, true), None, "already held");
         let both = condition(&p, &k2, true).unwrap();
         assert!(
             both.message
+                .as_deref()
                 .unwrap()
-                .ends_with(r#"{"userAgent":"Lifecycle","key":"preDeleteHook"}]"#)
+                .starts_with(r#"[{"userAgent":"ContainerRecreateRequest","key":"default/b"}"#),
+            "sorted"
         );
-        let held = condition(&p, &k2, true).unwrap();
-        with(&mut p, held);
+        with(&mut p, both);
         let one = condition(&p, &k2, false).unwrap();
         assert_eq!(one.status, "False");
         with(&mut p, one);

@@ -19,7 +19,6 @@ use tracing::{info, warn};
 
 use super::Error;
 use super::decide::expect::Expected;
-use super::decide::inplace::GraceStep;
 use super::decide::{self, REVISION_HASH_LABEL};
 use crate::api::kruise::{
     CLONESET_INSTANCE_ID_LABEL, CloneSet, LIFECYCLE_STATE_LABEL, LIFECYCLE_TIMESTAMP_ANNOTATION,
@@ -320,7 +319,7 @@ async fn mark_hook_readiness(
         format!("mark pod {ns}/{name} ready or not for its lifecycle hook")
     })?;
     if written == Some(true) {
-        info!(cloneset = %cs.name_any(), namespace = %ns, pod_name = %name, pod_uid = %pod.uid().unwrap_or_default(), key = %key.key, hold, "pod readiness held by its lifecycle hook");
+        info!(cloneset = %cs.name_any(), namespace = %ns, pod_name = %name, pod_uid = %pod.uid().unwrap_or_default(), key = %key.key, hold, "pod readiness key of its lifecycle hook held or released");
     }
     Ok(())
 }
@@ -390,34 +389,41 @@ pub async fn mark_recreate(
     Ok(())
 }
 
-/// Set the pod's readiness-gate conditions `types` True (`InPlaceUpdateReady`: how a new pod
-/// passes its gate and an in-place update ends; `KruisePodReady`: the first value of a gate
-/// the CloneSet's hooks use).
-pub async fn mark_ready(client: &kube::Client, pod: &Pod, types: &[&str]) -> Result<(), Error> {
-    if types.is_empty() {
-        return Ok(());
-    }
+/// Set the pod's `InPlaceUpdateReady` condition True (how a new pod passes its readiness gate,
+/// and an in-place update ends).
+pub async fn mark_update_ready(client: &kube::Client, pod: &Pod) -> Result<(), Error> {
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-    let now = now_rfc3339();
-    let conditions: Vec<Value> = types
-        .iter()
-        .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
-        .collect();
-    let patch = json!({"status": {"conditions": conditions}});
+    let patch = json!({"status": {"conditions": [{
+        "type": POD_CONDITION_INPLACE_UPDATE_READY,
+        "status": "True",
+        "lastTransitionTime": now_rfc3339(),
+    }]}});
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     gone_is_ok(
         api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await,
-        || format!("set the {types:?} conditions of pod {ns}/{name}"),
+        || format!("set the {POD_CONDITION_INPLACE_UPDATE_READY} condition of pod {ns}/{name}"),
     )
     .map(|_| ())
 }
 
-/// Update `pod` in place to `revision` (upstream `inplaceupdate.Update` without a grace
-/// period): its `InPlaceUpdateReady` condition False first (and Ready with it), so that no
-/// traffic reaches it while the kubelet restarts its containers; then one patch of images,
-/// metadata, revision labels, state Updating and the state annotation (`patch`:
-/// [`decide::inplace::update_patch`]). A pod that went meanwhile is left alone.
+/// Give a pod with the `KruisePodReady` gate (a hook with `markPodNotReady`) the condition's
+/// first value, True, when it has none.
+pub async fn start_pod_readiness(client: &kube::Client, pod: &Pod) -> Result<(), Error> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    gone_is_ok(readiness::start(&api, pod).await, || {
+        format!("set the KruisePodReady condition of pod {ns}/{name}")
+    })
+    .map(|_| ())
+}
+
+/// Update `pod` in place to `revision` (upstream `inplaceupdate.Update`): its
+/// `InPlaceUpdateReady` condition False first (and Ready with it), so that no traffic reaches it
+/// while the kubelet restarts its containers; then one patch (`patch`:
+/// [`decide::inplace::update_patch`]) of revision labels, state Updating, the state annotation
+/// and either the images and metadata or, with a grace period, the grace annotation holding
+/// them. A pod that went meanwhile is left alone.
 pub async fn update_in_place(
     client: &kube::Client,
     cs: &CloneSet,
@@ -493,20 +499,16 @@ pub async fn update_in_place(
     }
 }
 
-/// Carry out a pod's grace-period step: drop its grace annotation, or apply the held in-place
-/// change with it.
+/// End a pod's grace period with `patch` ([`decide::inplace::grace_step`]): the held in-place
+/// change `applied`, or the grace annotation only dropped.
 pub async fn finish_grace(
     client: &kube::Client,
     cs: &CloneSet,
     pod: &Pod,
-    step: GraceStep,
+    patch: Value,
+    applied: bool,
     expected: &mut Expected,
 ) -> Result<(), Error> {
-    let (patch, applied) = match step {
-        GraceStep::Apply(patch) => (patch, true),
-        GraceStep::Drop(patch) => (patch, false),
-        GraceStep::Wait(_) => return Ok(()),
-    };
     let patch = Patch::Strategic(patch);
     if patch_pod(
         client,

@@ -2,10 +2,7 @@
 //! and the refusals of [`decide::validate`], in upstream's words. Served on every replica;
 //! registered by `packaging/kubernetes/components/cloneset` (and the chart's gate) only.
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionReview, Operation};
 
@@ -16,8 +13,6 @@ use crate::controller::webhook;
 pub const MUTATE_PATH: &str = "/mutate-apps-kruise-io-v1alpha1-cloneset";
 pub const VALIDATE_PATH: &str = "/validate-apps-kruise-io-v1alpha1-cloneset";
 const KIND: &str = "CloneSet";
-/// The deadline of one `podsToDelete` lookup.
-const POD_LOOKUP: Duration = Duration::from_secs(5);
 
 /// The defaults of a created CloneSet, or of one whose spec changed.
 pub fn mutate(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
@@ -51,7 +46,8 @@ pub async fn validate(
     judge(review, &lookups)
 }
 
-/// The pods a CREATE or UPDATE adds to `podsToDelete`, as a lookup with a deadline finds them.
+/// The pods a CREATE or UPDATE adds to `podsToDelete`, as one lookup with one deadline finds
+/// them (the review is read again by [`judge`]; admission is no hot path).
 async fn pods_to_delete(
     client: &kube::Client,
     review: &AdmissionReview<DynamicObject>,
@@ -68,17 +64,8 @@ async fn pods_to_delete(
         return Vec::new();
     };
     let names = validate::newly_named_pods(&new.spec, old.as_ref().map(|o| &o.spec));
-    let pods: Api<Pod> =
-        Api::namespaced(client.clone(), req.namespace.as_deref().unwrap_or_default());
-    let mut found = Vec::with_capacity(names.len());
-    for name in names {
-        let got = match tokio::time::timeout(POD_LOOKUP, pods.get_opt(&name)).await {
-            Ok(got) => got.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out".to_string()),
-        };
-        found.push((name, got));
-    }
-    found
+    let ns = req.namespace.as_deref().unwrap_or_default();
+    webhook::lookup_pods(client, ns, &names).await
 }
 
 /// The verdict on `review`, with the `podsToDelete` lookups made for it.

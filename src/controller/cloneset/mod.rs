@@ -35,11 +35,9 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::kruise::{
-    CLONESET_INSTANCE_ID_LABEL, CloneSet, CloneSetStatus, LifecycleState,
-    POD_CONDITION_INPLACE_UPDATE_READY, POD_CONDITION_KRUISE_POD_READY, UPDATE_RECREATE,
+    CLONESET_INSTANCE_ID_LABEL, CloneSet, CloneSetStatus, LifecycleState, UPDATE_RECREATE,
 };
 use crate::controller::metrics::{ControllerMetrics, Reason};
-use crate::controller::readiness;
 use crate::controller::retries::Retries;
 use decide::expect::{Cached, Expected, TIMEOUT};
 use decide::facts::{self, Seen};
@@ -752,10 +750,11 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<Option<D
         ..
     } = pass;
     let mut refreshed = false;
-    let (now, now_text) = (
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-        act::now_rfc3339(),
-    );
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    // The same second as text: an updateTimestamp a second ahead of `now` would cost a pass.
+    let now_text = k8s_openapi::jiff::Timestamp::from_second(now)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let grace = cs
         .spec
         .update_strategy
@@ -767,11 +766,17 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<Option<D
     for (pod, f) in active.iter().zip(pod_facts) {
         match inplace::grace_step(pod, now, &now_text) {
             Some(GraceStep::Wait(left)) => wait_for(left),
-            Some(step @ (GraceStep::Drop(_) | GraceStep::Apply(_))) => {
-                act::finish_grace(&ctx.client, cs, pod, step, expected).await?;
+            Some(GraceStep::Drop(patch)) => {
+                act::finish_grace(&ctx.client, cs, pod, patch, false, expected).await?;
                 refreshed = true;
                 continue;
             }
+            Some(GraceStep::Apply(patch)) => {
+                act::finish_grace(&ctx.client, cs, pod, patch, true, expected).await?;
+                refreshed = true;
+                continue;
+            }
+            Some(GraceStep::Unreadable(why)) => return Err(Error::Refused(why)),
             None => {}
         }
         let done = inplace::in_place_done(pod);
@@ -785,15 +790,10 @@ async fn update_pods(pass: Pass<'_>, expected: &mut Expected) -> Result<Option<D
             act::set_state(&ctx.client, cs, pod, state, expected).await?;
             refreshed = true;
         }
-        let unset = [
-            (done && !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod))
-                .then_some(POD_CONDITION_INPLACE_UPDATE_READY),
-            (readiness::has_gate(pod)
-                && !facts::has_condition(pod, POD_CONDITION_KRUISE_POD_READY))
-            .then_some(POD_CONDITION_KRUISE_POD_READY),
-        ];
-        let unset: Vec<&str> = unset.into_iter().flatten().collect();
-        act::mark_ready(&ctx.client, pod, &unset).await?;
+        if done && !facts::update_ready_true(pod) && facts::has_update_ready_gate(pod) {
+            act::mark_update_ready(&ctx.client, pod).await?;
+        }
+        act::start_pod_readiness(&ctx.client, pod).await?;
     }
     if refreshed || cs.spec.update_strategy.paused {
         return Ok(wait);

@@ -2,10 +2,6 @@
 //! replica): read the review, look the Pod up on a CREATE, let [`decide`] judge, and turn a
 //! mutation into a JSON patch against the object exactly as the API server sent it.
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use tracing::{info, warn};
@@ -16,9 +12,6 @@ use crate::controller::webhook;
 
 /// Path of the mutating webhook, as kruise-manager serves it.
 pub const PATH: &str = "/mutate-apps-kruise-io-v1alpha1-containerrecreaterequest";
-
-/// How long the Pod lookup may take (the API server gives the whole webhook 10 s).
-const POD_LOOKUP: Duration = Duration::from_secs(5);
 
 /// Answer one AdmissionReview.
 pub async fn review(
@@ -76,14 +69,14 @@ async fn judge(
             let pod = if crr.spec.pod_name.is_empty() {
                 None
             } else {
-                let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                match tokio::time::timeout(POD_LOOKUP, pods.get_opt(&crr.spec.pod_name)).await {
-                    Ok(Ok(pod)) => pod,
-                    Ok(Err(e)) => {
+                let name = std::slice::from_ref(&crr.spec.pod_name);
+                match webhook::lookup_pods(client, &ns, name).await.pop() {
+                    Some((_, Ok(pod))) => pod,
+                    Some((_, Err(e))) => {
                         warn!(namespace = %ns, pod = %crr.spec.pod_name, error = %e, "CRR admission: reading the Pod failed");
                         return Err(format!("reading Pod {}: {e}", crr.spec.pod_name));
                     }
-                    Err(_) => return Err(format!("reading Pod {}: timed out", crr.spec.pod_name)),
+                    None => None,
                 }
             };
             Ok((decide::admit_create(&crr, pod.as_ref()), Some(raw)))

@@ -23,7 +23,7 @@ use axum::routing::post;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -208,6 +208,32 @@ pub fn answer(
         return resp.into_review();
     }
     judge(&req, resp).into_review()
+}
+
+/// How long an admission answer's Pod lookups may take together (the API server gives the whole
+/// webhook 10 s).
+const POD_LOOKUP: Duration = Duration::from_secs(5);
+
+/// The Pods `names` in `namespace` as one lookup with one deadline finds them (`Ok(None)`: no
+/// such Pod; `Err`: why it could not be read).
+pub async fn lookup_pods(
+    client: &kube::Client,
+    namespace: &str,
+    names: &[String],
+) -> Vec<(String, Result<Option<Pod>, String>)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let all = futures::future::join_all(names.iter().map(|n| pods.get_opt(n)));
+    match tokio::time::timeout(POD_LOOKUP, all).await {
+        Ok(found) => names
+            .iter()
+            .cloned()
+            .zip(found.into_iter().map(|r| r.map_err(|e| e.to_string())))
+            .collect(),
+        Err(_) => names
+            .iter()
+            .map(|n| (n.clone(), Err("timed out".to_string())))
+            .collect(),
+    }
 }
 
 /// Refuse with `message`, logged once with who asked.

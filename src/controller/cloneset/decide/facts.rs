@@ -91,17 +91,9 @@ pub fn update_ready_true(pod: &Pod) -> bool {
     condition(pod, POD_CONDITION_INPLACE_UPDATE_READY).is_some_and(|c| c.status == "True")
 }
 
-/// The pod's status has a condition of `type_`.
-pub fn has_condition(pod: &Pod, type_: &str) -> bool {
-    condition(pod, type_).is_some()
-}
-
 /// The pod has the `InPlaceUpdateReady` readiness gate.
 pub fn has_update_ready_gate(pod: &Pod) -> bool {
-    pod.spec
-        .iter()
-        .flat_map(|s| s.readiness_gates.iter().flatten())
-        .any(|g| g.condition_type == POD_CONDITION_INPLACE_UPDATE_READY)
+    crate::controller::readiness::has_readiness_gate(pod, POD_CONDITION_INPLACE_UPDATE_READY)
 }
 
 /// Seconds since the epoch the pod became Ready (`None` when not Ready or unknown).

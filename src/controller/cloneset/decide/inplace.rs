@@ -216,11 +216,15 @@ fn apply(
 pub enum GraceStep {
     /// Look again then.
     Wait(Duration),
-    /// The update was taken over by another revision (or its record is unreadable): drop the
-    /// grace annotation (a strategic merge patch).
+    /// The update was taken over by another revision: drop the grace annotation (a strategic
+    /// merge patch).
     Drop(Value),
     /// The period has passed: apply the change and drop the annotation (a strategic merge patch).
     Apply(Value),
+    /// The grace or state annotation cannot be read: nothing is applied or dropped (the pod
+    /// would otherwise count as updated at its old image), and the CloneSet says why, as
+    /// upstream's refresh error does.
+    Unreadable(String),
 }
 
 /// The step for `pod`'s grace annotation, if it has one, at `now` (seconds since the epoch;
@@ -229,35 +233,49 @@ pub enum GraceStep {
 pub fn grace_step(pod: &Pod, now: i64, now_rfc3339: &str) -> Option<GraceStep> {
     let annotations = pod.metadata.annotations.as_ref()?;
     let raw = annotations.get(ANNOTATION_INPLACE_UPDATE_GRACE)?;
+    let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+        Some(GraceStep::Unreadable(format!(
+            "pod {}: {what} cannot be read: {e}",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )))
+    };
     let drop = json!({"metadata": {"annotations": {ANNOTATION_INPLACE_UPDATE_GRACE: null}}});
-    let Ok(grace) = serde_json::from_str::<GraceSpec>(raw) else {
-        return Some(GraceStep::Drop(drop));
+    let grace = match serde_json::from_str::<GraceSpec>(raw) {
+        Ok(grace) => grace,
+        Err(e) => return unreadable(ANNOTATION_INPLACE_UPDATE_GRACE, &e),
     };
     if !super::facts::at_revision(pod, &grace.revision) {
         return Some(GraceStep::Drop(drop));
     }
-    let mut state = annotations
+    let state = annotations
         .get(ANNOTATION_INPLACE_UPDATE_STATE)
-        .and_then(|raw| serde_json::from_str::<InPlaceUpdateState>(raw).ok())
-        .unwrap_or_else(|| InPlaceUpdateState {
-            revision: grace.revision.clone(),
-            update_timestamp: now_rfc3339.to_string(),
-            ..Default::default()
-        });
-    let started = state
-        .update_timestamp
-        .parse::<Timestamp>()
-        .map_or(now, |t| t.as_second());
+        .map(|raw| serde_json::from_str::<InPlaceUpdateState>(raw));
+    let mut state = match state {
+        Some(Ok(state)) => state,
+        Some(Err(e)) => return unreadable(ANNOTATION_INPLACE_UPDATE_STATE, &e),
+        None => return unreadable(ANNOTATION_INPLACE_UPDATE_STATE, &"missing"),
+    };
+    let started = match state.update_timestamp.parse::<Timestamp>() {
+        Ok(t) => t.as_second(),
+        Err(e) => return unreadable("its in-place update's updateTimestamp", &e),
+    };
     let due = started.saturating_add(i64::from(grace.grace_seconds.max(0)));
     if now < due {
         let left = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
         return Some(GraceStep::Wait(Duration::from_secs(left)));
     }
-    let metadata = BASE64
-        .decode(&grace.meta_data_patch)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-        .unwrap_or_else(|| json!({}));
+    let metadata = if grace.meta_data_patch.is_empty() {
+        json!({})
+    } else {
+        let decoded = BASE64
+            .decode(&grace.meta_data_patch)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(metadata) => metadata,
+            Err(e) => return unreadable("its grace annotation's metaDataPatch", &e),
+        }
+    };
     let mut patch = drop;
     patch["metadata"]["labels"] = json!({});
     apply(
@@ -520,6 +538,36 @@ mod tests {
             Some(GraceStep::Drop(_))
         ));
         assert_eq!(grace_step(&pod("i", "i", "x", json!({})), start, at), None);
+        // Records that cannot be read: nothing applied or dropped, the reason given.
+        let unreadable = |notes: Value| {
+            let mut p = pod("i", "i", "x", notes);
+            p.metadata.labels = Some(
+                [(
+                    CONTROLLER_REVISION_HASH_LABEL.to_string(),
+                    "cs-7f9".to_string(),
+                )]
+                .into(),
+            );
+            grace_step(&p, start, at)
+        };
+        let grace = r#"{"revision":"cs-7f9","graceSeconds":3}"#;
+        for (notes, why) in [
+            (
+                json!({ANNOTATION_INPLACE_UPDATE_GRACE: "{"}),
+                ANNOTATION_INPLACE_UPDATE_GRACE,
+            ),
+            (json!({ANNOTATION_INPLACE_UPDATE_GRACE: grace}), "missing"),
+            (
+                json!({ANNOTATION_INPLACE_UPDATE_GRACE: grace,
+                    ANNOTATION_INPLACE_UPDATE_STATE: r#"{"revision":"cs-7f9","updateTimestamp":"then"}"#}),
+                "updateTimestamp",
+            ),
+        ] {
+            match unreadable(notes) {
+                Some(GraceStep::Unreadable(msg)) => assert!(msg.contains(why), "{msg}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
     }
 
     #[test]

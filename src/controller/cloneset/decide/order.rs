@@ -7,8 +7,9 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
-use super::{PodFacts, selector_matches};
+use super::PodFacts;
 use crate::api::kruise::{CloneSetUpdateStrategy, UpdatePriorityStrategy, UpdateScatterTerm};
 
 /// `candidates` (the pods waiting to update, in the default order) in the order the strategy's
@@ -20,7 +21,8 @@ pub fn update_order<'a>(
     strategy: &CloneSetUpdateStrategy,
 ) -> Vec<&'a PodFacts> {
     if let Some(priority) = &strategy.priority_strategy {
-        candidates.sort_by_cached_key(|p| rank(priority, &p.labels));
+        let weights = weights(priority);
+        candidates.sort_by_cached_key(|p| rank(priority, &weights, &p.labels));
     }
     let terms = &strategy.scatter_strategy;
     if terms.is_empty() || candidates.len() <= 1 {
@@ -33,20 +35,21 @@ pub fn update_order<'a>(
 }
 
 /// A pod's rank under the priority strategy, lowest first (upstream `prioritySort.compare`):
-/// with weight terms, the sum of the weights of those whose selector selects the pod, highest
-/// first (the order terms then do not count); else the index of the first order term whose key
-/// the pod carries (`None`, before all others, when it carries none: upstream's code, contrary
-/// to its API comment), then the integer that key's value ends with, highest first.
+/// with weight terms (`weights`: each term's weight and [`selector`]), the sum of the weights of
+/// those whose selector selects the pod, highest first (the order terms then do not count);
+/// else the index of the first order term whose key the pod carries (`None`, before all others,
+/// when it carries none: upstream's code, contrary to its API comment), then the integer that
+/// key's value ends with, highest first.
 fn rank(
     strategy: &UpdatePriorityStrategy,
+    weights: &[(i64, Option<Selector>)],
     labels: &BTreeMap<String, String>,
 ) -> (Reverse<i64>, Option<usize>, Reverse<i64>) {
-    if !strategy.weight_priority.is_empty() {
-        let weight = strategy
-            .weight_priority
+    if !weights.is_empty() {
+        let weight = weights
             .iter()
-            .filter(|t| selects(&t.match_selector, labels))
-            .fold(0_i64, |sum, t| sum.saturating_add(i64::from(t.weight)));
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.matches(labels)))
+            .fold(0_i64, |sum, (w, _)| sum.saturating_add(*w));
         return (Reverse(weight), None, Reverse(0));
     }
     let (level, order) = strategy
@@ -58,15 +61,24 @@ fn rank(
     (Reverse(0), level, Reverse(order))
 }
 
-/// Whether a weight term's selector selects `labels` as upstream's unchecked
-/// `ValidatedLabelSelectorAsSelector` reads it: an empty selector selects all, an unknown
-/// operator nothing, and missing values are no values (`NotIn` then selects all).
-fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+/// The weight terms' weights and selectors, read once for a sort.
+fn weights(strategy: &UpdatePriorityStrategy) -> Vec<(i64, Option<Selector>)> {
+    strategy
+        .weight_priority
+        .iter()
+        .map(|t| (i64::from(t.weight), selector(&t.match_selector)))
+        .collect()
+}
+
+/// A weight term's selector as upstream's unchecked `ValidatedLabelSelectorAsSelector` reads it:
+/// an empty selector selects all, one with an unknown operator nothing (`None`), and missing
+/// values are no values (`NotIn` then selects all).
+fn selector(selector: &LabelSelector) -> Option<Selector> {
     let mut selector = selector.clone();
     for requirement in selector.match_expressions.iter_mut().flatten() {
         requirement.values.get_or_insert_default();
     }
-    selector_matches(&selector, labels)
+    Selector::try_from(selector).ok()
 }
 
 /// The integer `value` ends with (10 in `sts-10`), 0 without one or beyond `i64` (upstream
@@ -322,7 +334,9 @@ mod tests {
             (&keys, "key2=o-20", "key2=o-10", true),
         ];
         for (i, (strategy, a, b, want)) in cases.into_iter().enumerate() {
-            let first = rank(strategy, &labels(a)) <= rank(strategy, &labels(b));
+            let read = super::weights(strategy);
+            let rank = |l| rank(strategy, &read, &labels(l));
+            let first = rank(a) <= rank(b);
             assert_eq!(first, want, "case {i}");
         }
     }
@@ -425,9 +439,10 @@ mod tests {
                 false,
             ),
         ];
-        for (selector, pod, want) in cases {
-            let selector: LabelSelector = serde_json::from_value(selector).unwrap();
-            assert_eq!(selects(&selector, &labels(pod)), want, "{selector:?} {pod}");
+        for (written, pod, want) in cases {
+            let read: LabelSelector = serde_json::from_value(written).unwrap();
+            let selects = selector(&read).is_some_and(|s| s.matches(&labels(pod)));
+            assert_eq!(selects, want, "{read:?} {pod}");
         }
     }
 

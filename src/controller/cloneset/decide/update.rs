@@ -65,19 +65,20 @@ pub const HOOK_READINESS_USER_AGENT: &str = "Lifecycle";
 /// The `KruisePodReady` key a pod entering `state` holds (`true`) or releases (`false`) by its
 /// hooks' `markPodNotReady` (upstream `executePodNotReadyPolicy`): PreparingDelete holds
 /// `preDeleteHook`, PreparingUpdate holds `preUpdateHook`, and Updated releases it. Normal
-/// releases it too: upstream only does on Updated, so a pod whose hook was put back before its
-/// update completed (Updating → Normal) would stay not ready for good.
+/// releases it too, and both release it whatever the hooks say now: upstream only releases on
+/// Updated and while the hook still marks pods, so a pod whose hook was put back before its
+/// update completed (Updating → Normal), or whose hook lost `markPodNotReady` meanwhile, would
+/// stay not ready for good. (Releasing a key not held writes nothing.)
 pub fn not_ready_key(
     state: LifecycleState,
     lifecycle: Option<&Lifecycle>,
 ) -> Option<(&'static str, bool)> {
     use LifecycleState::*;
     let marks = |hook: &Option<LifecycleHook>| hook.as_ref().is_some_and(|h| h.mark_pod_not_ready);
-    let lifecycle = lifecycle?;
     match state {
-        PreparingDelete if marks(&lifecycle.pre_delete) => Some(("preDeleteHook", true)),
-        PreparingUpdate if marks(&lifecycle.in_place_update) => Some(("preUpdateHook", true)),
-        Updated | Normal if marks(&lifecycle.in_place_update) => Some(("preUpdateHook", false)),
+        Updated | Normal => Some(("preUpdateHook", false)),
+        PreparingDelete if marks(&lifecycle?.pre_delete) => Some(("preDeleteHook", true)),
+        PreparingUpdate if marks(&lifecycle?.in_place_update) => Some(("preUpdateHook", true)),
         _ => None,
     }
 }
@@ -223,6 +224,9 @@ mod tests {
             (Updating, Some(&both), None),
             (PreparingDelete, Some(&unmarked), None),
             (PreparingUpdate, None, None),
+            // A key held before the hook changed is released all the same.
+            (Updated, Some(&unmarked), Some(("preUpdateHook", false))),
+            (Normal, None, Some(("preUpdateHook", false))),
         ];
         for (state, lifecycle, want) in cases {
             assert_eq!(not_ready_key(state, lifecycle), want, "{state:?}");

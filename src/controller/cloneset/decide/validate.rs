@@ -12,6 +12,7 @@ use crate::api::kruise::{
     InPlaceUpdateStrategy, UPDATE_IN_PLACE_IF_POSSIBLE, UPDATE_IN_PLACE_ONLY, UPDATE_RECREATE,
     UpdatePriorityStrategy, UpdateScatterTerm,
 };
+use crate::api::names::{is_dns_subdomain_shape, is_name_part};
 
 /// The mutating webhook's defaults (the pod template's own defaults aside).
 pub fn apply_defaults(spec: &mut CloneSetSpec) {
@@ -279,7 +280,7 @@ fn requirement_error(key: &str, operator: &str, values: &[String]) -> Option<Str
         if value.len() > 63 {
             value_errors.push("must be no more than 63 characters");
         }
-        if !value.is_empty() && !is_qualified_name_part(value) {
+        if !value.is_empty() && !is_name_part(value) {
             value_errors.push(LABEL_VALUE_MESSAGE);
         }
         if !value_errors.is_empty() {
@@ -311,7 +312,7 @@ fn qualified_name_errors(value: &str) -> Vec<String> {
             if prefix.len() > 253 {
                 errors.push("prefix part must be no more than 253 characters".into());
             }
-            if !prefix.is_empty() && !is_dns_subdomain(prefix) {
+            if !prefix.is_empty() && !is_dns_subdomain_shape(prefix) {
                 errors.push(format!("prefix part {DNS_SUBDOMAIN_MESSAGE}"));
             }
             name
@@ -327,31 +328,10 @@ fn qualified_name_errors(value: &str) -> Vec<String> {
     } else if name.len() > 63 {
         errors.push("name part must be no more than 63 characters".into());
     }
-    if !is_qualified_name_part(name) {
+    if !is_name_part(name) {
         errors.push(format!("name part {QUALIFIED_NAME_MESSAGE}"));
     }
     errors
-}
-
-/// Matches `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
-fn is_qualified_name_part(s: &str) -> bool {
-    let edge = |c: &u8| c.is_ascii_alphanumeric();
-    let b = s.as_bytes();
-    b.first().is_some_and(edge)
-        && b.last().is_some_and(edge)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// Matches a lowercase RFC 1123 subdomain, whatever its length.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.split('.').all(|label| {
-        let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-        let b = label.as_bytes();
-        b.first().is_some_and(edge)
-            && b.last().is_some_and(edge)
-            && b.iter().all(|c| edge(c) || *c == b'-')
-    })
 }
 
 /// The `podsToDelete` names an update adds (upstream looks up only those), none when the list

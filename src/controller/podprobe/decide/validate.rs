@@ -351,25 +351,14 @@ fn label_value(v: &str) -> Result<(), String> {
 }
 
 fn name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    let edge = |c: &u8| c.is_ascii_alphanumeric();
-    b.first().is_some_and(edge)
-        && b.last().is_some_and(edge)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    crate::api::names::is_name_part(s)
 }
 
 fn dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.split('.').all(|label| {
-            let b = label.as_bytes();
-            let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-            label.len() <= 63
-                && b.first().is_some_and(edge)
-                && b.last().is_some_and(edge)
-                && b.iter().all(|c| edge(c) || *c == b'-')
-        })
+        && s.split('.').all(|label| label.len() <= 63)
+        && crate::api::names::is_dns_subdomain_shape(s)
 }
 
 #[cfg(test)]
