@@ -907,9 +907,14 @@ async fn status_write_conflicts_are_re_read_and_retried() {
     );
     let rereads = node
         .agent()
-        .messages("NodeImage changed meanwhile; re-reading")
-        .len();
-    assert_eq!(rereads, 2);
+        .wait_messages(
+            "NodeImage changed meanwhile; re-reading",
+            2,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rereads.len(), 2, "{rereads:?}");
     remove_image(&format!("{key}:v1")).await;
     api().assert_no_denials();
 }

@@ -294,6 +294,31 @@ impl AgentProcess {
             .collect()
     }
 
+    /// Lines whose message is `message` once there are at least `n` of them: the log goes through
+    /// a non-blocking writer, so a line can reach the test after the API write that followed it.
+    pub async fn wait_messages(
+        &self,
+        message: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.messages(message);
+            if lines.len() >= n {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {n} \"{message}\" lines after {timeout:?}; log:\n{}",
+                    lines.len(),
+                    self.raw_lines().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait for a log line matching `pred`.
     pub async fn wait_for(
         &self,
