@@ -3,7 +3,8 @@
 //! Agent rounds: write the NodeImage spec (a new version each round) into the in-memory API
 //! server and time until its status shows every tag Succeeded. Direct rounds: `PullImage` calls,
 //! 2 at a time. Rounds alternate (which comes first too), the images are removed before each.
-//! Prints `RESULT image_pull images=8 agent_s=… direct_s=… ratio=…` (medians).
+//! Prints `RESULT image_pull images=8 agent_s=… direct_s=… ratio=… agent_rss_mib=…` (medians;
+//! the agent's VmRSS after its ready line and after the last round).
 
 use nodeward_testkit as support;
 
@@ -171,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             ],
         )?;
         agent.wait_ready().await?;
+        let ready_rss = agent.rss_kib().unwrap_or_default();
         let nodeimages: Api<NodeImage> = Api::all(api.client());
         // One unmeasured pull of everything warms the registry and the agent up.
         direct_round(tb, &keys).await?;
@@ -191,9 +193,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let (a, d) = (median(&mut agent_s), median(&mut direct_s));
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let rss = agent.rss_kib().unwrap_or_default();
         println!(
-            "RESULT image_pull images={IMAGES} agent_s={a:.3} direct_s={d:.3} ratio={:.3}",
-            a / d
+            "RESULT image_pull images={IMAGES} agent_s={a:.3} direct_s={d:.3} ratio={:.3} agent_rss_mib={:.1} agent_rss_ready_mib={:.1}",
+            a / d,
+            mib(rss),
+            mib(ready_rss),
         );
         agent.stop().await?;
         remove_all(tb, &keys).await?;

@@ -401,6 +401,16 @@ fn outcome_seed() -> Value {
     })
 }
 
+/// What `ImageRef::parse` made of oci-spec's `Reference` before it read the grammar itself.
+fn oci_spec_reading(reference: &str) -> Option<(String, String, String)> {
+    let r: oci_spec::distribution::Reference = reference.parse().ok()?;
+    let tag = r.digest().or(r.tag())?.to_string();
+    if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    Some((r.registry().to_string(), r.repository().to_string(), tag))
+}
+
 proptest! {
     /// The sidecar rule's promises, whatever the pod: nothing is decided before every role is
     /// known; only running sidecars are stopped; never while a main container runs, never under
@@ -724,6 +734,29 @@ proptest! {
         }
         let _ = ImageRef::from_node_image(&name, &tag);
         let _ = PreStop::parse(&reference);
+    }
+
+    /// The hand-read grammar agrees with oci-spec's regex on ASCII references: both refuse, or
+    /// both read the same registry, repository and tag (or digest).
+    #[test]
+    fn image_references_read_as_oci_spec_reads_them(
+        random in "[a-zA-Z0-9./:@_+-]{0,60}",
+        shaped in "(([a-z0-9]{1,3}\\.)?[a-zA-Z0-9][a-zA-Z0-9-]{0,3}(:[0-9]{1,4})?/)?[a-z0-9]{1,3}(([._]|__|-{1,2})[a-z0-9]{1,3}){0,2}(/[a-z0-9]{1,3}(([._]|__|-{1,2})[a-z0-9]{1,3}){0,2}){0,2}(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,6})?(@(sha256|sha512|md5):[0-9a-f]{64})?",
+        at in any::<usize>(),
+        insert in "[a-zA-Z0-9./:@_+-]?",
+        remove in any::<bool>(),
+    ) {
+        // A shaped reference is mostly valid; one character put in or taken out finds the edges.
+        let mut edited = shaped.clone();
+        let at = at % (edited.len() + 1);
+        edited.insert_str(at, &insert);
+        if remove && at < edited.len() {
+            edited.remove(at);
+        }
+        for reference in [random, shaped, edited] {
+            let ours = ImageRef::parse(&reference).ok().map(|r| (r.registry, r.repository, r.tag));
+            prop_assert_eq!(ours, oci_spec_reading(&reference), "{}", reference);
+        }
     }
 
     /// CloneSet scale decisions over any pods and limits: no panic, no overflow, and a step that
