@@ -1064,3 +1064,78 @@ async fn in_place_update_hook_holds_the_update() {
     );
     teardown(&client, ns).await;
 }
+
+/// A CloneSet made and rolled out by OpenKruise's kruise-manager (built apart, given by
+/// NODEWARD_PEER_KRUISE_MANAGER, NODEWARD_PEER_KRUISE_DAEMON and NODEWARD_PEER_KRUISE_SOURCE),
+/// then handed to nodeward's controller: nodeward reads kruise's revision as its own (by the
+/// template), recreates none of kruise's pods, scales up beside them and updates them all in
+/// place. Run by hand, alone: `cargo test --test cloneset -- --ignored taken_over_from_kruise`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs OpenKruise built apart (NODEWARD_PEER_KRUISE_*)"]
+async fn taken_over_from_kruise_manager() {
+    let kruise = support::kruise::Kruise::from_env().unwrap();
+    let ns = "cs-migrate";
+    let (cluster, client) = with_namespace(ns).await;
+    tokio::task::spawn_blocking(|| RealCluster::shared().undeploy_nodeward())
+        .await
+        .unwrap()
+        .unwrap();
+    kruise.install(cluster).unwrap();
+    let api: Api<CloneSet> = Api::namespaced(client.clone(), ns);
+    let extra = json!({"updateStrategy": {"type": "InPlaceIfPossible"}});
+    api.create(
+        &PostParams::default(),
+        &cloneset(cluster, "moved", 2, extra),
+    )
+    .await
+    .unwrap();
+    let under_kruise = until_counts(&api, "moved", (2, 2, 2, 2)).await;
+    let kruise_revision = under_kruise.status.unwrap().update_revision;
+    let before = live_pods(&client, ns, "moved").await;
+
+    kruise.uninstall(cluster).unwrap();
+    tokio::task::spawn_blocking(|| RealCluster::shared().redeploy_nodeward())
+        .await
+        .unwrap();
+    // Scaled by nodeward: one pod more, kruise's two untouched and counted as updated.
+    api.patch(
+        "moved",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    let scaled = until_counts(&api, "moved", (3, 3, 3, 3)).await;
+    assert_eq!(
+        scaled.status.unwrap().update_revision,
+        kruise_revision,
+        "kruise's revision read as nodeward's"
+    );
+    let after = live_pods(&client, ns, "moved").await;
+    for old in &before {
+        let same = after.iter().find(|p| p.uid() == old.uid());
+        let same = same.unwrap_or_else(|| panic!("{} recreated", old.name_any()));
+        assert_eq!(container_id(old), container_id(same), "not restarted");
+    }
+
+    // Updated in place by nodeward, kruise's pods too.
+    let image = pushed_as(cluster, "cs-migrate:2");
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [main_container(&image, "1")]}}}});
+    api.patch("moved", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    until_status(&api, "moved", "all three updated in place", |cs| {
+        let s = cs.status.clone().unwrap_or_default();
+        counts(cs) == (3, 3, 3, 3) && s.current_revision == s.update_revision
+    })
+    .await;
+    let updated = live_pods(&client, ns, "moved").await;
+    for old in &after {
+        let new = updated.iter().find(|p| p.uid() == old.uid());
+        let new = new.unwrap_or_else(|| panic!("{} recreated", old.name_any()));
+        assert_eq!(image_of(new), image);
+        assert_ne!(container_id(old), container_id(new), "restarted in place");
+    }
+    teardown(&client, ns).await;
+}

@@ -1,5 +1,6 @@
 //! The controller's own metrics (not the agent's series): reconcile runs, failures by reason and
-//! duration per reconciler, and whether this replica leads.
+//! duration per reconciler, whether this replica leads, and the CloneSet writes its cache never
+//! showed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,6 +70,7 @@ struct Inner {
     failures: Family<FailureLabels, Counter>,
     duration: Family<ReconcilerLabel, Histogram, fn() -> Histogram>,
     leader: Gauge,
+    expectations_timed_out: Counter,
 }
 
 impl Default for ControllerMetrics {
@@ -118,6 +120,13 @@ impl ControllerMetrics {
             "1 while this replica holds the Lease and runs the reconcilers",
             leader.clone(),
         );
+        let expectations_timed_out = Counter::default();
+        registry.register(
+            "cloneset_expectations_timed_out",
+            "CloneSet passes that went on without writes their cache never showed (after 5 min); \
+             more than a few mean a watch that misses events",
+            expectations_timed_out.clone(),
+        );
         for r in RECONCILERS {
             let label = ReconcilerLabel {
                 reconciler: r.into(),
@@ -132,12 +141,18 @@ impl ControllerMetrics {
                 failures,
                 duration,
                 leader,
+                expectations_timed_out,
             }),
         }
     }
 
     pub fn set_leader(&self, leading: bool) {
         self.inner.leader.set(i64::from(leading));
+    }
+
+    /// A CloneSet pass stopped waiting for writes its cache never showed.
+    pub fn expectations_timed_out(&self) {
+        self.inner.expectations_timed_out.inc();
     }
 
     /// `reconcile`, counted and timed as `reconciler`: what kube's `Controller::run` calls.
@@ -228,6 +243,10 @@ mod tests {
             r#"nodeward_controller_reconcile_duration_seconds_count{reconciler="crr"} 2"#
         ));
         assert!(text.contains("nodeward_controller_leader 1"));
+        assert!(text.contains("nodeward_controller_cloneset_expectations_timed_out_total 0"));
+        m.expectations_timed_out();
+        let text = m.try_encode().unwrap();
+        assert!(text.contains("nodeward_controller_cloneset_expectations_timed_out_total 1"));
         assert!(!text.contains("nodeward_sidecar"), "no agent series");
     }
 }

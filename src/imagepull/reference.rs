@@ -45,20 +45,20 @@ impl ImageRef {
     /// means `latest`, a digest wins over a tag.
     pub fn parse(reference: &str) -> Result<Self, InvalidReference> {
         let reference = reference.trim();
-        let invalid = |reason: String| InvalidReference {
+        let invalid = |m: Malformed| InvalidReference {
             reference: reference.to_string(),
-            reason,
+            reason: m.reason().to_string(),
         };
-        let parts = split(reference).map_err(|m| invalid(m.reason().to_string()))?;
+        let parts = split(reference).map_err(invalid)?;
         let tag = parts.digest.or(parts.tag).unwrap_or("latest").to_string();
         let (registry, repository) = split_domain(parts.name);
         if repository.len() > NAME_MAX {
-            return Err(invalid(Malformed::TooLong.reason().to_string()));
+            return Err(invalid(Malformed::TooLong));
         }
         if repository.chars().any(|c| c.is_ascii_uppercase()) {
             // The grammar reads `UPPER/x` as a registry host `UPPER`; docker's normalisation
             // does not (no dot, colon or `localhost`), and paths must be lowercase.
-            return Err(invalid("repository name must be lowercase".into()));
+            return Err(invalid(Malformed::Uppercase));
         }
         // Docker's familiar name drops `library/` of official images only (`library/a/b` stays).
         let name = if registry == DOCKER_HUB {

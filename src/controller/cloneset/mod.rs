@@ -86,6 +86,9 @@ struct Pending {
 
 struct Ctx {
     client: kube::Client,
+    metrics: ControllerMetrics,
+    /// The CloneSets, to forget what a deleted one waited for.
+    sets: Store<CloneSet>,
     pods: Store<Pod>,
     pvcs: Store<PersistentVolumeClaim>,
     pending: Mutex<HashMap<String, Pending>>,
@@ -214,6 +217,8 @@ pub async fn run(client: kube::Client, metrics: ControllerMetrics, optimize: boo
     .watches_stream(pvc_events, |p| owner_of(&p));
     let ctx = Arc::new(Ctx {
         client,
+        metrics: metrics.clone(),
+        sets: ctrl.store(),
         pods,
         pvcs,
         pending: Mutex::new(HashMap::new()),
@@ -262,6 +267,7 @@ fn still_pending(ctx: &Ctx, key: &str, ns: &str) -> Option<Duration> {
     if waited >= TIMEOUT {
         warn!(cloneset = %key, expected = ?entry.expected, "the cache never showed these writes; going on without them");
         pending.remove(key);
+        ctx.metrics.expectations_timed_out();
         return None;
     }
     Some(TIMEOUT.saturating_sub(waited))
@@ -272,6 +278,11 @@ fn record(ctx: &Ctx, key: String, expected: Expected) {
         return;
     }
     let mut pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
+    // A CloneSet deleted while its writes were pending is never reconciled again.
+    pending.retain(|k, _| {
+        let (ns, name) = k.split_once('/').unwrap_or_default();
+        ctx.sets.get(&ObjectRef::new(name).within(ns)).is_some()
+    });
     pending.insert(
         key,
         Pending {
