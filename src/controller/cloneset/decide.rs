@@ -20,6 +20,7 @@ use crate::api::kruise::{
     POD_CONDITION_INPLACE_UPDATE_READY, POD_CONDITION_KRUISE_POD_READY, POD_TEMPLATE_HASH_LABEL,
 };
 
+pub mod defaults;
 pub mod expect;
 pub mod facts;
 pub mod inplace;
@@ -685,9 +686,19 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Whether two revisions' data hold the same template.
+/// Whether two revisions' data hold the same template, kruise-manager's defaults applied to both
+/// ([`defaults`]).
 pub fn same_template(a: &Value, b: &Value) -> bool {
-    canonical(&a["spec"]["template"]) == canonical(&b["spec"]["template"])
+    let read = |data: &Value| {
+        let mut template = data["spec"]["template"].clone();
+        if let Value::Object(map) = &mut template {
+            map.remove("$patch");
+        }
+        let parsed = serde_json::from_value::<PodTemplateSpec>(template.clone()).ok();
+        let defaulted = parsed.and_then(|t| serde_json::to_value(defaults::defaulted(&t)).ok());
+        canonical(&defaulted.unwrap_or(template))
+    };
+    read(a) == read(b)
 }
 
 /// The hash naming a revision: FNV-1a (32 bits) of the canonical data's JSON (keys sorted), then
@@ -731,9 +742,11 @@ pub struct InPlaceChange {
 /// The in-place change from `old` to `new`, or `None` when the pods must be recreated: only
 /// container images (`replace` of `/spec/containers/N/image`) and metadata may differ.
 pub fn in_place_change(old: &PodTemplateSpec, new: &PodTemplateSpec) -> Option<InPlaceChange> {
+    // kruise-manager's defaults on both sides: a template it defaulted and the same one written
+    // without them differ in nothing.
     let (old_value, new_value) = (
-        serde_json::to_value(old).ok()?,
-        serde_json::to_value(new).ok()?,
+        canonical(&serde_json::to_value(defaults::defaulted(old)).ok()?),
+        canonical(&serde_json::to_value(defaults::defaulted(new)).ok()?),
     );
     let ops = serde_json::to_value(json_patch::diff(&old_value, &new_value)).ok()?;
     let mut change = InPlaceChange::default();

@@ -672,6 +672,45 @@ fn what_may_change_in_place() {
     assert_eq!(in_place_change(&old, &old), Some(InPlaceChange::default()));
 }
 
+/// A template kruise-manager's webhook defaulted (as its revision holds it), then the user's own
+/// file applied again with a new image: an in-place update, and the same revision until then.
+#[test]
+fn kruise_manager_defaults_are_no_change() {
+    let template = |v: serde_json::Value| -> PodTemplateSpec { serde_json::from_value(v).unwrap() };
+    let theirs = serde_json::json!({"$patch": "replace",
+        "metadata": {"creationTimestamp": null, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox:1", "imagePullPolicy": "Always",
+            "resources": {}, "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File"}],
+            "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+            "schedulerName": "default-scheduler", "securityContext": {},
+            "terminationGracePeriodSeconds": 30}});
+    let plain = serde_json::json!({"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox:1"}]}});
+    let revision = serde_json::json!({"spec": {"template": theirs}});
+    assert!(same_template(
+        &revision,
+        &revision_data(&template(plain.clone()))
+    ));
+    let mut kruise_made = theirs.clone();
+    kruise_made.as_object_mut().unwrap().remove("$patch");
+    let mut newer = plain;
+    newer["spec"]["containers"][0]["image"] = "busybox:2".into();
+    assert_eq!(
+        in_place_change(&template(kruise_made.clone()), &template(newer.clone())),
+        Some(InPlaceChange {
+            images: [("main".to_string(), "busybox:2".to_string())].into(),
+            ..Default::default()
+        })
+    );
+    // A value that differs from the default still counts.
+    newer["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent".into();
+    assert_eq!(
+        in_place_change(&template(kruise_made), &template(newer)),
+        None
+    );
+}
+
 #[test]
 fn pods_to_delete_must_be_this_clonesets_live_pods() {
     use validate::{newly_named_pods, pod_to_delete_refusal};
